@@ -1,0 +1,126 @@
+//! The one error type of `clo-core`. Every message names the file (and line, field or tensor)
+//! and ends with a hint for the next step.
+
+use std::path::{Path, PathBuf};
+
+/// Errors of the core library.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A file the model directory must hold is not there.
+    #[error(
+        "missing {what}: {path} does not exist\nHINT: a Hugging Face model directory holds config.json, model.safetensors (or model.safetensors.index.json and its shards), tokenizer.json and tokenizer_config.json"
+    )]
+    MissingFile { path: PathBuf, what: &'static str },
+
+    /// Reading or writing a file failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON file does not parse, or lacks a field.
+    #[error("{path}:{line}:{column}: {message}\nHINT: {hint}")]
+    Json {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+        hint: &'static str,
+    },
+
+    /// The model config names something this code does not implement.
+    #[error(
+        "{path}: unsupported `{field}` = {value}\nHINT: clo supports {supported}"
+    )]
+    UnsupportedConfig {
+        path: PathBuf,
+        field: &'static str,
+        value: String,
+        supported: &'static str,
+    },
+
+    /// A safetensors file is truncated, corrupt or unreadable.
+    #[error(
+        "{path}: not a readable safetensors file: {message}\nHINT: the file may be truncated or corrupt; download it again and compare its size with the original"
+    )]
+    Safetensors { path: PathBuf, message: String },
+
+    /// The checkpoint's tensors do not fit the architecture of config.json.
+    #[error(
+        "{path}: the checkpoint does not match config.json:\n  {}\nHINT: check that config.json belongs to these weights (hidden_size, num_key_value_heads, head_dim, vocab_size)",
+        problems.join("\n  ")
+    )]
+    Weights { path: PathBuf, problems: Vec<String> },
+
+    /// The tokenizer knows token ids the model has no embedding for.
+    #[error(
+        "{path}: the tokenizer has {tokenizer} tokens but config.json says vocab_size = {model}\nHINT: tokenizer.json and the weights come from different models; use the tokenizer shipped with the checkpoint"
+    )]
+    VocabMismatch {
+        path: PathBuf,
+        tokenizer: usize,
+        model: usize,
+    },
+
+    /// tokenizer.json cannot be used.
+    #[error("{path}: {message}\nHINT: tokenizer.json must be a Hugging Face `tokenizers` file")]
+    Tokenizer { path: PathBuf, message: String },
+
+    /// The chat template does not compile or render.
+    #[error("chat template of {path}: {message}\nHINT: {hint}")]
+    Template {
+        path: PathBuf,
+        message: String,
+        hint: &'static str,
+    },
+
+    /// A record of an input file is malformed.
+    #[error("{path}:{line}: {message}\nHINT: {hint}")]
+    Input {
+        path: PathBuf,
+        line: usize,
+        message: String,
+        hint: &'static str,
+    },
+
+    /// Arguments that cannot work together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl CoreError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        CoreError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn json(path: &Path, err: &serde_json::Error, hint: &'static str) -> Self {
+        CoreError::Json {
+            path: path.to_path_buf(),
+            line: err.line(),
+            column: err.column(),
+            message: err.to_string(),
+            hint,
+        }
+    }
+}
+
+/// Result with [`CoreError`].
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+/// Reads a whole file, naming it in the error.
+pub(crate) fn read_to_string(path: &Path, what: &'static str) -> Result<String> {
+    if !path.exists() {
+        return Err(CoreError::MissingFile {
+            path: path.to_path_buf(),
+            what,
+        });
+    }
+    std::fs::read_to_string(path).map_err(|e| CoreError::io("read", path, e))
+}

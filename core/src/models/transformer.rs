@@ -1,0 +1,311 @@
+//! The decoder shared by the Llama family (Llama 2/3, Mistral, Qwen2/2.5): pre-norm blocks of
+//! grouped-query attention with RoPE and a SwiGLU MLP, RMSNorm, and a language-model head that
+//! may be tied to the embeddings. The families differ only in [`DecoderConfig`], which each
+//! family's file builds from its `config.json`.
+//!
+//! Module paths mirror Hugging Face's tensor names (`model.layers.0.self_attn.q_proj`), so
+//! LoRA targets and freezing patterns read like PEFT's.
+
+use burn::module::Param;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+use serde::{Deserialize, Serialize};
+
+use super::rope::{RopeConfig, apply_rotary};
+
+/// Architecture of a Llama-family decoder, independent of the checkpoint format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecoderConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope: RopeConfig,
+    pub max_position_embeddings: usize,
+    /// Bias on the q, k and v projections (Qwen2).
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub o_bias: bool,
+    /// Bias on gate, up and down projections.
+    pub mlp_bias: bool,
+    /// The LM head reuses the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// Per layer: attend only to this many most recent positions (Mistral, Qwen2 SWA).
+    pub sliding_windows: Vec<Option<usize>>,
+}
+
+impl DecoderConfig {
+    /// A model with lazily initialised parameters, ready for a checkpoint to fill.
+    pub fn init(&self, device: &Device) -> CausalLm {
+        let linear = |d_in, d_out, bias| {
+            LinearConfig::new(d_in, d_out)
+                .with_bias(bias)
+                .init(device)
+        };
+        let norm = || {
+            RmsNormConfig::new(self.hidden_size)
+                .with_epsilon(self.rms_norm_eps)
+                .init(device)
+        };
+        let (h, q_dim, kv_dim) = (
+            self.hidden_size,
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let layers = (0..self.num_layers)
+            .map(|i| DecoderLayer {
+                self_attn: Attention {
+                    q_proj: linear(h, q_dim, self.qkv_bias),
+                    k_proj: linear(h, kv_dim, self.qkv_bias),
+                    v_proj: linear(h, kv_dim, self.qkv_bias),
+                    o_proj: linear(q_dim, h, self.o_bias),
+                    num_heads: self.num_heads,
+                    num_kv_heads: self.num_kv_heads,
+                    head_dim: self.head_dim,
+                    sliding_window: self.sliding_windows[i].unwrap_or(0),
+                },
+                mlp: Mlp {
+                    gate_proj: linear(h, self.intermediate_size, self.mlp_bias),
+                    up_proj: linear(h, self.intermediate_size, self.mlp_bias),
+                    down_proj: linear(self.intermediate_size, h, self.mlp_bias),
+                },
+                input_layernorm: norm(),
+                post_attention_layernorm: norm(),
+            })
+            .collect();
+        CausalLm {
+            model: DecoderStack {
+                embed_tokens: EmbeddingConfig::new(self.vocab_size, h).init(device),
+                layers,
+                norm: norm(),
+            },
+            lm_head: (!self.tie_word_embeddings).then(|| linear(h, self.vocab_size, false)),
+        }
+    }
+
+    /// Number of parameters, counting tied embeddings once.
+    pub fn num_parameters(&self) -> usize {
+        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let (q, kv) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let attn = h * q + 2 * h * kv + q * h
+            + if self.qkv_bias { q + 2 * kv } else { 0 }
+            + if self.o_bias { h } else { 0 };
+        let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
+        let layer = attn + mlp + 2 * h;
+        let head = if self.tie_word_embeddings { 0 } else { h * v };
+        v * h + self.num_layers * layer + h + head
+    }
+}
+
+/// Keys and values of the positions seen so far, per layer.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    // Per layer: [batch, kv_heads, seen, head_dim] keys and values.
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+}
+
+impl KvCache {
+    /// An empty cache for a model of `num_layers` layers.
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+        }
+    }
+
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dims()[2],
+            _ => 0,
+        }
+    }
+
+    /// True when no position has been cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    /// 0 for full causal attention.
+    sliding_window: usize,
+}
+
+impl Attention {
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]`; cos, sin: `[seq, head_dim]`
+    /// - output: `[batch, seq, hidden]`
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+    ) -> Tensor<3> {
+        let [batch, seq, _] = x.dims();
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, hd]).swap_dims(1, 2);
+        let q = apply_rotary(heads(self.q_proj.forward(x.clone()), nh), cos, sin); // [b, nh, seq, hd]
+        let k = apply_rotary(heads(self.k_proj.forward(x.clone()), nkv), cos, sin); // [b, nkv, seq, hd]
+        let v = heads(self.v_proj.forward(x), nkv);
+
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let total = k.dims()[2];
+
+        let k = repeat_kv(k, nh / nkv); // [b, nh, total, hd]
+        let v = repeat_kv(v, nh / nkv);
+        let scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt(); // [b, nh, seq, total]
+        let mask = attention_mask(seq, total, self.sliding_window, &scores.device());
+        let scores = scores.mask_fill(mask.unsqueeze::<4>(), f32::NEG_INFINITY);
+        let out = softmax(scores, 3).matmul(v); // [b, nh, seq, hd]
+        let out = out.swap_dims(1, 2).reshape([batch, seq, nh * hd]);
+        self.o_proj.forward(out)
+    }
+}
+
+/// Repeats each key/value head for the query heads that share it, as HF's `repeat_kv`.
+///
+/// # Shapes
+/// - x: `[batch, kv_heads, seq, head_dim]` -> `[batch, kv_heads * n_rep, seq, head_dim]`
+fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, nkv, s, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, nkv, n_rep, s, hd])
+        .reshape([b, nkv * n_rep, s, hd])
+}
+
+/// True where a query may not look: the future, and (with a window) the too-distant past.
+/// Queries are the last `seq` of `total` positions.
+///
+/// # Shapes
+/// - output: `[seq, total]`
+fn attention_mask(seq: usize, total: usize, window: usize, device: &Device) -> Tensor<2, Bool> {
+    let offset = total - seq;
+    let mut masked = Vec::with_capacity(seq * total);
+    for q in 0..seq {
+        let pos = offset + q;
+        for key in 0..total {
+            // HF: a key is visible when key <= pos and pos - key < window.
+            masked.push(key > pos || (window > 0 && pos - key >= window));
+        }
+    }
+    Tensor::from_data(TensorData::new(masked, [seq, total]), device)
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    /// SwiGLU: `down(silu(gate(x)) * up(x))`; `[.., hidden] -> [.., hidden]`.
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderStack {
+    pub embed_tokens: Embedding,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+}
+
+/// A Llama-family causal language model.
+#[derive(Module, Debug)]
+pub struct CausalLm {
+    pub model: DecoderStack,
+    /// `None` when tied to `model.embed_tokens`.
+    pub lm_head: Option<Linear>,
+}
+
+impl CausalLm {
+    /// Logits of every position. With a cache, `ids` continue the cached positions and the
+    /// cache is extended.
+    ///
+    /// # Shapes
+    /// - ids: `[batch, seq]`
+    /// - output: `[batch, seq, vocab]`
+    pub fn forward(&self, ids: Tensor<2, Int>, rope: &RopeConfig, cache: Option<&mut KvCache>) -> Tensor<3> {
+        let hidden = self.hidden_states(ids, rope, cache);
+        self.logits(hidden)
+    }
+
+    /// Final hidden states after the last norm.
+    ///
+    /// # Shapes
+    /// - ids: `[batch, seq]` -> `[batch, seq, hidden]`
+    pub fn hidden_states(&self, ids: Tensor<2, Int>, rope: &RopeConfig, cache: Option<&mut KvCache>) -> Tensor<3> {
+        let [_, seq] = ids.dims();
+        let device = ids.device();
+        let mut scratch;
+        let cache = match cache {
+            Some(c) => c,
+            None => {
+                scratch = KvCache::new(self.model.layers.len());
+                &mut scratch
+            }
+        };
+        let (cos, sin) = rope.cos_sin(cache.len(), seq, &device);
+        let mut x = self.model.embed_tokens.forward(ids); // [b, seq, hidden]
+        for (layer, slot) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
+            let attn = layer
+                .self_attn
+                .forward(layer.input_layernorm.forward(x.clone()), &cos, &sin, slot);
+            x = x + attn;
+            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+        }
+        self.model.norm.forward(x)
+    }
+
+    /// # Shapes
+    /// - hidden: `[batch, seq, hidden]` -> `[batch, seq, vocab]`
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let [b, s, h] = hidden.dims();
+                let weight: Param<Tensor<2>> = self.model.embed_tokens.weight.clone();
+                let [vocab, _] = weight.dims();
+                hidden
+                    .reshape([b * s, h])
+                    .matmul(weight.val().transpose())
+                    .reshape([b, s, vocab])
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! A Hugging Face model directory loaded as one thing: config, weights, tokenizer.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use serde::Serialize;
+
+use crate::error::{CoreError, Result};
+use crate::models::{CausalLm, ModelConfig};
+use crate::tokenizer::ChatTokenizer;
+use crate::weights::{checkpoint_files, load_weights, read_header};
+
+/// A loaded model: architecture, weights on a device, tokenizer.
+#[derive(Debug)]
+pub struct Pretrained {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub model: CausalLm,
+    pub tokenizer: ChatTokenizer,
+    pub device: Device,
+}
+
+/// What `clo inspect` reports of a model directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub dir: PathBuf,
+    pub model_type: &'static str,
+    pub architecture: String,
+    pub num_parameters: usize,
+    /// Storage dtypes of the checkpoint's tensors (clo computes in f32).
+    pub checkpoint_dtypes: Vec<String>,
+    pub torch_dtype: Option<String>,
+    pub vocab_size: usize,
+    pub tokenizer_vocab_size: usize,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f64,
+    pub rope_scaling: String,
+    pub sliding_windows: Vec<Option<usize>>,
+    pub tie_word_embeddings: bool,
+    pub qkv_bias: bool,
+    pub max_position_embeddings: usize,
+    pub chat_template: bool,
+    pub eos_token_ids: Vec<u32>,
+    pub checkpoint_files: Vec<PathBuf>,
+}
+
+/// Reads config and tokenizer and checks that they agree; no weights are read.
+fn config_and_tokenizer(dir: &Path) -> Result<(ModelConfig, ChatTokenizer)> {
+    if !dir.is_dir() {
+        return Err(CoreError::MissingFile {
+            path: dir.to_path_buf(),
+            what: "model directory",
+        });
+    }
+    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let tokenizer = ChatTokenizer::from_dir(dir, &config.eos_token_ids)?;
+    if tokenizer.vocab_size() > config.decoder.vocab_size {
+        return Err(CoreError::VocabMismatch {
+            path: dir.join("tokenizer.json"),
+            tokenizer: tokenizer.vocab_size(),
+            model: config.decoder.vocab_size,
+        });
+    }
+    Ok((config, tokenizer))
+}
+
+impl Pretrained {
+    /// Loads a model directory onto `device`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let (config, tokenizer) = config_and_tokenizer(dir)?;
+        let mut model = config.decoder.init(device);
+        load_weights(&mut model, dir, &config.decoder)?;
+        tracing::info!(dir = %dir.display(), family = config.family.model_type(), "model loaded");
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            model,
+            tokenizer,
+            device: device.clone(),
+        })
+    }
+
+    /// Describes a model directory from its files, without loading the weights.
+    pub fn summarize(dir: &Path) -> Result<Summary> {
+        let (config, tokenizer) = config_and_tokenizer(dir)?;
+        let files = checkpoint_files(dir)?;
+        let mut dtypes = Vec::new();
+        for file in &files {
+            for (dtype, _) in read_header(file)?.into_values() {
+                if !dtypes.contains(&dtype) {
+                    dtypes.push(dtype);
+                }
+            }
+        }
+        dtypes.sort();
+        let d = &config.decoder;
+        Ok(Summary {
+            dir: dir.to_path_buf(),
+            model_type: config.family.model_type(),
+            architecture: format!(
+                "{}-layer decoder, {} query / {} key-value heads of {}, SwiGLU {}",
+                d.num_layers, d.num_heads, d.num_kv_heads, d.head_dim, d.intermediate_size
+            ),
+            num_parameters: d.num_parameters(),
+            checkpoint_dtypes: dtypes,
+            torch_dtype: config.torch_dtype.clone(),
+            vocab_size: d.vocab_size,
+            tokenizer_vocab_size: tokenizer.vocab_size(),
+            num_layers: d.num_layers,
+            hidden_size: d.hidden_size,
+            intermediate_size: d.intermediate_size,
+            num_heads: d.num_heads,
+            num_kv_heads: d.num_kv_heads,
+            head_dim: d.head_dim,
+            rope_theta: d.rope.theta,
+            rope_scaling: format!("{:?}", d.rope.scaling),
+            sliding_windows: d.sliding_windows.clone(),
+            tie_word_embeddings: d.tie_word_embeddings,
+            qkv_bias: d.qkv_bias,
+            max_position_embeddings: d.max_position_embeddings,
+            chat_template: tokenizer.has_chat_template(),
+            eos_token_ids: tokenizer.eos_ids().to_vec(),
+            checkpoint_files: files,
+        })
+    }
+}

@@ -1,0 +1,179 @@
+//! Log-probabilities of responses given prompts (`method.md` section 2): summed over response
+//! tokens, prompt and padding masked out.
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use serde::{Deserialize, Serialize};
+
+use crate::models::{CausalLm, RopeConfig};
+
+/// Per-token and summed log-probabilities of `labels` under `logits`, counting only positions
+/// where `mask` is 1. Logits at position t must already predict `labels[t]` (shifted by the
+/// caller).
+///
+/// # Shapes
+/// - logits: `[batch, seq, vocab]`; labels: `[batch, seq]`; mask: `[batch, seq]` (0./1.)
+/// - output: (`[batch]` sums, `[batch, seq]` masked per-token log-probs)
+pub fn sequence_logps(logits: Tensor<3>, labels: Tensor<2, Int>, mask: Tensor<2>) -> (Tensor<1>, Tensor<2>) {
+    let [batch, seq, _] = logits.dims();
+    let logp = log_softmax(logits, 2); // [batch, seq, vocab]
+    let picked = logp
+        .gather(2, labels.unsqueeze_dim::<3>(2))
+        .reshape([batch, seq]); // [batch, seq]
+    let per_token = picked * mask;
+    (per_token.clone().sum_dim(1).reshape([batch]), per_token)
+}
+
+/// The score of one response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// log p(response | prompt), summed over response tokens.
+    pub logp: f64,
+    /// Number of response tokens scored.
+    pub n_tokens: usize,
+    /// log p of each response token.
+    pub token_logps: Vec<f64>,
+}
+
+/// A prompt and a response, as token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    pub prompt: Vec<u32>,
+    pub response: Vec<u32>,
+}
+
+/// Scores pairs in one right-padded batch.
+///
+/// Every pair needs at least one prompt token (the first response token is predicted from
+/// the last prompt token).
+pub fn score_batch(model: &CausalLm, rope: &RopeConfig, pairs: &[Pair], device: &Device) -> Vec<Score> {
+    let batch = pairs.len();
+    let width = pairs
+        .iter()
+        .map(|p| p.prompt.len() + p.response.len() - 1)
+        .max()
+        .unwrap_or(0);
+    if batch == 0 || width == 0 {
+        return pairs.iter().map(|_| Score { logp: 0.0, n_tokens: 0, token_logps: vec![] }).collect();
+    }
+    let (mut inputs, mut labels, mut mask) = (
+        vec![0i64; batch * width],
+        vec![0i64; batch * width],
+        vec![0f32; batch * width],
+    );
+    for (b, pair) in pairs.iter().enumerate() {
+        let ids: Vec<u32> = pair.prompt.iter().chain(&pair.response).copied().collect();
+        for t in 0..ids.len() - 1 {
+            inputs[b * width + t] = ids[t] as i64;
+            labels[b * width + t] = ids[t + 1] as i64;
+            mask[b * width + t] = if t + 1 >= pair.prompt.len() { 1.0 } else { 0.0 };
+        }
+    }
+    let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, [batch, width]), device);
+    let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [batch, width]), device);
+    let mask = Tensor::<2>::from_data(TensorData::new(mask, [batch, width]), device);
+    let logits = model.forward(inputs, rope, None);
+    let (_, per_token) = sequence_logps(logits, labels, mask);
+    let values: Vec<f32> = per_token.into_data().to_vec().expect("f32 log-probs");
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(b, pair)| {
+            let start = b * width + pair.prompt.len() - 1;
+            let token_logps: Vec<f64> = values[start..start + pair.response.len()]
+                .iter()
+                .map(|v| *v as f64)
+                .collect();
+            Score {
+                logp: token_logps.iter().sum(),
+                n_tokens: token_logps.len(),
+                token_logps,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Numbers from PyTorch:
+    /// ```python
+    /// import torch
+    /// logits = torch.tensor([[[1., 2., 3.], [0., 0., 0.], [3., 1., -1.]]])
+    /// labels = torch.tensor([[2, 0, 1]]); mask = torch.tensor([[0., 1., 1.]])
+    /// lp = torch.log_softmax(logits, -1).gather(2, labels[..., None])[..., 0] * mask
+    /// print(lp.tolist(), lp.sum(-1).tolist())
+    /// # [[-0.0, -1.0986123085021973, -2.1429316997528076]] [-3.241544008255005]
+    /// ```
+    #[test]
+    fn sequence_logps_matches_pytorch() {
+        let device = Device::flex();
+        let logits = Tensor::<3>::from_floats([[[1., 2., 3.], [0., 0., 0.], [3., 1., -1.]]], &device);
+        let labels = Tensor::<2, Int>::from_ints([[2, 0, 1]], &device);
+        let mask = Tensor::<2>::from_floats([[0., 1., 1.]], &device);
+        let (sum, per_token) = sequence_logps(logits, labels, mask);
+        let sum: Vec<f32> = sum.into_data().to_vec().unwrap();
+        let per: Vec<f32> = per_token.into_data().to_vec().unwrap();
+        assert!((sum[0] + 3.241544).abs() < 1e-5, "{sum:?}");
+        for (got, want) in per.iter().zip([0.0, -1.0986123, -2.1429317]) {
+            assert!((got - want).abs() < 1e-5, "{per:?}");
+        }
+    }
+}
+
+/// One line of a `clo score` input: text, or token ids as they are.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum ScoreRecord {
+    Text { prompt: String, response: String },
+    Ids { prompt_ids: Vec<u32>, response_ids: Vec<u32> },
+}
+
+/// Reads a `clo score` input file: one JSON object per line, blank lines skipped.
+/// Returns the records with their line numbers.
+pub fn read_score_input(path: &std::path::Path) -> crate::Result<Vec<(usize, ScoreRecord)>> {
+    use crate::CoreError;
+    let bytes = std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            CoreError::MissingFile { path: path.to_path_buf(), what: "score input" }
+        } else {
+            CoreError::io("read", path, e)
+        }
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|b| **b == b'\n').count();
+        CoreError::Input {
+            path: path.to_path_buf(),
+            line,
+            message: format!("not valid UTF-8: {}", e.utf8_error()),
+            hint: "save the file as UTF-8",
+        }
+    })?;
+    let mut records = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: ScoreRecord = serde_json::from_str(line).map_err(|e| CoreError::Input {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message: if e.is_data() || e.to_string().contains("did not match any variant") {
+                "expected {\"prompt\": str, \"response\": str} or {\"prompt_ids\": [int], \"response_ids\": [int]}".into()
+            } else {
+                e.to_string()
+            },
+            hint: "each line is one JSON object; see `clo score --help`",
+        })?;
+        records.push((i + 1, record));
+    }
+    if records.is_empty() {
+        return Err(CoreError::Input {
+            path: path.to_path_buf(),
+            line: 1,
+            message: "no records".into(),
+            hint: "the file is empty; write one JSON object per line",
+        });
+    }
+    Ok(records)
+}

@@ -1,0 +1,193 @@
+//! The model's tokenizer (`tokenizer.json`, through the `tokenizers` crate) and its chat
+//! template (`tokenizer_config.json` `chat_template`, Jinja, rendered with `minijinja`).
+//!
+//! Sequences are built as `method.md` section 2 fixes: prompt and response are tokenized
+//! separately and concatenated, the response ends with EOS.
+
+use std::path::{Path, PathBuf};
+
+use minijinja::{Environment, ErrorKind, context};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{CoreError, Result, read_to_string};
+
+/// Prompt format for base models that ship no chat template (Alpaca's, widely known to them).
+pub const PLAIN_TEMPLATE: &str = "### Instruction:\n{prompt}\n\n### Response:\n";
+
+/// A tokenizer with the special tokens and chat template of its model.
+#[derive(Clone)]
+pub struct ChatTokenizer {
+    tokenizer: tokenizers::Tokenizer,
+    config_path: PathBuf,
+    chat_template: Option<String>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    eos_ids: Vec<u32>,
+}
+
+impl std::fmt::Debug for ChatTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTokenizer")
+            .field("vocab", &self.vocab_size())
+            .field("chat_template", &self.chat_template.is_some())
+            .field("eos_ids", &self.eos_ids)
+            .finish()
+    }
+}
+
+/// The parts of `tokenizer_config.json` clo reads.
+#[derive(Debug, Default, Deserialize)]
+struct TokenizerConfig {
+    chat_template: Option<Value>,
+    bos_token: Option<Value>,
+    eos_token: Option<Value>,
+}
+
+/// A special token is a string or an `AddedToken` object with `content`.
+fn token_text(value: &Option<Value>) -> Option<String> {
+    match value.as_ref()? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// `chat_template` is a string, or a list of `{name, template}` of which `default` is used.
+fn template_text(value: &Option<Value>) -> Option<String> {
+    match value.as_ref()? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(list) => list
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_owned)),
+        _ => None,
+    }
+}
+
+impl ChatTokenizer {
+    /// Loads `tokenizer.json` and `tokenizer_config.json` from a model directory.
+    /// `config_eos` are the EOS ids of config.json, used besides the tokenizer's own.
+    pub fn from_dir(dir: &Path, config_eos: &[u32]) -> Result<Self> {
+        let tok_path = dir.join("tokenizer.json");
+        let bytes = read_to_string(&tok_path, "tokenizer")?;
+        let tokenizer = tokenizers::Tokenizer::from_bytes(bytes.as_bytes()).map_err(|e| {
+            CoreError::Tokenizer {
+                path: tok_path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config: TokenizerConfig = if config_path.exists() {
+            let text = read_to_string(&config_path, "tokenizer config")?;
+            serde_json::from_str(&text).map_err(|e| {
+                CoreError::json(&config_path, &e, "tokenizer_config.json must be a JSON object")
+            })?
+        } else {
+            tracing::warn!(path = %config_path.display(), "no tokenizer_config.json: no chat template, EOS from config.json");
+            TokenizerConfig::default()
+        };
+        let eos_token = token_text(&config.eos_token);
+        // The tokenizer's own EOS ends responses (Llama 3 Instruct: <|eot_id|>, while
+        // config.json lists <|end_of_text|> first); config.json's ids also stop generation.
+        let mut eos_ids: Vec<u32> = eos_token
+            .as_deref()
+            .and_then(|t| tokenizer.token_to_id(t))
+            .into_iter()
+            .collect();
+        for id in config_eos {
+            if !eos_ids.contains(id) {
+                eos_ids.push(*id);
+            }
+        }
+        Ok(Self {
+            tokenizer,
+            config_path,
+            chat_template: template_text(&config.chat_template),
+            bos_token: token_text(&config.bos_token),
+            eos_token,
+            eos_ids,
+        })
+    }
+
+    /// Number of token ids the tokenizer can produce, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// Token ids that end a response.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_some()
+    }
+
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| CoreError::Tokenizer {
+                path: self.config_path.with_file_name("tokenizer.json"),
+                message: format!("cannot encode {text:?}: {e}"),
+            })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.tokenizer
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| CoreError::Tokenizer {
+                path: self.config_path.with_file_name("tokenizer.json"),
+                message: format!("cannot decode {ids:?}: {e}"),
+            })
+    }
+
+    /// The model's chat template applied to one user message with the generation prompt, or
+    /// [`PLAIN_TEMPLATE`] for base models.
+    pub fn render_prompt(&self, user: &str) -> Result<String> {
+        let Some(template) = &self.chat_template else {
+            return Ok(PLAIN_TEMPLATE.replace("{prompt}", user));
+        };
+        let template_err = |e: minijinja::Error, hint| CoreError::Template {
+            path: self.config_path.clone(),
+            message: format!("{e:#}"),
+            hint,
+        };
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", template)
+            .map_err(|e| template_err(e, "the chat_template of tokenizer_config.json is not valid Jinja"))?;
+        env.get_template("chat")
+            .and_then(|t| {
+                t.render(context! {
+                    messages => vec![context! { role => "user", content => user }],
+                    add_generation_prompt => true,
+                    bos_token => self.bos_token.clone().unwrap_or_default(),
+                    eos_token => self.eos_token.clone().unwrap_or_default(),
+                })
+            })
+            .map_err(|e| template_err(e, "the template failed on a single user message; pass no --chat-template to score raw prompts"))
+    }
+
+    /// Prompt tokens: with `chat`, the rendered template (its own special tokens, nothing
+    /// added); without, the raw prompt with the tokenizer's special tokens (BOS).
+    pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+        match (chat, self.has_chat_template()) {
+            (true, true) => self.encode(&self.render_prompt(prompt)?, false),
+            (true, false) => self.encode(&self.render_prompt(prompt)?, true),
+            (false, _) => self.encode(prompt, true),
+        }
+    }
+
+    /// Response tokens followed by the first EOS id (if the model has one).
+    pub fn response_ids(&self, response: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(response, false)?;
+        ids.extend(self.eos_ids.first());
+        Ok(ids)
+    }
+}

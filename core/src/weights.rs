@@ -1,0 +1,215 @@
+//! Loading Hugging Face safetensors checkpoints (single file or sharded) into [`CausalLm`].
+//!
+//! The module tree of [`CausalLm`] mirrors HF's tensor names, so the mapping table
+//! ([`checkpoint_table`]) lists each HF name with its shape and nothing needs renaming. Two
+//! transforms happen on the way in, both done by `burn-store` adapters:
+//! - Linear weights are transposed: PyTorch stores `[out, in]`, `burn::nn::Linear` `[in, out]`
+//!   (`PyTorchToBurnAdapter`), and RMSNorm's `weight` fills Burn's `gamma`;
+//! - f16/bf16 tensors are cast to f32 (`FloatCastAdapter`), since training keeps f32 weights.
+//!
+//! Before anything is loaded, each file's header is read and checked against the table, so a
+//! truncated file or a wrong shape is reported by file and tensor name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use burn::store::{FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::tensor::DType;
+use serde::Deserialize;
+
+use crate::error::{CoreError, Result};
+use crate::models::{CausalLm, DecoderConfig};
+
+/// One tensor of a checkpoint, in HF's naming and layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    /// PyTorch layout (`[out, in]` for linear weights).
+    pub shape: Vec<usize>,
+}
+
+/// The mapping table: every tensor a checkpoint of this architecture holds.
+pub fn checkpoint_table(c: &DecoderConfig) -> Vec<TensorSpec> {
+    let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+    let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    let spec = |name: String, shape: &[usize]| TensorSpec {
+        name,
+        shape: shape.to_vec(),
+    };
+    let mut table = vec![spec("model.embed_tokens.weight".into(), &[v, h])];
+    for l in 0..c.num_layers {
+        let p = format!("model.layers.{l}");
+        let linears: [(&str, usize, usize, bool); 7] = [
+            ("self_attn.q_proj", q, h, c.qkv_bias),
+            ("self_attn.k_proj", kv, h, c.qkv_bias),
+            ("self_attn.v_proj", kv, h, c.qkv_bias),
+            ("self_attn.o_proj", h, q, c.o_bias),
+            ("mlp.gate_proj", i, h, c.mlp_bias),
+            ("mlp.up_proj", i, h, c.mlp_bias),
+            ("mlp.down_proj", h, i, c.mlp_bias),
+        ];
+        for (name, out, inp, bias) in linears {
+            table.push(spec(format!("{p}.{name}.weight"), &[out, inp]));
+            if bias {
+                table.push(spec(format!("{p}.{name}.bias"), &[out]));
+            }
+        }
+        table.push(spec(format!("{p}.input_layernorm.weight"), &[h]));
+        table.push(spec(format!("{p}.post_attention_layernorm.weight"), &[h]));
+    }
+    table.push(spec("model.norm.weight".into(), &[h]));
+    if !c.tie_word_embeddings {
+        table.push(spec("lm_head.weight".into(), &[v, h]));
+    }
+    table
+}
+
+/// The safetensors files of a model directory: `model.safetensors`, or the shards named by
+/// `model.safetensors.index.json`.
+pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.exists() {
+        return Err(CoreError::MissingFile {
+            path: single,
+            what: "weights (model.safetensors or model.safetensors.index.json)",
+        });
+    }
+    #[derive(Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let text = crate::error::read_to_string(&index, "shard index")?;
+    let parsed: Index = serde_json::from_str(&text)
+        .map_err(|e| CoreError::json(&index, &e, "the index needs a `weight_map` of tensor name -> shard file"))?;
+    let mut files: Vec<PathBuf> = parsed.weight_map.values().map(|f| dir.join(f)).collect();
+    files.sort();
+    files.dedup();
+    for f in &files {
+        if !f.exists() {
+            return Err(CoreError::MissingFile {
+                path: f.clone(),
+                what: "shard named by model.safetensors.index.json",
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// Name, dtype and shape of every tensor in a safetensors file, read from its header alone.
+/// Fails if the header is malformed or the file is shorter than the header says.
+pub fn read_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<usize>)>> {
+    let bad = |message: String| CoreError::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| CoreError::io("open", path, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| CoreError::io("stat", path, e))?
+        .len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|_| bad(format!("only {size} bytes, too short for a header")))?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > size.saturating_sub(8) || header_len > 100_000_000 {
+        return Err(bad(format!(
+            "header length {header_len} does not fit in a file of {size} bytes"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| bad(format!("cannot read header: {e}")))?;
+    #[derive(Deserialize)]
+    struct Entry {
+        dtype: String,
+        shape: Vec<usize>,
+        data_offsets: [u64; 2],
+    }
+    let mut entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    entries.remove("__metadata__");
+    let data_len = size - 8 - header_len;
+    let mut out = BTreeMap::new();
+    for (name, value) in entries {
+        let entry: Entry = serde_json::from_value(value)
+            .map_err(|e| bad(format!("header entry `{name}`: {e}")))?;
+        if entry.data_offsets[1] > data_len || entry.data_offsets[0] > entry.data_offsets[1] {
+            return Err(bad(format!(
+                "tensor `{name}` ends at byte {} of the data but the file holds {data_len} (truncated?)",
+                entry.data_offsets[1]
+            )));
+        }
+        out.insert(name, (entry.dtype, entry.shape));
+    }
+    Ok(out)
+}
+
+/// Fills `model` with the checkpoint in `dir`, checking it against the config first.
+pub fn load_weights(model: &mut CausalLm, dir: &Path, config: &DecoderConfig) -> Result<()> {
+    let files = checkpoint_files(dir)?;
+    let mut found: HashMap<String, (PathBuf, String, Vec<usize>)> = HashMap::new();
+    for file in &files {
+        for (name, (dtype, shape)) in read_header(file)? {
+            found.insert(name, (file.clone(), dtype, shape));
+        }
+    }
+
+    let mut problems = Vec::new();
+    for spec in checkpoint_table(config) {
+        match found.get(&spec.name) {
+            None => problems.push(format!("tensor `{}` is missing (expected shape {:?})", spec.name, spec.shape)),
+            Some((file, dtype, shape)) => {
+                if *shape != spec.shape {
+                    problems.push(format!(
+                        "tensor `{}` in {}: expected shape {:?}, got {:?}",
+                        spec.name,
+                        file.display(),
+                        spec.shape,
+                        shape
+                    ));
+                }
+                if !matches!(dtype.as_str(), "F32" | "F16" | "BF16") {
+                    problems.push(format!(
+                        "tensor `{}` in {}: dtype {dtype} (clo loads F32, F16 and BF16; quantized checkpoints are not supported)",
+                        spec.name,
+                        file.display()
+                    ));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(CoreError::Weights {
+            path: dir.to_path_buf(),
+            problems,
+        });
+    }
+
+    for file in &files {
+        let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32));
+        let mut store = SafetensorsStore::from_file(file)
+            .with_from_adapter(adapter)
+            .allow_partial(true)
+            .validate(true);
+        let result = model.load_from(&mut store).map_err(|e| CoreError::Safetensors {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        if !result.errors.is_empty() {
+            return Err(CoreError::Weights {
+                path: file.clone(),
+                problems: result.errors.iter().map(ToString::to_string).collect(),
+            });
+        }
+        if !result.unused.is_empty() {
+            tracing::debug!(file = %file.display(), unused = ?result.unused, "tensors not used by the model");
+        }
+        tracing::debug!(file = %file.display(), applied = result.applied.len(), "loaded shard");
+    }
+    Ok(())
+}

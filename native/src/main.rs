@@ -1,0 +1,258 @@
+//! `clo`: the command line of clo.
+
+mod device;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use burn::tensor::Device;
+use clap::{Parser, Subcommand};
+use clo_core::generate::{SamplingConfig, generate};
+use clo_core::score::{Pair, ScoreRecord, read_score_input, score_batch};
+use clo_core::{CoreError, Pretrained};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use device::{DEVICE_HELP, parse_device};
+
+#[derive(Parser)]
+#[command(name = "clo", version, about = "Adapt an English-centric LLM to a new language with Cross-Lingual Optimization")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Log-probability of each response given its prompt, summed over response tokens.
+    ///
+    /// Input lines: {"prompt": str, "response": str} (the response gets EOS appended) or
+    /// {"prompt_ids": [int], "response_ids": [int]} (scored as given). Output lines:
+    /// {"logp": f64, "n_tokens": int, "token_logps": [f64]}, in input order.
+    Score {
+        /// Hugging Face model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// JSONL input.
+        #[arg(long)]
+        input: PathBuf,
+        /// JSONL output, written when all lines are scored.
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
+        device: String,
+        /// Wrap text prompts in the model's chat template (one user message).
+        #[arg(long)]
+        chat_template: bool,
+        /// Sequences per forward pass.
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+    },
+    /// Continue a prompt (greedy with --temperature 0).
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        #[arg(long, default_value_t = 0.6)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0.9)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
+        device: String,
+        /// Wrap the prompt in the model's chat template.
+        #[arg(long)]
+        chat_template: bool,
+        /// Print one JSON object (text, token ids, stop reason) instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Architecture, parameter count, dtype, vocabulary and layers of a model directory.
+    Inspect {
+        #[arg(long)]
+        model: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Score { model, input, output, device, chat_template, batch_size } => {
+            score(&model, &input, &output, &parse_device(&device)?, chat_template, batch_size)
+        }
+        Command::Generate {
+            model,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            device,
+            chat_template,
+            json,
+        } => {
+            if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
+                bail!("--top-p {top_p}: must be in (0, 1]");
+            }
+            if temperature < 0.0 {
+                bail!("--temperature {temperature}: must be >= 0 (0 is greedy)");
+            }
+            let device = parse_device(&device)?;
+            let lm = Pretrained::load(&model, &device)?;
+            let prompt_ids = lm.tokenizer.prompt_ids(&prompt, chat_template)?;
+            let config = SamplingConfig { temperature, top_p, seed, max_new_tokens };
+            let mut stdout = std::io::stdout().lock();
+            let mut shown = String::new();
+            let mut so_far = Vec::new();
+            let out = generate(
+                &lm.model,
+                &lm.config.decoder.rope,
+                &prompt_ids,
+                lm.tokenizer.eos_ids(),
+                &config,
+                &device,
+                |id| {
+                    if json {
+                        return;
+                    }
+                    // Decode the whole continuation each time: a token may end a multi-byte
+                    // character that an earlier one began.
+                    so_far.push(id);
+                    if let Ok(text) = lm.tokenizer.decode(&so_far, true) {
+                        if text.starts_with(&shown) && !text.ends_with('\u{FFFD}') {
+                            let _ = write!(stdout, "{}", &text[shown.len()..]);
+                            let _ = stdout.flush();
+                            shown = text;
+                        }
+                    }
+                },
+            );
+            let text = lm.tokenizer.decode(&out.ids, true)?;
+            if json {
+                let value = serde_json::json!({"text": text, "ids": out.ids, "stop": out.stop, "prompt_ids": prompt_ids});
+                writeln!(stdout, "{value}")?;
+            } else {
+                writeln!(stdout, "{}", &text[shown.len().min(text.len())..])?;
+            }
+            Ok(())
+        }
+        Command::Inspect { model, json } => {
+            let s = Pretrained::summarize(&model)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("model:        {}", s.dir.display());
+                println!("model_type:   {}", s.model_type);
+                println!("architecture: {}", s.architecture);
+                println!("parameters:   {} ({:.2} M)", s.num_parameters, s.num_parameters as f64 / 1e6);
+                println!(
+                    "dtype:        {} on disk ({}), computed in f32",
+                    s.checkpoint_dtypes.join(", "),
+                    s.torch_dtype.as_deref().unwrap_or("torch_dtype not set")
+                );
+                println!("vocab:        {} (tokenizer {})", s.vocab_size, s.tokenizer_vocab_size);
+                println!("layers:       {}", s.num_layers);
+                println!("hidden:       {} (MLP {})", s.hidden_size, s.intermediate_size);
+                println!("heads:        {} query, {} key/value, head_dim {}", s.num_heads, s.num_kv_heads, s.head_dim);
+                println!("rope:         theta {} {}", s.rope_theta, s.rope_scaling);
+                let windows: Vec<String> = s.sliding_windows.iter().map(|w| w.map_or("full".into(), |w| w.to_string())).collect();
+                println!("attention:    {}", windows.join(" "));
+                println!("tied lm_head: {}   qkv bias: {}", s.tie_word_embeddings, s.qkv_bias);
+                println!("context:      {}", s.max_position_embeddings);
+                println!("chat:         {}", if s.chat_template { "chat template" } else { "no chat template (plain fallback)" });
+                println!("eos ids:      {:?}", s.eos_token_ids);
+                println!("files:        {}", s.checkpoint_files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn score(model: &Path, input: &Path, output: &Path, device: &Device, chat: bool, batch_size: usize) -> anyhow::Result<()> {
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let records = read_score_input(input)?;
+    let lm = Pretrained::load(model, device)?;
+    let vocab = lm.config.decoder.vocab_size;
+    let mut pairs = Vec::with_capacity(records.len());
+    for (line, record) in &records {
+        let bad = |message: String| CoreError::Input {
+            path: input.to_path_buf(),
+            line: *line,
+            message,
+            hint: "prompt_ids and response_ids must be token ids of this model's vocabulary",
+        };
+        let pair = match record {
+            ScoreRecord::Text { prompt, response } => Pair {
+                prompt: lm.tokenizer.prompt_ids(prompt, chat)?,
+                response: lm.tokenizer.response_ids(response)?,
+            },
+            ScoreRecord::Ids { prompt_ids, response_ids } => {
+                if let Some(id) = prompt_ids.iter().chain(response_ids).find(|id| **id as usize >= vocab) {
+                    return Err(bad(format!("token id {id} is outside the vocabulary of {vocab}")).into());
+                }
+                Pair { prompt: prompt_ids.clone(), response: response_ids.clone() }
+            }
+        };
+        if pair.prompt.is_empty() {
+            return Err(bad("empty prompt: the first response token needs a token before it".into()).into());
+        }
+        pairs.push(pair);
+    }
+
+    let bar = ProgressBar::new(pairs.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} records {per_sec} eta {eta}").expect("valid template"),
+    );
+    let mut lines = String::new();
+    for chunk in pairs.chunks(batch_size) {
+        for score in score_batch(&lm.model, &lm.config.decoder.rope, chunk, device) {
+            lines.push_str(&serde_json::to_string(&score)?);
+            lines.push('\n');
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    write_atomically(output, lines.as_bytes())
+}
+
+/// Writes to a temporary file beside `path`, then renames it over `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().with_context(|| format!("cannot write {}", path.display()))
+}
