@@ -22,19 +22,17 @@ pub enum CoreError {
     },
 
     /// A JSON file does not parse, or lacks a field.
-    #[error("{path}:{line}:{column}: {message}\nHINT: {hint}")]
+    #[error("{path}{location}: {message}\nHINT: {hint}")]
     Json {
         path: PathBuf,
-        line: usize,
-        column: usize,
+        /// `:line:column` when the parser knows it, else empty.
+        location: String,
         message: String,
         hint: &'static str,
     },
 
     /// The model config names something this code does not implement.
-    #[error(
-        "{path}: unsupported `{field}` = {value}\nHINT: clo supports {supported}"
-    )]
+    #[error("{path}: unsupported `{field}` = {value}\nHINT: clo supports {supported}")]
     UnsupportedConfig {
         path: PathBuf,
         field: &'static str,
@@ -53,7 +51,10 @@ pub enum CoreError {
         "{path}: the checkpoint does not match config.json:\n  {}\nHINT: check that config.json belongs to these weights (hidden_size, num_key_value_heads, head_dim, vocab_size)",
         problems.join("\n  ")
     )]
-    Weights { path: PathBuf, problems: Vec<String> },
+    Weights {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 
     /// The tokenizer knows token ids the model has no embedding for.
     #[error(
@@ -101,10 +102,14 @@ impl CoreError {
     }
 
     pub(crate) fn json(path: &Path, err: &serde_json::Error, hint: &'static str) -> Self {
+        let location = if err.line() > 0 {
+            format!(":{}:{}", err.line(), err.column())
+        } else {
+            String::new()
+        };
         CoreError::Json {
             path: path.to_path_buf(),
-            line: err.line(),
-            column: err.column(),
+            location,
             message: err.to_string(),
             hint,
         }

@@ -70,11 +70,14 @@ pub fn generate(
             .slice(s![.., len - 1..len, ..])
             .reshape([vocab])
             .into_data()
-            .to_vec()
+            .try_into_vec_as::<f32>()
             .expect("f32 logits");
         let next = choose(&last, config, &mut rng);
         if eos_ids.contains(&next) {
-            return Generation { ids, stop: StopReason::Eos };
+            return Generation {
+                ids,
+                stop: StopReason::Eos,
+            };
         }
         on_token(next);
         ids.push(next);
@@ -136,7 +139,12 @@ mod tests {
     use super::*;
 
     fn cfg(temperature: f64, top_p: f64) -> SamplingConfig {
-        SamplingConfig { temperature, top_p, seed: 7, max_new_tokens: 1 }
+        SamplingConfig {
+            temperature,
+            top_p,
+            seed: 7,
+            max_new_tokens: 1,
+        }
     }
 
     #[test]
@@ -165,7 +173,9 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let run = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..20).map(|_| choose(&logits, &cfg(0.8, 0.95), &mut rng)).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| choose(&logits, &cfg(0.8, 0.95), &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));

@@ -14,7 +14,11 @@ use crate::models::{CausalLm, RopeConfig};
 /// # Shapes
 /// - logits: `[batch, seq, vocab]`; labels: `[batch, seq]`; mask: `[batch, seq]` (0./1.)
 /// - output: (`[batch]` sums, `[batch, seq]` masked per-token log-probs)
-pub fn sequence_logps(logits: Tensor<3>, labels: Tensor<2, Int>, mask: Tensor<2>) -> (Tensor<1>, Tensor<2>) {
+pub fn sequence_logps(
+    logits: Tensor<3>,
+    labels: Tensor<2, Int>,
+    mask: Tensor<2>,
+) -> (Tensor<1>, Tensor<2>) {
     let [batch, seq, _] = logits.dims();
     let logp = log_softmax(logits, 2); // [batch, seq, vocab]
     let picked = logp
@@ -46,7 +50,12 @@ pub struct Pair {
 ///
 /// Every pair needs at least one prompt token (the first response token is predicted from
 /// the last prompt token).
-pub fn score_batch(model: &CausalLm, rope: &RopeConfig, pairs: &[Pair], device: &Device) -> Vec<Score> {
+pub fn score_batch(
+    model: &CausalLm,
+    rope: &RopeConfig,
+    pairs: &[Pair],
+    device: &Device,
+) -> Vec<Score> {
     let batch = pairs.len();
     let width = pairs
         .iter()
@@ -54,7 +63,14 @@ pub fn score_batch(model: &CausalLm, rope: &RopeConfig, pairs: &[Pair], device: 
         .max()
         .unwrap_or(0);
     if batch == 0 || width == 0 {
-        return pairs.iter().map(|_| Score { logp: 0.0, n_tokens: 0, token_logps: vec![] }).collect();
+        return pairs
+            .iter()
+            .map(|_| Score {
+                logp: 0.0,
+                n_tokens: 0,
+                token_logps: vec![],
+            })
+            .collect();
     }
     let (mut inputs, mut labels, mut mask) = (
         vec![0i64; batch * width],
@@ -74,7 +90,10 @@ pub fn score_batch(model: &CausalLm, rope: &RopeConfig, pairs: &[Pair], device: 
     let mask = Tensor::<2>::from_data(TensorData::new(mask, [batch, width]), device);
     let logits = model.forward(inputs, rope, None);
     let (_, per_token) = sequence_logps(logits, labels, mask);
-    let values: Vec<f32> = per_token.into_data().to_vec().expect("f32 log-probs");
+    let values: Vec<f32> = per_token
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("f32 log-probs");
     pairs
         .iter()
         .enumerate()
@@ -109,12 +128,13 @@ mod tests {
     #[test]
     fn sequence_logps_matches_pytorch() {
         let device = Device::flex();
-        let logits = Tensor::<3>::from_floats([[[1., 2., 3.], [0., 0., 0.], [3., 1., -1.]]], &device);
+        let logits =
+            Tensor::<3>::from_floats([[[1., 2., 3.], [0., 0., 0.], [3., 1., -1.]]], &device);
         let labels = Tensor::<2, Int>::from_ints([[2, 0, 1]], &device);
         let mask = Tensor::<2>::from_floats([[0., 1., 1.]], &device);
         let (sum, per_token) = sequence_logps(logits, labels, mask);
-        let sum: Vec<f32> = sum.into_data().to_vec().unwrap();
-        let per: Vec<f32> = per_token.into_data().to_vec().unwrap();
+        let sum: Vec<f32> = sum.into_data().try_into_vec_as::<f32>().unwrap();
+        let per: Vec<f32> = per_token.into_data().try_into_vec_as::<f32>().unwrap();
         assert!((sum[0] + 3.241544).abs() < 1e-5, "{sum:?}");
         for (got, want) in per.iter().zip([0.0, -1.0986123, -2.1429317]) {
             assert!((got - want).abs() < 1e-5, "{per:?}");
@@ -126,8 +146,14 @@ mod tests {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum ScoreRecord {
-    Text { prompt: String, response: String },
-    Ids { prompt_ids: Vec<u32>, response_ids: Vec<u32> },
+    Text {
+        prompt: String,
+        response: String,
+    },
+    Ids {
+        prompt_ids: Vec<u32>,
+        response_ids: Vec<u32>,
+    },
 }
 
 /// Reads a `clo score` input file: one JSON object per line, blank lines skipped.
@@ -136,13 +162,19 @@ pub fn read_score_input(path: &std::path::Path) -> crate::Result<Vec<(usize, Sco
     use crate::CoreError;
     let bytes = std::fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            CoreError::MissingFile { path: path.to_path_buf(), what: "score input" }
+            CoreError::MissingFile {
+                path: path.to_path_buf(),
+                what: "score input",
+            }
         } else {
             CoreError::io("read", path, e)
         }
     })?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|b| **b == b'\n').count();
+        let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
         CoreError::Input {
             path: path.to_path_buf(),
             line,

@@ -81,7 +81,11 @@ impl ChatTokenizer {
         let config: TokenizerConfig = if config_path.exists() {
             let text = read_to_string(&config_path, "tokenizer config")?;
             serde_json::from_str(&text).map_err(|e| {
-                CoreError::json(&config_path, &e, "tokenizer_config.json must be a JSON object")
+                CoreError::json(
+                    &config_path,
+                    &e,
+                    "tokenizer_config.json must be a JSON object",
+                )
             })?
         } else {
             tracing::warn!(path = %config_path.display(), "no tokenizer_config.json: no chat template, EOS from config.json");
@@ -157,11 +161,18 @@ impl ChatTokenizer {
         };
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", template)
-            .map_err(|e| template_err(e, "the chat_template of tokenizer_config.json is not valid Jinja"))?;
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_template("chat", template).map_err(|e| {
+            template_err(
+                e,
+                "the chat_template of tokenizer_config.json is not valid Jinja",
+            )
+        })?;
         env.get_template("chat")
             .and_then(|t| {
                 t.render(context! {

@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use burn::store::{FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::store::{
+    FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
+};
 use burn::tensor::DType;
 use serde::Deserialize;
 
@@ -84,8 +86,13 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
         weight_map: BTreeMap<String, String>,
     }
     let text = crate::error::read_to_string(&index, "shard index")?;
-    let parsed: Index = serde_json::from_str(&text)
-        .map_err(|e| CoreError::json(&index, &e, "the index needs a `weight_map` of tensor name -> shard file"))?;
+    let parsed: Index = serde_json::from_str(&text).map_err(|e| {
+        CoreError::json(
+            &index,
+            &e,
+            "the index needs a `weight_map` of tensor name -> shard file",
+        )
+    })?;
     let mut files: Vec<PathBuf> = parsed.weight_map.values().map(|f| dir.join(f)).collect();
     files.sort();
     files.dedup();
@@ -130,8 +137,8 @@ pub fn read_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<usize>)>
         shape: Vec<usize>,
         data_offsets: [u64; 2],
     }
-    let mut entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    let mut entries: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
     entries.remove("__metadata__");
     let data_len = size - 8 - header_len;
     let mut out = BTreeMap::new();
@@ -162,7 +169,10 @@ pub fn load_weights(model: &mut CausalLm, dir: &Path, config: &DecoderConfig) ->
     let mut problems = Vec::new();
     for spec in checkpoint_table(config) {
         match found.get(&spec.name) {
-            None => problems.push(format!("tensor `{}` is missing (expected shape {:?})", spec.name, spec.shape)),
+            None => problems.push(format!(
+                "tensor `{}` is missing (expected shape {:?})",
+                spec.name, spec.shape
+            )),
             Some((file, dtype, shape)) => {
                 if *shape != spec.shape {
                     problems.push(format!(
@@ -196,10 +206,12 @@ pub fn load_weights(model: &mut CausalLm, dir: &Path, config: &DecoderConfig) ->
             .with_from_adapter(adapter)
             .allow_partial(true)
             .validate(true);
-        let result = model.load_from(&mut store).map_err(|e| CoreError::Safetensors {
-            path: file.clone(),
-            message: e.to_string(),
-        })?;
+        let result = model
+            .load_from(&mut store)
+            .map_err(|e| CoreError::Safetensors {
+                path: file.clone(),
+                message: e.to_string(),
+            })?;
         if !result.errors.is_empty() {
             return Err(CoreError::Weights {
                 path: file.clone(),

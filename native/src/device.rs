@@ -11,8 +11,9 @@ wgpu:N (N-th discrete GPU), wgpu:integrated:N, wgpu:cpu (a software adapter such
 pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     let parts: Vec<&str> = spec.split(':').collect();
     let index = |s: &str| -> anyhow::Result<usize> {
-        s.parse()
-            .with_context(|| format!("--device {spec}: `{s}` is not a device index; expected {DEVICE_HELP}"))
+        s.parse().with_context(|| {
+            format!("--device {spec}: `{s}` is not a device index; expected {DEVICE_HELP}")
+        })
     };
     Ok(match parts.as_slice() {
         ["cpu"] | ["flex"] => Device::flex(),

@@ -17,7 +17,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use device::{DEVICE_HELP, parse_device};
 
 #[derive(Parser)]
-#[command(name = "clo", version, about = "Adapt an English-centric LLM to a new language with Cross-Lingual Optimization")]
+#[command(
+    name = "clo",
+    version,
+    about = "Adapt an English-centric LLM to a new language with Cross-Lingual Optimization"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,8 +90,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     match run(Cli::parse()) {
@@ -101,9 +104,21 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Score { model, input, output, device, chat_template, batch_size } => {
-            score(&model, &input, &output, &parse_device(&device)?, chat_template, batch_size)
-        }
+        Command::Score {
+            model,
+            input,
+            output,
+            device,
+            chat_template,
+            batch_size,
+        } => score(
+            &model,
+            &input,
+            &output,
+            &parse_device(&device)?,
+            chat_template,
+            batch_size,
+        ),
         Command::Generate {
             model,
             prompt,
@@ -124,7 +139,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let device = parse_device(&device)?;
             let lm = Pretrained::load(&model, &device)?;
             let prompt_ids = lm.tokenizer.prompt_ids(&prompt, chat_template)?;
-            let config = SamplingConfig { temperature, top_p, seed, max_new_tokens };
+            let config = SamplingConfig {
+                temperature,
+                top_p,
+                seed,
+                max_new_tokens,
+            };
             let mut stdout = std::io::stdout().lock();
             let mut shown = String::new();
             let mut so_far = Vec::new();
@@ -168,31 +188,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("model:        {}", s.dir.display());
                 println!("model_type:   {}", s.model_type);
                 println!("architecture: {}", s.architecture);
-                println!("parameters:   {} ({:.2} M)", s.num_parameters, s.num_parameters as f64 / 1e6);
+                println!(
+                    "parameters:   {} ({:.2} M)",
+                    s.num_parameters,
+                    s.num_parameters as f64 / 1e6
+                );
                 println!(
                     "dtype:        {} on disk ({}), computed in f32",
                     s.checkpoint_dtypes.join(", "),
                     s.torch_dtype.as_deref().unwrap_or("torch_dtype not set")
                 );
-                println!("vocab:        {} (tokenizer {})", s.vocab_size, s.tokenizer_vocab_size);
+                println!(
+                    "vocab:        {} (tokenizer {})",
+                    s.vocab_size, s.tokenizer_vocab_size
+                );
                 println!("layers:       {}", s.num_layers);
-                println!("hidden:       {} (MLP {})", s.hidden_size, s.intermediate_size);
-                println!("heads:        {} query, {} key/value, head_dim {}", s.num_heads, s.num_kv_heads, s.head_dim);
+                println!(
+                    "hidden:       {} (MLP {})",
+                    s.hidden_size, s.intermediate_size
+                );
+                println!(
+                    "heads:        {} query, {} key/value, head_dim {}",
+                    s.num_heads, s.num_kv_heads, s.head_dim
+                );
                 println!("rope:         theta {} {}", s.rope_theta, s.rope_scaling);
-                let windows: Vec<String> = s.sliding_windows.iter().map(|w| w.map_or("full".into(), |w| w.to_string())).collect();
+                let windows: Vec<String> = s
+                    .sliding_windows
+                    .iter()
+                    .map(|w| w.map_or("full".into(), |w| w.to_string()))
+                    .collect();
                 println!("attention:    {}", windows.join(" "));
-                println!("tied lm_head: {}   qkv bias: {}", s.tie_word_embeddings, s.qkv_bias);
+                println!(
+                    "tied lm_head: {}   qkv bias: {}",
+                    s.tie_word_embeddings, s.qkv_bias
+                );
                 println!("context:      {}", s.max_position_embeddings);
-                println!("chat:         {}", if s.chat_template { "chat template" } else { "no chat template (plain fallback)" });
+                println!(
+                    "chat:         {}",
+                    if s.chat_template {
+                        "chat template"
+                    } else {
+                        "no chat template (plain fallback)"
+                    }
+                );
                 println!("eos ids:      {:?}", s.eos_token_ids);
-                println!("files:        {}", s.checkpoint_files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+                println!(
+                    "files:        {}",
+                    s.checkpoint_files
+                        .iter()
+                        .map(|f| f.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
             Ok(())
         }
     }
 }
 
-fn score(model: &Path, input: &Path, output: &Path, device: &Device, chat: bool, batch_size: usize) -> anyhow::Result<()> {
+fn score(
+    model: &Path,
+    input: &Path,
+    output: &Path,
+    device: &Device,
+    chat: bool,
+    batch_size: usize,
+) -> anyhow::Result<()> {
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -212,21 +273,38 @@ fn score(model: &Path, input: &Path, output: &Path, device: &Device, chat: bool,
                 prompt: lm.tokenizer.prompt_ids(prompt, chat)?,
                 response: lm.tokenizer.response_ids(response)?,
             },
-            ScoreRecord::Ids { prompt_ids, response_ids } => {
-                if let Some(id) = prompt_ids.iter().chain(response_ids).find(|id| **id as usize >= vocab) {
-                    return Err(bad(format!("token id {id} is outside the vocabulary of {vocab}")).into());
+            ScoreRecord::Ids {
+                prompt_ids,
+                response_ids,
+            } => {
+                if let Some(id) = prompt_ids
+                    .iter()
+                    .chain(response_ids)
+                    .find(|id| **id as usize >= vocab)
+                {
+                    return Err(bad(format!(
+                        "token id {id} is outside the vocabulary of {vocab}"
+                    ))
+                    .into());
                 }
-                Pair { prompt: prompt_ids.clone(), response: response_ids.clone() }
+                Pair {
+                    prompt: prompt_ids.clone(),
+                    response: response_ids.clone(),
+                }
             }
         };
         if pair.prompt.is_empty() {
-            return Err(bad("empty prompt: the first response token needs a token before it".into()).into());
+            return Err(bad(
+                "empty prompt: the first response token needs a token before it".into(),
+            )
+            .into());
         }
         pairs.push(pair);
     }
 
     let bar = ProgressBar::new(pairs.len() as u64).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} records {per_sec} eta {eta}").expect("valid template"),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} records {per_sec} eta {eta}")
+            .expect("valid template"),
     );
     let mut lines = String::new();
     for chunk in pairs.chunks(batch_size) {
@@ -242,10 +320,15 @@ fn score(model: &Path, input: &Path, output: &Path, device: &Device, chat: bool,
 
 /// Writes to a temporary file beside `path`, then renames it over `path`.
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let write = || -> std::io::Result<()> {

@@ -7,15 +7,21 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/models")
+        .join(name)
 }
 
 fn expected(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap())
+        .unwrap()
 }
 
 fn clo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clo")).args(args).output().expect("clo runs")
+    Command::new(env!("CARGO_BIN_EXE_clo"))
+        .args(args)
+        .output()
+        .expect("clo runs")
 }
 
 fn stderr(out: &Output) -> String {
@@ -28,7 +34,12 @@ fn score_text_and_ids_match_transformers() {
     let input = dir.path().join("in.jsonl");
     let output = dir.path().join("out.jsonl");
     let exp = expected("llama3");
-    let cases: Vec<&Value> = exp["scores"].as_array().unwrap().iter().filter(|c| c["chat_template"] == true).collect();
+    let cases: Vec<&Value> = exp["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["chat_template"] == true)
+        .collect();
     // Text lines go through the chat template; the ids line is scored as given.
     let mut lines = String::new();
     for c in &cases {
@@ -41,8 +52,16 @@ fn score_text_and_ids_match_transformers() {
 
     let model = fixture("llama3");
     let out = clo(&[
-        "score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(),
-        "--output", output.to_str().unwrap(), "--chat-template", "--batch-size", "2",
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--chat-template",
+        "--batch-size",
+        "2",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let got: Vec<Value> = std::fs::read_to_string(&output)
@@ -53,7 +72,10 @@ fn score_text_and_ids_match_transformers() {
     assert_eq!(got.len(), cases.len() + 1);
     for (g, want) in got.iter().zip(cases.iter().chain([&cases[0]])) {
         assert_eq!(g["n_tokens"], want["n_tokens"]);
-        assert_eq!(g["token_logps"].as_array().unwrap().len(), want["n_tokens"].as_u64().unwrap() as usize);
+        assert_eq!(
+            g["token_logps"].as_array().unwrap().len(),
+            want["n_tokens"].as_u64().unwrap() as usize
+        );
         let (g, w) = (g["logp"].as_f64().unwrap(), want["logp"].as_f64().unwrap());
         assert!((g - w).abs() < 1e-3, "logp {g} vs transformers {w}");
     }
@@ -64,12 +86,27 @@ fn score_reports_bad_line_with_file_and_number() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     let output = dir.path().join("out.jsonl");
-    std::fs::write(&input, "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"a\"}\n").unwrap();
+    std::fs::write(
+        &input,
+        "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"a\"}\n",
+    )
+    .unwrap();
     let model = fixture("qwen2");
-    let out = clo(&["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    let out = clo(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("in.jsonl:2:") && err.contains("prompt_ids"), "{err}");
+    assert!(
+        err.contains("in.jsonl:2:") && err.contains("prompt_ids"),
+        "{err}"
+    );
     assert!(!output.exists(), "nothing is written when the input is bad");
 }
 
@@ -79,21 +116,40 @@ fn generate_greedy_prints_transformers_continuation() {
     let case = &exp["greedy"][0];
     let model = fixture("qwen2");
     let out = clo(&[
-        "generate", "--model", model.to_str().unwrap(), "--prompt", case["prompt"].as_str().unwrap(),
-        "--temperature", "0", "--max-new-tokens", "12", "--json",
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        case["prompt"].as_str().unwrap(),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+        "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut ids: Vec<u64> = got["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let mut ids: Vec<u64> = got["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
     if got["stop"] == "eos" {
         ids.push(exp_eos(&model));
     }
-    let want: Vec<u64> = case["new_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let want: Vec<u64> = case["new_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
     assert_eq!(ids, want);
 }
 
 fn exp_eos(model: &Path) -> u64 {
-    let config: Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
     config["eos_token_id"].as_u64().unwrap()
 }
 
@@ -102,8 +158,20 @@ fn generate_with_seed_is_reproducible_and_seed_matters() {
     let model = fixture("llama");
     let run = |seed: &str| {
         let out = clo(&[
-            "generate", "--model", model.to_str().unwrap(), "--prompt", "Habari", "--temperature", "1.0",
-            "--top-p", "0.95", "--seed", seed, "--max-new-tokens", "16", "--json",
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "Habari",
+            "--temperature",
+            "1.0",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+            "--max-new-tokens",
+            "16",
+            "--json",
         ]);
         assert!(out.status.success(), "{}", stderr(&out));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -126,7 +194,10 @@ fn inspect_reports_architecture() {
     assert_eq!(v["sliding_windows"], serde_json::json!([7, 7]));
     let text = clo(&["inspect", "--model", model.to_str().unwrap()]);
     let text = String::from_utf8(text.stdout).unwrap();
-    assert!(text.contains("parameters:") && text.contains("F16"), "{text}");
+    assert!(
+        text.contains("parameters:") && text.contains("F16"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -134,5 +205,8 @@ fn missing_model_dir_fails_clearly() {
     let out = clo(&["inspect", "--model", "/nonexistent/model"]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("/nonexistent/model") && err.contains("HINT"), "{err}");
+    assert!(
+        err.contains("/nonexistent/model") && err.contains("HINT"),
+        "{err}"
+    );
 }

@@ -10,7 +10,9 @@ use serde::Deserialize;
 pub const FAMILIES: [&str; 5] = ["llama", "llama3", "mistral", "qwen2", "qwen2-bf16"];
 
 pub fn fixture_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/models")
+        .join(name)
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,13 +57,15 @@ pub struct Expected {
 }
 
 pub fn expected(name: &str) -> Expected {
-    let text = std::fs::read_to_string(fixture_dir(name).join("expected.json")).expect("expected.json");
+    let text =
+        std::fs::read_to_string(fixture_dir(name).join("expected.json")).expect("expected.json");
     serde_json::from_str(&text).expect("expected.json parses")
 }
 
 /// Logits transformers computed for sequence `i`, `[seq, vocab]` flattened row-major.
 pub fn expected_logits(name: &str, i: usize) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(fixture_dir(name).join("expected.safetensors")).expect("expected.safetensors");
+    let bytes = std::fs::read(fixture_dir(name).join("expected.safetensors"))
+        .expect("expected.safetensors");
     let file = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
     let view = file.tensor(&format!("logits_{i}")).expect("logits tensor");
     let data = view
@@ -75,7 +79,10 @@ pub fn expected_logits(name: &str, i: usize) -> (Vec<usize>, Vec<f32>) {
 /// Largest absolute difference between two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// The wgpu device the tests use: the default adapter (Mesa lavapipe on CI).

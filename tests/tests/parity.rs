@@ -20,13 +20,17 @@ fn logits_parity(device: &Device) {
         let exp = expected(name);
         for (i, seq) in exp.sequences.iter().enumerate() {
             let ids: Vec<i64> = seq.ids.iter().map(|&t| t as i64).collect();
-            let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, seq.ids.len()]), device);
+            let input =
+                Tensor::<2, Int>::from_data(TensorData::new(ids, [1, seq.ids.len()]), device);
             let logits = lm.model.forward(input, &lm.config.decoder.rope, None);
-            let got: Vec<f32> = logits.into_data().convert::<f32>().to_vec().unwrap();
+            let got: Vec<f32> = logits.into_data().try_into_vec_as::<f32>().unwrap();
             let (shape, want) = expected_logits(name, i);
             assert_eq!(shape, vec![seq.ids.len(), lm.config.decoder.vocab_size]);
             let diff = max_abs_diff(&got, &want);
-            assert!(diff <= LOGIT_TOLERANCE, "{name} sequence {i}: max |logit diff| = {diff}");
+            assert!(
+                diff <= LOGIT_TOLERANCE,
+                "{name} sequence {i}: max |logit diff| = {diff}"
+            );
         }
     }
 }
@@ -53,13 +57,19 @@ fn kv_cache_matches_full_pass() {
         let mut got = Vec::new();
         for piece in [&seq[..5], &seq[5..6], &seq[6..20], &seq[20..]] {
             let ids: Vec<i64> = piece.iter().map(|&t| t as i64).collect();
-            let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, piece.len()]), &device);
-            let logits = lm.model.forward(input, &lm.config.decoder.rope, Some(&mut cache));
-            got.extend(logits.into_data().convert::<f32>().to_vec::<f32>().unwrap());
+            let input =
+                Tensor::<2, Int>::from_data(TensorData::new(ids, [1, piece.len()]), &device);
+            let logits = lm
+                .model
+                .forward(input, &lm.config.decoder.rope, Some(&mut cache));
+            got.extend(logits.into_data().try_into_vec_as::<f32>().unwrap());
         }
         assert_eq!(cache.len(), want_shape[0]);
         let diff = max_abs_diff(&got, &want);
-        assert!(diff <= LOGIT_TOLERANCE, "{name}: cached pieces differ by {diff}");
+        assert!(
+            diff <= LOGIT_TOLERANCE,
+            "{name}: cached pieces differ by {diff}"
+        );
     }
 }
 
@@ -70,20 +80,36 @@ fn greedy_generation_equals_transformers() {
         let lm = Pretrained::load(&fixture_dir(name), &device).unwrap();
         for case in expected(name).greedy {
             let prompt = lm.tokenizer.prompt_ids(&case.prompt, false).unwrap();
-            assert_eq!(prompt, case.prompt_ids, "{name}: tokenization of {:?}", case.prompt);
+            assert_eq!(
+                prompt, case.prompt_ids,
+                "{name}: tokenization of {:?}",
+                case.prompt
+            );
             let config = SamplingConfig {
                 temperature: 0.0,
                 top_p: 1.0,
                 seed: 0,
                 max_new_tokens: 12,
             };
-            let out = generate(&lm.model, &lm.config.decoder.rope, &prompt, lm.tokenizer.eos_ids(), &config, &device, |_| {});
+            let out = generate(
+                &lm.model,
+                &lm.config.decoder.rope,
+                &prompt,
+                lm.tokenizer.eos_ids(),
+                &config,
+                &device,
+                |_| {},
+            );
             // transformers keeps the EOS it stopped on; clo reports it as the stop reason.
             let mut got = out.ids.clone();
             if out.stop == clo_core::generate::StopReason::Eos {
                 got.push(lm.tokenizer.eos_ids()[0]);
             }
-            assert_eq!(got, case.new_ids, "{name}: greedy continuation of {:?}", case.prompt);
+            assert_eq!(
+                got, case.new_ids,
+                "{name}: greedy continuation of {:?}",
+                case.prompt
+            );
         }
     }
 }
@@ -99,7 +125,11 @@ fn scores_match_transformers() {
             .map(|c| {
                 let prompt = lm.tokenizer.prompt_ids(&c.prompt, c.chat_template).unwrap();
                 let response = lm.tokenizer.response_ids(&c.response).unwrap();
-                assert_eq!(prompt, c.prompt_ids, "{name}: prompt ids (chat {})", c.chat_template);
+                assert_eq!(
+                    prompt, c.prompt_ids,
+                    "{name}: prompt ids (chat {})",
+                    c.chat_template
+                );
                 assert_eq!(response, c.response_ids, "{name}: response ids");
                 Pair { prompt, response }
             })
@@ -111,7 +141,12 @@ fn scores_match_transformers() {
             for (g, w) in got.token_logps.iter().zip(&want.token_logps) {
                 assert!((g - w).abs() <= 1e-4, "{name}: token logp {g} vs {w}");
             }
-            assert!((got.logp - want.logp).abs() <= 1e-3, "{name}: logp {} vs {}", got.logp, want.logp);
+            assert!(
+                (got.logp - want.logp).abs() <= 1e-3,
+                "{name}: logp {} vs {}",
+                got.logp,
+                want.logp
+            );
         }
     }
 }
@@ -122,19 +157,27 @@ fn chat_templates_render_like_transformers() {
     for name in FAMILIES {
         let lm_dir = fixture_dir(name);
         let config = clo_core::models::ModelConfig::from_file(&lm_dir.join("config.json")).unwrap();
-        let tok = clo_core::tokenizer::ChatTokenizer::from_dir(&lm_dir, &config.eos_token_ids).unwrap();
+        let tok =
+            clo_core::tokenizer::ChatTokenizer::from_dir(&lm_dir, &config.eos_token_ids).unwrap();
         for t in expected(name).templates {
             assert_eq!(tok.render_prompt(&t.prompt).unwrap(), t.rendered, "{name}");
             checked += 1;
         }
     }
-    assert!(checked >= 6, "templates of llama3, mistral and qwen2 are covered");
+    assert!(
+        checked >= 6,
+        "templates of llama3, mistral and qwen2 are covered"
+    );
 }
 
 #[test]
 fn parameter_counts_match_transformers() {
     for name in FAMILIES {
         let summary = Pretrained::summarize(&fixture_dir(name)).unwrap();
-        assert_eq!(summary.num_parameters, expected(name).num_parameters, "{name}");
+        assert_eq!(
+            summary.num_parameters,
+            expected(name).num_parameters,
+            "{name}"
+        );
     }
 }

@@ -116,7 +116,11 @@ impl HfCommon {
         }
         let head_dim = self.head_dim.unwrap_or(self.hidden_size / heads);
         if head_dim % 2 != 0 {
-            return Err(unsupported("head_dim", head_dim.to_string(), "an even head_dim"));
+            return Err(unsupported(
+                "head_dim",
+                head_dim.to_string(),
+                "an even head_dim",
+            ));
         }
         Ok(DecoderConfig {
             vocab_size: self.vocab_size,
@@ -160,12 +164,14 @@ impl HfCommon {
             .and_then(Value::as_str)
             .unwrap_or("default");
         let num = |field: &'static str| -> Result<f64> {
-            obj.get(field).and_then(Value::as_f64).ok_or_else(|| CoreError::UnsupportedConfig {
-                path: path.to_path_buf(),
-                field: "rope_scaling",
-                value: format!("{obj} (no number `{field}`)"),
-                supported: "rope_scaling with rope_type \"llama3\" and its four numbers",
-            })
+            obj.get(field)
+                .and_then(Value::as_f64)
+                .ok_or_else(|| CoreError::UnsupportedConfig {
+                    path: path.to_path_buf(),
+                    field: "rope_scaling",
+                    value: format!("{obj} (no number `{field}`)"),
+                    supported: "rope_scaling with rope_type \"llama3\" and its four numbers",
+                })
         };
         match kind {
             "default" => Ok(RopeScaling::Default),
@@ -202,16 +208,23 @@ impl ModelConfig {
         let text = read_to_string(path, "model config")?;
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| CoreError::json(path, &e, "config.json must be a JSON object"))?;
-        let model_type = value.get("model_type").and_then(Value::as_str).ok_or_else(|| {
-            CoreError::UnsupportedConfig {
+        let model_type = value
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| CoreError::UnsupportedConfig {
                 path: path.to_path_buf(),
                 field: "model_type",
-                value: value.get("model_type").map_or("(missing)".into(), Value::to_string),
+                value: value
+                    .get("model_type")
+                    .map_or("(missing)".into(), Value::to_string),
                 supported: Family::MODEL_TYPES,
-            }
-        })?;
+            })?;
         let parse_err = |e: serde_json::Error| {
-            CoreError::json(path, &e, "config.json lacks a field every Llama-family config has")
+            CoreError::json(
+                path,
+                &e,
+                "config.json lacks a field every Llama-family config has",
+            )
         };
         let (family, common, decoder) = match model_type {
             "llama" => {
@@ -238,8 +251,13 @@ impl ModelConfig {
         Ok(ModelConfig {
             family,
             decoder,
-            bos_token_id: common.bos_token_id.and_then(|ids| ids.to_vec().first().copied()),
-            eos_token_ids: common.eos_token_id.map(|ids| ids.to_vec()).unwrap_or_default(),
+            bos_token_id: common
+                .bos_token_id
+                .and_then(|ids| ids.to_vec().first().copied()),
+            eos_token_ids: common
+                .eos_token_id
+                .map(|ids| ids.to_vec())
+                .unwrap_or_default(),
             torch_dtype: common.torch_dtype,
         })
     }
@@ -262,7 +280,9 @@ mod tests {
 
     #[test]
     fn unknown_model_type_is_refused_by_name() {
-        let err = parse(&format!(r#"{{"model_type": "gpt2", {BASE}}}"#)).unwrap_err().to_string();
+        let err = parse(&format!(r#"{{"model_type": "gpt2", {BASE}}}"#))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`model_type` = \"gpt2\""), "{err}");
         assert!(err.contains("\"llama\""), "{err}");
     }
@@ -279,17 +299,33 @@ mod tests {
 
     #[test]
     fn unsupported_activation_is_refused() {
-        let err = parse(&format!(r#"{{"model_type": "mistral", {BASE}, "hidden_act": "gelu"}}"#))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&format!(
+            r#"{{"model_type": "mistral", {BASE}, "hidden_act": "gelu"}}"#
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("`hidden_act` = \"gelu\""), "{err}");
     }
 
     #[test]
-    fn missing_field_names_file_and_position() {
-        let err = parse(r#"{"model_type": "llama", "hidden_size": 16}"#).unwrap_err().to_string();
-        assert!(err.contains("config.json:1:"), "{err}");
-        assert!(err.contains("vocab_size"), "{err}");
+    fn missing_field_names_file_and_field() {
+        let err = parse(r#"{"model_type": "llama", "hidden_size": 16}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config.json: missing field `vocab_size`"),
+            "{err}"
+        );
+        let err = parse(
+            r#"{"model_type": "llama",
+            "hidden_size": 16,}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("config.json:2:"),
+            "syntax errors carry line and column: {err}"
+        );
     }
 
     #[test]
@@ -314,6 +350,9 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.decoder.rope.theta, 500000.0);
-        assert!(matches!(c.decoder.rope.scaling, RopeScaling::Llama3 { factor: 8.0, .. }));
+        assert!(matches!(
+            c.decoder.rope.scaling,
+            RopeScaling::Llama3 { factor: 8.0, .. }
+        ));
     }
 }

@@ -29,7 +29,13 @@ impl Qwen2Config {
         if self.use_sliding_window {
             let first = self.max_window_layers.unwrap_or(config.num_layers);
             config.sliding_windows = (0..config.num_layers)
-                .map(|i| if i >= first { self.sliding_window } else { None })
+                .map(|i| {
+                    if i >= first {
+                        self.sliding_window
+                    } else {
+                        None
+                    }
+                })
                 .collect();
         }
         Ok(config)

@@ -42,11 +42,8 @@ pub struct DecoderConfig {
 impl DecoderConfig {
     /// A model with lazily initialised parameters, ready for a checkpoint to fill.
     pub fn init(&self, device: &Device) -> CausalLm {
-        let linear = |d_in, d_out, bias| {
-            LinearConfig::new(d_in, d_out)
-                .with_bias(bias)
-                .init(device)
-        };
+        let linear =
+            |d_in, d_out, bias| LinearConfig::new(d_in, d_out).with_bias(bias).init(device);
         let norm = || {
             RmsNormConfig::new(self.hidden_size)
                 .with_epsilon(self.rms_norm_eps)
@@ -95,7 +92,9 @@ impl DecoderConfig {
             self.num_heads * self.head_dim,
             self.num_kv_heads * self.head_dim,
         );
-        let attn = h * q + 2 * h * kv + q * h
+        let attn = h * q
+            + 2 * h * kv
+            + q * h
             + if self.qkv_bias { q + 2 * kv } else { 0 }
             + if self.o_bias { h } else { 0 };
         let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
@@ -175,8 +174,10 @@ impl Attention {
         let k = repeat_kv(k, nh / nkv); // [b, nh, total, hd]
         let v = repeat_kv(v, nh / nkv);
         let scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt(); // [b, nh, seq, total]
-        let mask = attention_mask(seq, total, self.sliding_window, &scores.device());
-        let scores = scores.mask_fill(mask.unsqueeze::<4>(), f32::NEG_INFINITY);
+        let mask = attention_mask(seq, total, self.sliding_window, &scores.device())
+            .unsqueeze::<4>()
+            .expand(scores.dims()); // [b, nh, seq, total]
+        let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
         let out = softmax(scores, 3).matmul(v); // [b, nh, seq, hd]
         let out = out.swap_dims(1, 2).reshape([batch, seq, nh * hd]);
         self.o_proj.forward(out)
@@ -260,7 +261,12 @@ impl CausalLm {
     /// # Shapes
     /// - ids: `[batch, seq]`
     /// - output: `[batch, seq, vocab]`
-    pub fn forward(&self, ids: Tensor<2, Int>, rope: &RopeConfig, cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        ids: Tensor<2, Int>,
+        rope: &RopeConfig,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         let hidden = self.hidden_states(ids, rope, cache);
         self.logits(hidden)
     }
@@ -269,7 +275,12 @@ impl CausalLm {
     ///
     /// # Shapes
     /// - ids: `[batch, seq]` -> `[batch, seq, hidden]`
-    pub fn hidden_states(&self, ids: Tensor<2, Int>, rope: &RopeConfig, cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn hidden_states(
+        &self,
+        ids: Tensor<2, Int>,
+        rope: &RopeConfig,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         let [_, seq] = ids.dims();
         let device = ids.device();
         let mut scratch;
@@ -283,9 +294,10 @@ impl CausalLm {
         let (cos, sin) = rope.cos_sin(cache.len(), seq, &device);
         let mut x = self.model.embed_tokens.forward(ids); // [b, seq, hidden]
         for (layer, slot) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
-            let attn = layer
-                .self_attn
-                .forward(layer.input_layernorm.forward(x.clone()), &cos, &sin, slot);
+            let attn =
+                layer
+                    .self_attn
+                    .forward(layer.input_layernorm.forward(x.clone()), &cos, &sin, slot);
             x = x + attn;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
         }
