@@ -20,6 +20,7 @@ pub mod models;
 pub mod pretrained;
 pub mod score;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use error::{CoreError, Result};

@@ -46,32 +46,39 @@ pub struct Pair {
     pub response: Vec<u32>,
 }
 
-/// Scores pairs in one right-padded batch.
-///
-/// Every pair needs at least one prompt token (the first response token is predicted from
-/// the last prompt token).
-pub fn score_batch(
-    model: &CausalLm,
-    rope: &RopeConfig,
-    pairs: &[Pair],
-    device: &Device,
-) -> Vec<Score> {
+impl Pair {
+    /// Cuts the response so that prompt + response fit in `max_len` tokens (method.md: truncate
+    /// from the response end). The prompt must already be shorter than `max_len`.
+    pub fn truncated(mut self, max_len: usize) -> Self {
+        let room = max_len.saturating_sub(self.prompt.len());
+        self.response.truncate(room);
+        self
+    }
+}
+
+/// Pairs as right-padded model inputs, shifted so that position t predicts `labels[t]`.
+#[derive(Debug, Clone)]
+pub struct Collated {
+    /// `[rows, width]`: prompt ++ response without its last token, then padding.
+    pub inputs: Tensor<2, Int>,
+    /// `[rows, width]`: the next token at each position.
+    pub labels: Tensor<2, Int>,
+    /// `[rows, width]`: 1 where the label is a response token, else 0.
+    pub mask: Tensor<2>,
+    /// Response tokens per row.
+    pub n_tokens: Vec<usize>,
+}
+
+/// Builds one right-padded batch. Every pair needs at least one prompt token (the first
+/// response token is predicted from the last prompt token).
+pub fn collate(pairs: &[Pair], device: &Device) -> Collated {
     let batch = pairs.len();
     let width = pairs
         .iter()
-        .map(|p| p.prompt.len() + p.response.len() - 1)
+        .map(|p| (p.prompt.len() + p.response.len()).saturating_sub(1))
         .max()
-        .unwrap_or(0);
-    if batch == 0 || width == 0 {
-        return pairs
-            .iter()
-            .map(|_| Score {
-                logp: 0.0,
-                n_tokens: 0,
-                token_logps: vec![],
-            })
-            .collect();
-    }
+        .unwrap_or(0)
+        .max(1);
     let (mut inputs, mut labels, mut mask) = (
         vec![0i64; batch * width],
         vec![0i64; batch * width],
@@ -79,17 +86,46 @@ pub fn score_batch(
     );
     for (b, pair) in pairs.iter().enumerate() {
         let ids: Vec<u32> = pair.prompt.iter().chain(&pair.response).copied().collect();
-        for t in 0..ids.len() - 1 {
+        for t in 0..ids.len().saturating_sub(1) {
             inputs[b * width + t] = ids[t] as i64;
             labels[b * width + t] = ids[t + 1] as i64;
             mask[b * width + t] = if t + 1 >= pair.prompt.len() { 1.0 } else { 0.0 };
         }
     }
-    let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, [batch, width]), device);
-    let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [batch, width]), device);
-    let mask = Tensor::<2>::from_data(TensorData::new(mask, [batch, width]), device);
-    let logits = model.forward(inputs, rope, None);
-    let (_, per_token) = sequence_logps(logits, labels, mask);
+    Collated {
+        inputs: Tensor::from_data(TensorData::new(inputs, [batch, width]), device),
+        labels: Tensor::from_data(TensorData::new(labels, [batch, width]), device),
+        mask: Tensor::from_data(TensorData::new(mask, [batch, width]), device),
+        n_tokens: pairs.iter().map(|p| p.response.len()).collect(),
+    }
+}
+
+/// Summed and per-token response log-probs of a collated batch under `model`.
+///
+/// # Shapes
+/// - output: (`[rows]`, `[rows, width]`)
+pub fn batch_logps(
+    model: &CausalLm,
+    rope: &RopeConfig,
+    batch: &Collated,
+) -> (Tensor<1>, Tensor<2>) {
+    let logits = model.forward(batch.inputs.clone(), rope, None); // [rows, width, vocab]
+    sequence_logps(logits, batch.labels.clone(), batch.mask.clone())
+}
+
+/// Scores pairs in one right-padded batch.
+pub fn score_batch(
+    model: &CausalLm,
+    rope: &RopeConfig,
+    pairs: &[Pair],
+    device: &Device,
+) -> Vec<Score> {
+    if pairs.is_empty() {
+        return Vec::new();
+    }
+    let batch = collate(pairs, device);
+    let width = batch.inputs.dims()[1];
+    let (_, per_token) = batch_logps(model, rope, &batch);
     let values: Vec<f32> = per_token
         .into_data()
         .try_into_vec_as::<f32>()
@@ -98,7 +134,7 @@ pub fn score_batch(
         .iter()
         .enumerate()
         .map(|(b, pair)| {
-            let start = b * width + pair.prompt.len() - 1;
+            let start = b * width + pair.prompt.len().max(1) - 1;
             let token_logps: Vec<f64> = values[start..start + pair.response.len()]
                 .iter()
                 .map(|v| *v as f64)

@@ -181,3 +181,22 @@ fn parameter_counts_match_transformers() {
         );
     }
 }
+
+/// A base model (no chat_template) asked for a chat prompt gets the plain fallback, with the
+/// tokenizer's BOS, and the response still ends with EOS.
+#[test]
+fn base_model_chat_prompt_uses_plain_fallback() {
+    let dir = fixture_dir("llama");
+    let config = clo_core::models::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let tok = clo_core::tokenizer::ChatTokenizer::from_dir(&dir, &config.eos_token_ids).unwrap();
+    assert!(!tok.has_chat_template());
+    let rendered = clo_core::tokenizer::PLAIN_TEMPLATE.replace("{prompt}", "Habari?");
+    assert_eq!(tok.render_prompt("Habari?").unwrap(), rendered);
+    let ids = tok.prompt_ids("Habari?", true).unwrap();
+    assert_eq!(ids, tok.encode(&rendered, true).unwrap());
+    assert_eq!(ids[0], config.bos_token_id.unwrap(), "starts with BOS");
+    assert_eq!(
+        tok.response_ids("ndiyo").unwrap().last(),
+        config.eos_token_ids.first()
+    );
+}

@@ -1,0 +1,106 @@
+//! Cross-lingual quadruples `(x_en, y_en, x_tgt, y_tgt)`, one JSON object per line.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{CoreError, Result};
+
+/// One record of a quadruple file. Fields beyond the six are kept as they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quadruple {
+    pub id: String,
+    /// Target language code (for example `sw`).
+    pub lang: String,
+    pub x_en: String,
+    pub y_en: String,
+    pub x_tgt: String,
+    pub y_tgt: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+const FIELDS: [&str; 6] = ["id", "lang", "x_en", "y_en", "x_tgt", "y_tgt"];
+
+/// Reads a quadruple file. A missing or empty field stops with the file, the line and the field.
+pub fn read_quadruples(path: &Path) -> Result<Vec<Quadruple>> {
+    let text = crate::error::read_to_string(path, "quadruple data")?;
+    let bad = |line: usize, message: String| CoreError::Input {
+        path: path.to_path_buf(),
+        line,
+        message,
+        hint: "each line is {\"id\", \"lang\", \"x_en\", \"y_en\", \"x_tgt\", \"y_tgt\"} with non-empty strings (`clo prepare` writes them)",
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(line).map_err(|e| bad(i + 1, e.to_string()))?;
+        let Some(obj) = value.as_object() else {
+            return Err(bad(i + 1, "not a JSON object".into()));
+        };
+        for field in FIELDS {
+            match obj.get(field) {
+                None => return Err(bad(i + 1, format!("missing field `{field}`"))),
+                Some(Value::String(s)) if s.trim().is_empty() => {
+                    return Err(bad(i + 1, format!("field `{field}` is empty")));
+                }
+                Some(Value::String(_)) => {}
+                Some(other) => {
+                    return Err(bad(
+                        i + 1,
+                        format!("field `{field}` must be a string, got {other}"),
+                    ));
+                }
+            }
+        }
+        out.push(serde_json::from_value(value).map_err(|e| bad(i + 1, e.to_string()))?);
+    }
+    if out.is_empty() {
+        return Err(bad(1, "no quadruples".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Result<Vec<Quadruple>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quads.jsonl");
+        std::fs::write(&path, text).unwrap();
+        read_quadruples(&path)
+    }
+
+    const GOOD: &str = r#"{"id": "1", "lang": "sw", "x_en": "Hi", "y_en": "Hello", "x_tgt": "Jambo", "y_tgt": "Habari", "source_id": 7}"#;
+
+    #[test]
+    fn extra_fields_are_kept() {
+        let q = read(&format!("{GOOD}\n\n")).unwrap();
+        assert_eq!(q[0].extra.get("source_id"), Some(&Value::from(7)));
+    }
+
+    #[test]
+    fn missing_and_empty_fields_name_the_line() {
+        let err = read(&format!(
+            "{GOOD}\n{}\n",
+            GOOD.replace(r#""y_tgt": "Habari", "#, "")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("quads.jsonl:2: missing field `y_tgt`"),
+            "{err}"
+        );
+        let err = read(&GOOD.replace("\"Jambo\"", "\" \""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("quads.jsonl:1: field `x_tgt` is empty"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Training: quadruple data, the batcher, the losses, and (in later modules) the loop.
+
+pub mod batch;
+pub mod data;
+pub mod loss;
