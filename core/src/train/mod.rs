@@ -3,3 +3,4 @@
 pub mod batch;
 pub mod data;
 pub mod loss;
+pub mod trainable;

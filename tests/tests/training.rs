@@ -1,0 +1,123 @@
+//! Trainable sets: after a real AdamW step on the CLO loss, exactly the chosen parameters have
+//! changed and every other weight is bit-identical.
+
+use std::collections::BTreeMap;
+
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use burn::store::ModuleSnapshot;
+use clo_core::Pretrained;
+use clo_core::models::CausalLm;
+use clo_core::score::{batch_logps, collate};
+use clo_core::train::batch::{TokenizedQuad, clo_rows, tokenize_quads};
+use clo_core::train::data::Quadruple;
+use clo_core::train::loss::{NllReduction, clo_loss};
+use clo_core::train::trainable::Trainable;
+use clo_tests::fixture_dir;
+
+/// Raw bytes of every tensor, by module path.
+fn snapshot(model: &CausalLm) -> BTreeMap<String, Vec<u8>> {
+    model
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| (t.name.clone(), t.to_bytes().unwrap().to_vec()))
+        .collect()
+}
+
+fn quads() -> Vec<Quadruple> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/losses.json");
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_json::from_value(fx["quadruples"].clone()).unwrap()
+}
+
+/// One CLO step with AdamW (lr 1e-2); returns the model before and after.
+fn one_step(trainable: Trainable) -> (CausalLm, CausalLm) {
+    let device = Device::flex().autodiff();
+    let lm = Pretrained::load(&fixture_dir("qwen2"), &device).unwrap();
+    let rope = lm.config.decoder.rope.clone();
+    let (tokenized, _) = tokenize_quads(&lm.tokenizer, &quads(), 80).unwrap();
+    let refs: Vec<&TokenizedQuad> = tokenized.iter().collect();
+    let batch = collate(&clo_rows(&refs, 80), &device);
+
+    let before = lm.model;
+    let (reference, _) = batch_logps(&before.valid(), &rope, &batch);
+    let model = trainable.apply(before.clone()).unwrap();
+    let (policy, _) = batch_logps(&model, &rope, &batch);
+    let n = tokenized.len();
+    let tgt_tokens: Vec<f32> = batch.n_tokens[2 * n..3 * n]
+        .iter()
+        .map(|&t| t as f32)
+        .collect();
+    let tgt_tokens = Tensor::<1>::from_data(TensorData::new(tgt_tokens, [n]), &device);
+    let terms = clo_loss(
+        policy,
+        reference.detach(),
+        tgt_tokens,
+        0.1,
+        0.5,
+        NllReduction::TokenMean,
+    );
+    let grads = GradientsParams::from_grads(terms.loss.backward(), &model);
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let after = optim.step(1e-2, model, grads);
+    (before, after)
+}
+
+fn is_attention(name: &str) -> bool {
+    ["q_proj", "k_proj", "v_proj", "o_proj"]
+        .iter()
+        .any(|p| name.contains(&format!("self_attn.{p}")))
+}
+
+#[test]
+fn attention_trains_q_k_v_o_and_nothing_else() {
+    let (before, after) = one_step(Trainable::Attention { layers: None });
+    let (b, a) = (snapshot(&before), snapshot(&after));
+    assert_eq!(b.keys().collect::<Vec<_>>(), a.keys().collect::<Vec<_>>());
+    let mut changed = 0;
+    for (name, bytes) in &b {
+        if is_attention(name) {
+            assert_ne!(bytes, &a[name], "{name} should train");
+            changed += 1;
+        } else {
+            assert_eq!(bytes, &a[name], "{name} must stay bit-identical");
+        }
+    }
+    // 2 layers x (q, k, v with bias + o without) = 14 tensors.
+    assert_eq!(changed, 14);
+}
+
+#[test]
+fn attention_layer_range_trains_only_those_layers() {
+    let (before, after) = one_step(Trainable::Attention {
+        layers: Some([1, 2]),
+    });
+    let (b, a) = (snapshot(&before), snapshot(&after));
+    for (name, bytes) in &b {
+        let trains = is_attention(name) && name.starts_with("model.layers.1.");
+        assert_eq!(bytes != &a[name], trains, "{name}: trains = {trains}");
+    }
+}
+
+#[test]
+fn full_trains_everything() {
+    let (before, after) = one_step(Trainable::Full);
+    let (b, a) = (snapshot(&before), snapshot(&after));
+    for (name, bytes) in &b {
+        assert_ne!(bytes, &a[name], "{name} should train");
+    }
+}
+
+#[test]
+fn bad_layer_range_is_refused() {
+    let device = Device::flex();
+    let lm = Pretrained::load(&fixture_dir("qwen2"), &device).unwrap();
+    let err = Trainable::Attention {
+        layers: Some([1, 5]),
+    }
+    .apply(lm.model)
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("[1, 5)") && err.contains("2 layers"), "{err}");
+}
