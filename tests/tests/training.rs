@@ -121,3 +121,61 @@ fn bad_layer_range_is_refused() {
     .to_string();
     assert!(err.contains("[1, 5)") && err.contains("2 layers"), "{err}");
 }
+
+#[test]
+fn lora_trains_adapters_and_leaves_the_base_bit_identical() {
+    let trainable = Trainable::Lora {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec!["q_proj".into(), "v_proj".into()],
+    };
+    let (before, after) = one_step(trainable);
+    let (b, a) = (snapshot(&before), snapshot(&after));
+    for (name, bytes) in &b {
+        if let Some(now) = a.get(name) {
+            assert_eq!(bytes, now, "{name}: the LoRA base must stay bit-identical");
+        }
+    }
+    let adapters: Vec<&String> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+    assert!(
+        !adapters.is_empty(),
+        "adapter tensors appear: {:?}",
+        a.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        adapters
+            .iter()
+            .all(|k| k.contains("q_proj") || k.contains("v_proj")),
+        "{adapters:?}"
+    );
+
+    // The adapted model computes something else than the base after one step.
+    let device = Device::flex();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![5i64, 17, 42, 7], [1, 4]), &device);
+    let rope = clo_core::models::ModelConfig::from_file(&fixture_dir("qwen2").join("config.json"))
+        .unwrap()
+        .decoder
+        .rope;
+    let diff = (before.valid().forward(ids.clone(), &rope, None)
+        - after.valid().forward(ids, &rope, None))
+    .abs()
+    .max()
+    .into_data()
+    .try_into_vec_as::<f32>()
+    .unwrap()[0];
+    assert!(diff > 1e-6, "LoRA step changed nothing");
+}
+
+#[test]
+fn unknown_lora_target_is_refused() {
+    let lm = Pretrained::load(&fixture_dir("qwen2"), &Device::flex()).unwrap();
+    let err = Trainable::Lora {
+        rank: 4,
+        alpha: 8.0,
+        targets: vec!["qkv".into()],
+    }
+    .apply(lm.model)
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("`qkv`") && err.contains("q_proj"), "{err}");
+}
