@@ -3,4 +3,5 @@
 pub mod batch;
 pub mod data;
 pub mod loss;
+pub mod optim;
 pub mod trainable;
