@@ -114,12 +114,19 @@ pub fn batch_logps(
 }
 
 /// Scores pairs in one right-padded batch.
+///
+/// # Panics
+/// If a pair has an empty prompt (callers validate input; `clo score` reports the line).
 pub fn score_batch(
     model: &CausalLm,
     rope: &RopeConfig,
     pairs: &[Pair],
     device: &Device,
 ) -> Vec<Score> {
+    assert!(
+        pairs.iter().all(|p| !p.prompt.is_empty()),
+        "score_batch needs a prompt token before each response"
+    );
     if pairs.is_empty() {
         return Vec::new();
     }
@@ -134,7 +141,7 @@ pub fn score_batch(
         .iter()
         .enumerate()
         .map(|(b, pair)| {
-            let start = b * width + pair.prompt.len().max(1) - 1;
+            let start = b * width + pair.prompt.len() - 1;
             let token_logps: Vec<f64> = values[start..start + pair.response.len()]
                 .iter()
                 .map(|v| *v as f64)

@@ -62,6 +62,13 @@ pub fn expected(name: &str) -> Expected {
     serde_json::from_str(&text).expect("expected.json parses")
 }
 
+/// `fixtures/losses.json` of `make_loss_fixture.py`: quadruples, rows, log-probs and losses.
+pub fn loss_fixture() -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/losses.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("losses.json"))
+        .expect("losses.json parses")
+}
+
 /// Logits transformers computed for sequence `i`, `[seq, vocab]` flattened row-major.
 pub fn expected_logits(name: &str, i: usize) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(fixture_dir(name).join("expected.safetensors"))

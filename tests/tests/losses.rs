@@ -18,13 +18,8 @@ use clo_core::score::{batch_logps, collate};
 use clo_core::train::batch::{TokenizedQuad, clo_rows, tokenize_quads};
 use clo_core::train::data::Quadruple;
 use clo_core::train::loss::{NllReduction, clo_loss, dpo_loss, nll};
-use clo_tests::fixture_dir;
+use clo_tests::{fixture_dir, loss_fixture};
 use serde_json::Value;
-
-fn fixture() -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/losses.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array()
@@ -58,7 +53,7 @@ fn reduction(v: &Value) -> NllReduction {
 #[test]
 fn loss_functions_match_pytorch() {
     let device = Device::flex();
-    let fx = fixture();
+    let fx = loss_fixture();
     let pi = floats(&fx["policy_logps"]);
     let reference = floats(&fx["reference_logps"]);
     let n = pi.len() / 4;
@@ -159,7 +154,7 @@ fn loss_functions_match_pytorch() {
 #[test]
 fn clo_loss_from_quadruples_matches_pytorch() {
     let device = Device::flex();
-    let fx = fixture();
+    let fx = loss_fixture();
     let policy = Pretrained::load(&fixture_dir("qwen2"), &device).unwrap();
     let reference = Pretrained::load(&fixture_dir("qwen2-bf16"), &device).unwrap();
     let quads: Vec<Quadruple> = serde_json::from_value(fx["quadruples"].clone()).unwrap();

@@ -13,7 +13,7 @@ use clo_core::train::batch::{TokenizedQuad, clo_rows, tokenize_quads};
 use clo_core::train::data::Quadruple;
 use clo_core::train::loss::{NllReduction, clo_loss};
 use clo_core::train::trainable::Trainable;
-use clo_tests::fixture_dir;
+use clo_tests::{fixture_dir, loss_fixture};
 
 /// Raw bytes of every tensor, by module path.
 fn snapshot(model: &CausalLm) -> BTreeMap<String, Vec<u8>> {
@@ -25,10 +25,7 @@ fn snapshot(model: &CausalLm) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn quads() -> Vec<Quadruple> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/losses.json");
-    let fx: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    serde_json::from_value(fx["quadruples"].clone()).unwrap()
+    serde_json::from_value(loss_fixture()["quadruples"].clone()).unwrap()
 }
 
 /// One CLO step with AdamW (lr 1e-2); returns the model before and after.

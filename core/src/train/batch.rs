@@ -76,30 +76,25 @@ fn pair(prompt: &[u32], response: &[u32], max_len: usize) -> Pair {
     .truncated(max_len)
 }
 
+/// Prompt and response of each block of the CLO layout, in row order (the module docs' table).
+const CLO_LAYOUT: [fn(&TokenizedQuad) -> (&[u32], &[u32]); 4] = [
+    |q| (&q.en_prompt, &q.en_response),
+    |q| (&q.en_prompt, &q.tgt_response),
+    |q| (&q.tgt_prompt, &q.tgt_response),
+    |q| (&q.tgt_prompt, &q.en_response),
+];
+
 /// The 4N rows of a CLO (or reference) batch, in the layout of the module docs.
 pub fn clo_rows(quads: &[&TokenizedQuad], max_len: usize) -> Vec<Pair> {
-    let mut rows = Vec::with_capacity(4 * quads.len());
-    rows.extend(
-        quads
-            .iter()
-            .map(|q| pair(&q.en_prompt, &q.en_response, max_len)),
-    );
-    rows.extend(
-        quads
-            .iter()
-            .map(|q| pair(&q.en_prompt, &q.tgt_response, max_len)),
-    );
-    rows.extend(
-        quads
-            .iter()
-            .map(|q| pair(&q.tgt_prompt, &q.tgt_response, max_len)),
-    );
-    rows.extend(
-        quads
-            .iter()
-            .map(|q| pair(&q.tgt_prompt, &q.en_response, max_len)),
-    );
-    rows
+    CLO_LAYOUT
+        .iter()
+        .flat_map(|block| {
+            quads.iter().map(move |q| {
+                let (prompt, response) = block(q);
+                pair(prompt, response, max_len)
+            })
+        })
+        .collect()
 }
 
 /// One independent preference pair of DPO (either direction of a quadruple).
@@ -143,21 +138,15 @@ pub enum SftPairs {
     Target,
 }
 
-/// The supervised pairs of `sft`, `sft-eng` or `sft-tgt`.
-pub fn sft_pairs(quads: &[TokenizedQuad], which: SftPairs) -> Vec<Pair> {
+/// The supervised pairs of `sft`, `sft-eng` or `sft-tgt`, cut to `max_len`.
+pub fn sft_pairs(quads: &[TokenizedQuad], which: SftPairs, max_len: usize) -> Vec<Pair> {
     let mut out = Vec::new();
     for q in quads {
         if which != SftPairs::Target {
-            out.push(Pair {
-                prompt: q.en_prompt.clone(),
-                response: q.en_response.clone(),
-            });
+            out.push(pair(&q.en_prompt, &q.en_response, max_len));
         }
         if which != SftPairs::English {
-            out.push(Pair {
-                prompt: q.tgt_prompt.clone(),
-                response: q.tgt_response.clone(),
-            });
+            out.push(pair(&q.tgt_prompt, &q.tgt_response, max_len));
         }
     }
     out
@@ -204,11 +193,18 @@ mod tests {
     }
 
     #[test]
-    fn responses_are_cut_to_max_len() {
+    fn responses_are_cut_to_max_len_for_every_method() {
         let q = quad(1);
         let rows = clo_rows(&[&q], 4);
-        assert!(rows.iter().all(|r| r.prompt.len() + r.response.len() <= 4));
         assert_eq!(rows[2].response, vec![1, 4]);
+        let pairs = dpo_pairs(std::slice::from_ref(&q));
+        let refs: Vec<&PreferencePair> = pairs.iter().collect();
+        let all = [rows, dpo_rows(&refs, 4), sft_pairs(&[q], SftPairs::Both, 4)].concat();
+        assert_eq!(all.len(), 4 + 4 + 2);
+        assert!(
+            all.iter().all(|r| r.prompt.len() + r.response.len() <= 4),
+            "{all:?}"
+        );
     }
 
     #[test]
@@ -219,14 +215,14 @@ mod tests {
         assert_eq!(pairs[1].prompt, quads[0].tgt_prompt);
         assert_eq!(pairs[1].chosen, quads[0].tgt_response);
         assert_eq!(pairs[1].rejected, quads[0].en_response);
-        assert_eq!(sft_pairs(&quads, SftPairs::Both).len(), 4);
+        assert_eq!(sft_pairs(&quads, SftPairs::Both, 100).len(), 4);
         assert!(
-            sft_pairs(&quads, SftPairs::Target)
+            sft_pairs(&quads, SftPairs::Target, 100)
                 .iter()
                 .all(|p| p.prompt[1] == 2)
         );
         assert!(
-            sft_pairs(&quads, SftPairs::English)
+            sft_pairs(&quads, SftPairs::English, 100)
                 .iter()
                 .all(|p| p.prompt[1] == 1)
         );

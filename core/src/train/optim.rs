@@ -28,17 +28,20 @@ impl Schedule {
     }
 }
 
-/// Sums the squares of every gradient of a module's float parameters.
+/// Sums the squares of every gradient of a module's float parameters, on the device.
 struct SquaredNorm<'a> {
     grads: &'a GradientsParams,
-    sum: f64,
+    sum: Option<Tensor<1>>,
 }
 
 impl ModuleVisitor for SquaredNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(grad) = self.grads.get::<D>(param.id) {
-            let square: f32 = grad.square().sum().into_scalar::<f32>();
-            self.sum += square as f64;
+            let square = grad.square().sum(); // [1]
+            self.sum = Some(match self.sum.take() {
+                Some(sum) => sum + square,
+                None => square,
+            });
         }
     }
 }
@@ -66,10 +69,13 @@ pub fn clip_global_norm<M: Module>(
 ) -> (GradientsParams, f64) {
     let mut norm = SquaredNorm {
         grads: &grads,
-        sum: 0.0,
+        sum: None,
     };
     module.visit(&mut norm);
-    let total = norm.sum.sqrt();
+    // One read back per step, not one per parameter.
+    let total = norm
+        .sum
+        .map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt());
     if max_norm > 0.0 && total > max_norm {
         // PyTorch adds 1e-6 to the norm in the divisor.
         let mut scale = Scale {
