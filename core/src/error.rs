@@ -87,6 +87,18 @@ pub enum CoreError {
         hint: &'static str,
     },
 
+    /// Training produced NaN or infinity; the last good state was saved.
+    #[error(
+        "the {what} is not finite at step {step} ({stage}); training stopped before applying it\nHINT: the last good weights are in {}; lower --lr, raise --warmup, or check the data, then resume or restart",
+        checkpoint.display()
+    )]
+    NonFinite {
+        step: usize,
+        stage: &'static str,
+        what: &'static str,
+        checkpoint: PathBuf,
+    },
+
     /// Arguments that cannot work together.
     #[error("{0}")]
     Invalid(String),

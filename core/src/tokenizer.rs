@@ -124,6 +124,11 @@ impl ChatTokenizer {
         &self.eos_ids
     }
 
+    /// The template text prompts are rendered with (the plain fallback for base models).
+    pub fn template_source(&self) -> &str {
+        self.chat_template.as_deref().unwrap_or(PLAIN_TEMPLATE)
+    }
+
     pub fn has_chat_template(&self) -> bool {
         self.chat_template.is_some()
     }

@@ -1,0 +1,331 @@
+//! The resolved configuration of a training run (`RUN/config.toml`): method.md section 6's
+//! defaults, overridden by a `--config` file, overridden by command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::loss::NllReduction;
+use super::trainable::Trainable;
+use crate::error::{CoreError, Result};
+
+/// The training objective (method.md section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Method {
+    /// Cross-Lingual Optimization: `lambda * NLL(y_tgt|x_tgt) + (1 - lambda) * L_CL`.
+    #[default]
+    #[serde(rename = "clo")]
+    Clo,
+    /// NLL on the English and the target pairs.
+    #[serde(rename = "sft")]
+    Sft,
+    /// NLL on the English pairs only.
+    #[serde(rename = "sft-eng")]
+    SftEng,
+    /// NLL on the target pairs only.
+    #[serde(rename = "sft-tgt")]
+    SftTgt,
+    /// Sigmoid DPO on the 2N independent preference pairs.
+    #[serde(rename = "dpo")]
+    Dpo,
+    /// `sft` to the end, then `dpo` from that model (whose reference is the SFT model).
+    #[serde(rename = "sft+dpo")]
+    SftDpo,
+}
+
+impl Method {
+    pub const NAMES: [&str; 6] = ["clo", "sft", "sft-eng", "sft-tgt", "dpo", "sft+dpo"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Clo => "clo",
+            Method::Sft => "sft",
+            Method::SftEng => "sft-eng",
+            Method::SftTgt => "sft-tgt",
+            Method::Dpo => "dpo",
+            Method::SftDpo => "sft+dpo",
+        }
+    }
+
+    /// The single-objective stages this method runs, in order.
+    pub fn stages(self) -> Vec<Method> {
+        match self {
+            Method::SftDpo => vec![Method::Sft, Method::Dpo],
+            m => vec![m],
+        }
+    }
+
+    /// Whether the objective compares against a frozen reference model.
+    pub fn needs_reference(self) -> bool {
+        matches!(self, Method::Clo | Method::Dpo)
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        Method::NAMES
+            .iter()
+            .position(|n| *n == s)
+            .map(|i| {
+                [
+                    Method::Clo,
+                    Method::Sft,
+                    Method::SftEng,
+                    Method::SftTgt,
+                    Method::Dpo,
+                    Method::SftDpo,
+                ][i]
+            })
+            .ok_or_else(|| {
+                CoreError::Invalid(format!(
+                    "unknown method `{s}`; choose one of {}",
+                    Method::NAMES.join(", ")
+                ))
+            })
+    }
+}
+
+/// Which parameters train, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainableKind {
+    #[default]
+    Attention,
+    Lora,
+    Full,
+}
+
+impl std::str::FromStr for TrainableKind {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "attention" => Ok(TrainableKind::Attention),
+            "lora" => Ok(TrainableKind::Lora),
+            "full" => Ok(TrainableKind::Full),
+            _ => Err(CoreError::Invalid(format!(
+                "unknown trainable set `{s}`; choose attention, lora or full"
+            ))),
+        }
+    }
+}
+
+/// Everything that determines a run. Saved as `RUN/config.toml` and in every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Hugging Face model directory to start from.
+    pub model: PathBuf,
+    /// Quadruple JSONL.
+    pub data: PathBuf,
+    pub method: Method,
+    pub trainable: TrainableKind,
+    /// With `attention`: train only layers `[from, to)`.
+    pub layers: Option<[usize; 2]>,
+    pub lora_rank: usize,
+    pub lora_alpha: f64,
+    pub lora_targets: Vec<String>,
+    /// Optimizer steps per stage; when unset, `epochs` passes over the training split.
+    pub steps: Option<usize>,
+    pub epochs: usize,
+    /// Examples per micro-batch: quadruples (clo), preference pairs (dpo) or supervised pairs
+    /// (sft variants).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    /// Linear warmup: a fraction of the steps when below 1, else a number of steps.
+    pub warmup: f64,
+    pub beta: f64,
+    pub lambda: f64,
+    pub nll_reduction: NllReduction,
+    pub max_len: usize,
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub shuffle: bool,
+    /// Share of quadruples held out for validation (at least 1 record when above 0).
+    pub val_fraction: f64,
+    /// Validate (and keep the best checkpoint) every K optimizer steps; default: 10 times a stage.
+    pub eval_every: Option<usize>,
+    /// Write a resumable checkpoint every K optimizer steps; default: `eval_every`.
+    pub save_every: Option<usize>,
+}
+
+impl Default for RunConfig {
+    /// The paper's appendix B (method.md section 6).
+    fn default() -> Self {
+        RunConfig {
+            model: PathBuf::new(),
+            data: PathBuf::new(),
+            method: Method::Clo,
+            trainable: TrainableKind::Attention,
+            layers: None,
+            lora_rank: 8,
+            lora_alpha: 16.0,
+            lora_targets: ["q_proj", "k_proj", "v_proj", "o_proj"]
+                .map(String::from)
+                .to_vec(),
+            steps: None,
+            epochs: 1,
+            batch_size: 8,
+            grad_accum: 1,
+            lr: 5e-5,
+            min_lr: 1.1e-6,
+            warmup: 0.03,
+            beta: 0.1,
+            lambda: 0.5,
+            nll_reduction: NllReduction::TokenMean,
+            max_len: 3000,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            seed: 42,
+            shuffle: true,
+            val_fraction: 0.05,
+            eval_every: None,
+            save_every: None,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads a `run.toml`; unknown keys are errors (a typo must not silently fall back).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = crate::error::read_to_string(path, "run config")?;
+        toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| 1 + text[..s.start].matches('\n').count())
+                .unwrap_or(1);
+            CoreError::Input {
+                path: path.to_path_buf(),
+                line,
+                message: e.message().to_string(),
+                hint: "run.toml takes the keys of RUN/config.toml (`clo train --help` lists them)",
+            }
+        })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a run config serializes")
+    }
+
+    /// The trainable set this config asks for.
+    pub fn trainable_set(&self) -> Trainable {
+        match self.trainable {
+            TrainableKind::Attention => Trainable::Attention {
+                layers: self.layers,
+            },
+            TrainableKind::Lora => Trainable::Lora {
+                rank: self.lora_rank,
+                alpha: self.lora_alpha,
+                targets: self.lora_targets.clone(),
+            },
+            TrainableKind::Full => Trainable::Full,
+        }
+    }
+
+    /// Refuses values that cannot train, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: &str| Err(CoreError::Invalid(format!("{key}: {why}")));
+        if self.model.as_os_str().is_empty() {
+            return bad("model", "no model directory given (--model DIR)");
+        }
+        if self.data.as_os_str().is_empty() {
+            return bad("data", "no quadruple file given (--data QUADS.jsonl)");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1");
+        }
+        if self.grad_accum == 0 {
+            return bad("grad_accum", "must be at least 1");
+        }
+        if self.steps == Some(0) {
+            return bad("steps", "must be at least 1");
+        }
+        if self.steps.is_none() && self.epochs == 0 {
+            return bad("epochs", "must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", "must be a positive number");
+        }
+        if !(self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return bad("min_lr", "must be in [0, lr]");
+        }
+        if !(self.warmup >= 0.0 && self.warmup.is_finite()) {
+            return bad(
+                "warmup",
+                "must be >= 0 (a fraction of the steps below 1, else a step count)",
+            );
+        }
+        if !(self.beta > 0.0 && self.beta.is_finite()) {
+            return bad("beta", "must be a positive number (paper: 0.1)");
+        }
+        if !(0.0..=1.0).contains(&self.lambda) {
+            return bad("lambda", "must be in [0, 1] (paper: 0.5)");
+        }
+        if self.max_len < 2 {
+            return bad("max_len", "must be at least 2 tokens");
+        }
+        if !(self.max_grad_norm > 0.0) {
+            return bad("max_grad_norm", "must be positive");
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return bad("val_fraction", "must be in [0, 1) (0 means no validation split)");
+        }
+        if self.eval_every == Some(0) || self.save_every == Some(0) {
+            return bad("eval_every/save_every", "must be at least 1");
+        }
+        if self.trainable == TrainableKind::Lora && self.lora_rank == 0 {
+            return bad("lora_rank", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Warmup steps of a stage of `total` optimizer steps.
+    pub fn warmup_steps(&self, total: usize) -> usize {
+        if self.warmup < 1.0 {
+            (self.warmup * total as f64).ceil() as usize
+        } else {
+            self.warmup as usize
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_through_toml_and_refuses_unknown_keys() {
+        let config = RunConfig {
+            model: "m".into(),
+            data: "d.jsonl".into(),
+            method: Method::SftDpo,
+            layers: Some([1, 3]),
+            steps: Some(50),
+            ..RunConfig::default()
+        };
+        let text = config.to_toml();
+        assert!(text.contains("method = \"sft+dpo\""), "{text}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(RunConfig::from_file(&path).unwrap(), config);
+
+        std::fs::write(&path, "lr = 1e-4\nlearning_rate = 3\n").unwrap();
+        let err = RunConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("run.toml:2"), "{err}");
+        assert!(err.contains("learning_rate"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_the_papers() {
+        let c = RunConfig::default();
+        assert_eq!((c.lr, c.min_lr, c.batch_size, c.epochs), (5e-5, 1.1e-6, 8, 1));
+        assert_eq!((c.beta, c.lambda, c.max_len), (0.1, 0.5, 3000));
+        assert_eq!(c.warmup_steps(100), 3);
+        assert_eq!(c.trainable_set(), Trainable::Attention { layers: None });
+    }
+}

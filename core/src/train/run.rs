@@ -1,0 +1,744 @@
+//! The training loop: reference pass, AdamW with warmup + cosine, gradient accumulation, global
+//! grad-norm clipping, validation with a best checkpoint, atomic resumable checkpoints and
+//! `metrics.jsonl`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::batch::{TokenizedQuad, tokenize_quads};
+use super::checkpoint::{RunDir, RunState, load_trainable, read_state};
+use super::config::{Method, RunConfig};
+use super::data::read_quadruples;
+use super::examples::Examples;
+use super::loss::{PreferenceTerms, clo_loss, dpo_loss, nll};
+use super::optim::{Schedule, clip_global_norm};
+use super::reference::{
+    CachedReference, ReferenceCache, cache_key, read_run_reference, reference_logps,
+    weights_digest,
+};
+use crate::Pretrained;
+use crate::error::{CoreError, Result};
+use crate::fsutil::write_atomically;
+use crate::models::{CausalLm, RopeConfig};
+use crate::score::{batch_logps, collate};
+use crate::tokenizer::ChatTokenizer;
+
+/// How a run is driven (not part of its config).
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The run directory.
+    pub out: PathBuf,
+    /// Continue the run in `out` from its newest checkpoint.
+    pub resume: bool,
+    /// Where reference log-probs are cached across runs.
+    pub cache_dir: PathBuf,
+    /// Set to stop after the current step (a checkpoint is written first).
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Checkpoints kept besides `best` (the newest ones).
+    pub keep_checkpoints: usize,
+}
+
+impl TrainOptions {
+    pub fn new(out: impl Into<PathBuf>, cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            out: out.into(),
+            resume: false,
+            cache_dir: cache_dir.into(),
+            cancel: None,
+            keep_checkpoints: 2,
+        }
+    }
+}
+
+/// One line of `RUN/metrics.jsonl`: one optimizer step. Losses, rewards and the grad norm are
+/// those of the step's batch under the weights *before* the step's update (so step 0 is the
+/// untouched model). Fields that do not apply to the method are `null`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Global optimizer step (0-based, continues across the stages of `sft+dpo`).
+    pub step: usize,
+    /// The stage's objective: clo, sft, sft-eng, sft-tgt or dpo.
+    pub stage: String,
+    pub epoch: usize,
+    pub loss: f64,
+    /// NLL term (clo: target responses only; sft variants: the loss itself).
+    pub loss_sft: Option<f64>,
+    /// Preference term (clo: eq. 10 sum of both directions; dpo: the DPO loss).
+    pub loss_cl: Option<f64>,
+    pub reward_en_chosen: Option<f64>,
+    pub reward_en_rejected: Option<f64>,
+    pub reward_tgt_chosen: Option<f64>,
+    pub reward_tgt_rejected: Option<f64>,
+    pub margin_en: Option<f64>,
+    pub margin_tgt: Option<f64>,
+    pub acc_en: Option<f64>,
+    pub acc_tgt: Option<f64>,
+    /// Global L2 norm of the (accumulated) gradients before clipping.
+    pub grad_norm: f64,
+    /// Learning rate of this step's update.
+    pub lr: f64,
+    /// Non-padding tokens forwarded (and back-propagated) per second in this step.
+    pub tokens_per_s: f64,
+    pub tokens: usize,
+    /// Validation loss after this step's update, on the steps that validate.
+    pub val_loss: Option<f64>,
+}
+
+/// What the run reports while it works (the binary draws progress bars from it).
+#[derive(Debug)]
+pub enum Progress<'a> {
+    Prepared {
+        train: usize,
+        val: usize,
+        dropped: usize,
+    },
+    Reference {
+        stage: &'static str,
+        done: usize,
+        total: usize,
+        cached: bool,
+    },
+    Stage {
+        stage: &'static str,
+        total_steps: usize,
+        done_steps: usize,
+    },
+    Step(&'a StepMetrics),
+    Checkpoint(&'a std::path::Path),
+}
+
+/// Written to `RUN/summary.json` when a run ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub method: Method,
+    pub train_quadruples: usize,
+    pub val_quadruples: usize,
+    /// Quadruples dropped because a prompt alone reaches `max_len`.
+    pub dropped_long_prompts: usize,
+    pub steps: usize,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub best_step: Option<usize>,
+    pub best_val_loss: Option<f64>,
+    /// The directory `clo export` uses by default.
+    pub result: PathBuf,
+    pub wall_s: f64,
+    pub reference_cached: Vec<bool>,
+}
+
+/// How a call to [`train`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Finished(RunSummary),
+    /// Stopped by [`TrainOptions::cancel`]; resumable from `checkpoint`.
+    Cancelled { step: usize, checkpoint: PathBuf },
+}
+
+/// The data of a run after tokenizing and splitting.
+struct Split {
+    train: Vec<TokenizedQuad>,
+    val: Vec<TokenizedQuad>,
+    dropped: usize,
+}
+
+/// Splits quadruples (not pairs, so no direction of a validation quadruple leaks into training)
+/// with a seeded shuffle: `max(1, round(fraction * n))` go to validation when fraction > 0.
+fn split(quads: Vec<TokenizedQuad>, dropped: usize, config: &RunConfig) -> Result<Split> {
+    let n = quads.len();
+    let n_val = if config.val_fraction > 0.0 {
+        ((config.val_fraction * n as f64).round() as usize).max(1)
+    } else {
+        0
+    };
+    if n < n_val + 1 {
+        return Err(CoreError::Invalid(format!(
+            "{}: {n} usable quadruple(s) ({dropped} dropped for prompts of max_len or more) leave none for training after a validation split of {n_val}; add data or pass --val-fraction 0",
+            config.data.display()
+        )));
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(config.seed ^ 0x5eed_5711));
+    let mut is_val = vec![false; n];
+    for &i in &order[..n_val] {
+        is_val[i] = true;
+    }
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (q, v) in quads.into_iter().zip(is_val) {
+        if v { val.push(q) } else { train.push(q) }
+    }
+    Ok(Split {
+        train,
+        val,
+        dropped,
+    })
+}
+
+/// Host-side numbers of one batch.
+#[derive(Default)]
+struct BatchStats {
+    loss: f64,
+    loss_sft: Option<f64>,
+    loss_cl: Option<f64>,
+    /// (english, chosen reward, rejected reward) per preference pair.
+    pairs: Vec<(bool, f64, f64)>,
+    tokens: usize,
+}
+
+fn host(t: Tensor<1>) -> Vec<f64> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .expect("f32 values")
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+fn scalar(t: &Tensor<1>) -> f64 {
+    t.clone().into_scalar::<f32>() as f64
+}
+
+/// The loss of a batch of `idx` examples under `model`, with what is logged of it.
+#[allow(clippy::too_many_arguments)]
+fn batch_loss(
+    model: &CausalLm,
+    rope: &RopeConfig,
+    examples: &Examples,
+    refs: &[Vec<f32>],
+    idx: &[usize],
+    config: &RunConfig,
+    device: &Device,
+) -> (Tensor<1>, BatchStats) {
+    let rows = examples.rows(idx, config.max_len);
+    let tokens = rows.iter().map(|r| r.prompt.len() + r.response.len()).sum();
+    let batch = collate(&rows, device);
+    let (policy, _) = batch_logps(model, rope, &batch);
+    let n = idx.len();
+    // Reference values in the same block layout as the rows.
+    let reference = |width: usize| {
+        let values: Vec<f32> = (0..width)
+            .flat_map(|k| idx.iter().map(move |&i| refs[i][k]))
+            .collect();
+        Tensor::<1>::from_data(TensorData::new(values, [width * n]), device)
+    };
+    let counts = |range: std::ops::Range<usize>| {
+        let v: Vec<f32> = batch.n_tokens[range].iter().map(|&t| t as f32).collect();
+        let len = v.len();
+        Tensor::<1>::from_data(TensorData::new(v, [len]), device)
+    };
+    let pair_stats = |terms: &PreferenceTerms, english: &mut dyn Iterator<Item = bool>| {
+        let c = host(terms.chosen_rewards.clone());
+        let r = host(terms.rejected_rewards.clone());
+        c.into_iter()
+            .zip(r)
+            .map(|(c, r)| (english.next().expect("a direction per pair"), c, r))
+            .collect::<Vec<_>>()
+    };
+    match examples {
+        Examples::Clo(_) => {
+            let terms = clo_loss(
+                policy,
+                reference(4),
+                counts(2 * n..3 * n),
+                config.beta,
+                config.lambda,
+                config.nll_reduction,
+            );
+            let mut pairs = pair_stats(&terms.en, &mut std::iter::repeat(true));
+            pairs.extend(pair_stats(&terms.tgt, &mut std::iter::repeat(false)));
+            let stats = BatchStats {
+                loss: scalar(&terms.loss),
+                loss_sft: Some(scalar(&terms.loss_sft)),
+                loss_cl: Some(scalar(&terms.loss_cl)),
+                pairs,
+                tokens,
+            };
+            (terms.loss, stats)
+        }
+        Examples::Dpo { english, .. } => {
+            let reference = reference(2);
+            let terms = dpo_loss(
+                policy.clone().narrow(0, 0, n),
+                policy.narrow(0, n, n),
+                reference.clone().narrow(0, 0, n),
+                reference.narrow(0, n, n),
+                config.beta,
+            );
+            let loss = scalar(&terms.loss);
+            let stats = BatchStats {
+                loss,
+                loss_sft: None,
+                loss_cl: Some(loss),
+                pairs: pair_stats(&terms, &mut idx.iter().map(|&i| english[i])),
+                tokens,
+            };
+            (terms.loss, stats)
+        }
+        Examples::Sft(_) => {
+            let loss = nll(policy, counts(0..n), config.nll_reduction);
+            let value = scalar(&loss);
+            let stats = BatchStats {
+                loss: value,
+                loss_sft: Some(value),
+                tokens,
+                ..BatchStats::default()
+            };
+            (loss, stats)
+        }
+    }
+}
+
+/// Per-direction reward means, margin and accuracy of preference pairs.
+fn direction_stats(pairs: &[(bool, f64, f64)], english: bool) -> [Option<f64>; 4] {
+    let sel: Vec<(f64, f64)> = pairs
+        .iter()
+        .filter(|p| p.0 == english)
+        .map(|p| (p.1, p.2))
+        .collect();
+    if sel.is_empty() {
+        return [None; 4];
+    }
+    let n = sel.len() as f64;
+    let chosen = sel.iter().map(|p| p.0).sum::<f64>() / n;
+    let rejected = sel.iter().map(|p| p.1).sum::<f64>() / n;
+    let acc = sel.iter().filter(|p| p.0 > p.1).count() as f64 / n;
+    [Some(chosen), Some(rejected), Some(chosen - rejected), Some(acc)]
+}
+
+/// Mean loss over a whole example set (validation), batch by batch, weighted by batch size.
+fn evaluate(
+    model: &CausalLm,
+    rope: &RopeConfig,
+    examples: &Examples,
+    refs: &[Vec<f32>],
+    config: &RunConfig,
+    device: &Device,
+) -> f64 {
+    let all: Vec<usize> = (0..examples.len()).collect();
+    let mut total = 0.0;
+    for chunk in all.chunks(config.batch_size) {
+        let (_, stats) = batch_loss(model, rope, examples, refs, chunk, config, device);
+        total += stats.loss * chunk.len() as f64;
+    }
+    total / examples.len().max(1) as f64
+}
+
+/// Example indices of micro-batch `m` of a stage: epochs are seeded permutations (or the file
+/// order with `shuffle = false`), the last batch of an epoch may be smaller.
+fn micro_batch(m: usize, n: usize, config: &RunConfig, stage: usize) -> (usize, Vec<usize>) {
+    let per_epoch = n.div_ceil(config.batch_size);
+    let (epoch, b) = (m / per_epoch, m % per_epoch);
+    let mut order: Vec<usize> = (0..n).collect();
+    if config.shuffle {
+        let seed = config
+            .seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add((stage as u64) << 32 | epoch as u64);
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+    }
+    let end = ((b + 1) * config.batch_size).min(n);
+    (epoch, order[b * config.batch_size..end].to_vec())
+}
+
+/// Reference log-probs of a stage for (train, val): from the run directory when resuming, else
+/// from the shared cache, else computed now.
+#[allow(clippy::too_many_arguments)]
+fn stage_reference(
+    tokenizer: &ChatTokenizer,
+    rope: &RopeConfig,
+    model: &CausalLm,
+    stage: Method,
+    train: &Examples,
+    val: &Examples,
+    config: &RunConfig,
+    opts: &TrainOptions,
+    run: &RunDir,
+    device: &Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>, bool)> {
+    let run_file = run.reference(stage.name());
+    if opts.resume && run_file.exists() {
+        let mut cached = read_run_reference(&run_file)?;
+        let val = cached.sets.pop().unwrap_or_default();
+        let train = cached.sets.pop().unwrap_or_default();
+        return Ok((train, val, true));
+    }
+    let reference = model.valid().materialize();
+    let key = cache_key(
+        &weights_digest(&reference),
+        tokenizer.template_source(),
+        config.max_len,
+        &[train, val],
+    );
+    let cache = ReferenceCache::new(&opts.cache_dir);
+    let (entry, cached) = match cache.get(&key) {
+        Some(entry) => {
+            tracing::info!(key, "reference log-probs from the cache");
+            progress(Progress::Reference {
+                stage: stage.name(),
+                done: train.len() + val.len(),
+                total: train.len() + val.len(),
+                cached: true,
+            });
+            (entry, true)
+        }
+        None => {
+            let total = train.len() + val.len();
+            let inner = device.clone();
+            let mut sets = Vec::new();
+            let mut offset = 0;
+            for set in [train, val] {
+                let mut report = |done: usize, _: usize| {
+                    progress(Progress::Reference {
+                        stage: stage.name(),
+                        done: offset + done,
+                        total,
+                        cached: false,
+                    })
+                };
+                sets.push(reference_logps(
+                    &reference,
+                    rope,
+                    set,
+                    config.batch_size,
+                    config.max_len,
+                    &inner,
+                    &mut report,
+                ));
+                offset += set.len();
+            }
+            let entry = CachedReference { key, sets };
+            match cache.put(&entry) {
+                Ok(path) => tracing::info!(path = %path.display(), "reference log-probs cached"),
+                Err(e) => tracing::warn!("reference log-probs not cached: {e}"),
+            }
+            (entry, false)
+        }
+    };
+    write_atomically(
+        &run_file,
+        serde_json::to_string(&entry)
+            .expect("reference serializes")
+            .as_bytes(),
+    )?;
+    let mut sets = entry.sets;
+    let val = sets.pop().unwrap_or_default();
+    let train = sets.pop().unwrap_or_default();
+    Ok((train, val, cached))
+}
+
+/// Runs (or resumes) a training run. `device` is a plain device; training uses its autodiff
+/// twin. Returns when every stage is done, or when cancelled.
+pub fn train(
+    config: &RunConfig,
+    opts: &TrainOptions,
+    device: &Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Outcome> {
+    let started = Instant::now();
+    config.validate()?;
+    let run = RunDir::new(&opts.out);
+    let resume_from = prepare_run_dir(config, opts, &run)?;
+    let mut state = match &resume_from {
+        Some(dir) => read_state(dir)?,
+        None => RunState {
+            stage: 0,
+            stage_step: 0,
+            global_step: 0,
+            metrics_bytes: 0,
+            best_val_loss: None,
+            best_step: None,
+        },
+    };
+    // Drop metrics lines written after the checkpoint we resume from.
+    let metrics_path = run.metrics();
+    {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| CoreError::io("open", &metrics_path, e))?;
+        file.set_len(state.metrics_bytes)
+            .map_err(|e| CoreError::io("truncate", &metrics_path, e))?;
+    }
+    let mut metrics = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| CoreError::io("open", &metrics_path, e))?;
+
+    let ad = device.clone().autodiff();
+    device.seed(config.seed);
+    ad.seed(config.seed);
+    let Pretrained {
+        model: base,
+        tokenizer,
+        config: model_config,
+        ..
+    } = Pretrained::load(&config.model, &ad)?;
+    let quads = read_quadruples(&config.data)?;
+    let (tokenized, dropped) = tokenize_quads(&tokenizer, &quads, config.max_len)?;
+    if dropped > 0 {
+        tracing::warn!(dropped, max_len = config.max_len, "quadruples dropped: a prompt alone reaches max_len");
+    }
+    let data = split(tokenized, dropped, config)?;
+    progress(Progress::Prepared {
+        train: data.train.len(),
+        val: data.val.len(),
+        dropped,
+    });
+    let rope = model_config.decoder.rope.clone();
+    let mut model = config.trainable_set().apply(base)?;
+    if let Some(dir) = &resume_from {
+        load_trainable(&mut model, &dir.join("trainable.bpk"))?;
+        tracing::info!(dir = %dir.display(), step = state.global_step, "resuming");
+    }
+
+    let stages = config.method.stages();
+    let mut first_loss = None;
+    let mut last_loss = None;
+    let mut reference_cached = Vec::new();
+    let mut last_checkpoint = resume_from.clone();
+    for (s, &stage) in stages.iter().enumerate().skip(state.stage) {
+        let last_stage = s + 1 == stages.len();
+        let train_ex = Examples::for_method(stage, &data.train, config.max_len);
+        let val_ex = Examples::for_method(stage, &data.val, config.max_len);
+        let (train_refs, val_refs) = if stage.needs_reference() {
+            let (t, v, cached) = stage_reference(
+                &tokenizer, &rope, &model, stage, &train_ex, &val_ex, config, opts, &run, device, progress,
+            )?;
+            reference_cached.push(cached);
+            (t, v)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+
+        let per_epoch = train_ex.len().div_ceil(config.batch_size);
+        let total = config
+            .steps
+            .unwrap_or(config.epochs * per_epoch.div_ceil(config.grad_accum));
+        let schedule = Schedule {
+            lr: config.lr,
+            min_lr: config.min_lr,
+            warmup_steps: config.warmup_steps(total),
+            total_steps: total,
+        };
+        let eval_every = config.eval_every.unwrap_or((total / 10).max(1));
+        let save_every = config.save_every.unwrap_or(eval_every);
+        let mut optim: ModuleOptimizer = AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.999)
+            .with_epsilon(1e-8)
+            .with_weight_decay(config.weight_decay as f32)
+            .init();
+        if let Some(dir) = &resume_from
+            && state.stage == s
+            && state.stage_step > 0
+        {
+            let path = dir.join("optimizer.bpk");
+            optim = optim.load(&path).map_err(|e| {
+                CoreError::Invalid(format!(
+                    "{}: {e}\nHINT: the checkpoint is damaged; delete it to resume from the one before",
+                    path.display()
+                ))
+            })?;
+        }
+        if state.stage != s {
+            state.stage = s;
+            state.stage_step = 0;
+        }
+        progress(Progress::Stage {
+            stage: stage.name(),
+            total_steps: total,
+            done_steps: state.stage_step,
+        });
+
+        while state.stage_step < total {
+            let step = state.stage_step;
+            let t0 = Instant::now();
+            let mut accumulator = GradientsAccumulator::<CausalLm>::new();
+            let mut stats = Vec::with_capacity(config.grad_accum);
+            let mut epoch = 0;
+            for k in 0..config.grad_accum {
+                let (e, idx) = micro_batch(step * config.grad_accum + k, train_ex.len(), config, s);
+                epoch = e;
+                let (loss, st) =
+                    batch_loss(&model, &rope, &train_ex, &train_refs, &idx, config, &ad);
+                let loss = if config.grad_accum > 1 {
+                    loss / config.grad_accum as f64
+                } else {
+                    loss
+                };
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                accumulator.accumulate(&model, grads);
+                stats.push(st);
+            }
+            let mean = |f: &dyn Fn(&BatchStats) -> Option<f64>| -> Option<f64> {
+                let v: Vec<f64> = stats.iter().filter_map(f).collect();
+                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            };
+            let loss = mean(&|b| Some(b.loss)).expect("one micro-batch at least");
+            let (grads, grad_norm) =
+                clip_global_norm(&model, accumulator.grads(), config.max_grad_norm);
+            if !loss.is_finite() || !grad_norm.is_finite() {
+                // The weights are still those before this step: keep them as the last good state.
+                let dir = run.save_checkpoint(config, &state, &model, Some(&optim), opts.keep_checkpoints)?;
+                return Err(CoreError::NonFinite {
+                    step: state.global_step,
+                    stage: stage.name(),
+                    what: if loss.is_finite() { "gradient norm" } else { "loss" },
+                    checkpoint: dir,
+                });
+            }
+            let lr = schedule.lr_at(step);
+            model = optim.step(lr, model, grads);
+            let seconds = t0.elapsed().as_secs_f64();
+            let pairs: Vec<(bool, f64, f64)> =
+                stats.iter().flat_map(|b| b.pairs.iter().copied()).collect();
+            let [en_c, en_r, en_m, en_a] = direction_stats(&pairs, true);
+            let [tg_c, tg_r, tg_m, tg_a] = direction_stats(&pairs, false);
+            let tokens = stats.iter().map(|b| b.tokens).sum::<usize>();
+            state.stage_step += 1;
+            let done = state.stage_step;
+            let validate = !val_ex.is_empty() && (done % eval_every == 0 || done == total);
+            let val_loss = validate.then(|| {
+                evaluate(&model.valid(), &rope, &val_ex, &val_refs, config, device)
+            });
+            let line = StepMetrics {
+                step: state.global_step,
+                stage: stage.name().into(),
+                epoch,
+                loss,
+                loss_sft: mean(&|b| b.loss_sft),
+                loss_cl: mean(&|b| b.loss_cl),
+                reward_en_chosen: en_c,
+                reward_en_rejected: en_r,
+                reward_tgt_chosen: tg_c,
+                reward_tgt_rejected: tg_r,
+                margin_en: en_m,
+                margin_tgt: tg_m,
+                acc_en: en_a,
+                acc_tgt: tg_a,
+                grad_norm,
+                lr,
+                tokens_per_s: tokens as f64 / seconds.max(1e-9),
+                tokens,
+                val_loss,
+            };
+            first_loss.get_or_insert(loss);
+            last_loss = Some(loss);
+            let mut text = serde_json::to_string(&line).expect("metrics serialize");
+            text.push('\n');
+            metrics
+                .write_all(text.as_bytes())
+                .and_then(|_| metrics.flush())
+                .map_err(|e| CoreError::io("append to", &metrics_path, e))?;
+            state.metrics_bytes += text.len() as u64;
+            state.global_step += 1;
+            progress(Progress::Step(&line));
+
+            if last_stage
+                && let Some(v) = val_loss
+                && state.best_val_loss.is_none_or(|b| v < b)
+            {
+                state.best_val_loss = Some(v);
+                state.best_step = Some(line.step);
+                run.save_best(config, &state, &model)?;
+            }
+            let cancelled = opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed));
+            if done % save_every == 0 || done == total || cancelled {
+                if done == total && !last_stage {
+                    // The next stage starts from this model with a fresh optimizer.
+                    state.stage = s + 1;
+                    state.stage_step = 0;
+                }
+                let dir =
+                    run.save_checkpoint(config, &state, &model, Some(&optim), opts.keep_checkpoints)?;
+                progress(Progress::Checkpoint(&dir));
+                last_checkpoint = Some(dir);
+                if done == total && !last_stage {
+                    state.stage = s;
+                    state.stage_step = done;
+                }
+            }
+            if cancelled {
+                return Ok(Outcome::Cancelled {
+                    step: state.global_step,
+                    checkpoint: last_checkpoint.expect("just written"),
+                });
+            }
+        }
+    }
+
+    let result = if state.best_step.is_some() {
+        run.best()
+    } else {
+        last_checkpoint.clone().unwrap_or_else(|| run.checkpoints())
+    };
+    let summary = RunSummary {
+        method: config.method,
+        train_quadruples: data.train.len(),
+        val_quadruples: data.val.len(),
+        dropped_long_prompts: data.dropped,
+        steps: state.global_step,
+        first_loss,
+        last_loss,
+        best_step: state.best_step,
+        best_val_loss: state.best_val_loss,
+        result,
+        wall_s: started.elapsed().as_secs_f64(),
+        reference_cached,
+    };
+    write_atomically(
+        &run.summary(),
+        serde_json::to_string_pretty(&summary)
+            .expect("summary serializes")
+            .as_bytes(),
+    )?;
+    Ok(Outcome::Finished(summary))
+}
+
+/// Creates the run directory and `config.toml`, or, when resuming, checks the saved config and
+/// returns the newest checkpoint.
+fn prepare_run_dir(config: &RunConfig, opts: &TrainOptions, run: &RunDir) -> Result<Option<PathBuf>> {
+    std::fs::create_dir_all(&run.root).map_err(|e| CoreError::io("create", &run.root, e))?;
+    let saved = run.config();
+    if opts.resume {
+        if saved.exists() {
+            let previous = RunConfig::from_file(&saved)?;
+            if &previous != config {
+                return Err(CoreError::Invalid(format!(
+                    "{}: --resume continues the run as configured there, and the given settings differ\nHINT: run `clo train --out {} --resume` without other settings",
+                    saved.display(),
+                    run.root.display()
+                )));
+            }
+        }
+        let latest = run.latest_checkpoint();
+        if latest.is_none() {
+            tracing::warn!(dir = %run.root.display(), "no checkpoint to resume from: starting at step 0");
+            let _ = std::fs::remove_file(run.metrics());
+        }
+        write_atomically(&saved, config.to_toml().as_bytes())?;
+        return Ok(latest);
+    }
+    if run.latest_checkpoint().is_some() || run.metrics().exists() {
+        return Err(CoreError::Invalid(format!(
+            "{} already holds a run\nHINT: pass --resume to continue it, or choose another --out",
+            run.root.display()
+        )));
+    }
+    write_atomically(&saved, config.to_toml().as_bytes())?;
+    Ok(None)
+}
