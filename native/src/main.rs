@@ -1,12 +1,13 @@
 //! `clo`: the command line of clo.
 
 mod device;
+mod train_cmd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use burn::tensor::Device;
 use clap::{Parser, Subcommand};
 use clo_core::generate::{SamplingConfig, generate};
@@ -76,6 +77,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train a model on quadruples with CLO or a baseline (SFT, DPO, SFT+DPO).
+    ///
+    /// Writes RUN/config.toml, RUN/metrics.jsonl (one line per optimizer step; step 0 is the first
+    /// batch before any update), resumable checkpoints in RUN/checkpoints/, the lowest-validation-
+    /// loss weights in RUN/best/ and RUN/summary.json.
+    Train(train_cmd::TrainArgs),
+    /// Write a trained run as a Hugging Face model directory (--merged) or a PEFT adapter (--peft).
+    Export(train_cmd::ExportArgs),
     /// Architecture, parameter count, dtype, vocabulary and layers of a model directory.
     Inspect {
         #[arg(long)]
@@ -180,6 +189,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Train(args) => train_cmd::run_train(args),
+        Command::Export(args) => train_cmd::run_export(args),
         Command::Inspect { model, json } => {
             let s = Pretrained::summarize(&model)?;
             if json {
@@ -320,22 +331,5 @@ fn score(
 
 /// Writes to a temporary file beside `path`, then renames it over `path`.
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().with_context(|| format!("cannot write {}", path.display()))
+    Ok(clo_core::fsutil::write_atomically(path, bytes)?)
 }

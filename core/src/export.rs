@@ -1,0 +1,209 @@
+//! Exports a trained run for the Hugging Face ecosystem:
+//! - merged: a model directory transformers loads (LoRA folded into the weights, f32);
+//! - PEFT: `adapter_config.json` + `adapter_model.safetensors` for peft (LoRA runs).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+use serde_json::{Value, json};
+
+use crate::error::{CoreError, Result};
+use crate::fsutil::{replace_dir_atomically, write_atomically};
+use crate::train::checkpoint::{RunDir, load_trained};
+use crate::train::{RunConfig, TrainableKind};
+
+/// Files of a model directory that describe the tokenizer and generation, copied as they are.
+const TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
+/// Which weights of a run to export: `best` (lowest validation loss, else the last checkpoint),
+/// `last`, or a checkpoint directory.
+pub fn resolve_weights(run: &Path, which: &str) -> Result<PathBuf> {
+    let dir = RunDir::new(run);
+    let last = || {
+        dir.latest_checkpoint().ok_or_else(|| {
+            CoreError::Invalid(format!(
+                "{} holds no checkpoint\nHINT: train first (`clo train --out {}`), or check the path",
+                run.display(),
+                run.display()
+            ))
+        })
+    };
+    match which {
+        "best" if dir.best().join("trainable.bpk").exists() => Ok(dir.best()),
+        "best" | "last" => last(),
+        other => {
+            let path = PathBuf::from(other);
+            let path = if path.is_absolute() { path } else { run.join(path) };
+            if path.join("trainable.bpk").exists() {
+                Ok(path)
+            } else {
+                Err(CoreError::MissingFile {
+                    path: path.join("trainable.bpk"),
+                    what: "checkpoint weights",
+                })
+            }
+        }
+    }
+}
+
+fn run_config(run: &Path) -> Result<RunConfig> {
+    RunConfig::from_file(&RunDir::new(run).config())
+}
+
+/// Writes a Hugging Face model directory with the run's weights (LoRA merged), in f32.
+pub fn export_merged(run: &Path, which: &str, out: &Path, device: &Device) -> Result<PathBuf> {
+    let config = run_config(run)?;
+    let weights = resolve_weights(run, which)?;
+    let lm = load_trained(&config, &weights, device)?;
+    let model = lm.model.valid().materialize();
+    let mut hf_config: Value = serde_json::from_str(&crate::error::read_to_string(
+        &config.model.join("config.json"),
+        "model config",
+    )?)
+    .map_err(|e| CoreError::json(&config.model.join("config.json"), &e, "config.json must be JSON"))?;
+    hf_config["torch_dtype"] = json!("float32");
+    if hf_config.get("dtype").is_some() {
+        hf_config["dtype"] = json!("float32");
+    }
+    replace_dir_atomically(out, |tmp| {
+        let path = tmp.join("model.safetensors");
+        let mut store = SafetensorsStore::from_file(&path)
+            .with_to_adapter(BurnToPyTorchAdapter)
+            .metadata("format", "pt")
+            .overwrite(true);
+        model.save_into(&mut store).map_err(|e| {
+            CoreError::Invalid(format!("{}: {e}\nHINT: check free disk space", path.display()))
+        })?;
+        write_atomically(
+            &tmp.join("config.json"),
+            serde_json::to_string_pretty(&hf_config)
+                .expect("json")
+                .as_bytes(),
+        )?;
+        copy_tokenizer_files(&config.model, tmp)
+    })?;
+    tracing::info!(out = %out.display(), from = %weights.display(), "merged model exported");
+    Ok(weights)
+}
+
+fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
+    for name in TOKENIZER_FILES {
+        let src = from.join(name);
+        if src.exists() {
+            std::fs::copy(&src, to.join(name)).map_err(|e| CoreError::io("copy", &src, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a PEFT LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`) of a LoRA run.
+///
+/// Burn's adapter of a weight `W` (stored `[in, out]`) is `scale * a @ b` with `a: [in, r]`,
+/// `b: [r, out]`; PEFT's is `scale * B @ A` on `[out, in]` with `lora_A.weight: [r, in]` and
+/// `lora_B.weight: [out, r]`, so `lora_A.weight = aᵀ` and `lora_B.weight = bᵀ`.
+pub fn export_peft(run: &Path, which: &str, out: &Path, device: &Device) -> Result<PathBuf> {
+    let config = run_config(run)?;
+    if config.trainable != TrainableKind::Lora {
+        return Err(CoreError::Invalid(format!(
+            "{}: --peft needs a LoRA run, this one trained `{:?}`\nHINT: use --merged",
+            run.display(),
+            config.trainable
+        )));
+    }
+    let weights = resolve_weights(run, which)?;
+    let lm = load_trained(&config, &weights, device)?;
+    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    for t in lm.model.valid().collect(None, None, false) {
+        let Some((base, factor)) = t
+            .name
+            .strip_suffix(".lora.a")
+            .map(|b| (b, "lora_A"))
+            .or_else(|| t.name.strip_suffix(".lora.b").map(|b| (b, "lora_B")))
+        else {
+            continue;
+        };
+        let module = base.strip_suffix(".weight").unwrap_or(base);
+        let name = format!("base_model.model.{module}.{factor}.weight");
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let bytes = t.to_bytes().map_err(|e| CoreError::Invalid(format!("{}: {e}", t.name)))?;
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let mut transposed = vec![0f32; values.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                transposed[c * rows + r] = values[r * cols + c];
+            }
+        }
+        tensors.insert(
+            name,
+            (
+                vec![cols, rows],
+                transposed.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        );
+    }
+    if tensors.is_empty() {
+        return Err(CoreError::Invalid(format!(
+            "{}: no LoRA adapter tensors found",
+            weights.display()
+        )));
+    }
+    let adapter_config = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": config.model,
+        "r": config.lora_rank,
+        "lora_alpha": config.lora_alpha,
+        "lora_dropout": 0.0,
+        "target_modules": config.lora_targets,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "use_rslora": false,
+        "init_lora_weights": true,
+    });
+    replace_dir_atomically(out, |tmp| {
+        let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+            .iter()
+            .map(|(name, (shape, bytes))| {
+                (
+                    name.clone(),
+                    safetensors::tensor::TensorView::new(
+                        safetensors::Dtype::F32,
+                        shape.clone(),
+                        bytes,
+                    )
+                    .expect("shape matches data"),
+                )
+            })
+            .collect();
+        let path = tmp.join("adapter_model.safetensors");
+        let metadata = Some(std::collections::HashMap::from([(
+            "format".to_string(),
+            "pt".to_string(),
+        )]));
+        let bytes = safetensors::serialize(views, metadata)
+            .map_err(|e| CoreError::Invalid(format!("{}: {e}", path.display())))?;
+        write_atomically(&path, &bytes)?;
+        write_atomically(
+            &tmp.join("adapter_config.json"),
+            serde_json::to_string_pretty(&adapter_config)
+                .expect("json")
+                .as_bytes(),
+        )?;
+        copy_tokenizer_files(&config.model, tmp)
+    })?;
+    tracing::info!(out = %out.display(), from = %weights.display(), "PEFT adapter exported");
+    Ok(weights)
+}

@@ -1,0 +1,378 @@
+//! Whole training runs on the fixture model: every method trains 50 steps with its loss falling
+//! and exactly its trainable set changing; step 0 is the untouched model; accumulation, the
+//! reference cache, LoRA adapters-off, NaN handling and dropped prompts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::store::ModuleSnapshot;
+use clo_core::Pretrained;
+use clo_core::models::CausalLm;
+use clo_core::score::{batch_logps, collate};
+use clo_core::train::batch::{TokenizedQuad, clo_rows, tokenize_quads};
+use clo_core::train::checkpoint::{RunDir, load_trained};
+use clo_core::train::data::read_quadruples;
+use clo_core::train::examples::Examples;
+use clo_core::train::loss::{NllReduction, clo_loss};
+use clo_core::train::reference::{adapters_off, read_run_reference, reference_logps};
+use clo_core::train::{
+    Method, Outcome, RunConfig, RunSummary, StepMetrics, TrainOptions, TrainableKind, train,
+};
+use clo_core::CoreError;
+use clo_tests::{fixture_dir, wgpu_device};
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/data/quads.jsonl")
+}
+
+fn config(method: Method, trainable: TrainableKind) -> RunConfig {
+    RunConfig {
+        model: fixture_dir("qwen2"),
+        data: data(),
+        method,
+        trainable,
+        steps: Some(50),
+        batch_size: 4,
+        lr: 1e-3,
+        min_lr: 1e-4,
+        lora_rank: 4,
+        lora_alpha: 8.0,
+        val_fraction: 0.125,
+        eval_every: Some(10),
+        ..RunConfig::default()
+    }
+}
+
+struct Run {
+    _dir: tempfile::TempDir,
+    out: PathBuf,
+    summary: RunSummary,
+}
+
+fn run_in(config: &RunConfig, cache: &Path, device: &Device) -> Result<Run, CoreError> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let opts = TrainOptions::new(&out, cache);
+    match train(config, &opts, device, &mut |_| {})? {
+        Outcome::Finished(summary) => Ok(Run {
+            _dir: dir,
+            out,
+            summary,
+        }),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn run(config: &RunConfig, device: &Device) -> Run {
+    let cache = tempfile::tempdir().unwrap();
+    run_in(config, cache.path(), device).unwrap()
+}
+
+fn metrics(out: &Path) -> Vec<StepMetrics> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Raw bytes of every tensor, by module path.
+fn snapshot(model: &CausalLm) -> BTreeMap<String, Vec<u8>> {
+    model
+        .valid()
+        .collect(None, None, false)
+        .into_iter()
+        .map(|t| (t.name.clone(), t.to_bytes().unwrap().to_vec()))
+        .collect()
+}
+
+fn is_attention(name: &str) -> bool {
+    ["q_proj", "k_proj", "v_proj", "o_proj"]
+        .iter()
+        .any(|p| name.contains(&format!("self_attn.{p}.")))
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Loss falls within each stage, and exactly the trainable set moved away from the base.
+fn check_run(config: &RunConfig, device: &Device) {
+    let r = run(config, device);
+    let lines = metrics(&r.out);
+    let stages = config.method.stages();
+    assert_eq!(lines.len(), 50 * stages.len(), "one line per optimizer step");
+    assert_eq!(r.summary.steps, 50 * stages.len());
+    for (s, stage) in stages.iter().enumerate() {
+        let part = &lines[s * 50..(s + 1) * 50];
+        assert!(part.iter().all(|m| m.stage == stage.name()));
+        let first: Vec<f64> = part[..5].iter().map(|m| m.loss).collect();
+        let last: Vec<f64> = part[45..].iter().map(|m| m.loss).collect();
+        assert!(
+            mean(&last) < mean(&first) - 0.05,
+            "{}: loss should fall: {first:?} -> {last:?}",
+            stage.name()
+        );
+        assert!(part.iter().all(|m| m.grad_norm.is_finite() && m.grad_norm > 0.0));
+        let prefs = stage.needs_reference();
+        assert_eq!(part[0].acc_en.is_some(), prefs, "{}", stage.name());
+        assert_eq!(part[0].loss_cl.is_some(), prefs, "{}", stage.name());
+    }
+    assert!(
+        lines.iter().any(|m| m.val_loss.is_some()),
+        "validation runs every 10 steps"
+    );
+
+    let flex = Device::flex();
+    let base = snapshot(&Pretrained::load(&config.model, &flex).unwrap().model);
+    let last = RunDir::new(&r.out).latest_checkpoint().unwrap();
+    let trained = snapshot(&load_trained(config, &last, &flex).unwrap().model);
+    let mut changed = 0;
+    for (name, bytes) in &trained {
+        let Some(before) = base.get(name) else {
+            assert!(config.trainable == TrainableKind::Lora && name.contains(".lora."), "{name}");
+            continue;
+        };
+        let trains = match config.trainable {
+            TrainableKind::Attention => is_attention(name),
+            TrainableKind::Full => true,
+            TrainableKind::Lora => false,
+        };
+        if trains {
+            assert_ne!(bytes, before, "{name} should have trained");
+            changed += 1;
+        } else {
+            assert_eq!(bytes, before, "{name} must stay bit-identical");
+        }
+    }
+    match config.trainable {
+        TrainableKind::Attention => assert_eq!(changed, 14),
+        TrainableKind::Full => assert_eq!(changed, base.len()),
+        TrainableKind::Lora => {
+            // q, k, v, o of 2 layers, a and b each.
+            assert_eq!(trained.len() - base.len(), 16);
+        }
+    }
+}
+
+#[test]
+fn every_method_trains_attention_only_on_cpu() {
+    for method in [
+        Method::Clo,
+        Method::Sft,
+        Method::SftEng,
+        Method::SftTgt,
+        Method::Dpo,
+        Method::SftDpo,
+    ] {
+        check_run(&config(method, TrainableKind::Attention), &Device::flex());
+    }
+}
+
+#[test]
+fn lora_and_full_train_on_cpu() {
+    check_run(&config(Method::Clo, TrainableKind::Lora), &Device::flex());
+    check_run(&config(Method::Sft, TrainableKind::Full), &Device::flex());
+}
+
+#[test]
+fn every_method_trains_on_wgpu() {
+    let device = wgpu_device();
+    for method in [
+        Method::Clo,
+        Method::Sft,
+        Method::SftEng,
+        Method::SftTgt,
+        Method::Dpo,
+        Method::SftDpo,
+    ] {
+        check_run(&config(method, TrainableKind::Attention), &device);
+    }
+    check_run(&config(Method::Clo, TrainableKind::Lora), &device);
+}
+
+/// Step 0 is the first batch under the untouched model: with no shuffling and no validation
+/// split it is quadruples 0..4, whose CLO loss is computed here independently (the functions of
+/// the PyTorch-checked loss parity test) and equals the logged one.
+#[test]
+fn step_zero_is_the_first_batch_before_any_update() {
+    let mut c = config(Method::Clo, TrainableKind::Attention);
+    c.shuffle = false;
+    c.val_fraction = 0.0;
+    c.steps = Some(3);
+    let r = run(&c, &Device::flex());
+    let lines = metrics(&r.out);
+
+    let device = Device::flex();
+    let lm = Pretrained::load(&c.model, &device).unwrap();
+    let quads = read_quadruples(&c.data).unwrap();
+    let (tok, _) = tokenize_quads(&lm.tokenizer, &quads[..4], c.max_len).unwrap();
+    let refs: Vec<&TokenizedQuad> = tok.iter().collect();
+    let batch = collate(&clo_rows(&refs, c.max_len), &device);
+    let (logps, _) = batch_logps(&lm.model, &lm.config.decoder.rope, &batch);
+    let counts: Vec<f32> = batch.n_tokens[8..12].iter().map(|&t| t as f32).collect();
+    let terms = clo_loss(
+        logps.clone(),
+        logps,
+        Tensor::from_data(TensorData::new(counts, [4]), &device),
+        c.beta,
+        c.lambda,
+        NllReduction::TokenMean,
+    );
+    let want = terms.loss.into_scalar::<f32>() as f64;
+    assert!((lines[0].loss - want).abs() < 1e-4, "{} vs {want}", lines[0].loss);
+    // Policy = reference before the update: the preference term is exactly 2 ln 2.
+    assert!((lines[0].loss_cl.unwrap() - 2.0 * 2f64.ln()).abs() < 1e-4);
+    assert_eq!(lines[0].lr, 0.0, "warmup starts at 0 (3% of 3 steps = 1 step)");
+    assert!(lines[1].loss != lines[0].loss);
+}
+
+/// DPO's loss is a per-pair mean, so 2 micro-batches of 2 pairs accumulate to the gradient of one
+/// batch of 4: same loss and grad norm at step 0.
+#[test]
+fn gradient_accumulation_matches_a_larger_batch() {
+    let mut one = config(Method::Dpo, TrainableKind::Attention);
+    one.shuffle = false;
+    one.val_fraction = 0.0;
+    one.steps = Some(2);
+    let mut two = one.clone();
+    two.batch_size = 2;
+    two.grad_accum = 2;
+    let (a, b) = (run(&one, &Device::flex()), run(&two, &Device::flex()));
+    let (a, b) = (&metrics(&a.out)[0], &metrics(&b.out)[0]);
+    assert!((a.loss - b.loss).abs() < 1e-6, "{} vs {}", a.loss, b.loss);
+    assert!(
+        (a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm,
+        "{} vs {}",
+        a.grad_norm,
+        b.grad_norm
+    );
+    assert_eq!(a.tokens, b.tokens);
+}
+
+/// The second run over the same weights, data, template and max_len reads the reference from
+/// the cache (same numbers); another max_len misses it.
+#[test]
+fn reference_logps_are_cached_across_runs() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut c = config(Method::Clo, TrainableKind::Attention);
+    c.steps = Some(2);
+    let first = run_in(&c, cache.path(), &Device::flex()).unwrap();
+    assert_eq!(first.summary.reference_cached, vec![false]);
+    let entries = std::fs::read_dir(cache.path().join("reference")).unwrap().count();
+    assert_eq!(entries, 1);
+
+    let mut other = c.clone();
+    other.lr = 5e-4; // not part of the key
+    let second = run_in(&other, cache.path(), &Device::flex()).unwrap();
+    assert_eq!(second.summary.reference_cached, vec![true]);
+    let read = |r: &Run| read_run_reference(&RunDir::new(&r.out).reference("clo")).unwrap();
+    assert_eq!(read(&first), read(&second));
+
+    let mut shorter = c.clone();
+    shorter.max_len = 90;
+    let third = run_in(&shorter, cache.path(), &Device::flex()).unwrap();
+    assert_eq!(third.summary.reference_cached, vec![false]);
+    assert_ne!(read(&first).key, read(&third).key);
+}
+
+/// After LoRA training, the model with its adapters switched off gives the reference numbers
+/// the run computed from the base model before training; with adapters on it does not.
+#[test]
+fn lora_with_adapters_off_reproduces_the_reference() {
+    let mut c = config(Method::Clo, TrainableKind::Lora);
+    c.steps = Some(10);
+    c.val_fraction = 0.0;
+    let r = run(&c, &Device::flex());
+    let cached = read_run_reference(&RunDir::new(&r.out).reference("clo")).unwrap();
+
+    let device = Device::flex();
+    let last = RunDir::new(&r.out).latest_checkpoint().unwrap();
+    let lm = load_trained(&c, &last, &device).unwrap();
+    let quads = read_quadruples(&c.data).unwrap();
+    let (tok, _) = tokenize_quads(&lm.tokenizer, &quads, c.max_len).unwrap();
+    let examples = Examples::for_method(Method::Clo, &tok, c.max_len);
+    let rope = lm.config.decoder.rope.clone();
+    let score = |model: &CausalLm| {
+        reference_logps(model, &rope, &examples, 4, c.max_len, &device, &mut |_, _| {})
+    };
+    let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+        a.iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let on = score(&lm.model);
+    let off = score(&adapters_off(lm.model));
+    assert!(max_diff(&off, &cached.sets[0]) < 1e-4, "{}", max_diff(&off, &cached.sets[0]));
+    assert!(max_diff(&on, &cached.sets[0]) > 1e-2, "the adapters trained");
+}
+
+/// A learning rate of 1e30 blows the weights up: the run stops at the first non-finite loss,
+/// names the step, and keeps a checkpoint of the last finite weights.
+#[test]
+fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let mut c = config(Method::Sft, TrainableKind::Full);
+    c.lr = 1e30;
+    c.warmup = 0.0;
+    c.max_grad_norm = 1e30;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TrainOptions::new(dir.path().join("run"), dir.path().join("cache"));
+    let err = train(&c, &opts, &Device::flex(), &mut |_| {})
+        .err()
+        .expect("training must stop");
+    let CoreError::NonFinite {
+        step, checkpoint, ..
+    } = &err
+    else {
+        panic!("{err}");
+    };
+    assert!(err.to_string().contains(&format!("step {step}")), "{err}");
+    assert!(*step >= 1, "step 0 runs on the base model");
+    assert!(checkpoint.starts_with(dir.path().join("run/checkpoints")));
+    let lines = metrics(&dir.path().join("run"));
+    assert_eq!(lines.len(), *step, "one line per finite step, none for the bad one");
+    assert!(lines.iter().all(|m| m.loss.is_finite()));
+    let lm = load_trained(&c, checkpoint, &Device::flex()).unwrap();
+    let values: Vec<f32> = lm
+        .model
+        .model
+        .embed_tokens
+        .weight
+        .val()
+        .into_data()
+        .try_into_vec_as()
+        .unwrap();
+    assert!(values.iter().all(|v| v.is_finite()), "the kept weights are finite");
+}
+
+/// Quadruples whose prompt alone reaches max_len are dropped and counted in the summary.
+#[test]
+fn long_prompts_are_dropped_and_counted() {
+    let device = Device::flex();
+    let lm = Pretrained::load(&fixture_dir("qwen2"), &device).unwrap();
+    let quads = read_quadruples(&data()).unwrap();
+    let max_len = 66;
+    let expected = quads
+        .iter()
+        .filter(|q| {
+            let en = lm.tokenizer.prompt_ids(&q.x_en, true).unwrap().len();
+            let tgt = lm.tokenizer.prompt_ids(&q.x_tgt, true).unwrap().len();
+            en.max(tgt) >= max_len
+        })
+        .count();
+    assert!(expected > 0 && expected < quads.len(), "{expected}");
+    let mut c = config(Method::Clo, TrainableKind::Attention);
+    c.max_len = max_len;
+    c.steps = Some(1);
+    c.val_fraction = 0.0;
+    let r = run(&c, &device);
+    assert_eq!(r.summary.dropped_long_prompts, expected);
+    assert_eq!(r.summary.train_quadruples, quads.len() - expected);
+    let summary: RunSummary =
+        serde_json::from_str(&std::fs::read_to_string(r.out.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary.dropped_long_prompts, expected);
+}
