@@ -446,6 +446,8 @@ pub fn train(
 ) -> Result<Outcome> {
     let started = Instant::now();
     config.validate()?;
+    // Bad data stops the run before anything is written.
+    let quads = read_quadruples(&config.data)?;
     let run = RunDir::new(&opts.out);
     let resume_from = prepare_run_dir(config, opts, &run)?;
     let mut state = match &resume_from {
@@ -484,7 +486,6 @@ pub fn train(
         config: model_config,
         ..
     } = Pretrained::load(&config.model, &ad)?;
-    let quads = read_quadruples(&config.data)?;
     let (tokenized, dropped) = tokenize_quads(&tokenizer, &quads, config.max_len)?;
     if dropped > 0 {
         tracing::warn!(dropped, max_len = config.max_len, "quadruples dropped: a prompt alone reaches max_len");
@@ -733,7 +734,8 @@ fn prepare_run_dir(config: &RunConfig, opts: &TrainOptions, run: &RunDir) -> Res
         write_atomically(&saved, config.to_toml().as_bytes())?;
         return Ok(latest);
     }
-    if run.latest_checkpoint().is_some() || run.metrics().exists() {
+    let has_steps = std::fs::metadata(run.metrics()).is_ok_and(|m| m.len() > 0);
+    if run.latest_checkpoint().is_some() || has_steps {
         return Err(CoreError::Invalid(format!(
             "{} already holds a run\nHINT: pass --resume to continue it, or choose another --out",
             run.root.display()

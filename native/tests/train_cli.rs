@@ -1,0 +1,178 @@
+//! `clo train` and `clo export` as a user runs them: a run killed with SIGKILL resumes to the
+//! same weights as an uninterrupted one; bad input and misuse get clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn clo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clo"))
+        .args(args)
+        .output()
+        .expect("clo runs")
+}
+
+fn ok(out: Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "clo failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn err(out: Output) -> String {
+    assert!(!out.status.success(), "clo should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn train_args(out: &Path, cache: &Path, steps: &str) -> Vec<String> {
+    let model = root().join("models/qwen2");
+    let data = root().join("data/quads.jsonl");
+    [
+        "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(),
+        "--method", "clo", "--trainable", "attention", "--out", out.to_str().unwrap(),
+        "--steps", steps, "--batch-size", "4", "--lr", "1e-3", "--save-every", "5",
+        "--cache-dir", cache.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec(), view.data().to_vec()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    ok(Command::new(env!("CARGO_BIN_EXE_clo"))
+        .args(train_args(&a, &cache, "80"))
+        .output()
+        .unwrap());
+
+    // Start the same run, SIGKILL it as soon as its second checkpoint is on disk.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clo"))
+        .args(train_args(&b, &cache, "80"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !b.join("checkpoints/step-00000010").exists() {
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!b.join("summary.json").exists(), "the run must have been cut short");
+    let cut = lines(&b.join("metrics.jsonl")).len();
+    assert!(cut < 80, "killed after {cut} steps");
+
+    let mut resume = train_args(&b, &cache, "80");
+    resume.push("--resume".into());
+    let stdout = ok(Command::new(env!("CARGO_BIN_EXE_clo")).args(&resume).output().unwrap());
+    assert!(stdout.contains("80 steps"), "{stdout}");
+
+    // Same metrics (every step exactly once) and the same final weights, bit for bit.
+    let (ma, mb) = (lines(&a.join("metrics.jsonl")), lines(&b.join("metrics.jsonl")));
+    assert_eq!(ma.len(), 80);
+    assert_eq!(mb.len(), 80);
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!(x["step"], y["step"]);
+        assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
+        assert_eq!(x["grad_norm"], y["grad_norm"], "step {}", x["step"]);
+    }
+    let (ea, eb) = (dir.path().join("ea"), dir.path().join("eb"));
+    for (run, out) in [(&a, &ea), (&b, &eb)] {
+        ok(clo(&[
+            "export", "--run", run.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "--merged", "--from", "last",
+        ]));
+    }
+    let (ta, tb) = (tensors(&ea.join("model.safetensors")), tensors(&eb.join("model.safetensors")));
+    assert_eq!(ta.len(), tb.len());
+    assert!(ta == tb, "resumed weights differ from the uninterrupted run's");
+}
+
+#[test]
+fn train_refuses_bad_data_reused_dirs_and_changed_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let bad = dir.path().join("bad.jsonl");
+    let good = std::fs::read_to_string(root().join("data/quads.jsonl")).unwrap();
+    let mut text: Vec<String> = good.lines().map(String::from).collect();
+    text[2] = text[2].replace("\"y_tgt\"", "\"y_target\"");
+    std::fs::write(&bad, text.join("\n")).unwrap();
+    let out = dir.path().join("run");
+    let mut args = train_args(&out, &cache, "2");
+    let i = args.iter().position(|a| a == "--data").unwrap();
+    args[i + 1] = bad.to_str().unwrap().into();
+    let msg = err(Command::new(env!("CARGO_BIN_EXE_clo")).args(&args).output().unwrap());
+    assert!(msg.contains("bad.jsonl:3: missing field `y_tgt`"), "{msg}");
+    assert!(!out.join("checkpoints").exists(), "nothing trained");
+
+    ok(Command::new(env!("CARGO_BIN_EXE_clo"))
+        .args(train_args(&out, &cache, "2"))
+        .output()
+        .unwrap());
+    let again = err(Command::new(env!("CARGO_BIN_EXE_clo"))
+        .args(train_args(&out, &cache, "2"))
+        .output()
+        .unwrap());
+    assert!(again.contains("already holds a run") && again.contains("--resume"), "{again}");
+
+    let mut changed = train_args(&out, &cache, "2");
+    let i = changed.iter().position(|a| a == "--lr").unwrap();
+    changed[i + 1] = "5e-4".into();
+    changed.push("--resume".into());
+    let msg = err(Command::new(env!("CARGO_BIN_EXE_clo")).args(&changed).output().unwrap());
+    assert!(msg.contains("config.toml") && msg.contains("differ"), "{msg}");
+
+    let peft = err(clo(&[
+        "export", "--run", out.to_str().unwrap(), "--out", dir.path().join("p").to_str().unwrap(),
+        "--peft",
+    ]));
+    assert!(peft.contains("needs a LoRA run"), "{peft}");
+
+    let mut bad_method = train_args(&dir.path().join("x"), &cache, "2");
+    let i = bad_method.iter().position(|a| a == "--method").unwrap();
+    bad_method[i + 1] = "ppo".into();
+    let msg = err(Command::new(env!("CARGO_BIN_EXE_clo")).args(&bad_method).output().unwrap());
+    assert!(msg.contains("unknown method `ppo`") && msg.contains("sft+dpo"), "{msg}");
+}
+
+#[test]
+fn config_file_sets_values_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("run.toml");
+    std::fs::write(&toml, "lambda = 0.25\nbeta = 0.2\nlr = 2e-3\n").unwrap();
+    let out = dir.path().join("run");
+    let mut args = train_args(&out, &dir.path().join("cache"), "2");
+    args.extend(["--config".into(), toml.to_str().unwrap().into()]);
+    ok(Command::new(env!("CARGO_BIN_EXE_clo")).args(&args).output().unwrap());
+    let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(saved.contains("lambda = 0.25"), "{saved}");
+    assert!(saved.contains("beta = 0.2"), "{saved}");
+    assert!(saved.contains("lr = 0.001"), "--lr overrides the file: {saved}");
+    assert!(saved.contains("method = \"clo\""), "{saved}");
+}
