@@ -42,7 +42,11 @@ pub fn resolve_weights(run: &Path, which: &str) -> Result<PathBuf> {
         "best" | "last" => last(),
         other => {
             let path = PathBuf::from(other);
-            let path = if path.is_absolute() { path } else { run.join(path) };
+            let path = if path.is_absolute() {
+                path
+            } else {
+                run.join(path)
+            };
             if path.join("trainable.bpk").exists() {
                 Ok(path)
             } else {
@@ -69,7 +73,13 @@ pub fn export_merged(run: &Path, which: &str, out: &Path, device: &Device) -> Re
         &config.model.join("config.json"),
         "model config",
     )?)
-    .map_err(|e| CoreError::json(&config.model.join("config.json"), &e, "config.json must be JSON"))?;
+    .map_err(|e| {
+        CoreError::json(
+            &config.model.join("config.json"),
+            &e,
+            "config.json must be JSON",
+        )
+    })?;
     hf_config["torch_dtype"] = json!("float32");
     if hf_config.get("dtype").is_some() {
         hf_config["dtype"] = json!("float32");
@@ -81,7 +91,10 @@ pub fn export_merged(run: &Path, which: &str, out: &Path, device: &Device) -> Re
             .metadata("format", "pt")
             .overwrite(true);
         model.save_into(&mut store).map_err(|e| {
-            CoreError::Invalid(format!("{}: {e}\nHINT: check free disk space", path.display()))
+            CoreError::Invalid(format!(
+                "{}: {e}\nHINT: check free disk space",
+                path.display()
+            ))
         })?;
         write_atomically(
             &tmp.join("config.json"),
@@ -134,7 +147,9 @@ pub fn export_peft(run: &Path, which: &str, out: &Path, device: &Device) -> Resu
         let module = base.strip_suffix(".weight").unwrap_or(base);
         let name = format!("base_model.model.{module}.{factor}.weight");
         let (rows, cols) = (t.shape[0], t.shape[1]);
-        let bytes = t.to_bytes().map_err(|e| CoreError::Invalid(format!("{}: {e}", t.name)))?;
+        let bytes = t
+            .to_bytes()
+            .map_err(|e| CoreError::Invalid(format!("{}: {e}", t.name)))?;
         let values: Vec<f32> = bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))

@@ -38,10 +38,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Fills a fresh temporary directory beside `dir` with `fill`, syncs its files, then moves it to
 /// `dir`, replacing an older `dir` only once the new one is complete.
-pub fn replace_dir_atomically(
-    dir: &Path,
-    fill: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
+pub fn replace_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = temp_beside(dir);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| CoreError::io("create", &tmp, e))?;

@@ -118,8 +118,19 @@ impl TrainArgs {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone().into(); } )* };
         }
-        set!(model, data, method, trainable, epochs, batch_size, grad_accum, lr, min_lr, warmup);
-        set!(beta, lambda, max_len, lora_rank, lora_alpha, lora_targets, seed, val_fraction);
+        set!(
+            model, data, method, trainable, epochs, batch_size, grad_accum, lr, min_lr, warmup
+        );
+        set!(
+            beta,
+            lambda,
+            max_len,
+            lora_rank,
+            lora_alpha,
+            lora_targets,
+            seed,
+            val_fraction
+        );
         set!(max_grad_norm, weight_decay);
         if self.steps.is_some() {
             c.steps = self.steps;
@@ -201,10 +212,8 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         } => {
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} {bar:30} step {pos}/{len} {msg} eta {eta}",
-                )
-                .expect("valid template"),
+                ProgressStyle::with_template("{prefix} {bar:30} step {pos}/{len} {msg} eta {eta}")
+                    .expect("valid template"),
             );
             bar.set_prefix(stage.to_string());
             bar.set_length(total_steps as u64);
@@ -232,7 +241,8 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
                 fmt(s.first_loss),
                 fmt(s.last_loss),
                 match (s.best_step, s.best_val_loss) {
-                    (Some(step), Some(v)) => format!(", best validation loss {v:.4} at step {step}"),
+                    (Some(step), Some(v)) =>
+                        format!(", best validation loss {v:.4} at step {step}"),
                     _ => String::new(),
                 }
             );
@@ -286,7 +296,11 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
     println!(
         "exported {} ({}) to {}",
         from.display(),
-        if args.peft { "PEFT adapter" } else { "merged model" },
+        if args.peft {
+            "PEFT adapter"
+        } else {
+            "merged model"
+        },
         args.out.display()
     );
     Ok(())

@@ -31,10 +31,27 @@ fn train_args(out: &Path, cache: &Path, steps: &str) -> Vec<String> {
     let model = root().join("models/qwen2");
     let data = root().join("data/quads.jsonl");
     [
-        "train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(),
-        "--method", "clo", "--trainable", "attention", "--out", out.to_str().unwrap(),
-        "--steps", steps, "--batch-size", "4", "--lr", "1e-3", "--save-every", "5",
-        "--cache-dir", cache.to_str().unwrap(),
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--method",
+        "clo",
+        "--trainable",
+        "attention",
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        steps,
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--save-every",
+        "5",
+        "--cache-dir",
+        cache.to_str().unwrap(),
     ]
     .map(String::from)
     .to_vec()
@@ -79,22 +96,34 @@ fn killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one() {
         .unwrap();
     let started = Instant::now();
     while !b.join("checkpoints/step-00000010").exists() {
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!b.join("summary.json").exists(), "the run must have been cut short");
+    assert!(
+        !b.join("summary.json").exists(),
+        "the run must have been cut short"
+    );
     let cut = lines(&b.join("metrics.jsonl")).len();
     assert!(cut < 80, "killed after {cut} steps");
 
     let mut resume = train_args(&b, &cache, "80");
     resume.push("--resume".into());
-    let stdout = ok(Command::new(env!("CARGO_BIN_EXE_clo")).args(&resume).output().unwrap());
+    let stdout = ok(Command::new(env!("CARGO_BIN_EXE_clo"))
+        .args(&resume)
+        .output()
+        .unwrap());
     assert!(stdout.contains("80 steps"), "{stdout}");
 
     // Same metrics (every step exactly once) and the same final weights, bit for bit.
-    let (ma, mb) = (lines(&a.join("metrics.jsonl")), lines(&b.join("metrics.jsonl")));
+    let (ma, mb) = (
+        lines(&a.join("metrics.jsonl")),
+        lines(&b.join("metrics.jsonl")),
+    );
     assert_eq!(ma.len(), 80);
     assert_eq!(mb.len(), 80);
     for (x, y) in ma.iter().zip(&mb) {
@@ -105,13 +134,25 @@ fn killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one() {
     let (ea, eb) = (dir.path().join("ea"), dir.path().join("eb"));
     for (run, out) in [(&a, &ea), (&b, &eb)] {
         ok(clo(&[
-            "export", "--run", run.to_str().unwrap(), "--out", out.to_str().unwrap(),
-            "--merged", "--from", "last",
+            "export",
+            "--run",
+            run.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--merged",
+            "--from",
+            "last",
         ]));
     }
-    let (ta, tb) = (tensors(&ea.join("model.safetensors")), tensors(&eb.join("model.safetensors")));
+    let (ta, tb) = (
+        tensors(&ea.join("model.safetensors")),
+        tensors(&eb.join("model.safetensors")),
+    );
     assert_eq!(ta.len(), tb.len());
-    assert!(ta == tb, "resumed weights differ from the uninterrupted run's");
+    assert!(
+        ta == tb,
+        "resumed weights differ from the uninterrupted run's"
+    );
 }
 
 #[test]
@@ -127,7 +168,10 @@ fn train_refuses_bad_data_reused_dirs_and_changed_resumes() {
     let mut args = train_args(&out, &cache, "2");
     let i = args.iter().position(|a| a == "--data").unwrap();
     args[i + 1] = bad.to_str().unwrap().into();
-    let msg = err(Command::new(env!("CARGO_BIN_EXE_clo")).args(&args).output().unwrap());
+    let msg = err(Command::new(env!("CARGO_BIN_EXE_clo"))
+        .args(&args)
+        .output()
+        .unwrap());
     assert!(msg.contains("bad.jsonl:3: missing field `y_tgt`"), "{msg}");
     assert!(!out.join("checkpoints").exists(), "nothing trained");
 
@@ -139,17 +183,30 @@ fn train_refuses_bad_data_reused_dirs_and_changed_resumes() {
         .args(train_args(&out, &cache, "2"))
         .output()
         .unwrap());
-    assert!(again.contains("already holds a run") && again.contains("--resume"), "{again}");
+    assert!(
+        again.contains("already holds a run") && again.contains("--resume"),
+        "{again}"
+    );
 
     let mut changed = train_args(&out, &cache, "2");
     let i = changed.iter().position(|a| a == "--lr").unwrap();
     changed[i + 1] = "5e-4".into();
     changed.push("--resume".into());
-    let msg = err(Command::new(env!("CARGO_BIN_EXE_clo")).args(&changed).output().unwrap());
-    assert!(msg.contains("config.toml") && msg.contains("differ"), "{msg}");
+    let msg = err(Command::new(env!("CARGO_BIN_EXE_clo"))
+        .args(&changed)
+        .output()
+        .unwrap());
+    assert!(
+        msg.contains("config.toml") && msg.contains("differ"),
+        "{msg}"
+    );
 
     let peft = err(clo(&[
-        "export", "--run", out.to_str().unwrap(), "--out", dir.path().join("p").to_str().unwrap(),
+        "export",
+        "--run",
+        out.to_str().unwrap(),
+        "--out",
+        dir.path().join("p").to_str().unwrap(),
         "--peft",
     ]));
     assert!(peft.contains("needs a LoRA run"), "{peft}");
@@ -157,8 +214,14 @@ fn train_refuses_bad_data_reused_dirs_and_changed_resumes() {
     let mut bad_method = train_args(&dir.path().join("x"), &cache, "2");
     let i = bad_method.iter().position(|a| a == "--method").unwrap();
     bad_method[i + 1] = "ppo".into();
-    let msg = err(Command::new(env!("CARGO_BIN_EXE_clo")).args(&bad_method).output().unwrap());
-    assert!(msg.contains("unknown method `ppo`") && msg.contains("sft+dpo"), "{msg}");
+    let msg = err(Command::new(env!("CARGO_BIN_EXE_clo"))
+        .args(&bad_method)
+        .output()
+        .unwrap());
+    assert!(
+        msg.contains("unknown method `ppo`") && msg.contains("sft+dpo"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -169,10 +232,16 @@ fn config_file_sets_values_and_flags_override_it() {
     let out = dir.path().join("run");
     let mut args = train_args(&out, &dir.path().join("cache"), "2");
     args.extend(["--config".into(), toml.to_str().unwrap().into()]);
-    ok(Command::new(env!("CARGO_BIN_EXE_clo")).args(&args).output().unwrap());
+    ok(Command::new(env!("CARGO_BIN_EXE_clo"))
+        .args(&args)
+        .output()
+        .unwrap());
     let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(saved.contains("lambda = 0.25"), "{saved}");
     assert!(saved.contains("beta = 0.2"), "{saved}");
-    assert!(saved.contains("lr = 0.001"), "--lr overrides the file: {saved}");
+    assert!(
+        saved.contains("lr = 0.001"),
+        "--lr overrides the file: {saved}"
+    );
     assert!(saved.contains("method = \"clo\""), "{saved}");
 }

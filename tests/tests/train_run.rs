@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::store::ModuleSnapshot;
+use clo_core::CoreError;
 use clo_core::Pretrained;
 use clo_core::models::CausalLm;
 use clo_core::score::{batch_logps, collate};
@@ -19,7 +20,6 @@ use clo_core::train::reference::{adapters_off, read_run_reference, reference_log
 use clo_core::train::{
     Method, Outcome, RunConfig, RunSummary, StepMetrics, TrainOptions, TrainableKind, train,
 };
-use clo_core::CoreError;
 use clo_tests::{fixture_dir, wgpu_device};
 
 fn data() -> PathBuf {
@@ -102,7 +102,11 @@ fn check_run(config: &RunConfig, device: &Device) {
     let r = run(config, device);
     let lines = metrics(&r.out);
     let stages = config.method.stages();
-    assert_eq!(lines.len(), 50 * stages.len(), "one line per optimizer step");
+    assert_eq!(
+        lines.len(),
+        50 * stages.len(),
+        "one line per optimizer step"
+    );
     assert_eq!(r.summary.steps, 50 * stages.len());
     for (s, stage) in stages.iter().enumerate() {
         let part = &lines[s * 50..(s + 1) * 50];
@@ -114,7 +118,10 @@ fn check_run(config: &RunConfig, device: &Device) {
             "{}: loss should fall: {first:?} -> {last:?}",
             stage.name()
         );
-        assert!(part.iter().all(|m| m.grad_norm.is_finite() && m.grad_norm > 0.0));
+        assert!(
+            part.iter()
+                .all(|m| m.grad_norm.is_finite() && m.grad_norm > 0.0)
+        );
         let prefs = stage.needs_reference();
         assert_eq!(part[0].acc_en.is_some(), prefs, "{}", stage.name());
         assert_eq!(part[0].loss_cl.is_some(), prefs, "{}", stage.name());
@@ -131,7 +138,10 @@ fn check_run(config: &RunConfig, device: &Device) {
     let mut changed = 0;
     for (name, bytes) in &trained {
         let Some(before) = base.get(name) else {
-            assert!(config.trainable == TrainableKind::Lora && name.contains(".lora."), "{name}");
+            assert!(
+                config.trainable == TrainableKind::Lora && name.contains(".lora."),
+                "{name}"
+            );
             continue;
         };
         let trains = match config.trainable {
@@ -221,10 +231,17 @@ fn step_zero_is_the_first_batch_before_any_update() {
         NllReduction::TokenMean,
     );
     let want = terms.loss.into_scalar::<f32>() as f64;
-    assert!((lines[0].loss - want).abs() < 1e-4, "{} vs {want}", lines[0].loss);
+    assert!(
+        (lines[0].loss - want).abs() < 1e-4,
+        "{} vs {want}",
+        lines[0].loss
+    );
     // Policy = reference before the update: the preference term is exactly 2 ln 2.
     assert!((lines[0].loss_cl.unwrap() - 2.0 * 2f64.ln()).abs() < 1e-4);
-    assert_eq!(lines[0].lr, 0.0, "warmup starts at 0 (3% of 3 steps = 1 step)");
+    assert_eq!(
+        lines[0].lr, 0.0,
+        "warmup starts at 0 (3% of 3 steps = 1 step)"
+    );
     assert!(lines[1].loss != lines[0].loss);
 }
 
@@ -260,7 +277,9 @@ fn reference_logps_are_cached_across_runs() {
     c.steps = Some(2);
     let first = run_in(&c, cache.path(), &Device::flex()).unwrap();
     assert_eq!(first.summary.reference_cached, vec![false]);
-    let entries = std::fs::read_dir(cache.path().join("reference")).unwrap().count();
+    let entries = std::fs::read_dir(cache.path().join("reference"))
+        .unwrap()
+        .count();
     assert_eq!(entries, 1);
 
     let mut other = c.clone();
@@ -295,7 +314,15 @@ fn lora_with_adapters_off_reproduces_the_reference() {
     let examples = Examples::for_method(Method::Clo, &tok, c.max_len);
     let rope = lm.config.decoder.rope.clone();
     let score = |model: &CausalLm| {
-        reference_logps(model, &rope, &examples, 4, c.max_len, &device, &mut |_, _| {})
+        reference_logps(
+            model,
+            &rope,
+            &examples,
+            4,
+            c.max_len,
+            &device,
+            &mut |_, _| {},
+        )
     };
     let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
         a.iter()
@@ -306,8 +333,15 @@ fn lora_with_adapters_off_reproduces_the_reference() {
     };
     let on = score(&lm.model);
     let off = score(&adapters_off(lm.model));
-    assert!(max_diff(&off, &cached.sets[0]) < 1e-4, "{}", max_diff(&off, &cached.sets[0]));
-    assert!(max_diff(&on, &cached.sets[0]) > 1e-2, "the adapters trained");
+    assert!(
+        max_diff(&off, &cached.sets[0]) < 1e-4,
+        "{}",
+        max_diff(&off, &cached.sets[0])
+    );
+    assert!(
+        max_diff(&on, &cached.sets[0]) > 1e-2,
+        "the adapters trained"
+    );
 }
 
 /// A learning rate of 1e30 blows the weights up: the run stops at the first non-finite loss,
@@ -333,7 +367,11 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     assert!(*step >= 1, "step 0 runs on the base model");
     assert!(checkpoint.starts_with(dir.path().join("run/checkpoints")));
     let lines = metrics(&dir.path().join("run"));
-    assert_eq!(lines.len(), *step, "one line per finite step, none for the bad one");
+    assert_eq!(
+        lines.len(),
+        *step,
+        "one line per finite step, none for the bad one"
+    );
     assert!(lines.iter().all(|m| m.loss.is_finite()));
     let lm = load_trained(&c, checkpoint, &Device::flex()).unwrap();
     let values: Vec<f32> = lm
@@ -345,7 +383,10 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
         .into_data()
         .try_into_vec_as()
         .unwrap();
-    assert!(values.iter().all(|v| v.is_finite()), "the kept weights are finite");
+    assert!(
+        values.iter().all(|v| v.is_finite()),
+        "the kept weights are finite"
+    );
 }
 
 /// Quadruples whose prompt alone reaches max_len are dropped and counted in the summary.

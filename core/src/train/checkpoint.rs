@@ -98,7 +98,10 @@ pub fn load_trainable(model: &mut CausalLm, path: &Path) -> Result<()> {
     if !result.errors.is_empty() || !result.unused.is_empty() {
         return Err(store_error(
             path,
-            format!("errors {:?}, unused tensors {:?}", result.errors, result.unused),
+            format!(
+                "errors {:?}, unused tensors {:?}",
+                result.errors, result.unused
+            ),
             hint,
         ));
     }
@@ -131,7 +134,8 @@ impl RunDir {
         self.root.join("checkpoints")
     }
     pub fn reference(&self, stage: &str) -> PathBuf {
-        self.root.join(format!("reference-{}.json", stage.replace('+', "-")))
+        self.root
+            .join(format!("reference-{}.json", stage.replace('+', "-")))
     }
 
     /// Complete checkpoints, oldest first.
@@ -143,7 +147,10 @@ impl RunDir {
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let step = name.strip_prefix("step-")?.parse().ok()?;
-                e.path().join("state.json").exists().then(|| (step, e.path()))
+                e.path()
+                    .join("state.json")
+                    .exists()
+                    .then(|| (step, e.path()))
             })
             .collect();
         out.sort();
@@ -211,13 +218,21 @@ pub fn read_state(dir: &Path) -> Result<RunState> {
     let path = dir.join("state.json");
     let text = crate::error::read_to_string(&path, "checkpoint state")?;
     serde_json::from_str(&text).map_err(|e| {
-        CoreError::json(&path, &e, "the checkpoint is damaged; delete this step directory to resume from the one before")
+        CoreError::json(
+            &path,
+            &e,
+            "the checkpoint is damaged; delete this step directory to resume from the one before",
+        )
     })
 }
 
 /// Loads a trained model: the base of `config.model` with the trainable set applied and the
 /// tensors of `weights_dir/trainable.bpk` (a checkpoint or `RUN/best`).
-pub fn load_trained(config: &RunConfig, weights_dir: &Path, device: &Device) -> Result<crate::Pretrained> {
+pub fn load_trained(
+    config: &RunConfig,
+    weights_dir: &Path,
+    device: &Device,
+) -> Result<crate::Pretrained> {
     let mut lm = crate::Pretrained::load(&config.model, device)?;
     device.seed(config.seed);
     lm.model = config.trainable_set().apply(lm.model)?;

@@ -272,7 +272,10 @@ impl RunConfig {
             return bad("max_grad_norm", "must be positive");
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
-            return bad("val_fraction", "must be in [0, 1) (0 means no validation split)");
+            return bad(
+                "val_fraction",
+                "must be in [0, 1) (0 means no validation split)",
+            );
         }
         if self.eval_every == Some(0) || self.save_every == Some(0) {
             return bad("eval_every/save_every", "must be at least 1");
@@ -323,7 +326,10 @@ mod tests {
     #[test]
     fn defaults_are_the_papers() {
         let c = RunConfig::default();
-        assert_eq!((c.lr, c.min_lr, c.batch_size, c.epochs), (5e-5, 1.1e-6, 8, 1));
+        assert_eq!(
+            (c.lr, c.min_lr, c.batch_size, c.epochs),
+            (5e-5, 1.1e-6, 8, 1)
+        );
         assert_eq!((c.beta, c.lambda, c.max_len), (0.1, 0.5, 3000));
         assert_eq!(c.warmup_steps(100), 3);
         assert_eq!(c.trainable_set(), Trainable::Attention { layers: None });

@@ -1,7 +1,9 @@
 //! The training examples of one stage, whatever the method: CLO quadruples, DPO preference
 //! pairs or SFT pairs, with one way to turn a batch of them into model rows.
 
-use super::batch::{PreferencePair, TokenizedQuad, clo_rows, dpo_pairs, dpo_rows, sft_pairs, SftPairs};
+use super::batch::{
+    PreferencePair, SftPairs, TokenizedQuad, clo_rows, dpo_pairs, dpo_rows, sft_pairs,
+};
 use super::config::Method;
 use crate::score::Pair;
 

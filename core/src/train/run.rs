@@ -23,8 +23,7 @@ use super::examples::Examples;
 use super::loss::{PreferenceTerms, clo_loss, dpo_loss, nll};
 use super::optim::{Schedule, clip_global_norm};
 use super::reference::{
-    CachedReference, ReferenceCache, cache_key, read_run_reference, reference_logps,
-    weights_digest,
+    CachedReference, ReferenceCache, cache_key, read_run_reference, reference_logps, weights_digest,
 };
 use crate::Pretrained;
 use crate::error::{CoreError, Result};
@@ -141,7 +140,10 @@ pub struct RunSummary {
 pub enum Outcome {
     Finished(RunSummary),
     /// Stopped by [`TrainOptions::cancel`]; resumable from `checkpoint`.
-    Cancelled { step: usize, checkpoint: PathBuf },
+    Cancelled {
+        step: usize,
+        checkpoint: PathBuf,
+    },
 }
 
 /// The data of a run after tokenizing and splitting.
@@ -311,7 +313,12 @@ fn direction_stats(pairs: &[(bool, f64, f64)], english: bool) -> [Option<f64>; 4
     let chosen = sel.iter().map(|p| p.0).sum::<f64>() / n;
     let rejected = sel.iter().map(|p| p.1).sum::<f64>() / n;
     let acc = sel.iter().filter(|p| p.0 > p.1).count() as f64 / n;
-    [Some(chosen), Some(rejected), Some(chosen - rejected), Some(acc)]
+    [
+        Some(chosen),
+        Some(rejected),
+        Some(chosen - rejected),
+        Some(acc),
+    ]
 }
 
 /// Mean loss over a whole example set (validation), batch by batch, weighted by batch size.
@@ -488,7 +495,11 @@ pub fn train(
     } = Pretrained::load(&config.model, &ad)?;
     let (tokenized, dropped) = tokenize_quads(&tokenizer, &quads, config.max_len)?;
     if dropped > 0 {
-        tracing::warn!(dropped, max_len = config.max_len, "quadruples dropped: a prompt alone reaches max_len");
+        tracing::warn!(
+            dropped,
+            max_len = config.max_len,
+            "quadruples dropped: a prompt alone reaches max_len"
+        );
     }
     let data = split(tokenized, dropped, config)?;
     progress(Progress::Prepared {
@@ -514,7 +525,8 @@ pub fn train(
         let val_ex = Examples::for_method(stage, &data.val, config.max_len);
         let (train_refs, val_refs) = if stage.needs_reference() {
             let (t, v, cached) = stage_reference(
-                &tokenizer, &rope, &model, stage, &train_ex, &val_ex, config, opts, &run, device, progress,
+                &tokenizer, &rope, &model, stage, &train_ex, &val_ex, config, opts, &run, device,
+                progress,
             )?;
             reference_cached.push(cached);
             (t, v)
@@ -591,11 +603,21 @@ pub fn train(
                 clip_global_norm(&model, accumulator.grads(), config.max_grad_norm);
             if !loss.is_finite() || !grad_norm.is_finite() {
                 // The weights are still those before this step: keep them as the last good state.
-                let dir = run.save_checkpoint(config, &state, &model, Some(&optim), opts.keep_checkpoints)?;
+                let dir = run.save_checkpoint(
+                    config,
+                    &state,
+                    &model,
+                    Some(&optim),
+                    opts.keep_checkpoints,
+                )?;
                 return Err(CoreError::NonFinite {
                     step: state.global_step,
                     stage: stage.name(),
-                    what: if loss.is_finite() { "gradient norm" } else { "loss" },
+                    what: if loss.is_finite() {
+                        "gradient norm"
+                    } else {
+                        "loss"
+                    },
                     checkpoint: dir,
                 });
             }
@@ -610,9 +632,8 @@ pub fn train(
             state.stage_step += 1;
             let done = state.stage_step;
             let validate = !val_ex.is_empty() && (done % eval_every == 0 || done == total);
-            let val_loss = validate.then(|| {
-                evaluate(&model.valid(), &rope, &val_ex, &val_refs, config, device)
-            });
+            let val_loss = validate
+                .then(|| evaluate(&model.valid(), &rope, &val_ex, &val_refs, config, device));
             let line = StepMetrics {
                 step: state.global_step,
                 stage: stage.name().into(),
@@ -664,8 +685,13 @@ pub fn train(
                     state.stage = s + 1;
                     state.stage_step = 0;
                 }
-                let dir =
-                    run.save_checkpoint(config, &state, &model, Some(&optim), opts.keep_checkpoints)?;
+                let dir = run.save_checkpoint(
+                    config,
+                    &state,
+                    &model,
+                    Some(&optim),
+                    opts.keep_checkpoints,
+                )?;
                 progress(Progress::Checkpoint(&dir));
                 last_checkpoint = Some(dir);
                 if done == total && !last_stage {
@@ -712,7 +738,11 @@ pub fn train(
 
 /// Creates the run directory and `config.toml`, or, when resuming, checks the saved config and
 /// returns the newest checkpoint.
-fn prepare_run_dir(config: &RunConfig, opts: &TrainOptions, run: &RunDir) -> Result<Option<PathBuf>> {
+fn prepare_run_dir(
+    config: &RunConfig,
+    opts: &TrainOptions,
+    run: &RunDir,
+) -> Result<Option<PathBuf>> {
     std::fs::create_dir_all(&run.root).map_err(|e| CoreError::io("create", &run.root, e))?;
     let saved = run.config();
     if opts.resume {
