@@ -82,7 +82,7 @@ enum Command {
     /// Writes RUN/config.toml, RUN/metrics.jsonl (one line per optimizer step; step 0 is the first
     /// batch before any update), resumable checkpoints in RUN/checkpoints/, the lowest-validation-
     /// loss weights in RUN/best/ and RUN/summary.json.
-    Train(train_cmd::TrainArgs),
+    Train(Box<train_cmd::TrainArgs>),
     /// Write a trained run as a Hugging Face model directory (--merged) or a PEFT adapter (--peft).
     Export(train_cmd::ExportArgs),
     /// Architecture, parameter count, dtype, vocabulary and layers of a model directory.
@@ -171,12 +171,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     // Decode the whole continuation each time: a token may end a multi-byte
                     // character that an earlier one began.
                     so_far.push(id);
-                    if let Ok(text) = lm.tokenizer.decode(&so_far, true) {
-                        if text.starts_with(&shown) && !text.ends_with('\u{FFFD}') {
-                            let _ = write!(stdout, "{}", &text[shown.len()..]);
-                            let _ = stdout.flush();
-                            shown = text;
-                        }
+                    if let Ok(text) = lm.tokenizer.decode(&so_far, true)
+                        && text.starts_with(&shown)
+                        && !text.ends_with('\u{FFFD}')
+                    {
+                        let _ = write!(stdout, "{}", &text[shown.len()..]);
+                        let _ = stdout.flush();
+                        shown = text;
                     }
                 },
             );
@@ -189,7 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Train(args) => train_cmd::run_train(args),
+        Command::Train(args) => train_cmd::run_train(*args),
         Command::Export(args) => train_cmd::run_export(args),
         Command::Inspect { model, json } => {
             let s = Pretrained::summarize(&model)?;

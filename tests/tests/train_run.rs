@@ -354,9 +354,7 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     c.max_grad_norm = 1e30;
     let dir = tempfile::tempdir().unwrap();
     let opts = TrainOptions::new(dir.path().join("run"), dir.path().join("cache"));
-    let err = train(&c, &opts, &Device::flex(), &mut |_| {})
-        .err()
-        .expect("training must stop");
+    let err = train(&c, &opts, &Device::flex(), &mut |_| {}).expect_err("training must stop");
     let CoreError::NonFinite {
         step, checkpoint, ..
     } = &err

@@ -77,7 +77,9 @@ fn pair(prompt: &[u32], response: &[u32], max_len: usize) -> Pair {
 }
 
 /// Prompt and response of each block of the CLO layout, in row order (the module docs' table).
-const CLO_LAYOUT: [fn(&TokenizedQuad) -> (&[u32], &[u32]); 4] = [
+type Block = fn(&TokenizedQuad) -> (&[u32], &[u32]);
+
+const CLO_LAYOUT: [Block; 4] = [
     |q| (&q.en_prompt, &q.en_response),
     |q| (&q.en_prompt, &q.tgt_response),
     |q| (&q.tgt_prompt, &q.tgt_response),

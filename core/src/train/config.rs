@@ -268,7 +268,7 @@ impl RunConfig {
         if self.max_len < 2 {
             return bad("max_len", "must be at least 2 tokens");
         }
-        if !(self.max_grad_norm > 0.0) {
+        if self.max_grad_norm.is_nan() || self.max_grad_norm <= 0.0 {
             return bad("max_grad_norm", "must be positive");
         }
         if !(0.0..1.0).contains(&self.val_fraction) {

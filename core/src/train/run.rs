@@ -356,6 +356,10 @@ fn micro_batch(m: usize, n: usize, config: &RunConfig, stage: usize) -> (usize, 
     (epoch, order[b * config.batch_size..end].to_vec())
 }
 
+/// Reference log-probs of a stage: `[example][block]` for the training and validation sets, and
+/// whether they came from a cache.
+type StageReference = (Vec<Vec<f32>>, Vec<Vec<f32>>, bool);
+
 /// Reference log-probs of a stage for (train, val): from the run directory when resuming, else
 /// from the shared cache, else computed now.
 #[allow(clippy::too_many_arguments)]
@@ -371,7 +375,7 @@ fn stage_reference(
     run: &RunDir,
     device: &Device,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>, bool)> {
+) -> Result<StageReference> {
     let run_file = run.reference(stage.name());
     if opts.resume && run_file.exists() {
         let mut cached = read_run_reference(&run_file)?;
