@@ -11,7 +11,7 @@ use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use serde_json::{Value, json};
 
 use crate::error::{CoreError, Result};
-use crate::fsutil::{replace_dir_atomically, write_atomically};
+use crate::fsutil::{replace_dir_atomically, write_atomically, write_json_atomically};
 use crate::train::checkpoint::{RunDir, load_trained};
 use crate::train::{RunConfig, TrainableKind};
 
@@ -96,12 +96,7 @@ pub fn export_merged(run: &Path, which: &str, out: &Path, device: &Device) -> Re
                 path.display()
             ))
         })?;
-        write_atomically(
-            &tmp.join("config.json"),
-            serde_json::to_string_pretty(&hf_config)
-                .expect("json")
-                .as_bytes(),
-        )?;
+        write_json_atomically(&tmp.join("config.json"), &hf_config)?;
         copy_tokenizer_files(&config.model, tmp)
     })?;
     tracing::info!(out = %out.display(), from = %weights.display(), "merged model exported");
@@ -211,12 +206,7 @@ pub fn export_peft(run: &Path, which: &str, out: &Path, device: &Device) -> Resu
         let bytes = safetensors::serialize(views, metadata)
             .map_err(|e| CoreError::Invalid(format!("{}: {e}", path.display())))?;
         write_atomically(&path, &bytes)?;
-        write_atomically(
-            &tmp.join("adapter_config.json"),
-            serde_json::to_string_pretty(&adapter_config)
-                .expect("json")
-                .as_bytes(),
-        )?;
+        write_json_atomically(&tmp.join("adapter_config.json"), &adapter_config)?;
         copy_tokenizer_files(&config.model, tmp)
     })?;
     tracing::info!(out = %out.display(), from = %weights.display(), "PEFT adapter exported");

@@ -36,6 +36,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Writes pretty-printed JSON atomically.
+pub fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("values serialize to JSON");
+    write_atomically(path, text.as_bytes())
+}
+
 /// Fills a fresh temporary directory beside `dir` with `fill`, syncs its files, then moves it to
 /// `dir`, replacing an older `dir` only once the new one is complete.
 pub fn replace_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {

@@ -168,14 +168,7 @@ fn check_run(config: &RunConfig, device: &Device) {
 
 #[test]
 fn every_method_trains_attention_only_on_cpu() {
-    for method in [
-        Method::Clo,
-        Method::Sft,
-        Method::SftEng,
-        Method::SftTgt,
-        Method::Dpo,
-        Method::SftDpo,
-    ] {
+    for method in Method::ALL {
         check_run(&config(method, TrainableKind::Attention), &Device::flex());
     }
 }
@@ -189,14 +182,7 @@ fn lora_and_full_train_on_cpu() {
 #[test]
 fn every_method_trains_on_wgpu() {
     let device = wgpu_device();
-    for method in [
-        Method::Clo,
-        Method::Sft,
-        Method::SftEng,
-        Method::SftTgt,
-        Method::Dpo,
-        Method::SftDpo,
-    ] {
+    for method in Method::ALL {
         check_run(&config(method, TrainableKind::Attention), &device);
     }
     check_run(&config(Method::Clo, TrainableKind::Lora), &device);

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::RunConfig;
 use crate::error::{CoreError, Result};
-use crate::fsutil::{replace_dir_atomically, write_atomically};
+use crate::fsutil::{replace_dir_atomically, write_atomically, write_json_atomically};
 use crate::models::CausalLm;
 
 /// Where a run is in its schedule when a checkpoint is taken.
@@ -204,12 +204,7 @@ impl RunDir {
 }
 
 fn write_state(dir: &Path, config: &RunConfig, state: &RunState) -> Result<()> {
-    write_atomically(
-        &dir.join("state.json"),
-        serde_json::to_string_pretty(state)
-            .expect("state serializes")
-            .as_bytes(),
-    )?;
+    write_json_atomically(&dir.join("state.json"), state)?;
     write_atomically(&dir.join("config.toml"), config.to_toml().as_bytes())
 }
 

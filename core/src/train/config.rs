@@ -34,6 +34,14 @@ pub enum Method {
 }
 
 impl Method {
+    pub const ALL: [Method; 6] = [
+        Method::Clo,
+        Method::Sft,
+        Method::SftEng,
+        Method::SftTgt,
+        Method::Dpo,
+        Method::SftDpo,
+    ];
     pub const NAMES: [&str; 6] = ["clo", "sft", "sft-eng", "sft-tgt", "dpo", "sft+dpo"];
 
     pub fn name(self) -> &'static str {
@@ -67,16 +75,7 @@ impl std::str::FromStr for Method {
         Method::NAMES
             .iter()
             .position(|n| *n == s)
-            .map(|i| {
-                [
-                    Method::Clo,
-                    Method::Sft,
-                    Method::SftEng,
-                    Method::SftTgt,
-                    Method::Dpo,
-                    Method::SftDpo,
-                ][i]
-            })
+            .map(|i| Method::ALL[i])
             .ok_or_else(|| {
                 CoreError::Invalid(format!(
                     "unknown method `{s}`; choose one of {}",

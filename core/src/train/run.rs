@@ -27,7 +27,7 @@ use super::reference::{
 };
 use crate::Pretrained;
 use crate::error::{CoreError, Result};
-use crate::fsutil::write_atomically;
+use crate::fsutil::{write_atomically, write_json_atomically};
 use crate::models::{CausalLm, RopeConfig};
 use crate::score::{batch_logps, collate};
 use crate::tokenizer::ChatTokenizer;
@@ -731,12 +731,7 @@ pub fn train(
         wall_s: started.elapsed().as_secs_f64(),
         reference_cached,
     };
-    write_atomically(
-        &run.summary(),
-        serde_json::to_string_pretty(&summary)
-            .expect("summary serializes")
-            .as_bytes(),
-    )?;
+    write_json_atomically(&run.summary(), &summary)?;
     Ok(Outcome::Finished(summary))
 }
 
