@@ -15,6 +15,7 @@
 //! ```
 
 pub mod error;
+pub mod eval;
 pub mod export;
 pub mod fsutil;
 pub mod generate;

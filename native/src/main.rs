@@ -1,6 +1,7 @@
 //! `clo`: the command line of clo.
 
 mod device;
+mod eval_cmd;
 mod train_cmd;
 
 use std::io::Write;
@@ -85,6 +86,9 @@ enum Command {
     Train(Box<train_cmd::TrainArgs>),
     /// Write a trained run as a Hugging Face model directory (--merged) or a PEFT adapter (--peft).
     Export(train_cmd::ExportArgs),
+    /// Evaluate a model: `clo eval mc` (multiple choice by log-likelihood).
+    #[command(subcommand)]
+    Eval(eval_cmd::EvalCommand),
     /// Architecture, parameter count, dtype, vocabulary and layers of a model directory.
     Inspect {
         #[arg(long)]
@@ -192,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train(args) => train_cmd::run_train(*args),
         Command::Export(args) => train_cmd::run_export(args),
+        Command::Eval(cmd) => eval_cmd::run_eval(cmd),
         Command::Inspect { model, json } => {
             let s = Pretrained::summarize(&model)?;
             if json {
