@@ -332,10 +332,8 @@ fn score(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    write_atomically(output, lines.as_bytes())
-}
-
-/// Writes to a temporary file beside `path`, then renames it over `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    Ok(clo_core::fsutil::write_atomically(path, bytes)?)
+    Ok(clo_core::fsutil::write_atomically(
+        output,
+        lines.as_bytes(),
+    )?)
 }

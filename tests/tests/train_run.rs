@@ -401,3 +401,51 @@ fn long_prompts_are_dropped_and_counted() {
             .unwrap();
     assert_eq!(summary.dropped_long_prompts, expected);
 }
+
+/// `sft+dpo` stopped (through `TrainOptions::cancel`) right at the end of its SFT stage resumes
+/// into the DPO stage and ends with the same weights and metrics as an uninterrupted run.
+#[test]
+fn sft_dpo_cancelled_at_the_stage_boundary_resumes_exactly() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut c = config(Method::SftDpo, TrainableKind::Attention);
+    c.steps = Some(6);
+    c.save_every = Some(4);
+    let whole = run(&c, &Device::flex());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = TrainOptions::new(dir.path().join("run"), dir.path().join("cache"));
+    let cancel = Arc::new(AtomicBool::new(false));
+    opts.cancel = Some(cancel.clone());
+    let outcome = train(&c, &opts, &Device::flex(), &mut |p| {
+        if let clo_core::train::Progress::Step(m) = p
+            && m.step == 5
+        {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    let Outcome::Cancelled { step, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(step, 6, "stopped after the last SFT step");
+    opts.cancel = None;
+    opts.resume = true;
+    let Outcome::Finished(summary) = train(&c, &opts, &Device::flex(), &mut |_| {}).unwrap() else {
+        panic!("not finished")
+    };
+    assert_eq!(summary.steps, 12);
+    let (a, b) = (metrics(&whole.out), metrics(&opts.out));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.step, &x.stage, x.loss), (y.step, &y.stage, y.loss));
+    }
+    let weights = |out: &Path| {
+        let last = RunDir::new(out).latest_checkpoint().unwrap();
+        snapshot(&load_trained(&c, &last, &Device::flex()).unwrap().model)
+    };
+    assert!(
+        weights(&whole.out) == weights(&opts.out),
+        "resumed weights differ"
+    );
+}

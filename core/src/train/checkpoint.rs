@@ -168,7 +168,7 @@ impl RunDir {
         config: &RunConfig,
         state: &RunState,
         model: &CausalLm,
-        optim: Option<&ModuleOptimizer>,
+        optim: &ModuleOptimizer,
         keep: usize,
     ) -> Result<PathBuf> {
         let dir = self
@@ -178,12 +178,10 @@ impl RunDir {
             .map_err(|e| CoreError::io("create", &self.checkpoints(), e))?;
         replace_dir_atomically(&dir, |tmp| {
             save_trainable(model, &tmp.join("trainable.bpk"))?;
-            if let Some(optim) = optim {
-                let path = tmp.join("optimizer.bpk");
-                optim
-                    .save(&path)
-                    .map_err(|e| store_error(&path, e, "check free disk space"))?;
-            }
+            let path = tmp.join("optimizer.bpk");
+            optim
+                .save(&path)
+                .map_err(|e| store_error(&path, e, "check free disk space"))?;
             write_state(tmp, config, state)
         })?;
         let all = self.list_checkpoints();

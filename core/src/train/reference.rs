@@ -91,6 +91,15 @@ pub struct CachedReference {
     pub sets: Vec<Vec<Vec<f32>>>,
 }
 
+impl CachedReference {
+    /// The (training, validation) sets, as [`super::run`] stores them.
+    pub fn into_train_val(mut self) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let val = self.sets.pop().unwrap_or_default();
+        let train = self.sets.pop().unwrap_or_default();
+        (train, val)
+    }
+}
+
 /// The on-disk cache of reference passes: `DIR/reference/<key>.json`.
 #[derive(Debug, Clone)]
 pub struct ReferenceCache {

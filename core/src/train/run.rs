@@ -378,9 +378,7 @@ fn stage_reference(
 ) -> Result<StageReference> {
     let run_file = run.reference(stage.name());
     if opts.resume && run_file.exists() {
-        let mut cached = read_run_reference(&run_file)?;
-        let val = cached.sets.pop().unwrap_or_default();
-        let train = cached.sets.pop().unwrap_or_default();
+        let (train, val) = read_run_reference(&run_file)?.into_train_val();
         return Ok((train, val, true));
     }
     let reference = model.valid().materialize();
@@ -404,7 +402,6 @@ fn stage_reference(
         }
         None => {
             let total = train.len() + val.len();
-            let inner = device.clone();
             let mut sets = Vec::new();
             let mut offset = 0;
             for set in [train, val] {
@@ -422,7 +419,7 @@ fn stage_reference(
                     set,
                     config.batch_size,
                     config.max_len,
-                    &inner,
+                    device,
                     &mut report,
                 ));
                 offset += set.len();
@@ -441,9 +438,7 @@ fn stage_reference(
             .expect("reference serializes")
             .as_bytes(),
     )?;
-    let mut sets = entry.sets;
-    let val = sets.pop().unwrap_or_default();
-    let train = sets.pop().unwrap_or_default();
+    let (train, val) = entry.into_train_val();
     Ok((train, val, cached))
 }
 
@@ -607,13 +602,8 @@ pub fn train(
                 clip_global_norm(&model, accumulator.grads(), config.max_grad_norm);
             if !loss.is_finite() || !grad_norm.is_finite() {
                 // The weights are still those before this step: keep them as the last good state.
-                let dir = run.save_checkpoint(
-                    config,
-                    &state,
-                    &model,
-                    Some(&optim),
-                    opts.keep_checkpoints,
-                )?;
+                let dir =
+                    run.save_checkpoint(config, &state, &model, &optim, opts.keep_checkpoints)?;
                 return Err(CoreError::NonFinite {
                     step: state.global_step,
                     stage: stage.name(),
@@ -684,24 +674,21 @@ pub fn train(
                 .as_ref()
                 .is_some_and(|c| c.load(Ordering::Relaxed));
             if done % save_every == 0 || done == total || cancelled {
-                if done == total && !last_stage {
-                    // The next stage starts from this model with a fresh optimizer.
-                    state.stage = s + 1;
-                    state.stage_step = 0;
-                }
-                let dir = run.save_checkpoint(
-                    config,
-                    &state,
-                    &model,
-                    Some(&optim),
-                    opts.keep_checkpoints,
-                )?;
+                // At the end of a stage the checkpoint points at the next one, which starts
+                // from this model with a fresh optimizer.
+                let saved = if done == total && !last_stage {
+                    RunState {
+                        stage: s + 1,
+                        stage_step: 0,
+                        ..state.clone()
+                    }
+                } else {
+                    state.clone()
+                };
+                let dir =
+                    run.save_checkpoint(config, &saved, &model, &optim, opts.keep_checkpoints)?;
                 progress(Progress::Checkpoint(&dir));
                 last_checkpoint = Some(dir);
-                if done == total && !last_stage {
-                    state.stage = s;
-                    state.stage_step = done;
-                }
             }
             if cancelled {
                 return Ok(Outcome::Cancelled {
