@@ -102,6 +102,10 @@ pub enum CoreError {
     /// Arguments that cannot work together.
     #[error("{0}")]
     Invalid(String),
+
+    /// An HTTP endpoint (translator, judge) failed.
+    #[error("{url}: {message}")]
+    Endpoint { url: String, message: String },
 }
 
 impl CoreError {

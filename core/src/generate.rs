@@ -56,37 +56,110 @@ pub fn generate(
     device: &Device,
     mut on_token: impl FnMut(u32),
 ) -> Generation {
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    let mut cache = KvCache::new(model.model.layers.len());
-    let mut input: Vec<u32> = prompt.to_vec();
-    let mut ids = Vec::new();
-    for _ in 0..config.max_new_tokens {
-        let len = input.len();
-        let data: Vec<i64> = input.iter().map(|&t| t as i64).collect();
-        let tokens = Tensor::<2, Int>::from_data(TensorData::new(data, [1, len]), device);
-        let logits = model.forward(tokens, rope, Some(&mut cache)); // [1, len, vocab]
+    let prompts = [prompt.to_vec()];
+    let configs = [config.clone()];
+    let mut out = generate_batch(model, rope, &prompts, eos_ids, &configs, device, |_, t| {
+        on_token(t)
+    });
+    out.pop().expect("one row")
+}
+
+/// Continues several prompts at once: they are left-padded to one length and decoded together
+/// with one KV cache. Row `i` samples with `configs[i]` (its own seeded RNG), so a row's output
+/// does not depend on which other rows share its batch. `on_token(row, id)` sees each new token.
+pub fn generate_batch(
+    model: &CausalLm,
+    rope: &RopeConfig,
+    prompts: &[Vec<u32>],
+    eos_ids: &[u32],
+    configs: &[SamplingConfig],
+    device: &Device,
+    mut on_token: impl FnMut(usize, u32),
+) -> Vec<Generation> {
+    assert_eq!(
+        prompts.len(),
+        configs.len(),
+        "one sampling config per prompt"
+    );
+    let rows = prompts.len();
+    if rows == 0 {
+        return Vec::new();
+    }
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let fill = eos_ids.first().copied().unwrap_or(0) as i64;
+    let padding: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+    let mut input: Vec<i64> = Vec::with_capacity(rows * width);
+    for p in prompts {
+        input.extend(std::iter::repeat_n(fill, width - p.len()));
+        input.extend(p.iter().map(|&t| t as i64));
+    }
+    let mut rngs: Vec<StdRng> = (configs.iter())
+        .map(|c| StdRng::seed_from_u64(c.seed))
+        .collect();
+    let mut cache = KvCache::with_left_padding(model.model.layers.len(), padding);
+    let mut out: Vec<Option<Generation>> = (configs.iter())
+        .map(|c| {
+            (c.max_new_tokens == 0).then_some(Generation {
+                ids: Vec::new(),
+                stop: StopReason::MaxNewTokens,
+            })
+        })
+        .collect();
+    let mut ids: Vec<Vec<u32>> = vec![Vec::new(); rows];
+    let steps = configs.iter().map(|c| c.max_new_tokens).max().unwrap_or(0);
+    let mut len = width;
+    for _ in 0..steps {
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(input, [rows, len]), device);
+        let logits = model.forward(tokens, rope, Some(&mut cache)); // [rows, len, vocab]
         let [_, _, vocab] = logits.dims();
         let last: Vec<f32> = logits
             .slice(s![.., len - 1..len, ..])
-            .reshape([vocab])
+            .reshape([rows * vocab])
             .into_data()
             .try_into_vec_as::<f32>()
             .expect("f32 logits");
-        let next = choose(&last, config, &mut rng);
-        if eos_ids.contains(&next) {
-            return Generation {
-                ids,
-                stop: StopReason::Eos,
-            };
+        input = Vec::with_capacity(rows);
+        for row in 0..rows {
+            if out[row].is_some() {
+                input.push(fill);
+                continue;
+            }
+            let next = choose(
+                &last[row * vocab..(row + 1) * vocab],
+                &configs[row],
+                &mut rngs[row],
+            );
+            if eos_ids.contains(&next) {
+                out[row] = Some(Generation {
+                    ids: std::mem::take(&mut ids[row]),
+                    stop: StopReason::Eos,
+                });
+                input.push(fill);
+                continue;
+            }
+            on_token(row, next);
+            ids[row].push(next);
+            if ids[row].len() >= configs[row].max_new_tokens {
+                out[row] = Some(Generation {
+                    ids: std::mem::take(&mut ids[row]),
+                    stop: StopReason::MaxNewTokens,
+                });
+            }
+            input.push(next as i64);
         }
-        on_token(next);
-        ids.push(next);
-        input = vec![next];
+        if out.iter().all(Option::is_some) {
+            break;
+        }
+        len = 1;
     }
-    Generation {
-        ids,
-        stop: StopReason::MaxNewTokens,
-    }
+    (out.into_iter().zip(ids))
+        .map(|(done, ids)| {
+            done.unwrap_or(Generation {
+                ids,
+                stop: StopReason::MaxNewTokens,
+            })
+        })
+        .collect()
 }
 
 /// Picks the next token from one row of logits.

@@ -20,6 +20,8 @@ pub mod export;
 pub mod fsutil;
 pub mod generate;
 pub mod models;
+#[cfg(feature = "net")]
+pub mod openai;
 pub mod pretrained;
 pub mod score;
 pub mod tokenizer;

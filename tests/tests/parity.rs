@@ -8,7 +8,7 @@
 
 use burn::prelude::*;
 use clo_core::Pretrained;
-use clo_core::generate::{SamplingConfig, generate};
+use clo_core::generate::{SamplingConfig, StopReason, generate, generate_batch};
 use clo_core::score::{Pair, score_batch};
 use clo_tests::{FAMILIES, expected, expected_logits, fixture_dir, max_abs_diff, wgpu_device};
 
@@ -102,12 +102,59 @@ fn greedy_generation_equals_transformers() {
             );
             // transformers keeps the EOS it stopped on; clo reports it as the stop reason.
             let mut got = out.ids.clone();
-            if out.stop == clo_core::generate::StopReason::Eos {
+            if out.stop == StopReason::Eos {
                 got.push(lm.tokenizer.eos_ids()[0]);
             }
             assert_eq!(
                 got, case.new_ids,
                 "{name}: greedy continuation of {:?}",
+                case.prompt
+            );
+        }
+    }
+}
+
+/// All greedy cases of a family decoded in one left-padded batch (prompts of different lengths,
+/// Mistral's sliding window included) give transformers' continuations, row by row.
+#[test]
+fn batched_greedy_generation_equals_transformers() {
+    let device = Device::flex();
+    for name in FAMILIES {
+        let lm = Pretrained::load(&fixture_dir(name), &device).unwrap();
+        let cases = expected(name).greedy;
+        let lengths: Vec<usize> = cases.iter().map(|c| c.prompt_ids.len()).collect();
+        assert!(
+            lengths.iter().any(|&l| l != lengths[0]),
+            "{name}: the fixture's prompts should differ in length to exercise padding"
+        );
+        let prompts: Vec<Vec<u32>> = cases.iter().map(|c| c.prompt_ids.clone()).collect();
+        let configs = vec![
+            SamplingConfig {
+                temperature: 0.0,
+                top_p: 1.0,
+                seed: 0,
+                max_new_tokens: 12,
+            };
+            prompts.len()
+        ];
+        let eos = lm.tokenizer.eos_ids();
+        let outs = generate_batch(
+            &lm.model,
+            &lm.config.decoder.rope,
+            &prompts,
+            eos,
+            &configs,
+            &device,
+            |_, _| {},
+        );
+        for (case, out) in cases.iter().zip(outs) {
+            let mut got = out.ids.clone();
+            if out.stop == StopReason::Eos {
+                got.push(eos[0]);
+            }
+            assert_eq!(
+                got, case.new_ids,
+                "{name}: batched continuation of {:?}",
                 case.prompt
             );
         }

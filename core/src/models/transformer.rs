@@ -109,6 +109,9 @@ impl DecoderConfig {
 pub struct KvCache {
     // Per layer: [batch, kv_heads, seen, head_dim] keys and values.
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Per row, how many leading positions are padding (empty: none). Padding keys are never
+    /// attended to, and a row's positions (for RoPE) count from its first real token.
+    padding: Vec<usize>,
 }
 
 impl KvCache {
@@ -116,6 +119,16 @@ impl KvCache {
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: vec![None; num_layers],
+            padding: Vec::new(),
+        }
+    }
+
+    /// An empty cache for a batch of left-padded rows: row `b` starts with `padding[b]`
+    /// padding tokens. Used for batched generation of prompts of different lengths.
+    pub fn with_left_padding(num_layers: usize, padding: Vec<usize>) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+            padding,
         }
     }
 
@@ -148,13 +161,15 @@ pub struct Attention {
 
 impl Attention {
     /// # Shapes
-    /// - x: `[batch, seq, hidden]`; cos, sin: `[seq, head_dim]`
+    /// - x: `[batch, seq, hidden]`; cos, sin: `[batch or 1, 1, seq, head_dim]`
+    /// - padding: empty, or one count of leading padding positions per row
     /// - output: `[batch, seq, hidden]`
     fn forward(
         &self,
         x: Tensor<3>,
-        cos: &Tensor<2>,
-        sin: &Tensor<2>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        padding: &[usize],
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
@@ -174,8 +189,8 @@ impl Attention {
         let k = repeat_kv(k, nh / nkv); // [b, nh, total, hd]
         let v = repeat_kv(v, nh / nkv);
         let scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt(); // [b, nh, seq, total]
-        let mask = attention_mask(seq, total, self.sliding_window, &scores.device())
-            .unsqueeze::<4>()
+        let mask = attention_mask(seq, total, self.sliding_window, padding, &scores.device())
+            .unsqueeze_dim::<4>(1)
             .expand(scores.dims()); // [b, nh, seq, total]
         let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
         let out = softmax(scores, 3).matmul(v); // [b, nh, seq, hd]
@@ -198,22 +213,37 @@ fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
         .reshape([b, nkv * n_rep, s, hd])
 }
 
-/// True where a query may not look: the future, and (with a window) the too-distant past.
-/// Queries are the last `seq` of `total` positions.
+/// True where a query may not look: the future, (with a window) the too-distant past, and a
+/// row's leading padding. Queries are the last `seq` of `total` positions. A padding query sees
+/// only itself, so its (unused) state stays finite instead of a softmax over nothing.
 ///
 /// # Shapes
-/// - output: `[seq, total]`
-fn attention_mask(seq: usize, total: usize, window: usize, device: &Device) -> Tensor<2, Bool> {
+/// - output: `[padding.len() or 1, seq, total]`
+fn attention_mask(
+    seq: usize,
+    total: usize,
+    window: usize,
+    padding: &[usize],
+    device: &Device,
+) -> Tensor<3, Bool> {
     let offset = total - seq;
-    let mut masked = Vec::with_capacity(seq * total);
-    for q in 0..seq {
-        let pos = offset + q;
-        for key in 0..total {
-            // HF: a key is visible when key <= pos and pos - key < window.
-            masked.push(key > pos || (window > 0 && pos - key >= window));
+    let rows: &[usize] = if padding.is_empty() { &[0] } else { padding };
+    let mut masked = Vec::with_capacity(rows.len() * seq * total);
+    for &pad in rows {
+        for q in 0..seq {
+            let pos = offset + q;
+            for key in 0..total {
+                // HF: a key is visible when key <= pos and pos - key < window.
+                let hidden = key > pos || (window > 0 && pos - key >= window);
+                masked.push(if pos < pad {
+                    key != pos
+                } else {
+                    hidden || key < pad
+                });
+            }
         }
     }
-    Tensor::from_data(TensorData::new(masked, [seq, total]), device)
+    Tensor::from_data(TensorData::new(masked, [rows.len(), seq, total]), device)
 }
 
 #[derive(Module, Debug)]
@@ -291,13 +321,33 @@ impl CausalLm {
                 &mut scratch
             }
         };
-        let (cos, sin) = rope.cos_sin(cache.len(), seq, &device);
+        let start = cache.len();
+        let (cos, sin) = if cache.padding.is_empty() {
+            let (cos, sin) = rope.cos_sin(start, seq, &device);
+            (cos.unsqueeze::<4>(), sin.unsqueeze::<4>()) // [1, 1, seq, hd]
+        } else {
+            // Each row's positions count from its first real token.
+            let positions: Vec<usize> = (cache.padding.iter())
+                .flat_map(|&pad| (start..start + seq).map(move |p| p.saturating_sub(pad)))
+                .collect();
+            let (cos, sin) = rope.cos_sin_at(&positions, &device);
+            let [_, hd] = cos.dims();
+            let rows = cache.padding.len();
+            (
+                cos.reshape([rows, 1, seq, hd]),
+                sin.reshape([rows, 1, seq, hd]),
+            )
+        };
+        let padding = cache.padding.clone();
         let mut x = self.model.embed_tokens.forward(ids); // [b, seq, hidden]
         for (layer, slot) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
-            let attn =
-                layer
-                    .self_attn
-                    .forward(layer.input_layernorm.forward(x.clone()), &cos, &sin, slot);
+            let attn = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                &cos,
+                &sin,
+                &padding,
+                slot,
+            );
             x = x + attn;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
         }

@@ -1,0 +1,657 @@
+//! `clo eval report`: gathers the `results.json` of evals (mc, gen, judge) under run
+//! directories and writes a Markdown table and SVG charts: fidelity, accuracy and win rate per
+//! method and language, and fidelity against training-data size.
+//!
+//! An eval is attributed to the training run it sits in (the nearest ancestor directory with a
+//! `summary.json` from `clo train`): its method and its number of training quadruples. An eval
+//! outside any run (a base model) is named after its directory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{CoreError, Result};
+
+/// Who was evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct System {
+    /// The method of the run, or the eval directory's name.
+    pub method: String,
+    /// Training quadruples of the run.
+    pub size: Option<usize>,
+    /// The run (or eval) directory.
+    pub dir: PathBuf,
+}
+
+impl System {
+    /// `method`, or `method@size` when runs of several sizes are shown.
+    pub fn label(&self, with_size: bool) -> String {
+        match (with_size, self.size) {
+            (true, Some(n)) => format!("{}@{n}", self.method),
+            _ => self.method.clone(),
+        }
+    }
+}
+
+/// A value with its standard error.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    pub value: f64,
+    pub stderr: f64,
+}
+
+/// One eval's numbers per language.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalResult {
+    Mc {
+        accuracy: BTreeMap<String, Estimate>,
+    },
+    Gen {
+        fidelity: BTreeMap<String, Estimate>,
+        s_index: BTreeMap<String, f64>,
+        choice: BTreeMap<String, Estimate>,
+    },
+    Judge {
+        b: System,
+        win_rate: BTreeMap<String, Estimate>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub system: System,
+    pub path: PathBuf,
+    pub result: EvalResult,
+}
+
+/// The run a path belongs to: the nearest ancestor (or itself) with a `summary.json`.
+fn system_of(path: &Path) -> System {
+    let start = if path.is_file() {
+        path.parent().unwrap_or(path)
+    } else {
+        path
+    };
+    for dir in start.ancestors() {
+        let summary = dir.join("summary.json");
+        if let Ok(text) = std::fs::read_to_string(&summary)
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+            && let Some(method) = v.get("method").and_then(Value::as_str)
+        {
+            return System {
+                method: method.to_string(),
+                size: v
+                    .get("train_quadruples")
+                    .and_then(Value::as_u64)
+                    .map(|n| n as usize),
+                dir: dir.to_path_buf(),
+            };
+        }
+    }
+    // Name it after the first directory that is not an eval's own (eval/, gen/, mc/, judge/).
+    let name = (start.ancestors())
+        .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .find(|n| !["eval", "evals", "gen", "mc", "judge"].contains(&n.as_str()))
+        .unwrap_or_else(|| start.display().to_string());
+    System {
+        method: name,
+        size: None,
+        dir: start.to_path_buf(),
+    }
+}
+
+fn estimates(per_language: &Value, key: Option<&str>, value: &str) -> BTreeMap<String, Estimate> {
+    let mut out = BTreeMap::new();
+    if let Some(map) = per_language.as_object() {
+        for (lang, v) in map {
+            let v = match key {
+                Some(k) => &v[k],
+                None => v,
+            };
+            if let (Some(value), Some(stderr)) = (v[value].as_f64(), v["stderr"].as_f64()) {
+                out.insert(lang.clone(), Estimate { value, stderr });
+            }
+        }
+    }
+    out
+}
+
+fn read_entry(path: &Path) -> Result<Option<Entry>> {
+    let bad = |message: String| CoreError::Input {
+        path: path.to_path_buf(),
+        line: 1,
+        message,
+        hint: "results.json as `clo eval mc|gen|judge` writes it",
+    };
+    let text = crate::error::read_to_string(path, "eval results")?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let per = &v["per_language"];
+    let result = match v["task"].as_str() {
+        Some("mc") => EvalResult::Mc {
+            accuracy: estimates(per, None, "accuracy"),
+        },
+        Some("gen") => EvalResult::Gen {
+            fidelity: estimates(per, Some("fidelity"), "accuracy"),
+            s_index: (per.as_object().into_iter().flatten())
+                .filter_map(|(l, s)| s["s_index_mean"].as_f64().map(|x| (l.clone(), x)))
+                .collect(),
+            choice: estimates(per, Some("choice_accuracy"), "accuracy"),
+        },
+        Some("judge") => {
+            let b = v["b"]
+                .as_str()
+                .ok_or_else(|| bad("a judge result without `b`".into()))?;
+            EvalResult::Judge {
+                b: system_of(Path::new(b)),
+                win_rate: estimates(per, None, "win_rate"),
+            }
+        }
+        _ => return Ok(None), // not an eval result
+    };
+    let system = match (&result, v["a"].as_str()) {
+        (EvalResult::Judge { .. }, Some(a)) => system_of(Path::new(a)),
+        _ => system_of(path.parent().unwrap_or(path)),
+    };
+    Ok(Some(Entry {
+        system,
+        path: path.to_path_buf(),
+        result,
+    }))
+}
+
+fn find_results(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| CoreError::io("list", dir, e))?;
+    let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() && depth > 0 {
+            find_results(&p, depth - 1, out)?;
+        } else if p.file_name().is_some_and(|n| n == "results.json") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Every eval result under `dirs` (searched 4 levels deep).
+pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Entry>> {
+    let mut paths = Vec::new();
+    for d in dirs {
+        if d.is_file() {
+            paths.push(d.clone());
+        } else {
+            find_results(d, 4, &mut paths)?;
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    let mut entries = Vec::new();
+    for p in paths {
+        entries.extend(read_entry(&p)?);
+    }
+    if entries.is_empty() {
+        return Err(CoreError::Invalid(format!(
+            "no eval results (results.json of clo eval mc|gen|judge) under {}",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(entries)
+}
+
+/// Means of the estimates of runs with the same label (seeds), with the standard error of the
+/// mean across them when there are several, else the single run's own standard error.
+fn pooled(values: &[Estimate]) -> Estimate {
+    let n = values.len() as f64;
+    let mean = values.iter().map(|e| e.value).sum::<f64>() / n;
+    if values.len() == 1 {
+        return values[0];
+    }
+    let var = values.iter().map(|e| (e.value - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    Estimate {
+        value: mean,
+        stderr: (var / n).sqrt(),
+    }
+}
+
+/// A table: rows (labels) x languages -> pooled estimates.
+type Grid = BTreeMap<String, BTreeMap<String, Estimate>>;
+
+fn grid<'a>(entries: impl Iterator<Item = (String, &'a BTreeMap<String, Estimate>)>) -> Grid {
+    let mut raw: BTreeMap<String, BTreeMap<String, Vec<Estimate>>> = BTreeMap::new();
+    for (label, per) in entries {
+        for (lang, e) in per {
+            raw.entry(label.clone())
+                .or_default()
+                .entry(lang.clone())
+                .or_default()
+                .push(*e);
+        }
+    }
+    raw.into_iter()
+        .map(|(l, per)| (l, per.into_iter().map(|(k, v)| (k, pooled(&v))).collect()))
+        .collect()
+}
+
+fn md_table(title: &str, what: &str, g: &Grid) -> String {
+    let langs: BTreeSet<&String> = g.values().flat_map(|m| m.keys()).collect();
+    let mut s = format!(
+        "## {title}\n\n{what}\n\n| | {} |\n|---|{}\n",
+        langs
+            .iter()
+            .map(|l| l.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(langs.len())
+    );
+    for (label, per) in g {
+        let cells: Vec<String> = langs
+            .iter()
+            .map(|l| match per.get(*l) {
+                Some(e) => format!("{:.3} ± {:.3}", e.value, e.stderr),
+                None => "–".into(),
+            })
+            .collect();
+        let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
+    }
+    s.push('\n');
+    s
+}
+
+/// The report's files: name -> contents (`report.md` and the SVG charts it links).
+pub fn render(entries: &[Entry]) -> BTreeMap<String, String> {
+    let sizes: BTreeSet<Option<usize>> = entries.iter().map(|e| e.system.size).collect();
+    let with_size = sizes.len() > 1;
+    let label = |s: &System| s.label(with_size);
+    let mut files = BTreeMap::new();
+    let mut md = String::from("# clo eval report\n\n");
+    let _ = writeln!(
+        md,
+        "{} eval results. Rows are methods (`method@size` = training quadruples); several runs with the same label (seeds) are averaged, and ± is then the standard error across them, else the eval's own standard error.\n",
+        entries.len()
+    );
+    let sources: Vec<String> = entries
+        .iter()
+        .map(|e| format!("- `{}`: {}", e.path.display(), label(&e.system)))
+        .collect();
+
+    let fid = grid(entries.iter().filter_map(|e| match &e.result {
+        EvalResult::Gen { fidelity, .. } => Some((label(&e.system), fidelity)),
+        _ => None,
+    }));
+    let choice = grid(entries.iter().filter_map(|e| match &e.result {
+        EvalResult::Gen { choice, .. } if !choice.is_empty() => Some((label(&e.system), choice)),
+        _ => None,
+    }));
+    let mc = grid(entries.iter().filter_map(|e| match &e.result {
+        EvalResult::Mc { accuracy } => Some((label(&e.system), accuracy)),
+        _ => None,
+    }));
+    let judge = grid(entries.iter().filter_map(|e| match &e.result {
+        EvalResult::Judge { b, win_rate } => {
+            Some((format!("{} vs {}", label(&e.system), label(b)), win_rate))
+        }
+        _ => None,
+    }));
+    for (g, title, what, file, y) in [
+        (
+            &fid,
+            "Language fidelity",
+            "Share of responses in the prompt's language (language identification of each response, `clo eval gen`).",
+            "fidelity.svg",
+            "fidelity",
+        ),
+        (
+            &choice,
+            "Answer accuracy (generated)",
+            "Share of multiple-choice questions answered correctly in generated text (`Answer: X` or the language's label, up to three regenerations; unextractable = wrong).",
+            "choice_accuracy.svg",
+            "accuracy",
+        ),
+        (
+            &mc,
+            "Accuracy (log-likelihood)",
+            "Share of BELEBELE-style questions whose correct option has the highest log-likelihood (`clo eval mc`).",
+            "accuracy.svg",
+            "accuracy",
+        ),
+        (
+            &judge,
+            "Win rate",
+            "Share of pairs the judge preferred the first system's response, both orders judged, ties 0.5 (`clo eval judge`).",
+            "win_rate.svg",
+            "win rate",
+        ),
+    ] {
+        if g.is_empty() {
+            continue;
+        }
+        md.push_str(&md_table(title, what, g));
+        let _ = writeln!(md, "![{title}]({file})\n");
+        files.insert(file.to_string(), bar_chart(title, y, g));
+    }
+
+    // Fidelity against data size: per method, the mean over non-English languages.
+    let mut curve: BTreeMap<String, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
+    for e in entries {
+        if let (EvalResult::Gen { fidelity, .. }, Some(size)) = (&e.result, e.system.size) {
+            let target: Vec<f64> = (fidelity.iter())
+                .filter(|(l, _)| l.as_str() != "en")
+                .map(|(_, e)| e.value)
+                .collect();
+            if !target.is_empty() {
+                curve
+                    .entry(e.system.method.clone())
+                    .or_default()
+                    .entry(size)
+                    .or_default()
+                    .push(target.iter().sum::<f64>() / target.len() as f64);
+            }
+        }
+    }
+    if curve.values().any(|m| m.len() > 1) {
+        let series: BTreeMap<String, Vec<(f64, Estimate)>> = (curve.into_iter())
+            .map(|(method, by_size)| {
+                let pts = (by_size.into_iter())
+                    .map(|(n, v)| {
+                        let est: Vec<Estimate> = v
+                            .iter()
+                            .map(|x| Estimate {
+                                value: *x,
+                                stderr: 0.0,
+                            })
+                            .collect();
+                        (n as f64, pooled(&est))
+                    })
+                    .collect();
+                (method, pts)
+            })
+            .collect();
+        md.push_str("## Fidelity against data size\n\nTarget-language fidelity (mean over the non-English languages) by number of training quadruples; ± over seeds.\n\n| method | size | fidelity |\n|---|---|---|\n");
+        for (m, pts) in &series {
+            for (x, e) in pts {
+                let _ = writeln!(md, "| {m} | {x} | {:.3} ± {:.3} |", e.value, e.stderr);
+            }
+        }
+        md.push_str("\n![Fidelity against data size](fidelity_vs_size.svg)\n\n");
+        files.insert(
+            "fidelity_vs_size.svg".into(),
+            line_chart(
+                "Fidelity against data size",
+                "training quadruples",
+                "fidelity",
+                &series,
+            ),
+        );
+    }
+    md.push_str("## Sources\n\n");
+    md.push_str(&sources.join("\n"));
+    md.push('\n');
+    files.insert("report.md".into(), md);
+    files
+}
+
+const PALETTE: [&str; 8] = [
+    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f",
+];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+const W: f64 = 720.0;
+const H: f64 = 360.0;
+const LEFT: f64 = 60.0;
+const RIGHT: f64 = 170.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 50.0;
+
+/// The frame of a chart with values in [0, 1]: title, y axis with grid lines, legend.
+fn frame(title: &str, y_label: &str, legend: &[String]) -> (String, impl Fn(f64) -> f64) {
+    let plot_h = H - TOP - BOTTOM;
+    let y = move |v: f64| TOP + plot_h * (1.0 - v.clamp(0.0, 1.0));
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
+<rect width="{W}" height="{H}" fill="white"/>
+<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>
+<text transform="translate(16 {}) rotate(-90)" text-anchor="middle">{}</text>
+"#,
+        (W - RIGHT + LEFT) / 2.0,
+        esc(title),
+        TOP + plot_h / 2.0,
+        esc(y_label)
+    );
+    for i in 0..=5 {
+        let v = i as f64 / 5.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{v:.1}</text>"##,
+            W - RIGHT,
+            LEFT - 6.0,
+            y(v) + 4.0,
+            y = y(v)
+        );
+    }
+    for (i, name) in legend.iter().enumerate() {
+        let ly = TOP + 18.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{}" y="{ly}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+            W - RIGHT + 14.0,
+            PALETTE[i % PALETTE.len()],
+            W - RIGHT + 32.0,
+            ly + 10.0,
+            esc(name)
+        );
+    }
+    (s, y)
+}
+
+/// Grouped bars: one group per language, one bar per row of the grid, with ±1 standard error.
+pub fn bar_chart(title: &str, y_label: &str, g: &Grid) -> String {
+    let langs: Vec<&String> = g
+        .values()
+        .flat_map(|m| m.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let labels: Vec<String> = g.keys().cloned().collect();
+    let (mut s, y) = frame(title, y_label, &labels);
+    let plot_w = W - LEFT - RIGHT;
+    let group_w = plot_w / langs.len().max(1) as f64;
+    let bar_w = (group_w * 0.8) / labels.len().max(1) as f64;
+    for (gi, lang) in langs.iter().enumerate() {
+        let gx = LEFT + group_w * gi as f64;
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            gx + group_w / 2.0,
+            H - BOTTOM + 18.0,
+            esc(lang)
+        );
+        for (bi, label) in labels.iter().enumerate() {
+            let Some(e) = g[label].get(*lang) else {
+                continue;
+            };
+            let x = gx + group_w * 0.1 + bar_w * bi as f64;
+            let top = y(e.value);
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x:.1}" y="{top:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{}: {:.3} ± {:.3}</title></rect>"#,
+                bar_w * 0.9,
+                y(0.0) - top,
+                PALETTE[bi % PALETTE.len()],
+                esc(label),
+                e.value,
+                e.stderr
+            );
+            if e.stderr > 0.0 {
+                let cx = x + bar_w * 0.45;
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{cx:.1}" x2="{cx:.1}" y1="{:.1}" y2="{:.1}" stroke="black"/>"#,
+                    y(e.value + e.stderr),
+                    y(e.value - e.stderr)
+                );
+            }
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Lines over a numeric x axis (log2 scale when the points span more than a factor of 4).
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &BTreeMap<String, Vec<(f64, Estimate)>>,
+) -> String {
+    let names: Vec<String> = series.keys().cloned().collect();
+    let (mut s, y) = frame(title, y_label, &names);
+    let xs: Vec<f64> = series.values().flatten().map(|p| p.0).collect();
+    let (lo, hi) = xs
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+    let log = lo > 0.0 && hi / lo > 4.0;
+    let t = |x: f64| if log { x.log2() } else { x };
+    let (tlo, thi) = (t(lo), t(hi).max(t(lo) + 1e-9));
+    let plot_w = W - LEFT - RIGHT;
+    let x = |v: f64| LEFT + 10.0 + (plot_w - 20.0) * (t(v) - tlo) / (thi - tlo);
+    let ticks: BTreeSet<u64> = xs.iter().map(|v| *v as u64).collect();
+    for v in ticks {
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{v}</text>"#,
+            x(v as f64),
+            H - BOTTOM + 18.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+        LEFT + plot_w / 2.0,
+        H - 10.0,
+        esc(x_label)
+    );
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(px, e)| format!("{:.1},{:.1}", x(*px), y(e.value)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
+            path.join(" ")
+        );
+        for (px, e) in pts {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{color}"><title>{} @ {px}: {:.3} ± {:.3}</title></circle>"#,
+                x(*px),
+                y(e.value),
+                esc(name),
+                e.value,
+                e.stderr
+            );
+            if e.stderr > 0.0 {
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{cx:.1}" x2="{cx:.1}" y1="{:.1}" y2="{:.1}" stroke="{color}"/>"#,
+                    y(e.value + e.stderr),
+                    y(e.value - e.stderr),
+                    cx = x(*px)
+                );
+            }
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn write(path: &Path, v: &Value) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, v.to_string()).unwrap();
+    }
+
+    fn gen_result(fid_sw: f64, fid_en: f64) -> Value {
+        json!({"task": "gen", "per_language": {
+            "sw": {"fidelity": {"n": 10, "correct": 0, "accuracy": fid_sw, "stderr": 0.1}, "s_index_mean": 0.2},
+            "en": {"fidelity": {"n": 10, "correct": 0, "accuracy": fid_en, "stderr": 0.05}},
+        }})
+    }
+
+    /// Two methods at two sizes, two seeds at one of them; a base-model eval; a judge result.
+    #[test]
+    fn report_attributes_results_to_runs_and_pools_seeds() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let run = |name: &str, method: &str, n: usize, fid: f64| {
+            write(
+                &r.join(name).join("summary.json"),
+                &json!({"method": method, "train_quadruples": n}),
+            );
+            write(
+                &r.join(name).join("eval/gen/results.json"),
+                &gen_result(fid, 0.9),
+            );
+        };
+        run("clo-200-s0", "clo", 200, 0.6);
+        run("clo-200-s1", "clo", 200, 0.8);
+        run("clo-400", "clo", 400, 0.9);
+        run("sft-200", "sft", 200, 0.3);
+        run("sft-400", "sft", 400, 0.5);
+        write(&r.join("base/gen/results.json"), &gen_result(0.1, 1.0));
+        write(
+            &r.join("judge/results.json"),
+            &json!({"task": "judge", "a": r.join("clo-400/eval/gen/responses.jsonl"), "b": r.join("sft-400/eval/gen/responses.jsonl"),
+                    "per_language": {"sw": {"win_rate": 0.75, "stderr": 0.1}}}),
+        );
+        write(&r.join("other.json"), &json!({"not": "an eval"}));
+        let entries = collect(&[r.to_path_buf()]).unwrap();
+        assert_eq!(entries.len(), 7);
+        let files = render(&entries);
+        let md = &files["report.md"];
+        // Seeds pooled: mean 0.7, stderr of the mean sqrt(0.02 / 2) = 0.1.
+        // Columns en | sw. English was 0.9 in both seeds: no spread across seeds.
+        assert!(
+            md.contains("| clo@200 | 0.900 ± 0.000 | 0.700 ± 0.100 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| base | 1.000 ± 0.050 | 0.100 ± 0.100 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| clo@400 vs sft@400 | 0.750 ± 0.100 |"),
+            "{md}"
+        );
+        assert!(md.contains("| clo | 200 | 0.700 ± 0.100 |"), "{md}");
+        assert!(md.contains("| sft | 400 | 0.500 ± 0.000 |"), "{md}");
+        for f in ["fidelity.svg", "win_rate.svg", "fidelity_vs_size.svg"] {
+            let svg = &files[f];
+            assert!(
+                svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+                "{f}"
+            );
+        }
+        assert!(!files.contains_key("accuracy.svg"));
+        // One bar per (language, label): 2 languages x 5 labels (clo@200 pools two seeds), and
+        // one legend swatch per label.
+        assert_eq!(files["fidelity.svg"].matches("<rect x=").count(), 2 * 5 + 5);
+        let err = collect(&[r.join("base/nothing")]).unwrap_err().to_string();
+        assert!(err.contains("nothing"), "{err}");
+    }
+}
