@@ -22,6 +22,8 @@ pub mod generate;
 pub mod models;
 #[cfg(feature = "net")]
 pub mod openai;
+pub mod parallel;
+pub mod prepare;
 pub mod pretrained;
 pub mod score;
 pub mod tokenizer;

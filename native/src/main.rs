@@ -2,6 +2,7 @@
 
 mod device;
 mod eval_cmd;
+mod prepare_cmd;
 mod train_cmd;
 
 use std::io::Write;
@@ -86,7 +87,10 @@ enum Command {
     Train(Box<train_cmd::TrainArgs>),
     /// Write a trained run as a Hugging Face model directory (--merged) or a PEFT adapter (--peft).
     Export(train_cmd::ExportArgs),
-    /// Evaluate a model: `clo eval mc` (multiple choice by log-likelihood).
+    /// Build quadruples from English SFT data and a translator (JSONL in, JSONL out; resumable).
+    Prepare(Box<prepare_cmd::PrepareArgs>),
+    /// Evaluate a model: `clo eval mc` (multiple choice by log-likelihood), `gen` (language
+    /// fidelity, S-index, generated answers), `judge` (win rate), `report` (tables and charts).
     #[command(subcommand)]
     Eval(eval_cmd::EvalCommand),
     /// Architecture, parameter count, dtype, vocabulary and layers of a model directory.
@@ -197,6 +201,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train_cmd::run_train(*args),
         Command::Export(args) => train_cmd::run_export(args),
         Command::Eval(cmd) => eval_cmd::run_eval(cmd),
+        Command::Prepare(args) => prepare_cmd::run_prepare(*args),
         Command::Inspect { model, json } => {
             let s = Pretrained::summarize(&model)?;
             if json {
