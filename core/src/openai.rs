@@ -92,6 +92,18 @@ pub struct ClientOptions {
     pub requests_per_second: f64,
 }
 
+impl ClientOptions {
+    /// Defaults with the API key read from the environment variable `api_key_env` (if set and
+    /// not empty) and a rate limit (0 for none).
+    pub fn from_env(api_key_env: &str, requests_per_second: f64) -> Self {
+        Self {
+            api_key: std::env::var(api_key_env).ok().filter(|k| !k.is_empty()),
+            requests_per_second,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {

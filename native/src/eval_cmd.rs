@@ -256,13 +256,7 @@ fn judge(args: JudgeArgs) -> anyhow::Result<()> {
     };
     let client = ChatClient::new(
         spec.clone(),
-        ClientOptions {
-            api_key: std::env::var(&args.api_key_env)
-                .ok()
-                .filter(|k| !k.is_empty()),
-            requests_per_second: args.rate_limit,
-            ..ClientOptions::default()
-        },
+        ClientOptions::from_env(&args.api_key_env, args.rate_limit),
     );
     let ask = |system: &str, user: &str| {
         client.chat(

@@ -72,13 +72,7 @@ fn translator(args: &PrepareArgs) -> anyhow::Result<Box<dyn Translator>> {
     if spec.starts_with("openai:") {
         let client = ChatClient::new(
             EndpointSpec::parse(spec)?,
-            ClientOptions {
-                api_key: std::env::var(&args.api_key_env)
-                    .ok()
-                    .filter(|k| !k.is_empty()),
-                requests_per_second: args.rate_limit,
-                ..ClientOptions::default()
-            },
+            ClientOptions::from_env(&args.api_key_env, args.rate_limit),
         );
         return Ok(Box::new(OpenAiTranslator { client }));
     }
