@@ -162,14 +162,14 @@ pub struct Attention {
 impl Attention {
     /// # Shapes
     /// - x: `[batch, seq, hidden]`; cos, sin: `[batch or 1, 1, seq, head_dim]`
-    /// - padding: empty, or one count of leading padding positions per row
+    /// - mask: `[batch or 1, seq, cached + seq]`, true where a query may not look
     /// - output: `[batch, seq, hidden]`
     fn forward(
         &self,
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
-        padding: &[usize],
+        mask: &Tensor<3, Bool>,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
@@ -184,14 +184,11 @@ impl Attention {
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
-        let total = k.dims()[2];
 
         let k = repeat_kv(k, nh / nkv); // [b, nh, total, hd]
         let v = repeat_kv(v, nh / nkv);
         let scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt(); // [b, nh, seq, total]
-        let mask = attention_mask(seq, total, self.sliding_window, padding, &scores.device())
-            .unsqueeze_dim::<4>(1)
-            .expand(scores.dims()); // [b, nh, seq, total]
+        let mask = (mask.clone()).unsqueeze_dim::<4>(1).expand(scores.dims()); // [b, nh, seq, total]
         let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
         let out = softmax(scores, 3).matmul(v); // [b, nh, seq, hd]
         let out = out.swap_dims(1, 2).reshape([batch, seq, nh * hd]);
@@ -338,14 +335,24 @@ impl CausalLm {
                 sin.reshape([rows, 1, seq, hd]),
             )
         };
-        let padding = cache.padding.clone();
+        // One mask per distinct sliding window, shared by the layers that use it.
+        let mut masks: Vec<(usize, Tensor<3, Bool>)> = Vec::new();
         let mut x = self.model.embed_tokens.forward(ids); // [b, seq, hidden]
         for (layer, slot) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
+            let window = layer.self_attn.sliding_window;
+            let mask = match masks.iter().find(|(w, _)| *w == window) {
+                Some((_, m)) => m.clone(),
+                None => {
+                    let m = attention_mask(seq, start + seq, window, &cache.padding, &device);
+                    masks.push((window, m.clone()));
+                    m
+                }
+            };
             let attn = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
                 &cos,
                 &sin,
-                &padding,
+                &mask,
                 slot,
             );
             x = x + attn;
