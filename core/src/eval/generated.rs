@@ -5,7 +5,7 @@
 //! extracted from `Answer: X` or the language's own label, with up to three regenerations when
 //! nothing can be extracted; an answer that still cannot be extracted counts as wrong.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use burn::prelude::*;
@@ -64,11 +64,7 @@ fn parse_record(line: usize, v: &Value) -> std::result::Result<GenRecord, String
     }
     let lang = string_field(v, "lang")?.ok_or("missing field `lang`")?;
     language(&lang).map_err(|e| e.to_string())?;
-    let id = match v.get("id") {
-        None | Some(Value::Null) => format!("line-{line}"),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    };
+    let id = crate::jsonl::record_id(v, line);
     let open = match string_field(v, "prompt")? {
         Some(p) => Some(p),
         None => string_field(v, "instruction")?,
@@ -132,7 +128,6 @@ fn parse_record(line: usize, v: &Value) -> std::result::Result<GenRecord, String
 
 /// Reads and checks a prompts file (JSONL).
 pub fn read_gen_prompts(path: &Path) -> Result<Vec<GenRecord>> {
-    let text = crate::error::read_to_string(path, "generation prompts")?;
     let bad = |line: usize, message: String| CoreError::Input {
         path: path.to_path_buf(),
         line,
@@ -140,22 +135,16 @@ pub fn read_gen_prompts(path: &Path) -> Result<Vec<GenRecord>> {
         hint: HINT,
     };
     let mut out: Vec<GenRecord> = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(line).map_err(|e| bad(i + 1, e.to_string()))?;
-        let r = parse_record(i + 1, &v).map_err(|m| bad(i + 1, m))?;
-        if let Some(prev) = out.iter().find(|p| p.id == r.id) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (line, v) in crate::jsonl::read_jsonl::<Value>(path, "generation prompts", HINT)? {
+        let r = parse_record(line, &v).map_err(|m| bad(line, m))?;
+        if let Some(prev) = seen.insert(r.id.clone(), line) {
             return Err(bad(
-                i + 1,
-                format!("id `{}` was already used on line {}", r.id, prev.line),
+                line,
+                format!("id `{}` was already used on line {prev}", r.id),
             ));
         }
         out.push(r);
-    }
-    if out.is_empty() {
-        return Err(bad(1, "no prompts".into()));
     }
     Ok(out)
 }
@@ -456,7 +445,7 @@ mod tests {
             "{\"id\": 1, \"prompt\": \"a\", \"lang\": \"en\"}\n{\"id\": 1, \"prompt\": \"b\", \"lang\": \"en\"}",
         );
         assert!(e.contains(":2: id `1` was already used on line 1"), "{e}");
-        assert!(err("\n").contains("no prompts"));
+        assert!(err("\n").contains("no records"));
     }
 
     fn item(lang: &str, detected: Option<&str>, s: Option<f64>, correct: Option<bool>) -> GenItem {

@@ -104,7 +104,6 @@ struct Response {
 const HINT: &str = "each line is a response: {\"id\", \"prompt\" (or \"instruction\"), \"response\" (or \"output\"), \"lang\"?}, as `clo eval gen` writes responses.jsonl";
 
 fn read_responses(path: &Path) -> Result<Vec<Response>> {
-    let text = crate::error::read_to_string(path, "responses")?;
     let bad = |line: usize, message: String| CoreError::Input {
         path: path.to_path_buf(),
         line,
@@ -112,36 +111,24 @@ fn read_responses(path: &Path) -> Result<Vec<Response>> {
         hint: HINT,
     };
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(line).map_err(|e| bad(i + 1, e.to_string()))?;
+    for (line, v) in crate::jsonl::read_jsonl::<Value>(path, "responses", HINT)? {
         let text_field = |keys: [&str; 2]| {
             keys.iter()
                 .find_map(|k| v.get(*k).and_then(Value::as_str).map(str::to_string))
                 .ok_or_else(|| {
                     bad(
-                        i + 1,
+                        line,
                         format!("missing field `{}` (or `{}`)", keys[0], keys[1]),
                     )
                 })
         };
-        let id = match v.get("id") {
-            None | Some(Value::Null) => format!("line-{}", i + 1),
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => other.to_string(),
-        };
         out.push(Response {
-            line: i + 1,
-            id,
+            line,
+            id: crate::jsonl::record_id(&v, line),
             lang: v.get("lang").and_then(Value::as_str).map(str::to_string),
             instruction: text_field(["prompt", "instruction"])?,
             response: text_field(["response", "output"])?,
         });
-    }
-    if out.is_empty() {
-        return Err(bad(1, "no responses".into()));
     }
     Ok(out)
 }

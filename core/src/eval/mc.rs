@@ -42,22 +42,19 @@ const HINT: &str = "each line is {\"passage\": str, \"question\": str, \"options
 
 /// Reads and checks a task file: four options, an answer in range, a known language.
 pub fn read_mc_tasks(path: &Path) -> Result<Vec<(usize, McRecord)>> {
-    let text = crate::error::read_to_string(path, "multiple-choice tasks")?;
+    let records: Vec<(usize, McRecord)> =
+        crate::jsonl::read_jsonl(path, "multiple-choice tasks", HINT)?;
     let bad = |line: usize, message: String| CoreError::Input {
         path: path.to_path_buf(),
         line,
         message,
         hint: HINT,
     };
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let r: McRecord = serde_json::from_str(line).map_err(|e| bad(i + 1, e.to_string()))?;
+    for (line, r) in &records {
+        let line = *line;
         if r.options.len() != 4 {
             return Err(bad(
-                i + 1,
+                line,
                 format!(
                     "{} options; BELEBELE-style tasks have exactly 4",
                     r.options.len()
@@ -66,20 +63,16 @@ pub fn read_mc_tasks(path: &Path) -> Result<Vec<(usize, McRecord)>> {
         }
         if r.answer >= 4 {
             return Err(bad(
-                i + 1,
+                line,
                 format!(
                     "answer {} is out of range: it is the 0-based index of an option (0-3)",
                     r.answer
                 ),
             ));
         }
-        language(&r.lang).map_err(|e| bad(i + 1, e.to_string()))?;
-        out.push((i + 1, r));
+        language(&r.lang).map_err(|e| bad(line, e.to_string()))?;
     }
-    if out.is_empty() {
-        return Err(bad(1, "no tasks".into()));
-    }
-    Ok(out)
+    Ok(records)
 }
 
 /// The prompt of a record and the four scored continuations.

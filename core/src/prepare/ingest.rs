@@ -159,14 +159,6 @@ fn text(v: &Value, key: &str) -> std::result::Result<String, String> {
     }
 }
 
-fn id_of(v: &Value, line: usize) -> String {
-    match v.get("id") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => format!("line-{line}"),
-    }
-}
-
 fn given(v: &Value, tgt: &str) -> Option<(String, String)> {
     let pick = |keys: [String; 2]| {
         keys.iter()
@@ -190,7 +182,7 @@ fn alpaca(v: &Value, line: usize, tgt: &str) -> std::result::Result<SourcePair, 
         format!("{instruction}\n\n{input}")
     };
     Ok(SourcePair {
-        source_id: id_of(v, line),
+        source_id: crate::jsonl::record_id(v, line),
         prompt,
         response: text(v, "output")?,
         given: given(v, tgt),
@@ -199,7 +191,7 @@ fn alpaca(v: &Value, line: usize, tgt: &str) -> std::result::Result<SourcePair, 
 
 fn pairs(v: &Value, line: usize, tgt: &str) -> std::result::Result<SourcePair, String> {
     Ok(SourcePair {
-        source_id: id_of(v, line),
+        source_id: crate::jsonl::record_id(v, line),
         prompt: text(v, "prompt")?,
         response: text(v, "response")?,
         given: given(v, tgt),
@@ -228,7 +220,7 @@ fn sharegpt(v: &Value, line: usize, tgt: &str) -> std::result::Result<SourcePair
         .filter(|t| matches!(role(t).as_str(), "gpt" | "assistant" | "chatgpt" | "bot"))
         .ok_or("the first user turn has no assistant reply after it")?;
     Ok(SourcePair {
-        source_id: id_of(v, line),
+        source_id: crate::jsonl::record_id(v, line),
         prompt: text(&turns[user], text_key)?,
         response: text(reply, text_key)?,
         given: given(v, tgt),

@@ -21,45 +21,39 @@ pub struct Quadruple {
     pub extra: Map<String, Value>,
 }
 
+const HINT: &str = "each line is {\"id\", \"lang\", \"x_en\", \"y_en\", \"x_tgt\", \"y_tgt\"} with non-empty strings (`clo prepare` writes them)";
+
 const FIELDS: [&str; 6] = ["id", "lang", "x_en", "y_en", "x_tgt", "y_tgt"];
 
 /// Reads a quadruple file. A missing or empty field stops with the file, the line and the field.
 pub fn read_quadruples(path: &Path) -> Result<Vec<Quadruple>> {
-    let text = crate::error::read_to_string(path, "quadruple data")?;
     let bad = |line: usize, message: String| CoreError::Input {
         path: path.to_path_buf(),
         line,
         message,
-        hint: "each line is {\"id\", \"lang\", \"x_en\", \"y_en\", \"x_tgt\", \"y_tgt\"} with non-empty strings (`clo prepare` writes them)",
+        hint: HINT,
     };
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(line).map_err(|e| bad(i + 1, e.to_string()))?;
+    for (line, value) in crate::jsonl::read_jsonl::<Value>(path, "quadruple data", HINT)? {
         let Some(obj) = value.as_object() else {
-            return Err(bad(i + 1, "not a JSON object".into()));
+            return Err(bad(line, "not a JSON object".into()));
         };
         for field in FIELDS {
             match obj.get(field) {
-                None => return Err(bad(i + 1, format!("missing field `{field}`"))),
+                None => return Err(bad(line, format!("missing field `{field}`"))),
                 Some(Value::String(s)) if s.trim().is_empty() => {
-                    return Err(bad(i + 1, format!("field `{field}` is empty")));
+                    return Err(bad(line, format!("field `{field}` is empty")));
                 }
                 Some(Value::String(_)) => {}
                 Some(other) => {
                     return Err(bad(
-                        i + 1,
+                        line,
                         format!("field `{field}` must be a string, got {other}"),
                     ));
                 }
             }
         }
-        out.push(serde_json::from_value(value).map_err(|e| bad(i + 1, e.to_string()))?);
-    }
-    if out.is_empty() {
-        return Err(bad(1, "no quadruples".into()));
+        out.push(serde_json::from_value(value).map_err(|e| bad(line, e.to_string()))?);
     }
     Ok(out)
 }
