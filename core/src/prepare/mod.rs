@@ -313,10 +313,10 @@ pub struct PrepareSummary {
     pub language_check: bool,
 }
 
-/// A number in [0, 1) from a string, stable across runs.
-fn unit(text: &str) -> f64 {
+/// A number from a string, stable across runs and platforms.
+fn hash64(text: &str) -> u64 {
     let h = Sha256::digest(text.as_bytes());
-    u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) as f64 / 2f64.powi(64)
+    u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -462,17 +462,11 @@ fn finish(
         }
     }
     let id = |q: &&Value| q["source_id"].as_str().unwrap_or_default().to_string();
-    let (val, train): (Vec<&Value>, Vec<&Value>) = quads
-        .iter()
-        .partition(|q| unit(&format!("split:{}", id(q))) < config.val_fraction);
-    let mut shuffled = train.clone();
-    shuffled.sort_by(|a, b| {
-        unit(&format!("{}:{}", config.seed, id(a))).total_cmp(&unit(&format!(
-            "{}:{}",
-            config.seed,
-            id(b)
-        )))
+    let (val, train): (Vec<&Value>, Vec<&Value>) = quads.iter().partition(|q| {
+        (hash64(&format!("split:{}", id(q))) as f64 / 2f64.powi(64)) < config.val_fraction
     });
+    let mut shuffled = train.clone();
+    shuffled.sort_by_cached_key(|q| hash64(&format!("{}:{}", config.seed, id(q))));
     let mut subsets = BTreeMap::new();
     for &n in &config.subsets {
         if n > shuffled.len() {
