@@ -25,9 +25,11 @@ pub mod models;
 pub mod openai;
 pub mod parallel;
 pub mod prepare;
+pub mod pretrain;
 pub mod pretrained;
 pub mod score;
 pub mod tokenizer;
+pub mod toy;
 pub mod train;
 pub mod weights;
 

@@ -1,0 +1,877 @@
+//! The toy world: people with facts (pet, favourite colour, city, number of books), arithmetic,
+//! lists and copying, stated and asked as *meaning frames*, and two languages that render the
+//! same frames:
+//!
+//! - English, as usual: `Ana has a cat.`, `What pet does Ana have?`
+//! - the toy language (code `toy`): its own lexicon, verb-final word order, case suffixes (`-ta`
+//!   object, `-ro` place), a plural suffix (`-li`) and a final question particle (`ka`):
+//!   `Ana misota ome.`, `Ana ne damuta ome ka?`
+//!
+//! Names, cities and numerals are shared, as proper nouns and digits are between real
+//! languages. Translation is exact (parse in one language, render in the other), and an answer
+//! is checked by its content ([`atoms`]) in either language.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use rand::Rng;
+use rand::seq::IndexedRandom;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+/// The two languages of the toy world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    En,
+    Toy,
+}
+
+impl Lang {
+    pub const BOTH: [Lang; 2] = [Lang::En, Lang::Toy];
+
+    /// The code used in quadruples and results: `en` or `toy`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Toy => "toy",
+        }
+    }
+
+    pub fn other(self) -> Lang {
+        match self {
+            Lang::En => Lang::Toy,
+            Lang::Toy => Lang::En,
+        }
+    }
+}
+
+pub const NAMES: [&str; 16] = [
+    "Ana", "Bela", "Dan", "Eli", "Fen", "Gus", "Ida", "Jon", "Kai", "Lia", "Max", "Nia", "Oto",
+    "Pia", "Rex", "Sol",
+];
+pub const CITIES: [&str; 6] = ["Paro", "Lumo", "Veska", "Doran", "Ithra", "Quel"];
+const ANIMALS_EN: [&str; 6] = ["cat", "dog", "bird", "fish", "horse", "goat"];
+const ANIMALS_TOY: [&str; 6] = ["miso", "wuna", "tiri", "pesu", "haro", "gobe"];
+const COLORS_EN: [&str; 6] = ["red", "blue", "green", "yellow", "black", "white"];
+const COLORS_TOY: [&str; 6] = ["ruka", "sela", "vire", "jamu", "noko", "tapi"];
+
+/// Function words of each language (every word a template uses besides the content words).
+const FUNCTION_EN: &[&str] = &[
+    "has", "a", "likes", "lives", "in", "book", "books", "plus", "minus", "is", "the", "pets",
+    "are", "what", "pet", "does", "have", "color", "like", "where", "live", "how", "many", "which",
+    "do", "and", "repeat", "these", "words",
+];
+const FUNCTION_TOY: &[&str] = &[
+    "ome", "lavi", "dema", "eda", "ju", "ko", "sa", "ne", "nemi", "nesu", "ka", "damu", "iro",
+    "puka", "mo", "fa", "sapo",
+];
+/// Toy suffixes, outermost first as they are stripped: object, place, plural.
+const SUFFIXES_TOY: [&str; 3] = ["ta", "ro", "li"];
+
+/// A content word that can be listed or copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Word {
+    Animal(u8),
+    Color(u8),
+}
+
+impl Word {
+    fn text(self, lang: Lang) -> &'static str {
+        match (self, lang) {
+            (Word::Animal(i), Lang::En) => ANIMALS_EN[i as usize],
+            (Word::Animal(i), Lang::Toy) => ANIMALS_TOY[i as usize],
+            (Word::Color(i), Lang::En) => COLORS_EN[i as usize],
+            (Word::Color(i), Lang::Toy) => COLORS_TOY[i as usize],
+        }
+    }
+}
+
+/// The meaning of one sentence. Statements are answers; `Ask*` are questions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Frame {
+    HasPet {
+        person: u8,
+        animal: u8,
+    },
+    Likes {
+        person: u8,
+        color: u8,
+    },
+    LivesIn {
+        person: u8,
+        city: u8,
+    },
+    Books {
+        person: u8,
+        n: u8,
+    },
+    Sum {
+        a: u8,
+        b: u8,
+        c: u8,
+    },
+    Diff {
+        a: u8,
+        b: u8,
+        c: u8,
+    },
+    /// The pets of several people, in order.
+    Pets(Vec<u8>),
+    /// Words said back.
+    Words(Vec<Word>),
+    AskPet {
+        person: u8,
+    },
+    AskColor {
+        person: u8,
+    },
+    AskCity {
+        person: u8,
+    },
+    AskBooks {
+        person: u8,
+    },
+    AskSum {
+        a: u8,
+        b: u8,
+    },
+    AskDiff {
+        a: u8,
+        b: u8,
+    },
+    AskPets(Vec<u8>),
+    AskRepeat(Vec<Word>),
+}
+
+/// The kinds of question, as named in results.
+pub const QUESTION_KINDS: [&str; 8] = [
+    "pet", "color", "city", "books", "sum", "diff", "pets", "repeat",
+];
+
+impl Frame {
+    /// The question's kind (one of [`QUESTION_KINDS`]); `None` for statements.
+    pub fn question_kind(&self) -> Option<&'static str> {
+        Some(match self {
+            Frame::AskPet { .. } => "pet",
+            Frame::AskColor { .. } => "color",
+            Frame::AskCity { .. } => "city",
+            Frame::AskBooks { .. } => "books",
+            Frame::AskSum { .. } => "sum",
+            Frame::AskDiff { .. } => "diff",
+            Frame::AskPets(_) => "pets",
+            Frame::AskRepeat(_) => "repeat",
+            _ => return None,
+        })
+    }
+}
+
+/// Template of each frame kind in each language. Placeholders: `{p}` person, `{a}` animal,
+/// `{c}` colour, `{t}` city, `{nb}` a number of books (number and noun agree), `{n1}` `{n2}`
+/// `{n3}` numbers, `{pl}` a list of people, `{al}` a list of animals, `{wl}` words.
+fn template(kind: usize, lang: Lang) -> &'static str {
+    const T: [(&str, &str); 16] = [
+        ("{p} has a {a}.", "{p} {a}ta ome."),
+        ("{p} likes {c}.", "{p} {c}ta lavi."),
+        ("{p} lives in {t}.", "{p} {t}ro dema."),
+        ("{p} has {nb}.", "{p} {nb}ta ome."),
+        ("{n1} plus {n2} is {n3}.", "{n1} ju {n2} sa {n3} eda."),
+        ("{n1} minus {n2} is {n3}.", "{n1} ko {n2} sa {n3} eda."),
+        ("The pets are {al}.", "Damuli {al} eda."),
+        ("{wl}.", "{wl}."),
+        ("What pet does {p} have?", "{p} ne damuta ome ka?"),
+        ("What color does {p} like?", "{p} ne irota lavi ka?"),
+        ("Where does {p} live?", "{p} nemi dema ka?"),
+        ("How many books does {p} have?", "{p} nesu pukalita ome ka?"),
+        ("What is {n1} plus {n2}?", "{n1} ju {n2} sa ne eda ka?"),
+        ("What is {n1} minus {n2}?", "{n1} ko {n2} sa ne eda ka?"),
+        ("Which pets do {pl} have?", "{pl} ne damulita ome ka?"),
+        ("Repeat these words: {wl}.", "{wl} fa sapo."),
+    ];
+    match lang {
+        Lang::En => T[kind].0,
+        Lang::Toy => T[kind].1,
+    }
+}
+
+const KINDS: usize = 16;
+
+/// A frame's kind index (into [`template`]) and its slot values by placeholder.
+fn slots(frame: &Frame) -> (usize, Vec<(&'static str, Slot)>) {
+    use Slot::*;
+    match frame {
+        Frame::HasPet { person, animal } => {
+            (0, vec![("p", Person(*person)), ("a", Animal(*animal))])
+        }
+        Frame::Likes { person, color } => (1, vec![("p", Person(*person)), ("c", Color(*color))]),
+        Frame::LivesIn { person, city } => (2, vec![("p", Person(*person)), ("t", City(*city))]),
+        Frame::Books { person, n } => (3, vec![("p", Person(*person)), ("nb", NumBooks(*n))]),
+        Frame::Sum { a, b, c } => (4, vec![("n1", Num(*a)), ("n2", Num(*b)), ("n3", Num(*c))]),
+        Frame::Diff { a, b, c } => (5, vec![("n1", Num(*a)), ("n2", Num(*b)), ("n3", Num(*c))]),
+        Frame::Pets(animals) => (6, vec![("al", Animals(animals.clone()))]),
+        Frame::Words(words) => (7, vec![("wl", Words(words.clone()))]),
+        Frame::AskPet { person } => (8, vec![("p", Person(*person))]),
+        Frame::AskColor { person } => (9, vec![("p", Person(*person))]),
+        Frame::AskCity { person } => (10, vec![("p", Person(*person))]),
+        Frame::AskBooks { person } => (11, vec![("p", Person(*person))]),
+        Frame::AskSum { a, b } => (12, vec![("n1", Num(*a)), ("n2", Num(*b))]),
+        Frame::AskDiff { a, b } => (13, vec![("n1", Num(*a)), ("n2", Num(*b))]),
+        Frame::AskPets(people) => (14, vec![("pl", People(people.clone()))]),
+        Frame::AskRepeat(words) => (15, vec![("wl", Words(words.clone()))]),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Slot {
+    Person(u8),
+    Animal(u8),
+    Color(u8),
+    City(u8),
+    NumBooks(u8),
+    Num(u8),
+    People(Vec<u8>),
+    Animals(Vec<u8>),
+    Words(Vec<Word>),
+}
+
+fn frame_from(kind: usize, s: &HashMap<&str, Slot>) -> Option<Frame> {
+    use Slot::*;
+    let person = || match s.get("p") {
+        Some(Person(p)) => Some(*p),
+        _ => None,
+    };
+    let num = |k| match s.get(k) {
+        Some(Num(n)) => Some(*n),
+        _ => None,
+    };
+    Some(match kind {
+        0 => Frame::HasPet {
+            person: person()?,
+            animal: match s.get("a")? {
+                Animal(a) => *a,
+                _ => return None,
+            },
+        },
+        1 => Frame::Likes {
+            person: person()?,
+            color: match s.get("c")? {
+                Color(c) => *c,
+                _ => return None,
+            },
+        },
+        2 => Frame::LivesIn {
+            person: person()?,
+            city: match s.get("t")? {
+                City(t) => *t,
+                _ => return None,
+            },
+        },
+        3 => Frame::Books {
+            person: person()?,
+            n: match s.get("nb")? {
+                NumBooks(n) => *n,
+                _ => return None,
+            },
+        },
+        4 => Frame::Sum {
+            a: num("n1")?,
+            b: num("n2")?,
+            c: num("n3")?,
+        },
+        5 => Frame::Diff {
+            a: num("n1")?,
+            b: num("n2")?,
+            c: num("n3")?,
+        },
+        6 => match s.get("al")? {
+            Animals(a) => Frame::Pets(a.clone()),
+            _ => return None,
+        },
+        7 => match s.get("wl")? {
+            Words(w) => Frame::Words(w.clone()),
+            _ => return None,
+        },
+        8 => Frame::AskPet { person: person()? },
+        9 => Frame::AskColor { person: person()? },
+        10 => Frame::AskCity { person: person()? },
+        11 => Frame::AskBooks { person: person()? },
+        12 => Frame::AskSum {
+            a: num("n1")?,
+            b: num("n2")?,
+        },
+        13 => Frame::AskDiff {
+            a: num("n1")?,
+            b: num("n2")?,
+        },
+        14 => match s.get("pl")? {
+            People(p) => Frame::AskPets(p.clone()),
+            _ => return None,
+        },
+        15 => match s.get("wl")? {
+            Words(w) => Frame::AskRepeat(w.clone()),
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// `a`, `a and b`, `a, b and c` (toy: `mo` for `and`).
+fn join_list(items: &[&str], lang: Lang) -> String {
+    let and = match lang {
+        Lang::En => " and ",
+        Lang::Toy => " mo ",
+    };
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{}{and}{last}", init.join(", ")),
+    }
+}
+
+fn slot_text(slot: &Slot, lang: Lang) -> String {
+    match slot {
+        Slot::Person(p) => NAMES[*p as usize].into(),
+        Slot::Animal(a) => Word::Animal(*a).text(lang).into(),
+        Slot::Color(c) => Word::Color(*c).text(lang).into(),
+        Slot::City(t) => CITIES[*t as usize].into(),
+        Slot::Num(n) => n.to_string(),
+        Slot::NumBooks(n) => match (lang, *n == 1) {
+            (Lang::En, true) => "1 book".into(),
+            (Lang::En, false) => format!("{n} books"),
+            (Lang::Toy, true) => "1 puka".into(),
+            (Lang::Toy, false) => format!("{n} pukali"),
+        },
+        Slot::People(ps) => join_list(
+            &ps.iter().map(|p| NAMES[*p as usize]).collect::<Vec<_>>(),
+            lang,
+        ),
+        Slot::Animals(xs) => join_list(
+            &xs.iter()
+                .map(|a| Word::Animal(*a).text(lang))
+                .collect::<Vec<_>>(),
+            lang,
+        ),
+        Slot::Words(ws) => ws
+            .iter()
+            .map(|w| w.text(lang))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// A sentence's first letter is upper case (names already are).
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// The sentence that says `frame` in `lang`.
+pub fn render(frame: &Frame, lang: Lang) -> String {
+    let (kind, values) = slots(frame);
+    let mut out = template(kind, lang).to_string();
+    for (name, slot) in &values {
+        out = out.replace(&format!("{{{name}}}"), &slot_text(slot, lang));
+    }
+    capitalize(&out)
+}
+
+fn alternation(words: &[&str]) -> String {
+    format!("(?:{})", words.join("|"))
+}
+
+/// Regex of one placeholder (one capture group) in `lang`.
+fn slot_pattern(name: &str, lang: Lang) -> String {
+    let names = alternation(&NAMES);
+    let (animals, colors) = match lang {
+        Lang::En => (alternation(&ANIMALS_EN), alternation(&COLORS_EN)),
+        Lang::Toy => (alternation(&ANIMALS_TOY), alternation(&COLORS_TOY)),
+    };
+    let and = match lang {
+        Lang::En => "and",
+        Lang::Toy => "mo",
+    };
+    let list = |item: &str| format!("((?:{item}, )*{item} {and} {item}|{item})");
+    match name {
+        "p" => format!("({names})"),
+        "a" => format!("({animals})"),
+        "c" => format!("({colors})"),
+        "t" => format!("({})", alternation(&CITIES)),
+        "nb" => r"(\d+ [a-z]+)".into(),
+        "n1" | "n2" | "n3" => r"(\d+)".into(),
+        "pl" => list(&names),
+        "al" => list(&animals),
+        "wl" => format!("((?:(?:{animals}|{colors}) )*(?:{animals}|{colors}))"),
+        other => unreachable!("placeholder {other}"),
+    }
+}
+
+/// Per language and kind: the template as an anchored regex and its placeholders in order.
+static PARSERS: LazyLock<Vec<(Lang, usize, Regex, Vec<String>)>> = LazyLock::new(|| {
+    let placeholder = Regex::new(r"\{([a-z0-9]+)\}").expect("valid");
+    let mut out = Vec::new();
+    for lang in Lang::BOTH {
+        for kind in 0..KINDS {
+            let t = template(kind, lang);
+            let mut pattern = String::from("(?i)^");
+            let mut names = Vec::new();
+            let mut last = 0;
+            for cap in placeholder.captures_iter(t) {
+                let m = cap.get(0).expect("match");
+                pattern.push_str(&regex::escape(&t[last..m.start()]));
+                pattern.push_str(&slot_pattern(&cap[1], lang));
+                names.push(cap[1].to_string());
+                last = m.end();
+            }
+            pattern.push_str(&regex::escape(&t[last..]));
+            pattern.push('$');
+            out.push((lang, kind, Regex::new(&pattern).expect("valid"), names));
+        }
+    }
+    out
+});
+
+fn index_of(list: &[&str], word: &str) -> Option<u8> {
+    list.iter()
+        .position(|w| w.eq_ignore_ascii_case(word))
+        .map(|i| i as u8)
+}
+
+fn split_list(text: &str, lang: Lang) -> Vec<&str> {
+    let and = match lang {
+        Lang::En => " and ",
+        Lang::Toy => " mo ",
+    };
+    text.split(", ").flat_map(|part| part.split(and)).collect()
+}
+
+fn parse_slot(name: &str, text: &str, lang: Lang) -> Option<Slot> {
+    let (animals, colors) = match lang {
+        Lang::En => (&ANIMALS_EN, &COLORS_EN),
+        Lang::Toy => (&ANIMALS_TOY, &COLORS_TOY),
+    };
+    Some(match name {
+        "p" => Slot::Person(index_of(&NAMES, text)?),
+        "a" => Slot::Animal(index_of(animals, text)?),
+        "c" => Slot::Color(index_of(colors, text)?),
+        "t" => Slot::City(index_of(&CITIES, text)?),
+        "n1" | "n2" | "n3" => Slot::Num(text.parse().ok()?),
+        "nb" => {
+            let (n, noun) = text.split_once(' ')?;
+            let n: u8 = n.parse().ok()?;
+            let want = slot_text(&Slot::NumBooks(n), lang);
+            (want == text || want.split_once(' ')?.1 == noun.to_lowercase())
+                .then_some(Slot::NumBooks(n))?
+        }
+        "pl" => Slot::People(
+            split_list(text, lang)
+                .into_iter()
+                .map(|w| index_of(&NAMES, w))
+                .collect::<Option<_>>()?,
+        ),
+        "al" => Slot::Animals(
+            split_list(text, lang)
+                .into_iter()
+                .map(|w| index_of(animals, w))
+                .collect::<Option<_>>()?,
+        ),
+        "wl" => Slot::Words(
+            text.split(' ')
+                .map(|w| {
+                    index_of(animals, w)
+                        .map(Word::Animal)
+                        .or_else(|| index_of(colors, w).map(Word::Color))
+                })
+                .collect::<Option<_>>()?,
+        ),
+        _ => return None,
+    })
+}
+
+/// The frame a sentence of `lang` says, if it is one the toy world's grammar makes.
+pub fn parse(text: &str, lang: Lang) -> Option<Frame> {
+    let text = text.trim();
+    for (l, kind, re, names) in PARSERS.iter() {
+        if *l != lang {
+            continue;
+        }
+        let Some(caps) = re.captures(text) else {
+            continue;
+        };
+        let mut values = HashMap::new();
+        for (i, name) in names.iter().enumerate() {
+            let slot = parse_slot(name, caps.get(i + 1)?.as_str(), lang)?;
+            // A placeholder used twice must agree (none is, today).
+            if values
+                .insert(name.as_str(), slot.clone())
+                .is_some_and(|s| s != slot)
+            {
+                return None;
+            }
+        }
+        if let Some(frame) = frame_from(*kind, &values) {
+            return Some(frame);
+        }
+    }
+    None
+}
+
+/// Exact translation of a toy-world sentence; `None` if the sentence is not one of its grammar.
+pub fn translate(text: &str, from: Lang, to: Lang) -> Option<String> {
+    parse(text, from).map(|f| render(&f, to))
+}
+
+/// A unit of meaning in a text, the same in both languages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Atom {
+    Person(u8),
+    City(u8),
+    Animal(u8),
+    Color(u8),
+    Num(u32),
+    Book,
+}
+
+/// The meaning-bearing words of any text, in order and in either language: names, cities,
+/// numbers, animals, colours and books. Function words and unknown words are skipped, so the
+/// same answer (a statement) in English and in the toy language has the same atoms in the same
+/// order.
+pub fn atoms(text: &str) -> Vec<Atom> {
+    static TOKEN: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\d+|[A-Za-z]+").expect("valid"));
+    TOKEN
+        .find_iter(text)
+        .filter_map(|m| atom_of(m.as_str()))
+        .collect()
+}
+
+fn atom_of(token: &str) -> Option<Atom> {
+    if let Ok(n) = token.parse::<u32>() {
+        return Some(Atom::Num(n));
+    }
+    if let Some(p) = index_of(&NAMES, token) {
+        return Some(Atom::Person(p));
+    }
+    if let Some(c) = index_of(&CITIES, token) {
+        return Some(Atom::City(c));
+    }
+    let lower = token.to_lowercase();
+    // English: the word itself or its plural.
+    for w in [lower.as_str(), lower.strip_suffix('s').unwrap_or("")] {
+        if let Some(a) = index_of(&ANIMALS_EN, w) {
+            return Some(Atom::Animal(a));
+        }
+        if let Some(c) = index_of(&COLORS_EN, w) {
+            return Some(Atom::Color(c));
+        }
+        if w == "book" {
+            return Some(Atom::Book);
+        }
+    }
+    // Toy: strip suffixes, outermost first.
+    let stem = toy_stem(&lower);
+    if let Some(a) = index_of(&ANIMALS_TOY, stem) {
+        return Some(Atom::Animal(a));
+    }
+    if let Some(c) = index_of(&COLORS_TOY, stem) {
+        return Some(Atom::Color(c));
+    }
+    if let Some(c) = index_of(&CITIES, stem) {
+        return Some(Atom::City(c));
+    }
+    (stem == "puka").then_some(Atom::Book)
+}
+
+/// A toy word without its suffixes (`pukalita` -> `puka`); other words unchanged.
+fn toy_stem(word: &str) -> &str {
+    let mut stem = word;
+    for suffix in SUFFIXES_TOY {
+        if let Some(s) = stem.strip_suffix(suffix)
+            && s.len() >= 3
+        {
+            stem = s;
+        }
+    }
+    stem
+}
+
+/// Which language a word belongs to by the lexicons: `None` for names, cities, numbers and
+/// words of neither.
+pub fn word_lang(word: &str) -> Option<Lang> {
+    let lower = word.to_lowercase();
+    let en = FUNCTION_EN.contains(&lower.as_str())
+        || [lower.as_str(), lower.strip_suffix('s').unwrap_or("")]
+            .iter()
+            .any(|w| ANIMALS_EN.contains(w) || COLORS_EN.contains(w));
+    if en {
+        return Some(Lang::En);
+    }
+    let stem = toy_stem(&lower);
+    let toy = FUNCTION_TOY.contains(&lower.as_str())
+        || FUNCTION_TOY.contains(&stem)
+        || ANIMALS_TOY.contains(&stem)
+        || COLORS_TOY.contains(&stem)
+        // A name with a toy case suffix (`Paroro`) is toy morphology.
+        || (stem.len() < lower.len() && index_of(&CITIES, stem).is_some());
+    toy.then_some(Lang::Toy)
+}
+
+/// The facts of one generated world: each person's pet, favourite colour, city and books.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct World {
+    pub seed: u64,
+    pub pets: Vec<u8>,
+    pub colors: Vec<u8>,
+    pub cities: Vec<u8>,
+    pub books: Vec<u8>,
+}
+
+/// Largest operand of the arithmetic questions.
+pub const MAX_OPERAND: u8 = 9;
+
+impl World {
+    /// The world of `seed`: every fact drawn at random.
+    pub fn new(seed: u64) -> Self {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = NAMES.len();
+        let mut draw = |k: u8, lo: u8| (0..n).map(|_| rng.random_range(lo..k)).collect();
+        World {
+            seed,
+            pets: draw(ANIMALS_EN.len() as u8, 0),
+            colors: draw(COLORS_EN.len() as u8, 0),
+            cities: draw(CITIES.len() as u8, 0),
+            books: draw(10, 1),
+        }
+    }
+
+    /// The true answer to a question; `None` for statements.
+    pub fn answer(&self, question: &Frame) -> Option<Frame> {
+        let p = |person: &u8| *person as usize;
+        Some(match question {
+            Frame::AskPet { person } => Frame::HasPet {
+                person: *person,
+                animal: self.pets[p(person)],
+            },
+            Frame::AskColor { person } => Frame::Likes {
+                person: *person,
+                color: self.colors[p(person)],
+            },
+            Frame::AskCity { person } => Frame::LivesIn {
+                person: *person,
+                city: self.cities[p(person)],
+            },
+            Frame::AskBooks { person } => Frame::Books {
+                person: *person,
+                n: self.books[p(person)],
+            },
+            Frame::AskSum { a, b } => Frame::Sum {
+                a: *a,
+                b: *b,
+                c: a + b,
+            },
+            Frame::AskDiff { a, b } => Frame::Diff {
+                a: *a,
+                b: *b,
+                c: a.checked_sub(*b)?,
+            },
+            Frame::AskPets(people) => Frame::Pets(people.iter().map(|q| self.pets[p(q)]).collect()),
+            Frame::AskRepeat(words) => Frame::Words(words.clone()),
+            _ => return None,
+        })
+    }
+
+    /// Every fact of the world as a statement.
+    pub fn facts(&self) -> Vec<Frame> {
+        let mut out = Vec::new();
+        for person in 0..NAMES.len() as u8 {
+            for q in [
+                Frame::AskPet { person },
+                Frame::AskColor { person },
+                Frame::AskCity { person },
+                Frame::AskBooks { person },
+            ] {
+                out.extend(self.answer(&q));
+            }
+        }
+        out
+    }
+}
+
+/// A random question of `kind` (one of [`QUESTION_KINDS`]).
+pub fn random_question(kind: &str, rng: &mut impl Rng) -> Frame {
+    let person = rng.random_range(0..NAMES.len() as u8);
+    let (a, b) = (
+        rng.random_range(0..=MAX_OPERAND),
+        rng.random_range(0..=MAX_OPERAND),
+    );
+    match kind {
+        "pet" => Frame::AskPet { person },
+        "color" => Frame::AskColor { person },
+        "city" => Frame::AskCity { person },
+        "books" => Frame::AskBooks { person },
+        "sum" => Frame::AskSum { a, b },
+        "diff" => Frame::AskDiff {
+            a: a.max(b),
+            b: a.min(b),
+        },
+        "pets" => {
+            let n = rng.random_range(2..=3);
+            let all: Vec<u8> = (0..NAMES.len() as u8).collect();
+            Frame::AskPets(all.choose_multiple(rng, n).copied().collect())
+        }
+        _ => {
+            let n = rng.random_range(2..=4);
+            Frame::AskRepeat(
+                (0..n)
+                    .map(|_| {
+                        if rng.random_bool(0.5) {
+                            Word::Animal(rng.random_range(0..ANIMALS_EN.len() as u8))
+                        } else {
+                            Word::Color(rng.random_range(0..COLORS_EN.len() as u8))
+                        }
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// A random true statement: a fact of the world or a sum or difference.
+pub fn random_statement(world: &World, rng: &mut impl Rng) -> Frame {
+    let kind = ["pet", "color", "city", "books", "sum", "diff"]
+        .choose(rng)
+        .expect("non-empty");
+    world
+        .answer(&random_question(kind, rng))
+        .expect("answerable")
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    fn frames(n: usize) -> Vec<Frame> {
+        let world = World::new(7);
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut out = Vec::new();
+        for i in 0..n {
+            let q = random_question(QUESTION_KINDS[i % QUESTION_KINDS.len()], &mut rng);
+            out.push(world.answer(&q).unwrap());
+            out.push(q);
+        }
+        out
+    }
+
+    #[test]
+    fn sentences_read_as_expected() {
+        let f = Frame::Books { person: 0, n: 3 };
+        assert_eq!(render(&f, Lang::En), "Ana has 3 books.");
+        assert_eq!(render(&f, Lang::Toy), "Ana 3 pukalita ome.");
+        let f = Frame::Books { person: 1, n: 1 };
+        assert_eq!(render(&f, Lang::En), "Bela has 1 book.");
+        assert_eq!(render(&f, Lang::Toy), "Bela 1 pukata ome.");
+        let q = Frame::AskPets(vec![0, 2, 3]);
+        assert_eq!(render(&q, Lang::En), "Which pets do Ana, Dan and Eli have?");
+        assert_eq!(render(&q, Lang::Toy), "Ana, Dan mo Eli ne damulita ome ka?");
+        let w = Frame::Words(vec![Word::Color(0), Word::Animal(1)]);
+        assert_eq!(render(&w, Lang::En), "Red dog.");
+        assert_eq!(render(&w, Lang::Toy), "Ruka wuna.");
+        assert_eq!(
+            render(&Frame::LivesIn { person: 4, city: 0 }, Lang::Toy),
+            "Fen Paroro dema."
+        );
+    }
+
+    /// Every frame survives render -> parse in both languages, and translation both ways.
+    #[test]
+    fn frames_round_trip_through_both_languages() {
+        for f in frames(400) {
+            for lang in Lang::BOTH {
+                let text = render(&f, lang);
+                assert_eq!(parse(&text, lang), Some(f.clone()), "{lang:?}: {text}");
+                assert_eq!(
+                    parse(&text, lang.other()),
+                    None,
+                    "{text} parses as the other language"
+                );
+                let there = translate(&text, lang, lang.other()).unwrap();
+                assert_eq!(
+                    translate(&there, lang.other(), lang).as_deref(),
+                    Some(text.as_str())
+                );
+            }
+        }
+    }
+
+    /// The two renderings of a frame carry the same atoms, and the words of each are labelled
+    /// with their own language only.
+    #[test]
+    fn atoms_and_word_languages_agree_across_languages() {
+        let word = Regex::new(r"[A-Za-z]+").unwrap();
+        for f in frames(400) {
+            let (en, toy) = (render(&f, Lang::En), render(&f, Lang::Toy));
+            // Answers say their content in the same order; questions may order it otherwise.
+            let (mut a, mut b) = (atoms(&en), atoms(&toy));
+            if f.question_kind().is_some() {
+                a.sort();
+                b.sort();
+            }
+            assert_eq!(a, b, "{en} | {toy}");
+            assert!(!atoms(&en).is_empty(), "{en}");
+            for (text, lang) in [(&en, Lang::En), (&toy, Lang::Toy)] {
+                let labels: Vec<Option<Lang>> = word
+                    .find_iter(text)
+                    .map(|m| word_lang(m.as_str()))
+                    .collect();
+                assert!(
+                    labels.iter().flatten().all(|l| *l == lang),
+                    "{text}: {labels:?}"
+                );
+                assert!(labels.iter().flatten().count() >= 1, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn answers_are_checkable() {
+        let world = World::new(7);
+        let q = Frame::AskSum { a: 3, b: 4 };
+        let a = world.answer(&q).unwrap();
+        assert_eq!(render(&a, Lang::En), "3 plus 4 is 7.");
+        assert_eq!(render(&a, Lang::Toy), "3 ju 4 sa 7 eda.");
+        assert_eq!(world.answer(&Frame::AskDiff { a: 2, b: 5 }), None);
+        let pet = world.answer(&Frame::AskPet { person: 5 }).unwrap();
+        assert_eq!(
+            pet,
+            Frame::HasPet {
+                person: 5,
+                animal: world.pets[5]
+            }
+        );
+        // A wrong fact has other atoms; the same fact in the other language has the same ones.
+        let wrong = Frame::HasPet {
+            person: 5,
+            animal: (world.pets[5] + 1) % 6,
+        };
+        assert_ne!(
+            atoms(&render(&wrong, Lang::En)),
+            atoms(&render(&pet, Lang::Toy))
+        );
+        assert_eq!(
+            atoms(&render(&pet, Lang::En)),
+            atoms(&render(&pet, Lang::Toy))
+        );
+        // Garbled or off-grammar text does not parse.
+        assert_eq!(parse("Ana has a cats.", Lang::En), None);
+        assert_eq!(parse("Ana has 3 book.", Lang::En), None);
+        assert_eq!(parse("Ana misota ome ka ka.", Lang::Toy), None);
+        assert_eq!(world.facts().len(), 4 * NAMES.len());
+        assert_eq!(World::new(7), world, "a world is a function of its seed");
+        assert_ne!(World::new(8), world);
+    }
+}
