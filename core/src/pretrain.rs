@@ -376,14 +376,29 @@ pub fn write_model_dir(
     })
 }
 
-/// Pretrains a model on `docs` and writes it to `out`. With `resume`, continues from the
-/// checkpoint in `OUT.work/` (the corpus and config must be those it was started with).
+/// Reads a corpus file: JSONL of `{"text"}` or `{"prompt", "response"}` lines.
+pub fn read_corpus(path: &Path) -> Result<Vec<Doc>> {
+    Ok(crate::jsonl::read_jsonl::<Doc>(
+        path,
+        "pretraining documents",
+        "each line is {\"text\": str} or {\"prompt\": str, \"response\": str}",
+    )?
+    .into_iter()
+    .map(|(_, d)| d)
+    .collect())
+}
+
+/// Pretrains a model on `docs` and writes it to `out`, with `extra` JSON files beside the
+/// model's own. With `resume`, continues from the checkpoint in `OUT.work/` (the corpus and
+/// config must be those it was started with).
+#[allow(clippy::too_many_arguments)]
 pub fn pretrain(
     docs: &[Doc],
     corpus: serde_json::Value,
     config: &PretrainConfig,
     out: &Path,
     resume: bool,
+    extra: &[(&str, serde_json::Value)],
     device: &Device,
     progress: &mut dyn FnMut(PretrainProgress),
 ) -> Result<PretrainSummary> {
@@ -589,16 +604,12 @@ pub fn pretrain(
         loss_curve: curve,
         seconds: seconds_before + started.elapsed().as_secs_f64(),
     };
-    write_model_dir(
-        out,
-        &model,
-        &hf_tokenizer,
-        config,
-        &[(
-            "pretrain.json",
-            serde_json::to_value(&summary).expect("serializes"),
-        )],
-    )?;
+    let mut files = vec![(
+        "pretrain.json",
+        serde_json::to_value(&summary).expect("serializes"),
+    )];
+    files.extend(extra.iter().cloned());
+    write_model_dir(out, &model, &hf_tokenizer, config, &files)?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(summary)
 }

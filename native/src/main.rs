@@ -3,6 +3,8 @@
 mod device;
 mod eval_cmd;
 mod prepare_cmd;
+mod pretrain_cmd;
+mod quickstart_cmd;
 mod train_cmd;
 
 use std::io::Write;
@@ -93,6 +95,12 @@ enum Command {
     /// fidelity, S-index, generated answers), `judge` (win rate), `report` (tables and charts).
     #[command(subcommand)]
     Eval(eval_cmd::EvalCommand),
+    /// Train a small Llama-architecture model from scratch (BPE tokenizer included) on a corpus:
+    /// by default the toy world's English-centric corpus. Writes a Hugging Face model directory.
+    Pretrain(Box<pretrain_cmd::PretrainArgs>),
+    /// CLO against SFT in the built-in toy world, end to end: quadruples, training, held-out
+    /// questions in both languages, a table and a report (minutes on a CPU, no download).
+    Quickstart(Box<quickstart_cmd::QuickstartArgs>),
     /// Architecture, parameter count, dtype, vocabulary and layers of a model directory.
     Inspect {
         #[arg(long)]
@@ -202,6 +210,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => train_cmd::run_export(args),
         Command::Eval(cmd) => eval_cmd::run_eval(cmd),
         Command::Prepare(args) => prepare_cmd::run_prepare(*args),
+        Command::Pretrain(args) => pretrain_cmd::run_pretrain(*args),
+        Command::Quickstart(args) => quickstart_cmd::run_quickstart(*args),
         Command::Inspect { model, json } => {
             let s = Pretrained::summarize(&model)?;
             if json {

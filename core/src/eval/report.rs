@@ -204,7 +204,7 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Entry>> {
 
 /// Means of the estimates of runs with the same label (seeds), with the standard error of the
 /// mean across them when there are several, else the single run's own standard error.
-fn pooled(values: &[Estimate]) -> Estimate {
+pub fn pooled(values: &[Estimate]) -> Estimate {
     let n = values.len() as f64;
     let mean = values.iter().map(|e| e.value).sum::<f64>() / n;
     if values.len() == 1 {
@@ -218,7 +218,7 @@ fn pooled(values: &[Estimate]) -> Estimate {
 }
 
 /// A table: rows (labels) x languages -> pooled estimates.
-type Grid = BTreeMap<String, BTreeMap<String, Estimate>>;
+pub type Grid = BTreeMap<String, BTreeMap<String, Estimate>>;
 
 fn grid<'a>(entries: impl Iterator<Item = (String, &'a BTreeMap<String, Estimate>)>) -> Grid {
     let mut raw: BTreeMap<String, BTreeMap<String, Vec<Estimate>>> = BTreeMap::new();

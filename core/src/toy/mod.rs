@@ -3,6 +3,8 @@
 //! ([`ToyLangId`]), and the quickstart that trains SFT and CLO on it ([`quickstart`]).
 
 pub mod data;
+pub mod quickstart;
+pub mod shipped;
 pub mod world;
 
 use crate::eval::langid::{LanguageIdentifier, words};

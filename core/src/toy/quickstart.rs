@@ -1,0 +1,659 @@
+//! `clo quickstart`: CLO against SFT in the toy world, end to end on a CPU.
+//!
+//! From an English-centric toy model (the shipped one by default): build quadruples for the toy
+//! language, train SFT and CLO on the same data (per size and seed), answer held-out questions
+//! in both languages with every model (greedy), and score language fidelity and answer
+//! accuracy. Writes `OUT/results.json`, `OUT/report.md` with SVG charts, and every run's files.
+//! An interrupted quickstart continues where it stopped: finished evals are kept, an unfinished
+//! run resumes from its checkpoint.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::ToyLangId;
+use super::data::{EvalQuestion, eval_questions, quadruples};
+use super::world::{Lang, World, atoms, render};
+use crate::Pretrained;
+use crate::error::{CoreError, Result};
+use crate::eval::Accuracy;
+use crate::eval::langid::{LanguageIdentifier, s_index};
+use crate::eval::report::{Estimate, Grid, bar_chart, line_chart, pooled};
+use crate::fsutil::{write_atomically, write_json_atomically};
+use crate::generate::{SamplingConfig, StopReason, generate_batch};
+use crate::models::{CausalLm, RopeConfig};
+use crate::tokenizer::ChatTokenizer;
+use crate::train::{Method, Outcome, Progress, RunConfig, TrainOptions, TrainableKind, train};
+
+/// Settings of a quickstart. The training settings are the paper's except the learning rate
+/// and epochs, which suit a model of a million parameters instead of billions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuickstartConfig {
+    /// Training quadruples per run; several sizes make a data-size curve.
+    pub sizes: Vec<usize>,
+    /// Seeds of data sampling and training; results are averaged over them.
+    pub seeds: Vec<u64>,
+    pub methods: Vec<Method>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub beta: f64,
+    pub lambda: f64,
+    /// Held-out questions per kind (facts: every held-out person instead).
+    pub per_kind: usize,
+    pub max_new_tokens: usize,
+    /// Prompts decoded together.
+    pub eval_batch: usize,
+}
+
+impl Default for QuickstartConfig {
+    fn default() -> Self {
+        Self {
+            sizes: vec![800],
+            seeds: vec![0],
+            methods: vec![Method::Sft, Method::Clo],
+            epochs: 3,
+            batch_size: 8,
+            lr: 1e-3,
+            beta: 0.1,
+            lambda: 0.5,
+            per_kind: 12,
+            max_new_tokens: 40,
+            eval_batch: 32,
+        }
+    }
+}
+
+/// One answered question: a line of `responses.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToyItem {
+    pub id: String,
+    pub kind: String,
+    pub lang: String,
+    pub prompt: String,
+    pub response: String,
+    /// The true answer in the prompt's language.
+    pub expected: String,
+    /// The response carries exactly the answer's content (in either language).
+    pub correct: bool,
+    pub detected: Option<String>,
+    /// The response is in the prompt's language.
+    pub in_language: bool,
+    pub s_index: Option<f64>,
+    pub stop: StopReason,
+}
+
+/// The numbers of one language.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToyStats {
+    pub n: usize,
+    /// Share of responses in the prompt's language.
+    pub fidelity: Accuracy,
+    /// Share of responses with the right content.
+    pub accuracy: Accuracy,
+    /// Share of responses right and in the prompt's language.
+    pub correct_in_language: Accuracy,
+    /// Accuracy per kind of question.
+    pub per_kind: BTreeMap<String, Accuracy>,
+    pub s_index_mean: Option<f64>,
+}
+
+impl ToyStats {
+    pub fn of(items: &[&ToyItem]) -> Self {
+        let mut kinds: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+        for i in items {
+            kinds.entry(i.kind.clone()).or_default().push(i.correct);
+        }
+        let s: Vec<f64> = items.iter().filter_map(|i| i.s_index).collect();
+        ToyStats {
+            n: items.len(),
+            fidelity: Accuracy::from_outcomes(items.iter().map(|i| i.in_language)),
+            accuracy: Accuracy::from_outcomes(items.iter().map(|i| i.correct)),
+            correct_in_language: Accuracy::from_outcomes(
+                items.iter().map(|i| i.correct && i.in_language),
+            ),
+            per_kind: kinds
+                .into_iter()
+                .map(|(k, v)| (k, Accuracy::from_outcomes(v)))
+                .collect(),
+            s_index_mean: (!s.is_empty()).then(|| s.iter().sum::<f64>() / s.len() as f64),
+        }
+    }
+}
+
+/// `results.json` of one evaluated model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToyResults {
+    pub task: String,
+    pub model: PathBuf,
+    pub per_language: BTreeMap<String, ToyStats>,
+}
+
+/// Answers every held-out question in both languages (greedy) and checks each response.
+#[allow(clippy::too_many_arguments)]
+pub fn eval_toy(
+    model: &CausalLm,
+    rope: &RopeConfig,
+    tok: &ChatTokenizer,
+    questions: &[EvalQuestion],
+    max_new_tokens: usize,
+    batch: usize,
+    device: &Device,
+    on_done: &mut dyn FnMut(usize),
+) -> Result<Vec<ToyItem>> {
+    let langid = ToyLangId;
+    let jobs: Vec<(&EvalQuestion, Lang)> = Lang::BOTH
+        .iter()
+        .flat_map(|l| questions.iter().map(move |q| (q, *l)))
+        .collect();
+    let mut items = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(batch.max(1)) {
+        let prompts: Vec<String> = chunk.iter().map(|(q, l)| render(&q.question, *l)).collect();
+        let ids: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| tok.prompt_ids(p, true))
+            .collect::<Result<_>>()?;
+        let configs = vec![
+            SamplingConfig {
+                temperature: 0.0,
+                top_p: 1.0,
+                seed: 0,
+                max_new_tokens,
+            };
+            chunk.len()
+        ];
+        let outs = generate_batch(model, rope, &ids, tok.eos_ids(), &configs, device, |_, _| {});
+        for (((q, lang), prompt), out) in chunk.iter().zip(prompts).zip(outs) {
+            let response = tok.decode(&out.ids, true)?.trim().to_string();
+            let expected = render(&q.answer, *lang);
+            let detected = langid.detect(&response);
+            let labels = langid.word_labels(&response);
+            items.push(ToyItem {
+                id: q.id.clone(),
+                kind: q.kind.clone(),
+                lang: lang.code().into(),
+                prompt,
+                correct: atoms(&response) == atoms(&expected),
+                in_language: detected.as_deref() == Some(lang.code()),
+                detected,
+                s_index: s_index(labels.iter().map(|(_, l)| l.as_deref())),
+                expected,
+                response,
+                stop: out.stop,
+            });
+        }
+        on_done(chunk.len());
+    }
+    Ok(items)
+}
+
+/// Results per language of a list of answered questions.
+pub fn toy_results(model: &Path, items: &[ToyItem]) -> ToyResults {
+    let per_language = Lang::BOTH
+        .iter()
+        .map(|l| {
+            let mine: Vec<&ToyItem> = items.iter().filter(|i| i.lang == l.code()).collect();
+            (l.code().to_string(), ToyStats::of(&mine))
+        })
+        .collect();
+    ToyResults {
+        task: "toy".into(),
+        model: model.to_path_buf(),
+        per_language,
+    }
+}
+
+/// What the quickstart reports while it works.
+#[derive(Debug)]
+pub enum QuickProgress<'a> {
+    /// A new phase: `what` is e.g. `train clo n=800 seed=0`.
+    Phase { what: String },
+    Train(Progress<'a>),
+    /// `done` of `total` prompts answered in the current eval.
+    Eval { done: usize, total: usize },
+}
+
+/// One row of the table: a system (base, or a method at a size) over its seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub system: String,
+    pub size: Option<usize>,
+    pub seeds: usize,
+    /// Per language: fidelity, accuracy, correct-and-in-language (mean over seeds ± standard
+    /// error across seeds, or the eval's own standard error with one seed).
+    pub fidelity: BTreeMap<String, (f64, f64)>,
+    pub accuracy: BTreeMap<String, (f64, f64)>,
+    pub correct_in_language: BTreeMap<String, (f64, f64)>,
+    /// Training wall time per run, mean over seeds.
+    pub train_s: Option<f64>,
+}
+
+/// `OUT/results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuickstartResults {
+    pub config: QuickstartConfig,
+    pub base_model: PathBuf,
+    pub questions: usize,
+    pub rows: Vec<Row>,
+    pub wall_s: f64,
+}
+
+fn read_results(path: &Path) -> Option<ToyResults> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn write_eval(dir: &Path, model_dir: &Path, items: &[ToyItem]) -> Result<ToyResults> {
+    let mut lines = String::new();
+    for i in items {
+        lines.push_str(&serde_json::to_string(i).expect("serializes"));
+        lines.push('\n');
+    }
+    write_atomically(&dir.join("responses.jsonl"), lines.as_bytes())?;
+    let results = toy_results(model_dir, items);
+    write_json_atomically(&dir.join("results.json"), &results)?;
+    Ok(results)
+}
+
+/// Runs the quickstart from the toy model in `base` into `out`.
+pub fn quickstart(
+    base: &Path,
+    out: &Path,
+    config: &QuickstartConfig,
+    device: &Device,
+    progress: &mut dyn FnMut(QuickProgress),
+) -> Result<QuickstartResults> {
+    let started = Instant::now();
+    if config.sizes.is_empty() || config.seeds.is_empty() || config.sizes.contains(&0) {
+        return Err(CoreError::Invalid(
+            "give at least one size (> 0) and one seed".into(),
+        ));
+    }
+    let world_path = base.join("toy_world.json");
+    let world: World = serde_json::from_str(&crate::error::read_to_string(
+        &world_path,
+        "toy world of the model",
+    )?)
+    .map_err(|e| {
+        CoreError::json(
+            &world_path,
+            &e,
+            "the model must come from `clo pretrain` on the toy world (it writes toy_world.json)",
+        )
+    })?;
+    std::fs::create_dir_all(out).map_err(|e| CoreError::io("create", out, e))?;
+    let max_size = *config.sizes.iter().max().expect("non-empty");
+
+    // Data: per seed, the largest set; smaller sizes are its prefixes (nested subsets).
+    let data_dir = out.join("data");
+    let mut all_train = Vec::new();
+    let mut data_files = BTreeMap::new();
+    for &seed in &config.seeds {
+        let quads = quadruples(&world, max_size, seed);
+        for &n in &config.sizes {
+            let path = data_dir.join(format!("quads-n{n}-s{seed}.jsonl"));
+            let mut text = String::new();
+            for q in &quads[..n] {
+                text.push_str(&serde_json::to_string(q).expect("serializes"));
+                text.push('\n');
+            }
+            write_atomically(&path, text.as_bytes())?;
+            data_files.insert((n, seed), path);
+        }
+        all_train.extend(quads);
+    }
+    let questions = eval_questions(&world, config.per_kind, world.seed, &all_train);
+    write_json_atomically(&data_dir.join("questions.json"), &questions)?;
+    let total_prompts = 2 * questions.len();
+
+    let evaluate = |name: &str,
+                        lm: &Pretrained,
+                        dir: &Path,
+                        progress: &mut dyn FnMut(QuickProgress)|
+     -> Result<ToyResults> {
+        if let Some(r) = read_results(&dir.join("results.json")) {
+            return Ok(r);
+        }
+        progress(QuickProgress::Phase {
+            what: format!("eval {name}"),
+        });
+        let mut done = 0;
+        let items = eval_toy(
+            &lm.model,
+            &lm.config.decoder.rope,
+            &lm.tokenizer,
+            &questions,
+            config.max_new_tokens,
+            config.eval_batch,
+            device,
+            &mut |n| {
+                done += n;
+                progress(QuickProgress::Eval {
+                    done,
+                    total: total_prompts,
+                });
+            },
+        )?;
+        write_eval(dir, &lm.dir, &items)
+    };
+
+    let base_lm = Pretrained::load(base, device)?;
+    let base_results = evaluate("base", &base_lm, &out.join("base-eval"), progress)?;
+    drop(base_lm);
+
+    let cache = out.join("cache");
+    let mut per_system: BTreeMap<(usize, String), Vec<(ToyResults, f64)>> = BTreeMap::new();
+    for &n in &config.sizes {
+        for &seed in &config.seeds {
+            for &method in &config.methods {
+                let name = format!("{}-n{n}-s{seed}", method.name());
+                let run_dir = out.join("runs").join(&name);
+                let eval_dir = run_dir.join("eval");
+                let run = RunConfig {
+                    model: base.to_path_buf(),
+                    data: data_files[&(n, seed)].clone(),
+                    method,
+                    trainable: TrainableKind::Attention,
+                    epochs: config.epochs,
+                    batch_size: config.batch_size,
+                    lr: config.lr,
+                    min_lr: config.lr / 10.0,
+                    beta: config.beta,
+                    lambda: config.lambda,
+                    max_len: 96,
+                    seed,
+                    ..RunConfig::default()
+                };
+                let summary_path = run_dir.join("summary.json");
+                if !summary_path.exists() {
+                    progress(QuickProgress::Phase {
+                        what: format!("train {} n={n} seed={seed}", method.name()),
+                    });
+                    let mut opts = TrainOptions::new(&run_dir, &cache);
+                    opts.resume = run_dir.join("config.toml").exists();
+                    let outcome = train(&run, &opts, device, &mut |p| {
+                        progress(QuickProgress::Train(p))
+                    })?;
+                    if let Outcome::Cancelled { step, .. } = outcome {
+                        return Err(CoreError::Invalid(format!(
+                            "training {name} stopped at step {step}; run the quickstart again to resume"
+                        )));
+                    }
+                }
+                let summary: crate::train::RunSummary = serde_json::from_str(
+                    &crate::error::read_to_string(&summary_path, "run summary")?,
+                )
+                .map_err(|e| CoreError::json(&summary_path, &e, "delete the run to redo it"))?;
+                let results = match read_results(&eval_dir.join("results.json")) {
+                    Some(r) => r,
+                    None => {
+                        let weights = crate::export::resolve_weights(&run_dir, "best")?;
+                        let lm = crate::train::checkpoint::load_trained(&run, &weights, device)?;
+                        evaluate(&name, &lm, &eval_dir, progress)?
+                    }
+                };
+                per_system
+                    .entry((n, method.name().to_string()))
+                    .or_default()
+                    .push((results, summary.wall_s));
+            }
+        }
+    }
+
+    let mut rows = vec![row("base", None, &[(base_results, f64::NAN)])];
+    for ((n, method), runs) in &per_system {
+        rows.push(row(method, Some(*n), runs));
+    }
+    let results = QuickstartResults {
+        config: config.clone(),
+        base_model: base.to_path_buf(),
+        questions: questions.len(),
+        rows,
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    write_json_atomically(&out.join("results.json"), &results)?;
+    for (name, text) in render_report(&results) {
+        write_atomically(&out.join(name), text.as_bytes())?;
+    }
+    Ok(results)
+}
+
+fn row(system: &str, size: Option<usize>, runs: &[(ToyResults, f64)]) -> Row {
+    let stat = |f: &dyn Fn(&ToyStats) -> Accuracy| -> BTreeMap<String, (f64, f64)> {
+        Lang::BOTH
+            .iter()
+            .map(|l| {
+                let est: Vec<Estimate> = runs
+                    .iter()
+                    .map(|(r, _)| {
+                        let a = f(&r.per_language[l.code()]);
+                        Estimate {
+                            value: a.accuracy,
+                            stderr: a.stderr,
+                        }
+                    })
+                    .collect();
+                let p = pooled(&est);
+                (l.code().to_string(), (p.value, p.stderr))
+            })
+            .collect()
+    };
+    let times: Vec<f64> = runs.iter().map(|r| r.1).filter(|t| t.is_finite()).collect();
+    Row {
+        system: system.into(),
+        size,
+        seeds: runs.len(),
+        fidelity: stat(&|s| s.fidelity),
+        accuracy: stat(&|s| s.accuracy),
+        correct_in_language: stat(&|s| s.correct_in_language),
+        train_s: (!times.is_empty()).then(|| times.iter().sum::<f64>() / times.len() as f64),
+    }
+}
+
+/// The table printed at the end and put in the report.
+pub fn table(results: &QuickstartResults) -> String {
+    let mut s = String::from(
+        "| system | size | seeds | toy fidelity | toy accuracy | toy right & in toy | en fidelity | en accuracy |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let cell = |m: &BTreeMap<String, (f64, f64)>, l: &str| {
+        m.get(l)
+            .map_or("–".into(), |(v, e)| format!("{v:.3} ± {e:.3}"))
+    };
+    for r in &results.rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.system,
+            r.size.map_or("–".into(), |n| n.to_string()),
+            if r.size.is_some() {
+                r.seeds.to_string()
+            } else {
+                "–".into()
+            },
+            cell(&r.fidelity, "toy"),
+            cell(&r.accuracy, "toy"),
+            cell(&r.correct_in_language, "toy"),
+            cell(&r.fidelity, "en"),
+            cell(&r.accuracy, "en"),
+        );
+    }
+    s
+}
+
+/// `report.md` and its charts.
+pub fn render_report(results: &QuickstartResults) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    let c = &results.config;
+    let mut md = String::from("# clo quickstart: CLO and SFT in the toy world\n\n");
+    let _ = writeln!(
+        md,
+        "Base model `{}` (English-centric: pretrained on English dialogs and statements with 10% toy-language statements and no toy dialogs). Each method trained its attention projections on the same quadruples for {} epochs (lr {}, batch {}, beta {}, lambda {}), for sizes {:?} and seeds {:?}. Every model then answered {} held-out questions in each language (greedy). Total wall time {:.0} s.\n",
+        results.base_model.display(),
+        c.epochs,
+        c.lr,
+        c.batch_size,
+        c.beta,
+        c.lambda,
+        c.sizes,
+        c.seeds,
+        results.questions,
+        results.wall_s
+    );
+    md.push_str("## What the numbers mean\n\n\
+- **toy fidelity**: share of answers to toy-language questions that are in the toy language (most of their words are in the toy lexicon; names and numbers count for neither language).\n\
+- **toy accuracy**: share of answers to toy-language questions whose content (names, numbers, animals, colours, cities, in order) is the true answer's, in whichever language they are written.\n\
+- **toy right & in toy**: both at once: the answer a toy speaker wanted.\n\
+- **en fidelity / en accuracy**: the same for the English questions: how much English the model kept.\n\
+- The held-out questions are never asked in any training quadruple: the facts of 6 people, a quarter of the sums and differences, lists naming a held-out person, and new words to repeat. The base model knows the facts in English from pretraining; answering them in the toy language needs cross-lingual transfer.\n\
+- ± is the standard error across seeds (or, with one seed, of the eval itself).\n\n");
+    md.push_str("## Results\n\n");
+    md.push_str(&table(results));
+    md.push('\n');
+
+    let label = |r: &Row| match r.size {
+        Some(n) if c.sizes.len() > 1 => format!("{}@{n}", r.system),
+        _ => r.system.clone(),
+    };
+    let grid = |f: &dyn Fn(&Row) -> &BTreeMap<String, (f64, f64)>| -> Grid {
+        results
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    label(r),
+                    f(r).iter()
+                        .map(|(l, (v, e))| {
+                            (
+                                l.clone(),
+                                Estimate {
+                                    value: *v,
+                                    stderr: *e,
+                                },
+                            )
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    for (title, file, g) in [
+        ("Language fidelity", "fidelity.svg", grid(&|r| &r.fidelity)),
+        ("Answer accuracy", "accuracy.svg", grid(&|r| &r.accuracy)),
+        (
+            "Right and in the prompt's language",
+            "correct_in_language.svg",
+            grid(&|r| &r.correct_in_language),
+        ),
+    ] {
+        let _ = writeln!(md, "![{title}]({file})\n");
+        files.insert(file.to_string(), bar_chart(title, "share", &g));
+    }
+    if c.sizes.len() > 1 {
+        md.push_str("## Against data size\n\n");
+        for (title, file, pick, lang) in [
+            (
+                "Toy fidelity against data size",
+                "fidelity_vs_size.svg",
+                0,
+                "toy",
+            ),
+            (
+                "Toy accuracy against data size",
+                "accuracy_vs_size.svg",
+                1,
+                "toy",
+            ),
+            (
+                "English accuracy against data size",
+                "en_accuracy_vs_size.svg",
+                1,
+                "en",
+            ),
+        ] {
+            let mut series: BTreeMap<String, Vec<(f64, Estimate)>> = BTreeMap::new();
+            for r in &results.rows {
+                let m = if pick == 0 { &r.fidelity } else { &r.accuracy };
+                let (v, e) = m[lang];
+                let est = Estimate {
+                    value: v,
+                    stderr: e,
+                };
+                match r.size {
+                    Some(n) => series
+                        .entry(r.system.clone())
+                        .or_default()
+                        .push((n as f64, est)),
+                    // The base model is a flat line across the sizes.
+                    None => {
+                        for &n in &c.sizes {
+                            series
+                                .entry("base".into())
+                                .or_default()
+                                .push((n as f64, est));
+                        }
+                    }
+                }
+            }
+            for pts in series.values_mut() {
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            }
+            let _ = writeln!(md, "![{title}]({file})\n");
+            files.insert(
+                file.to_string(),
+                line_chart(title, "training quadruples", "share", &series),
+            );
+        }
+    }
+    md.push_str("## Files\n\n- `results.json`: the table's numbers\n- `base-eval/`, `runs/*/eval/`: `responses.jsonl` (every question, response, expected answer and verdict) and `results.json` per model (with accuracy per kind of question)\n- `runs/*/`: the training runs (`clo train` layout: metrics, checkpoints, best weights)\n- `data/`: the quadruples of each size and seed, and the held-out questions\n");
+    files.insert("report.md".into(), md);
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(lang: &str, kind: &str, correct: bool, in_language: bool) -> ToyItem {
+        ToyItem {
+            id: "x".into(),
+            kind: kind.into(),
+            lang: lang.into(),
+            prompt: String::new(),
+            response: String::new(),
+            expected: String::new(),
+            correct,
+            detected: None,
+            in_language,
+            s_index: None,
+            stop: StopReason::Eos,
+        }
+    }
+
+    #[test]
+    fn stats_and_rows_count_what_they_say() {
+        let items = vec![
+            item("toy", "sum", true, false),
+            item("toy", "sum", true, true),
+            item("toy", "pet", false, true),
+            item("toy", "pet", false, false),
+            item("en", "sum", true, true),
+        ];
+        let r = toy_results(Path::new("m"), &items);
+        let toy = &r.per_language["toy"];
+        assert_eq!((toy.n, toy.fidelity.correct, toy.accuracy.correct), (4, 2, 2));
+        assert_eq!(toy.correct_in_language.correct, 1);
+        assert_eq!(toy.per_kind["sum"].accuracy, 1.0);
+        assert_eq!(toy.per_kind["pet"].accuracy, 0.0);
+        // Two seeds: mean of the two and the standard error across them.
+        let other = toy_results(Path::new("m"), &items[..2]);
+        let row = row("clo", Some(10), &[(r.clone(), 1.0), (other, 3.0)]);
+        let (mean, se) = row.accuracy["toy"];
+        assert!((mean - 0.75).abs() < 1e-12, "{mean}");
+        // sd of (0.5, 1.0) is 0.3536; / sqrt(2) = 0.25
+        assert!((se - 0.25).abs() < 1e-12, "{se}");
+        assert_eq!(row.train_s, Some(2.0));
+    }
+}
