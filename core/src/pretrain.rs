@@ -676,6 +676,7 @@ mod tests {
             &config,
             &out,
             false,
+            &[],
             &device,
             &mut |_| {},
         )
@@ -689,5 +690,107 @@ mod tests {
         assert_eq!(prompt, "<|user|>\nHi<|end|>\n<|assistant|>\n");
         let end = lm.tokenizer.encode(END, false).unwrap();
         assert_eq!(lm.tokenizer.eos_ids(), &end[..]);
+    }
+
+    fn losses(out: &Path) -> Vec<f64> {
+        let s: PretrainSummary =
+            serde_json::from_str(&std::fs::read_to_string(out.join("pretrain.json")).unwrap())
+                .unwrap();
+        s.loss_curve
+    }
+
+    /// A pretraining stopped after its step-10 checkpoint (here: a panic at step 14) resumes
+    /// from step 10 and ends as the uninterrupted one does; another config is refused.
+    #[test]
+    fn interrupted_pretraining_resumes_from_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = PretrainConfig {
+            vocab_size: 320,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_layers: 1,
+            num_heads: 2,
+            num_kv_heads: 2,
+            max_len: 32,
+            steps: 20,
+            batch_size: 8,
+            warmup_steps: 2,
+            save_every: 10,
+            ..Default::default()
+        };
+        let device = Device::flex();
+        let whole = dir.path().join("whole");
+        pretrain(
+            &docs(),
+            json!("t"),
+            &config,
+            &whole,
+            false,
+            &[],
+            &device,
+            &mut |_| {},
+        )
+        .unwrap();
+
+        let cut = dir.path().join("cut");
+        let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pretrain(
+                &docs(),
+                json!("t"),
+                &config,
+                &cut,
+                false,
+                &[],
+                &device,
+                &mut |p| {
+                    if let PretrainProgress::Step(s) = p {
+                        assert!(s.step < 14, "simulated crash");
+                    }
+                },
+            )
+        }));
+        assert!(crashed.is_err());
+        assert!(!cut.exists() && work_dir(&cut).join("checkpoint/state.json").exists());
+
+        let other = PretrainConfig {
+            lr: 1e-2,
+            ..config.clone()
+        };
+        let err = pretrain(
+            &docs(),
+            json!("t"),
+            &other,
+            &cut,
+            true,
+            &[],
+            &device,
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("other settings"), "{err}");
+
+        let mut first = None;
+        pretrain(
+            &docs(),
+            json!("t"),
+            &config,
+            &cut,
+            true,
+            &[],
+            &device,
+            &mut |p| {
+                if let PretrainProgress::Started { step, .. } = p {
+                    first = Some(step);
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(first, Some(10));
+        let (a, b) = (losses(&whole), losses(&cut));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-4, "{a:?} vs {b:?}");
+        }
     }
 }

@@ -81,8 +81,10 @@ pub fn run_quickstart(args: QuickstartArgs) -> anyhow::Result<()> {
         }) => {
             bar.set_draw_target(ProgressDrawTarget::stderr());
             bar.set_style(
-                ProgressStyle::with_template("  {prefix} {bar:30} step {pos}/{len} {msg} eta {eta}")
-                    .expect("valid template"),
+                ProgressStyle::with_template(
+                    "  {prefix} {bar:30} step {pos}/{len} {msg} eta {eta}",
+                )
+                .expect("valid template"),
             );
             bar.set_prefix(stage.to_string());
             bar.set_length(total_steps as u64);
@@ -114,8 +116,10 @@ pub fn run_quickstart(args: QuickstartArgs) -> anyhow::Result<()> {
             if bar.length() != Some(total as u64) || done <= total / 8 {
                 bar.set_draw_target(ProgressDrawTarget::stderr());
                 bar.set_style(
-                    ProgressStyle::with_template("  answering {bar:30} {pos}/{len} prompts eta {eta}")
-                        .expect("valid template"),
+                    ProgressStyle::with_template(
+                        "  answering {bar:30} {pos}/{len} prompts eta {eta}",
+                    )
+                    .expect("valid template"),
                 );
                 bar.set_length(total as u64);
             }

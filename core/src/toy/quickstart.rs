@@ -166,7 +166,15 @@ pub fn eval_toy(
             };
             chunk.len()
         ];
-        let outs = generate_batch(model, rope, &ids, tok.eos_ids(), &configs, device, |_, _| {});
+        let outs = generate_batch(
+            model,
+            rope,
+            &ids,
+            tok.eos_ids(),
+            &configs,
+            device,
+            |_, _| {},
+        );
         for (((q, lang), prompt), out) in chunk.iter().zip(prompts).zip(outs) {
             let response = tok.decode(&out.ids, true)?.trim().to_string();
             let expected = render(&q.answer, *lang);
@@ -211,10 +219,15 @@ pub fn toy_results(model: &Path, items: &[ToyItem]) -> ToyResults {
 #[derive(Debug)]
 pub enum QuickProgress<'a> {
     /// A new phase: `what` is e.g. `train clo n=800 seed=0`.
-    Phase { what: String },
+    Phase {
+        what: String,
+    },
     Train(Progress<'a>),
     /// `done` of `total` prompts answered in the current eval.
-    Eval { done: usize, total: usize },
+    Eval {
+        done: usize,
+        total: usize,
+    },
 }
 
 /// One row of the table: a system (base, or a method at a size) over its seeds.
@@ -310,9 +323,9 @@ pub fn quickstart(
     let total_prompts = 2 * questions.len();
 
     let evaluate = |name: &str,
-                        lm: &Pretrained,
-                        dir: &Path,
-                        progress: &mut dyn FnMut(QuickProgress)|
+                    lm: &Pretrained,
+                    dir: &Path,
+                    progress: &mut dyn FnMut(QuickProgress)|
      -> Result<ToyResults> {
         if let Some(r) = read_results(&dir.join("results.json")) {
             return Ok(r);
@@ -490,7 +503,7 @@ pub fn render_report(results: &QuickstartResults) -> BTreeMap<String, String> {
     let mut md = String::from("# clo quickstart: CLO and SFT in the toy world\n\n");
     let _ = writeln!(
         md,
-        "Base model `{}` (English-centric: pretrained on English dialogs and statements with 10% toy-language statements and no toy dialogs). Each method trained its attention projections on the same quadruples for {} epochs (lr {}, batch {}, beta {}, lambda {}), for sizes {:?} and seeds {:?}. Every model then answered {} held-out questions in each language (greedy). Total wall time {:.0} s.\n",
+        "Base model `{}` (English-centric: pretrained on English dialogs and statements with 10% toy-language statements and no toy dialogs). Each method trained its attention projections on the same quadruples (epochs {}, lr {}, batch {}, beta {}, lambda {}), for sizes {:?} and seeds {:?}. Every model then answered {} held-out questions in each language (greedy). Total wall time {:.0} s.\n",
         results.base_model.display(),
         c.epochs,
         c.lr,
@@ -643,7 +656,10 @@ mod tests {
         ];
         let r = toy_results(Path::new("m"), &items);
         let toy = &r.per_language["toy"];
-        assert_eq!((toy.n, toy.fidelity.correct, toy.accuracy.correct), (4, 2, 2));
+        assert_eq!(
+            (toy.n, toy.fidelity.correct, toy.accuracy.correct),
+            (4, 2, 2)
+        );
         assert_eq!(toy.correct_in_language.correct, 1);
         assert_eq!(toy.per_kind["sum"].accuracy, 1.0);
         assert_eq!(toy.per_kind["pet"].accuracy, 0.0);

@@ -1,0 +1,204 @@
+//! `clo pretrain` and `clo quickstart` as a user runs them: a tiny pretraining writes a model
+//! directory clo loads; the quickstart runs end to end on the shipped toy model, reports numbers
+//! that match its per-response files, and a second run reuses every finished run and eval.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use clo_core::toy::data::EVAL_PEOPLE;
+use clo_core::toy::quickstart::{QuickstartResults, ToyItem, ToyResults};
+use clo_core::toy::world::{Lang, World, atoms, parse};
+
+fn clo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clo"))
+        .args(args)
+        .output()
+        .expect("clo runs")
+}
+
+fn ok(out: Output) -> (String, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "clo failed:\n{stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+fn read<T: serde::de::DeserializeOwned>(path: &Path) -> T {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn items(path: &Path) -> Vec<ToyItem> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn pretrain_writes_a_model_directory_of_the_toy_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    let (stdout, _) = ok(clo(&[
+        "pretrain",
+        "--out",
+        out.to_str().unwrap(),
+        "--world-seed",
+        "3",
+        "--documents",
+        "400",
+        "--steps",
+        "30",
+        "--batch-size",
+        "16",
+        "--vocab-size",
+        "320",
+        "--hidden-size",
+        "32",
+        "--intermediate-size",
+        "64",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--warmup-steps",
+        "3",
+    ]));
+    assert!(stdout.contains("pretrained"), "{stdout}");
+    let world: World = read(&out.join("toy_world.json"));
+    assert_eq!(world, World::new(3));
+    let summary: serde_json::Value = read(&out.join("pretrain.json"));
+    let (first, last) = (
+        summary["first_loss"].as_f64().unwrap(),
+        summary["last_loss"].as_f64().unwrap(),
+    );
+    assert!(last < first, "loss {first} -> {last}");
+    let command = summary["corpus"]["command"].as_array().unwrap();
+    assert!(
+        command.iter().any(|a| a == "--world-seed"),
+        "the command is recorded"
+    );
+    // The result is an ordinary model directory.
+    let (inspect, _) = ok(clo(&[
+        "inspect",
+        "--model",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["model_type"], "llama");
+    assert_eq!(v["num_layers"], 1);
+    assert_eq!(v["chat_template"], true);
+
+    // A corpus file with a bad line is refused with the file and line.
+    let bad = dir.path().join("corpus.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"txet\": 1}\n").unwrap();
+    let out2 = clo(&[
+        "pretrain",
+        "--out",
+        dir.path().join("m2").to_str().unwrap(),
+        "--corpus",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out2.status.success());
+    let stderr = String::from_utf8_lossy(&out2.stderr);
+    assert!(stderr.contains("corpus.jsonl:2"), "{stderr}");
+}
+
+#[test]
+fn quickstart_runs_end_to_end_on_the_shipped_model_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q");
+    let args = [
+        "quickstart",
+        "--out",
+        out.to_str().unwrap(),
+        "--sizes",
+        "24",
+        "--per-kind",
+        "2",
+        "--epochs",
+        "1",
+    ];
+    let (stdout, stderr) = ok(clo(&args));
+    for row in [
+        "| base |",
+        "| sft | 24 | 1 |",
+        "| clo | 24 | 1 |",
+        "toy fidelity",
+    ] {
+        assert!(stdout.contains(row), "{row} missing:\n{stdout}");
+    }
+    assert!(stderr.contains("train clo n=24 seed=0"), "{stderr}");
+
+    let results: QuickstartResults = read(&out.join("results.json"));
+    let n_questions = 4 * EVAL_PEOPLE + 4 * 2;
+    assert_eq!(results.questions, n_questions);
+    assert_eq!(results.rows.len(), 3);
+
+    // The base model's numbers are those of its responses, re-checked here from the text.
+    let base = items(&out.join("base-eval/responses.jsonl"));
+    assert_eq!(base.len(), 2 * n_questions);
+    for i in &base {
+        let lang = if i.lang == "en" { Lang::En } else { Lang::Toy };
+        assert!(parse(&i.prompt, lang).is_some(), "{}", i.prompt);
+        assert_eq!(i.correct, atoms(&i.response) == atoms(&i.expected), "{i:?}");
+    }
+    let share = |lang: &str, f: &dyn Fn(&ToyItem) -> bool| {
+        let mine: Vec<&ToyItem> = base.iter().filter(|i| i.lang == lang).collect();
+        mine.iter().filter(|i| f(i)).count() as f64 / mine.len() as f64
+    };
+    let base_row = &results.rows[0];
+    assert_eq!(base_row.system, "base");
+    assert!((base_row.accuracy["en"].0 - share("en", &|i| i.correct)).abs() < 1e-12);
+    assert!((base_row.fidelity["toy"].0 - share("toy", &|i| i.in_language)).abs() < 1e-12);
+    // The shipped model is English-centric: it knows the held-out facts and sums in English
+    // and does not answer toy questions in the toy language.
+    assert!(
+        share("en", &|i| i.correct) >= 0.5,
+        "English accuracy of the base model"
+    );
+    assert!(
+        share("en", &|i| i.in_language) >= 0.9,
+        "English fidelity of the base model"
+    );
+    assert!(
+        share("toy", &|i| i.in_language) <= 0.5,
+        "toy fidelity of the base model"
+    );
+
+    let clo_eval: ToyResults = read(&out.join("runs/clo-n24-s0/eval/results.json"));
+    assert_eq!(clo_eval.per_language["toy"].n, n_questions);
+    let quads = std::fs::read_to_string(out.join("data/quads-n24-s0.jsonl")).unwrap();
+    assert_eq!(quads.lines().count(), 24);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| clo | 24 | 1 |") && report.contains("What the numbers mean"));
+    for svg in ["fidelity.svg", "accuracy.svg", "correct_in_language.svg"] {
+        assert!(
+            std::fs::read_to_string(out.join(svg))
+                .unwrap()
+                .starts_with("<svg")
+        );
+    }
+
+    // Run again: nothing is retrained or re-answered, and the table is the same.
+    let metrics = out.join("runs/clo-n24-s0/metrics.jsonl");
+    let before = std::fs::metadata(&metrics).unwrap().modified().unwrap();
+    let (stdout2, stderr2) = ok(clo(&args));
+    assert!(
+        !stderr2.contains("train ") && !stderr2.contains("eval "),
+        "{stderr2}"
+    );
+    assert_eq!(
+        std::fs::metadata(&metrics).unwrap().modified().unwrap(),
+        before
+    );
+    let table = |s: &str| {
+        s.lines()
+            .filter(|l| l.starts_with('|'))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(table(&stdout), table(&stdout2));
+}
