@@ -153,10 +153,10 @@ fn quickstart_runs_end_to_end_on_the_shipped_model_and_resumes() {
     assert_eq!(base_row.system, "base");
     assert!((base_row.accuracy["en"].0 - share("en", &|i| i.correct)).abs() < 1e-12);
     assert!((base_row.fidelity["toy"].0 - share("toy", &|i| i.in_language)).abs() < 1e-12);
-    // The shipped model is English-centric: it knows the held-out facts and sums in English
-    // and does not answer toy questions in the toy language.
+    // The shipped model is English-centric: it answers the held-out questions in English and
+    // cannot answer them in the toy language (it saw toy statements, never a toy dialog).
     assert!(
-        share("en", &|i| i.correct) >= 0.5,
+        share("en", &|i| i.correct) >= 0.8,
         "English accuracy of the base model"
     );
     assert!(
@@ -164,8 +164,8 @@ fn quickstart_runs_end_to_end_on_the_shipped_model_and_resumes() {
         "English fidelity of the base model"
     );
     assert!(
-        share("toy", &|i| i.in_language) <= 0.5,
-        "toy fidelity of the base model"
+        share("toy", &|i| i.correct) <= 0.1,
+        "toy accuracy of the base model"
     );
 
     let clo_eval: ToyResults = read(&out.join("runs/clo-n24-s0/eval/results.json"));
