@@ -30,7 +30,7 @@ fn held_out_person(p: u8) -> bool {
 
 /// Arithmetic questions held out of the quadruples: about a quarter of the operand pairs.
 pub fn is_held_out_pair(a: u8, b: u8) -> bool {
-    (a as u32 * 7 + b as u32 * 3) % 4 == 0
+    (a as u32 * 7 + b as u32 * 3).is_multiple_of(4)
 }
 
 /// Whether a question is reserved for evaluation.

@@ -530,7 +530,8 @@ pub fn render_report(results: &QuickstartResults) -> BTreeMap<String, String> {
         Some(n) if c.sizes.len() > 1 => format!("{}@{n}", r.system),
         _ => r.system.clone(),
     };
-    let grid = |f: &dyn Fn(&Row) -> &BTreeMap<String, (f64, f64)>| -> Grid {
+    type PerLang = BTreeMap<String, (f64, f64)>;
+    let grid = |f: &dyn Fn(&Row) -> &PerLang| -> Grid {
         results
             .rows
             .iter()

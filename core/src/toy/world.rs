@@ -408,8 +408,11 @@ fn slot_pattern(name: &str, lang: Lang) -> String {
     }
 }
 
+/// A template compiled for parsing: language, kind, anchored regex, placeholders in order.
+type Parser = (Lang, usize, Regex, Vec<String>);
+
 /// Per language and kind: the template as an anchored regex and its placeholders in order.
-static PARSERS: LazyLock<Vec<(Lang, usize, Regex, Vec<String>)>> = LazyLock::new(|| {
+static PARSERS: LazyLock<Vec<Parser>> = LazyLock::new(|| {
     let placeholder = Regex::new(r"\{([a-z0-9]+)\}").expect("valid");
     let mut out = Vec::new();
     for lang in Lang::BOTH {
