@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
 pub mod error;
 pub mod eval;
 pub mod export;

@@ -5,6 +5,7 @@ mod eval_cmd;
 mod prepare_cmd;
 mod pretrain_cmd;
 mod quickstart_cmd;
+mod serve;
 mod train_cmd;
 
 use std::io::Write;
@@ -101,6 +102,8 @@ enum Command {
     /// CLO against SFT in the built-in toy world, end to end: quadruples, training, held-out
     /// questions in both languages, a table and a report (minutes on a CPU, no download).
     Quickstart(Box<quickstart_cmd::QuickstartArgs>),
+    /// Serve the JSON API, an OpenAI-compatible /v1 and the web UI (loopback by default).
+    Serve(Box<serve::ServeArgs>),
     /// Architecture, parameter count, dtype, vocabulary and layers of a model directory.
     Inspect {
         #[arg(long)]
@@ -212,6 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prepare(args) => prepare_cmd::run_prepare(*args),
         Command::Pretrain(args) => pretrain_cmd::run_pretrain(*args),
         Command::Quickstart(args) => quickstart_cmd::run_quickstart(*args),
+        Command::Serve(args) => serve::run_serve(*args),
         Command::Inspect { model, json } => {
             let s = Pretrained::summarize(&model)?;
             if json {

@@ -1,0 +1,171 @@
+//! Request and response types of `clo serve`'s JSON API, shared by the server and the web UI.
+//! Serde only: nothing here touches models or files.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Every error the API returns: `{"error": {"message", "type"}}` (OpenAI's shape, so OpenAI
+/// clients show the message).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub message: String,
+    /// `invalid_request`, `unauthorized`, `not_found`, `conflict`, `payload_too_large`,
+    /// `internal`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// A model the server can use: a directory given with `--model`, one under `WORKDIR/models/`,
+/// or a finished run (`run:NAME`, its best weights).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    /// `dir` or `run`.
+    pub source: String,
+    pub model_type: Option<String>,
+    pub num_parameters: Option<usize>,
+}
+
+/// A quadruple file under `WORKDIR/datasets/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    pub name: String,
+    pub records: usize,
+    pub bytes: u64,
+    /// The `OUT.summary.json` of `clo prepare`, when beside the file.
+    pub summary: Option<serde_json::Value>,
+}
+
+/// One quadruple with the language each side was identified as.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuadView {
+    pub line: usize,
+    pub id: String,
+    pub lang: String,
+    pub x_en: String,
+    pub y_en: String,
+    pub x_tgt: String,
+    pub y_tgt: String,
+    /// Detected language of x_en, y_en, x_tgt, y_tgt (`null`: undetermined or unsupported).
+    pub detected: [Option<String>; 4],
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetPage {
+    pub name: String,
+    pub offset: usize,
+    pub total: usize,
+    pub records: Vec<QuadView>,
+}
+
+/// `POST /api/runs`: a run to create. Omitted settings take the paper's defaults (those of
+/// `clo train`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Run name (letters, digits, `-`, `_`, `.`); a fresh one is made when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A model name from `GET /api/models`.
+    pub model: String,
+    /// A dataset name from `GET /api/datasets`.
+    pub dataset: String,
+    /// Any key of `clo train`'s `RUN/config.toml` (method, trainable, lr, steps, beta, ...).
+    #[serde(default)]
+    pub config: BTreeMap<String, serde_json::Value>,
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Queued,
+    Running,
+    Finished,
+    Failed,
+    Cancelled,
+    /// The server stopped while it ran; its newest checkpoint is kept.
+    Interrupted,
+}
+
+impl RunState {
+    pub fn is_done(self) -> bool {
+        !matches!(self, RunState::Queued | RunState::Running)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub name: String,
+    pub state: RunState,
+    pub model: String,
+    pub dataset: String,
+    pub method: String,
+    pub steps_done: usize,
+    pub error: Option<String>,
+    /// `RUN/summary.json` once finished.
+    pub summary: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    /// `best` or `step-00000042`.
+    pub name: String,
+    pub step: Option<usize>,
+}
+
+/// `POST /api/runs/{name}/export`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// `best`, `last` or a checkpoint name [default: best].
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Also register the export as a model named this (under `WORKDIR/models/`).
+    #[serde(default)]
+    pub model_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportResponse {
+    pub model: String,
+    pub from: String,
+}
+
+/// One eval's `results.json` with where it lies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalInfo {
+    /// Path under the work directory.
+    pub path: String,
+    pub results: serde_json::Value,
+}
+
+/// OpenAI chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// `POST /v1/chat/completions` (the subset clo honours; other fields are ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default, alias = "max_completion_tokens")]
+    pub max_tokens: Option<usize>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}

@@ -1,0 +1,179 @@
+//! The OpenAI-compatible endpoints: `GET /v1/models` and `POST /v1/chat/completions`
+//! (streaming as Server-Sent Events, or one JSON answer). The conversation's last user message
+//! is answered in the model's chat template; models are loaded once and kept.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use clo_core::Pretrained;
+use clo_core::api::ChatRequest;
+use clo_core::generate::{SamplingConfig, StopReason, generate};
+use serde_json::json;
+
+use super::{ApiError, JsonBody, Shared, check_name};
+
+#[derive(Default)]
+pub struct Models {
+    loaded: Mutex<HashMap<String, Arc<Pretrained>>>,
+}
+
+/// Loads (once) the model `name`: a model directory by name, or `run:NAME` (a run's best
+/// weights, else its last checkpoint).
+fn load(s: &Shared, name: &str) -> Result<Arc<Pretrained>, ApiError> {
+    if let Some(m) = s.chat.loaded.lock().expect("models lock").get(name) {
+        return Ok(m.clone());
+    }
+    let lm = if let Some(run) = name.strip_prefix("run:") {
+        check_name("run", run)?;
+        let dir = s.workdir.join("runs").join(run);
+        let config = clo_core::train::RunConfig::from_file(&dir.join("config.toml"))
+            .map_err(|_| ApiError::not_found(format!("no trained run {run:?}")))?;
+        let weights = clo_core::export::resolve_weights(&dir, "best")
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+        clo_core::train::checkpoint::load_trained(&config, &weights, &s.device)
+            .map_err(ApiError::internal)?
+    } else {
+        Pretrained::load(&s.model_dir(name)?, &s.device).map_err(ApiError::internal)?
+    };
+    let lm = Arc::new(lm);
+    s.chat
+        .loaded
+        .lock()
+        .expect("models lock")
+        .insert(name.to_string(), lm.clone());
+    Ok(lm)
+}
+
+pub async fn v1_models(State(s): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(models) = super::list_models(State(s)).await?;
+    let data: Vec<serde_json::Value> = models
+        .iter()
+        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "clo"}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+fn sampling(req: &ChatRequest) -> Result<SamplingConfig, ApiError> {
+    let d = SamplingConfig::default();
+    let c = SamplingConfig {
+        temperature: req.temperature.unwrap_or(d.temperature),
+        top_p: req.top_p.unwrap_or(d.top_p),
+        seed: req.seed.unwrap_or(0),
+        max_new_tokens: req.max_tokens.unwrap_or(256),
+    };
+    if !(0.0..=2.0).contains(&c.temperature) || !(c.top_p > 0.0 && c.top_p <= 1.0) {
+        return Err(ApiError::bad("temperature must be in [0, 2] and top_p in (0, 1]"));
+    }
+    if c.max_new_tokens == 0 || c.max_new_tokens > 4096 {
+        return Err(ApiError::bad("max_tokens must be 1..=4096"));
+    }
+    Ok(c)
+}
+
+pub async fn completions(
+    State(s): State<Shared>,
+    JsonBody(req): JsonBody<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let user = req
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map(|m| m.content.clone())
+        .ok_or_else(|| ApiError::bad("messages holds no user message"))?;
+    let config = sampling(&req)?;
+    let lm = {
+        let s = s.clone();
+        let name = req.model.clone();
+        tokio::task::spawn_blocking(move || load(&s, &name))
+            .await
+            .map_err(ApiError::internal)??
+    };
+    let prompt = lm
+        .tokenizer
+        .prompt_ids(&user, lm.tokenizer.has_chat_template())
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let id = format!("chatcmpl-{}", std::process::id());
+    let model = req.model.clone();
+    let device = s.device.clone();
+    if !req.stream {
+        let (text, stop, n) = tokio::task::spawn_blocking(move || {
+            let out = generate(
+                &lm.model,
+                &lm.config.decoder.rope,
+                &prompt,
+                lm.tokenizer.eos_ids(),
+                &config,
+                &device,
+                |_| {},
+            );
+            let text = lm.tokenizer.decode(&out.ids, true).unwrap_or_default();
+            (text, out.stop, (prompt.len(), out.ids.len()))
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        return Ok(Json(json!({
+            "id": id, "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish(stop)}],
+            "usage": {"prompt_tokens": n.0, "completion_tokens": n.1, "total_tokens": n.0 + n.1},
+        }))
+        .into_response());
+    }
+    // Streaming: each new piece of decoded text is a chunk; text is decoded from all ids so far
+    // so that a character split across tokens is sent once complete.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Event, Infallible>>();
+    let chunk = move |delta: serde_json::Value, reason: Option<&str>| {
+        json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})
+        .to_string()
+    };
+    tokio::task::spawn_blocking(move || {
+        let send = |data: String| tx.send(Ok(Event::default().data(data))).is_ok();
+        send(chunk(json!({"role": "assistant", "content": ""}), None));
+        let mut ids = Vec::new();
+        let mut sent = String::new();
+        let out = generate(
+            &lm.model,
+            &lm.config.decoder.rope,
+            &prompt,
+            lm.tokenizer.eos_ids(),
+            &config,
+            &device,
+            |t| {
+                if lm.tokenizer.eos_ids().contains(&t) {
+                    return;
+                }
+                ids.push(t);
+                let text = lm.tokenizer.decode(&ids, true).unwrap_or_default();
+                if text.len() > sent.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&sent) {
+                    let delta = text[sent.len()..].to_string();
+                    sent = text;
+                    send(chunk(json!({"content": delta}), None));
+                }
+            },
+        );
+        send(chunk(json!({}), Some(finish(out.stop))));
+        send("[DONE]".into());
+    });
+    let stream = tokio_stream(rx);
+    Ok(Sse::new(stream).into_response())
+}
+
+fn finish(stop: StopReason) -> &'static str {
+    match stop {
+        StopReason::Eos => "stop",
+        StopReason::MaxNewTokens => "length",
+    }
+}
+
+fn tokio_stream<T>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -1,0 +1,475 @@
+//! `clo serve`: the JSON API (models, datasets, runs with live metrics, evals), an
+//! OpenAI-compatible `/v1`, and the built web UI, behind one axum router.
+//!
+//! Work directory layout: `WORKDIR/models/NAME/` (model directories), `WORKDIR/datasets/NAME.jsonl`
+//! (quadruples, with `NAME.summary.json` from `clo prepare`), `WORKDIR/runs/NAME/` (`clo train`
+//! runs plus `request.json` and `status.json`).
+
+mod chat;
+mod runs;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use burn::tensor::Device;
+use clap::Args;
+use clo_core::api::{DatasetInfo, DatasetPage, ErrorBody, ErrorDetail, EvalInfo, ModelInfo, QuadView};
+use serde::Deserialize;
+
+use crate::device::{DEVICE_HELP, parse_device};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to bind; anything but loopback requires --token.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Bearer token every API call must carry (`Authorization: Bearer T`).
+    #[arg(long, env = "CLO_TOKEN")]
+    token: Option<String>,
+    /// Work directory: models/, datasets/, runs/ (created if missing).
+    #[arg(long, default_value = "clo-work")]
+    workdir: PathBuf,
+    /// Model directories to offer besides WORKDIR/models/ (named after their directory).
+    #[arg(long)]
+    model: Vec<PathBuf>,
+    /// The built web UI (Trunk's dist/) to serve at /.
+    #[arg(long, default_value = "dist")]
+    web: PathBuf,
+    #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
+    device: String,
+}
+
+/// Largest request body (a run config or a chat; datasets are not uploaded through the API).
+pub const BODY_LIMIT: usize = 1 << 20;
+
+pub struct AppState {
+    pub workdir: PathBuf,
+    pub models: BTreeMap<String, PathBuf>,
+    pub token: Option<String>,
+    pub device: Device,
+    pub jobs: runs::Jobs,
+    pub chat: chat::Models,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// An API error: status and message, rendered as [`ErrorBody`].
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub fn bad(m: impl Into<String>) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, m.into())
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        ApiError(StatusCode::NOT_FOUND, m.into())
+    }
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = match self.0 {
+            StatusCode::BAD_REQUEST => "invalid_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            _ => "internal",
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: self.1,
+                kind: kind.into(),
+            },
+        };
+        (self.0, Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// A JSON body whose rejections (bad JSON, wrong fields, too large) are [`ApiError`]s.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(rejection) => {
+                let status = match &rejection {
+                    JsonRejection::BytesRejection(_) => rejection.status(),
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                Err(ApiError(status, rejection.body_text()))
+            }
+        }
+    }
+}
+
+/// A name used in a path: letters, digits, `-`, `_`, `.`; not starting with `.`; at most 100.
+pub fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(format!(
+            "invalid {what} name {name:?}: use letters, digits, '-', '_' and '.', not starting with '.'"
+        )))
+    }
+}
+
+async fn auth(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token: send `Authorization: Bearer <token>` (the --token of clo serve)".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+impl AppState {
+    pub fn new(
+        workdir: PathBuf,
+        model_dirs: &[PathBuf],
+        token: Option<String>,
+        device: Device,
+    ) -> anyhow::Result<Shared> {
+        for sub in ["models", "datasets", "runs"] {
+            let d = workdir.join(sub);
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let mut models = BTreeMap::new();
+        for dir in model_dirs {
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .with_context(|| format!("--model {}: not a directory name", dir.display()))?;
+            if !dir.join("config.json").is_file() {
+                bail!(
+                    "--model {}: no config.json; give a Hugging Face model directory",
+                    dir.display()
+                );
+            }
+            models.insert(name, dir.clone());
+        }
+        let state = Arc::new(AppState {
+            jobs: runs::Jobs::default(),
+            chat: chat::Models::default(),
+            workdir,
+            models,
+            token,
+            device,
+        });
+        runs::start(&state)?;
+        Ok(state)
+    }
+
+    /// A model directory by API name: `--model` dirs, `WORKDIR/models/NAME`.
+    pub fn model_dir(&self, name: &str) -> Result<PathBuf, ApiError> {
+        if let Some(d) = self.models.get(name) {
+            return Ok(d.clone());
+        }
+        check_name("model", name)?;
+        let d = self.workdir.join("models").join(name);
+        if d.join("config.json").is_file() {
+            Ok(d)
+        } else {
+            Err(ApiError::not_found(format!(
+                "no model {name:?}; GET /api/models lists them"
+            )))
+        }
+    }
+
+    pub fn dataset_path(&self, name: &str) -> Result<PathBuf, ApiError> {
+        check_name("dataset", name)?;
+        let p = self.workdir.join("datasets").join(format!("{name}.jsonl"));
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(ApiError::not_found(format!(
+                "no dataset {name:?}; GET /api/datasets lists them"
+            )))
+        }
+    }
+}
+
+/// The whole application: API, `/v1`, and the web UI from `web_dir` (when built).
+pub fn router(state: Shared, web_dir: Option<&Path>) -> Router {
+    let api = Router::new()
+        .route("/api/models", get(list_models))
+        .route("/api/models/{name}", get(inspect_model))
+        .route("/api/datasets", get(list_datasets))
+        .route("/api/datasets/{name}", get(dataset_page))
+        .route("/api/runs", get(runs::list).post(runs::create))
+        .route("/api/runs/{name}", get(runs::status))
+        .route("/api/runs/{name}/cancel", post(runs::cancel))
+        .route("/api/runs/{name}/metrics", get(runs::metrics))
+        .route("/api/runs/{name}/checkpoints", get(runs::checkpoints))
+        .route("/api/runs/{name}/export", post(runs::export))
+        .route("/api/evals", get(list_evals))
+        .route("/v1/models", get(chat::v1_models))
+        .route("/v1/chat/completions", post(chat::completions))
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state);
+    let not_found = || async { ApiError::not_found("no such endpoint") };
+    let app = api
+        .route("/api/{*rest}", any(not_found))
+        .route("/v1/{*rest}", any(not_found));
+    match web_dir {
+        Some(dir) if dir.join("index.html").is_file() => app.fallback_service(
+            tower_http::services::ServeDir::new(dir)
+                .fallback(tower_http::services::ServeFile::new(dir.join("index.html"))),
+        ),
+        _ => app.fallback(not_found),
+    }
+}
+
+async fn list_models(State(s): State<Shared>) -> ApiResult<Vec<ModelInfo>> {
+    let mut out = Vec::new();
+    let mut dirs: Vec<(String, PathBuf)> = s.models.clone().into_iter().collect();
+    if let Ok(rd) = std::fs::read_dir(s.workdir.join("models")) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().join("config.json").is_file() && !s.models.contains_key(&name) {
+                dirs.push((name, e.path()));
+            }
+        }
+    }
+    dirs.sort();
+    for (name, dir) in dirs {
+        let summary = clo_core::Pretrained::summarize(&dir).ok();
+        out.push(ModelInfo {
+            name,
+            source: "dir".into(),
+            model_type: summary.as_ref().map(|s| s.model_type.to_string()),
+            num_parameters: summary.map(|s| s.num_parameters),
+        });
+    }
+    for run in runs::finished_runs(&s) {
+        out.push(ModelInfo {
+            name: format!("run:{run}"),
+            source: "run".into(),
+            model_type: None,
+            num_parameters: None,
+        });
+    }
+    Ok(Json(out))
+}
+
+async fn inspect_model(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<clo_core::Summary> {
+    let dir = s.model_dir(&name)?;
+    clo_core::Pretrained::summarize(&dir)
+        .map(Json)
+        .map_err(ApiError::internal)
+}
+
+fn count_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0)
+}
+
+async fn list_datasets(State(s): State<Shared>) -> ApiResult<Vec<DatasetInfo>> {
+    let mut out = Vec::new();
+    let dir = s.workdir.join("datasets");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(ApiError::internal)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    paths.sort();
+    for p in paths {
+        let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        // Quadruple files only, not prepare's side files.
+        let Some(stem) = name.strip_suffix(".jsonl") else { continue };
+        if stem.contains(".") {
+            continue;
+        }
+        let summary = std::fs::read_to_string(dir.join(format!("{stem}.summary.json")))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        out.push(DatasetInfo {
+            name: stem.into(),
+            records: count_lines(&p),
+            bytes: p.metadata().map(|m| m.len()).unwrap_or(0),
+            summary,
+        });
+    }
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    offset: usize,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    20
+}
+
+async fn dataset_page(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<DatasetPage> {
+    let path = s.dataset_path(&name)?;
+    if q.limit == 0 || q.limit > 500 {
+        return Err(ApiError::bad("limit must be 1..=500"));
+    }
+    let quads = clo_core::train::data::read_quadruples(&path).map_err(|e| ApiError::bad(e.to_string()))?;
+    let langs: Vec<String> = {
+        let mut l: Vec<String> = quads.iter().map(|q| q.lang.clone()).collect();
+        l.push("en".into());
+        l.sort();
+        l.dedup();
+        l
+    };
+    let langid = langid_for(&langs);
+    let records = quads
+        .iter()
+        .enumerate()
+        .skip(q.offset)
+        .take(q.limit)
+        .map(|(i, r)| QuadView {
+            line: i + 1,
+            id: r.id.clone(),
+            lang: r.lang.clone(),
+            detected: [&r.x_en, &r.y_en, &r.x_tgt, &r.y_tgt]
+                .map(|t| langid.as_ref().and_then(|l| l.detect(t))),
+            x_en: r.x_en.clone(),
+            y_en: r.y_en.clone(),
+            x_tgt: r.x_tgt.clone(),
+            y_tgt: r.y_tgt.clone(),
+        })
+        .collect();
+    Ok(Json(DatasetPage {
+        name,
+        offset: q.offset,
+        total: quads.len(),
+        records,
+    }))
+}
+
+/// The language identifier for a dataset's languages: the toy world's lexicons, lingua for the
+/// languages it knows, none otherwise.
+fn langid_for(langs: &[String]) -> Option<Box<dyn clo_core::eval::langid::LanguageIdentifier>> {
+    if langs.iter().any(|l| l == "toy") {
+        return Some(Box::new(clo_core::toy::ToyLangId));
+    }
+    clo_core::eval::langid::Lingua::new(langs)
+        .ok()
+        .map(|l| Box::new(l) as Box<dyn clo_core::eval::langid::LanguageIdentifier>)
+}
+
+async fn list_evals(State(s): State<Shared>) -> ApiResult<Vec<EvalInfo>> {
+    let mut out = Vec::new();
+    let runs_dir = s.workdir.join("runs");
+    for entry in walk(&runs_dir, 3) {
+        if entry.file_name().is_some_and(|n| n == "results.json")
+            && let Ok(text) = std::fs::read_to_string(&entry)
+            && let Ok(results) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            out.push(EvalInfo {
+                path: entry
+                    .strip_prefix(&s.workdir)
+                    .unwrap_or(&entry)
+                    .display()
+                    .to_string(),
+                results,
+            });
+        }
+    }
+    Ok(Json(out))
+}
+
+fn walk(dir: &Path, depth: usize) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            if p.is_dir() && depth > 0 {
+                out.extend(walk(&p, depth - 1));
+            } else if p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ip: IpAddr = args
+        .host
+        .parse()
+        .with_context(|| format!("--host {}: not an IP address", args.host))?;
+    if !ip.is_loopback() && args.token.is_none() {
+        bail!(
+            "--host {ip} is reachable from other machines: give --token (or CLO_TOKEN) so that every API call needs it"
+        );
+    }
+    let device = parse_device(&args.device)?;
+    let state = AppState::new(args.workdir.clone(), &args.model, args.token.clone(), device)?;
+    let web = args.web.join("index.html").is_file().then_some(args.web.as_path());
+    if web.is_none() {
+        eprintln!(
+            "no web UI at {} (build it with `trunk build --release` in the repository root); serving the API only",
+            args.web.display()
+        );
+    }
+    let app = router(state, web);
+    let addr = SocketAddr::new(ip, args.port);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        println!("clo serve: http://{}", listener.local_addr()?);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("serving")
+    })
+}

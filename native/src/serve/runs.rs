@@ -1,0 +1,364 @@
+//! Training runs as background jobs: one at a time on the server's device, queued in order,
+//! persisted in `WORKDIR/runs/NAME/` so that a restarted server lists them (a run that was
+//! running when the server stopped becomes `interrupted`; queued ones are queued again).
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use clo_core::api::{CheckpointInfo, ExportRequest, ExportResponse, RunInfo, RunRequest, RunState};
+use clo_core::train::checkpoint::RunDir;
+use clo_core::train::{Outcome, RunConfig, TrainOptions, train};
+use futures_util::stream::Stream;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiResult, JsonBody, Shared, check_name};
+
+#[derive(Default)]
+pub struct Jobs {
+    inner: Mutex<Inner>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Inner {
+    queue: VecDeque<String>,
+    cancel: HashMap<String, Arc<AtomicBool>>,
+}
+
+/// `RUN/status.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Status {
+    state: RunState,
+    error: Option<String>,
+}
+
+fn run_dir(s: &Shared, name: &str) -> PathBuf {
+    s.workdir.join("runs").join(name)
+}
+
+fn write_status(dir: &Path, state: RunState, error: Option<String>) {
+    let _ = clo_core::fsutil::write_json_atomically(&dir.join("status.json"), &Status { state, error });
+}
+
+fn read_status(dir: &Path) -> Option<Status> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("status.json")).ok()?).ok()
+}
+
+/// Re-queues queued runs, marks running ones interrupted, and starts the worker.
+pub fn start(s: &Shared) -> anyhow::Result<()> {
+    let mut names: Vec<String> = std::fs::read_dir(s.workdir.join("runs"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    {
+        let mut inner = s.jobs.inner.lock().expect("jobs lock");
+        for name in names {
+            let dir = run_dir(s, &name);
+            match read_status(&dir).map(|st| st.state) {
+                Some(RunState::Queued) => inner.queue.push_back(name),
+                Some(RunState::Running) => write_status(
+                    &dir,
+                    RunState::Interrupted,
+                    Some("the server stopped during the run; its newest checkpoint is kept".into()),
+                ),
+                _ => {}
+            }
+        }
+    }
+    let state = s.clone();
+    std::thread::Builder::new()
+        .name("clo-runs".into())
+        .spawn(move || worker(state))?;
+    Ok(())
+}
+
+fn worker(s: Shared) {
+    loop {
+        let (name, cancel) = {
+            let mut inner = s.jobs.inner.lock().expect("jobs lock");
+            while inner.queue.is_empty() {
+                inner = s.jobs.wake.wait(inner).expect("jobs lock");
+            }
+            let name = inner.queue.pop_front().expect("non-empty");
+            let flag = inner.cancel.entry(name.clone()).or_default().clone();
+            (name, flag)
+        };
+        let dir = run_dir(&s, &name);
+        let result = (|| -> anyhow::Result<RunState> {
+            let config = RunConfig::from_file(&dir.join("run.toml"))?;
+            write_status(&dir, RunState::Running, None);
+            let mut opts = TrainOptions::new(&dir, s.workdir.join("cache"));
+            opts.cancel = Some(cancel);
+            opts.resume = dir.join("config.toml").exists();
+            Ok(match train(&config, &opts, &s.device, &mut |_| {})? {
+                Outcome::Finished(_) => RunState::Finished,
+                Outcome::Cancelled { .. } => RunState::Cancelled,
+            })
+        })();
+        match result {
+            Ok(state) => write_status(&dir, state, None),
+            Err(e) => {
+                tracing::warn!(run = %name, "run failed: {e:#}");
+                write_status(&dir, RunState::Failed, Some(format!("{e:#}")));
+            }
+        }
+        s.jobs.inner.lock().expect("jobs lock").cancel.remove(&name);
+    }
+}
+
+/// Names of finished runs (their best weights serve as models `run:NAME`).
+pub fn finished_runs(s: &Shared) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(s.workdir.join("runs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| read_status(&e.path()).is_some_and(|st| st.state == RunState::Finished))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+fn info(s: &Shared, name: &str) -> Result<RunInfo, ApiError> {
+    check_name("run", name)?;
+    let dir = run_dir(s, name);
+    let status = read_status(&dir)
+        .ok_or_else(|| ApiError::not_found(format!("no run {name:?}; GET /api/runs lists them")))?;
+    let request: RunRequest = std::fs::read_to_string(dir.join("request.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let method = RunConfig::from_file(&dir.join("run.toml"))
+        .map(|c| c.method.name().to_string())
+        .unwrap_or_default();
+    let steps_done = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    let summary = std::fs::read_to_string(dir.join("summary.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    Ok(RunInfo {
+        name: name.into(),
+        state: status.state,
+        model: request.model,
+        dataset: request.dataset,
+        method,
+        steps_done,
+        error: status.error,
+        summary,
+    })
+}
+
+pub async fn list(State(s): State<Shared>) -> ApiResult<Vec<RunInfo>> {
+    let mut names: Vec<String> = std::fs::read_dir(s.workdir.join("runs"))
+        .map_err(ApiError::internal)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    Ok(Json(names.iter().filter_map(|n| info(&s, n).ok()).collect()))
+}
+
+pub async fn status(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> ApiResult<RunInfo> {
+    info(&s, &name).map(Json)
+}
+
+/// The run's config: `clo train`'s defaults, then the request's keys (unknown keys refused).
+fn resolve(s: &Shared, req: &RunRequest) -> Result<RunConfig, ApiError> {
+    let mut value = serde_json::to_value(RunConfig::default()).map_err(ApiError::internal)?;
+    let obj = value.as_object_mut().expect("a struct serializes to an object");
+    for (k, v) in &req.config {
+        if matches!(k.as_str(), "model" | "data") {
+            return Err(ApiError::bad(format!(
+                "config.{k}: give the run's {} by name in the request's `{}` field",
+                if k == "model" { "model" } else { "data" },
+                if k == "model" { "model" } else { "dataset" }
+            )));
+        }
+        obj.insert(k.clone(), v.clone());
+    }
+    let mut config: RunConfig = serde_json::from_value(value)
+        .map_err(|e| ApiError::bad(format!("config: {e}")))?;
+    config.model = s.model_dir(&req.model)?;
+    config.data = s.dataset_path(&req.dataset)?;
+    config.validate().map_err(|e| ApiError::bad(e.to_string()))?;
+    Ok(config)
+}
+
+pub async fn create(
+    State(s): State<Shared>,
+    JsonBody(req): JsonBody<RunRequest>,
+) -> Result<(StatusCode, Json<RunInfo>), ApiError> {
+    let config = resolve(&s, &req)?;
+    let name = match &req.name {
+        Some(n) => {
+            check_name("run", n)?;
+            n.clone()
+        }
+        None => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            format!("{}-{stamp}", config.method.name().replace('+', "-"))
+        }
+    };
+    let dir = run_dir(&s, &name);
+    if dir.exists() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("run {name:?} exists; choose another name"),
+        ));
+    }
+    std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
+    clo_core::fsutil::write_atomically(&dir.join("run.toml"), config.to_toml().as_bytes())
+        .map_err(ApiError::internal)?;
+    clo_core::fsutil::write_json_atomically(&dir.join("request.json"), &RunRequest {
+        name: Some(name.clone()),
+        ..req
+    })
+    .map_err(ApiError::internal)?;
+    write_status(&dir, RunState::Queued, None);
+    {
+        let mut inner = s.jobs.inner.lock().expect("jobs lock");
+        inner.queue.push_back(name.clone());
+        s.jobs.wake.notify_one();
+    }
+    Ok((StatusCode::CREATED, Json(info(&s, &name)?)))
+}
+
+pub async fn cancel(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> ApiResult<RunInfo> {
+    let current = info(&s, &name)?;
+    let dir = run_dir(&s, &name);
+    let mut inner = s.jobs.inner.lock().expect("jobs lock");
+    if let Some(pos) = inner.queue.iter().position(|n| *n == name) {
+        inner.queue.remove(pos);
+        write_status(&dir, RunState::Cancelled, None);
+    } else if let Some(flag) = inner.cancel.get(&name) {
+        // The run stops after its current step, with a checkpoint.
+        flag.store(true, Ordering::Relaxed);
+    } else if current.state.is_done() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("run {name:?} is already {:?}", current.state).to_lowercase(),
+        ));
+    }
+    drop(inner);
+    info(&s, &name).map(Json)
+}
+
+/// Server-Sent Events: every line of `metrics.jsonl` as a `metric` event (from the first, then
+/// as they are written), and an `end` event with the final state.
+pub async fn metrics(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    info(&s, &name)?;
+    let dir = run_dir(&s, &name);
+    let stream = futures_util::stream::unfold(
+        (dir, 0usize, false),
+        |(dir, sent, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let done = read_status(&dir).is_some_and(|st| st.state.is_done());
+                let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+                // Only whole lines: a line being written has no newline yet.
+                let lines: Vec<&str> = text.split_inclusive('\n').filter(|l| l.ends_with('\n')).collect();
+                if lines.len() > sent {
+                    let events: Vec<Result<Event, Infallible>> = lines[sent..]
+                        .iter()
+                        .map(|l| Ok(Event::default().event("metric").data(l.trim_end())))
+                        .collect();
+                    let n = lines.len();
+                    return Some((futures_util::stream::iter(events), (dir, n, false)));
+                }
+                if done {
+                    let state = read_status(&dir).map(|st| st.state);
+                    let data = serde_json::to_string(&state).unwrap_or_default();
+                    let end = vec![Ok(Event::default().event("end").data(data))];
+                    return Some((futures_util::stream::iter(end), (dir, sent, true)));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        },
+    );
+    use futures_util::StreamExt;
+    Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
+}
+
+pub async fn checkpoints(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Vec<CheckpointInfo>> {
+    info(&s, &name)?;
+    let run = RunDir::new(run_dir(&s, &name));
+    let mut out: Vec<CheckpointInfo> = run
+        .list_checkpoints()
+        .into_iter()
+        .map(|(step, p)| CheckpointInfo {
+            name: p.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+            step: Some(step),
+        })
+        .collect();
+    if run.best().join("trainable.bpk").is_file() {
+        out.push(CheckpointInfo {
+            name: "best".into(),
+            step: None,
+        });
+    }
+    Ok(Json(out))
+}
+
+pub async fn export(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    JsonBody(req): JsonBody<ExportRequest>,
+) -> ApiResult<ExportResponse> {
+    let current = info(&s, &name)?;
+    if current.state == RunState::Running || current.state == RunState::Queued {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("run {name:?} is {:?}; export it when it has stopped", current.state).to_lowercase(),
+        ));
+    }
+    let from = req.from.clone().unwrap_or_else(|| "best".into());
+    let dir = run_dir(&s, &name);
+    let from_path = match from.as_str() {
+        "best" | "last" => from.clone(),
+        other => {
+            check_name("checkpoint", other)?;
+            dir.join("checkpoints").join(other).display().to_string()
+        }
+    };
+    let model = req.model_name.clone().unwrap_or_else(|| name.clone());
+    check_name("model", &model)?;
+    let out = s.workdir.join("models").join(&model);
+    if out.exists() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("model {model:?} exists; give another model_name"),
+        ));
+    }
+    let weights = tokio::task::spawn_blocking(move || {
+        clo_core::export::export_merged(&dir, &from_path, &out, &burn::tensor::Device::flex())
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::bad(e.to_string()))?;
+    Ok(Json(ExportResponse {
+        model,
+        from: weights.display().to_string(),
+    }))
+}
