@@ -85,22 +85,26 @@ pub fn export_merged(run: &Path, which: &str, out: &Path, device: &Device) -> Re
         hf_config["dtype"] = json!("float32");
     }
     replace_dir_atomically(out, |tmp| {
-        let path = tmp.join("model.safetensors");
-        let mut store = SafetensorsStore::from_file(&path)
-            .with_to_adapter(BurnToPyTorchAdapter)
-            .metadata("format", "pt")
-            .overwrite(true);
-        model.save_into(&mut store).map_err(|e| {
-            CoreError::Invalid(format!(
-                "{}: {e}\nHINT: check free disk space",
-                path.display()
-            ))
-        })?;
+        save_safetensors(&model, &tmp.join("model.safetensors"))?;
         write_json_atomically(&tmp.join("config.json"), &hf_config)?;
         copy_tokenizer_files(&config.model, tmp)
     })?;
     tracing::info!(out = %out.display(), from = %weights.display(), "merged model exported");
     Ok(weights)
+}
+
+/// Writes a model's weights as `model.safetensors` with Hugging Face tensor names and layouts.
+pub fn save_safetensors(model: &crate::models::CausalLm, path: &Path) -> Result<()> {
+    let mut store = SafetensorsStore::from_file(path)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .metadata("format", "pt")
+        .overwrite(true);
+    model.save_into(&mut store).map_err(|e| {
+        CoreError::Invalid(format!(
+            "{}: {e}\nHINT: check free disk space",
+            path.display()
+        ))
+    })
 }
 
 fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {

@@ -13,7 +13,6 @@ use std::time::Instant;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -357,14 +356,7 @@ pub fn write_model_dir(
         .map_err(|e| CoreError::Invalid(format!("tokenizer: {e}")))?;
     let model = model.clone().valid();
     replace_dir_atomically(out, |tmp| {
-        let path = tmp.join("model.safetensors");
-        let mut store = SafetensorsStore::from_file(&path)
-            .with_to_adapter(BurnToPyTorchAdapter)
-            .metadata("format", "pt")
-            .overwrite(true);
-        model
-            .save_into(&mut store)
-            .map_err(|e| store_err(&path, e))?;
+        crate::export::save_safetensors(&model, &tmp.join("model.safetensors"))?;
         write_json_atomically(&tmp.join("config.json"), &hf)?;
         write_json_atomically(&tmp.join("tokenizer_config.json"), &tok_config)?;
         write_json_atomically(&tmp.join("generation_config.json"), &generation)?;

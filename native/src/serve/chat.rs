@@ -66,8 +66,10 @@ fn sampling(req: &ChatRequest) -> Result<SamplingConfig, ApiError> {
         seed: req.seed.unwrap_or(0),
         max_new_tokens: req.max_tokens.unwrap_or(256),
     };
-    if !(0.0..=2.0).contains(&c.temperature) || !(c.top_p > 0.0 && c.top_p <= 1.0) {
-        return Err(ApiError::bad("temperature must be in [0, 2] and top_p in (0, 1]"));
+    if !((0.0..=2.0).contains(&c.temperature) && c.top_p > 0.0 && c.top_p <= 1.0) {
+        return Err(ApiError::bad(
+            "temperature must be in [0, 2] and top_p in (0, 1]",
+        ));
     }
     if c.max_new_tokens == 0 || c.max_new_tokens > 4096 {
         return Err(ApiError::bad("max_tokens must be 1..=4096"));
@@ -151,7 +153,8 @@ pub async fn completions(
                 }
                 ids.push(t);
                 let text = lm.tokenizer.decode(&ids, true).unwrap_or_default();
-                if text.len() > sent.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&sent) {
+                if text.len() > sent.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&sent)
+                {
                     let delta = text[sent.len()..].to_string();
                     sent = text;
                     send(chunk(json!({"content": delta}), None));

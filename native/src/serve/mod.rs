@@ -23,7 +23,9 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use burn::tensor::Device;
 use clap::Args;
-use clo_core::api::{DatasetInfo, DatasetPage, ErrorBody, ErrorDetail, EvalInfo, ModelInfo, QuadView};
+use clo_core::api::{
+    DatasetInfo, DatasetPage, ErrorBody, ErrorDetail, EvalInfo, ModelInfo, QuadView,
+};
 use serde::Deserialize;
 
 use crate::device::{DEVICE_HELP, parse_device};
@@ -313,9 +315,15 @@ async fn list_datasets(State(s): State<Shared>) -> ApiResult<Vec<DatasetInfo>> {
         .collect();
     paths.sort();
     for p in paths {
-        let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         // Quadruple files only, not prepare's side files.
-        let Some(stem) = name.strip_suffix(".jsonl") else { continue };
+        let Some(stem) = name.strip_suffix(".jsonl") else {
+            continue;
+        };
         if stem.contains(".") {
             continue;
         }
@@ -353,7 +361,8 @@ async fn dataset_page(
     if q.limit == 0 || q.limit > 500 {
         return Err(ApiError::bad("limit must be 1..=500"));
     }
-    let quads = clo_core::train::data::read_quadruples(&path).map_err(|e| ApiError::bad(e.to_string()))?;
+    let quads =
+        clo_core::train::data::read_quadruples(&path).map_err(|e| ApiError::bad(e.to_string()))?;
     let langs: Vec<String> = {
         let mut l: Vec<String> = quads.iter().map(|q| q.lang.clone()).collect();
         l.push("en".into());
@@ -446,8 +455,17 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let device = parse_device(&args.device)?;
-    let state = AppState::new(args.workdir.clone(), &args.model, args.token.clone(), device)?;
-    let web = args.web.join("index.html").is_file().then_some(args.web.as_path());
+    let state = AppState::new(
+        args.workdir.clone(),
+        &args.model,
+        args.token.clone(),
+        device,
+    )?;
+    let web = args
+        .web
+        .join("index.html")
+        .is_file()
+        .then_some(args.web.as_path());
     if web.is_none() {
         eprintln!(
             "no web UI at {} (build it with `trunk build --release` in the repository root); serving the API only",

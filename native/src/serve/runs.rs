@@ -45,7 +45,8 @@ fn run_dir(s: &Shared, name: &str) -> PathBuf {
 }
 
 fn write_status(dir: &Path, state: RunState, error: Option<String>) {
-    let _ = clo_core::fsutil::write_json_atomically(&dir.join("status.json"), &Status { state, error });
+    let _ =
+        clo_core::fsutil::write_json_atomically(&dir.join("status.json"), &Status { state, error });
 }
 
 fn read_status(dir: &Path) -> Option<Status> {
@@ -166,7 +167,9 @@ pub async fn list(State(s): State<Shared>) -> ApiResult<Vec<RunInfo>> {
         .filter(|n| !n.starts_with('.'))
         .collect();
     names.sort();
-    Ok(Json(names.iter().filter_map(|n| info(&s, n).ok()).collect()))
+    Ok(Json(
+        names.iter().filter_map(|n| info(&s, n).ok()).collect(),
+    ))
 }
 
 pub async fn status(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> ApiResult<RunInfo> {
@@ -176,7 +179,9 @@ pub async fn status(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> 
 /// The run's config: `clo train`'s defaults, then the request's keys (unknown keys refused).
 fn resolve(s: &Shared, req: &RunRequest) -> Result<RunConfig, ApiError> {
     let mut value = serde_json::to_value(RunConfig::default()).map_err(ApiError::internal)?;
-    let obj = value.as_object_mut().expect("a struct serializes to an object");
+    let obj = value
+        .as_object_mut()
+        .expect("a struct serializes to an object");
     for (k, v) in &req.config {
         if matches!(k.as_str(), "model" | "data") {
             return Err(ApiError::bad(format!(
@@ -187,11 +192,13 @@ fn resolve(s: &Shared, req: &RunRequest) -> Result<RunConfig, ApiError> {
         }
         obj.insert(k.clone(), v.clone());
     }
-    let mut config: RunConfig = serde_json::from_value(value)
-        .map_err(|e| ApiError::bad(format!("config: {e}")))?;
+    let mut config: RunConfig =
+        serde_json::from_value(value).map_err(|e| ApiError::bad(format!("config: {e}")))?;
     config.model = s.model_dir(&req.model)?;
     config.data = s.dataset_path(&req.dataset)?;
-    config.validate().map_err(|e| ApiError::bad(e.to_string()))?;
+    config
+        .validate()
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     Ok(config)
 }
 
@@ -223,10 +230,13 @@ pub async fn create(
     std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
     clo_core::fsutil::write_atomically(&dir.join("run.toml"), config.to_toml().as_bytes())
         .map_err(ApiError::internal)?;
-    clo_core::fsutil::write_json_atomically(&dir.join("request.json"), &RunRequest {
-        name: Some(name.clone()),
-        ..req
-    })
+    clo_core::fsutil::write_json_atomically(
+        &dir.join("request.json"),
+        &RunRequest {
+            name: Some(name.clone()),
+            ..req
+        },
+    )
     .map_err(ApiError::internal)?;
     write_status(&dir, RunState::Queued, None);
     {
@@ -265,9 +275,8 @@ pub async fn metrics(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     info(&s, &name)?;
     let dir = run_dir(&s, &name);
-    let stream = futures_util::stream::unfold(
-        (dir, 0usize, false),
-        |(dir, sent, ended)| async move {
+    let stream =
+        futures_util::stream::unfold((dir, 0usize, false), |(dir, sent, ended)| async move {
             if ended {
                 return None;
             }
@@ -275,7 +284,10 @@ pub async fn metrics(
                 let done = read_status(&dir).is_some_and(|st| st.state.is_done());
                 let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
                 // Only whole lines: a line being written has no newline yet.
-                let lines: Vec<&str> = text.split_inclusive('\n').filter(|l| l.ends_with('\n')).collect();
+                let lines: Vec<&str> = text
+                    .split_inclusive('\n')
+                    .filter(|l| l.ends_with('\n'))
+                    .collect();
                 if lines.len() > sent {
                     let events: Vec<Result<Event, Infallible>> = lines[sent..]
                         .iter()
@@ -292,8 +304,7 @@ pub async fn metrics(
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-        },
-    );
+        });
     use futures_util::StreamExt;
     Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
 }
@@ -308,7 +319,11 @@ pub async fn checkpoints(
         .list_checkpoints()
         .into_iter()
         .map(|(step, p)| CheckpointInfo {
-            name: p.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+            name: p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
             step: Some(step),
         })
         .collect();
@@ -330,7 +345,11 @@ pub async fn export(
     if current.state == RunState::Running || current.state == RunState::Queued {
         return Err(ApiError(
             StatusCode::CONFLICT,
-            format!("run {name:?} is {:?}; export it when it has stopped", current.state).to_lowercase(),
+            format!(
+                "run {name:?} is {:?}; export it when it has stopped",
+                current.state
+            )
+            .to_lowercase(),
         ));
     }
     let from = req.from.clone().unwrap_or_else(|| "best".into());
