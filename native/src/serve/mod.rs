@@ -491,3 +491,95 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("serving")
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app(token: Option<&str>) -> (tempfile::TempDir, Router) {
+        let dir = tempfile::tempdir().unwrap();
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen2");
+        let state = AppState::new(
+            dir.path().join("work"),
+            &[model],
+            token.map(String::from),
+            Device::flex(),
+        )
+        .unwrap();
+        (dir, router(state, None))
+    }
+
+    async fn call(app: &Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn get(uri: &str) -> Request<Body> {
+        Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn token_is_required_on_every_api_call_when_set() {
+        let (_d, app) = app(Some("s3cret"));
+        let (status, body) = call(&app, get("/api/models")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"]["type"], "unauthorized");
+        let (status, _) = call(&app, get("/v1/models")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let req = Request::get("/api/models")
+            .header("authorization", "Bearer s3cret")
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = call(&app, req).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body[0]["name"], "qwen2");
+        assert_eq!(body[0]["model_type"], "qwen2");
+    }
+
+    #[tokio::test]
+    async fn traversal_and_bad_json_are_refused_with_a_message() {
+        let (_d, app) = app(None);
+        for uri in [
+            "/api/datasets/..%2F..%2Fetc",
+            "/api/runs/..",
+            "/api/models/.hidden",
+        ] {
+            let (status, body) = call(&app, get(uri)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("invalid"),
+                "{uri}: {body}"
+            );
+        }
+        let req = Request::post("/api/runs")
+            .header("content-type", "application/json")
+            .body(Body::from("{\"model\": "))
+            .unwrap();
+        let (status, body) = call(&app, req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+        let req = Request::post("/api/runs")
+            .header("content-type", "application/json")
+            .body(Body::from(vec![b' '; BODY_LIMIT + 10]))
+            .unwrap();
+        let (status, _) = call(&app, req).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        let (status, body) = call(&app, get("/api/nope")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"]["type"], "not_found");
+    }
+}
