@@ -422,8 +422,11 @@ pub fn pretrain(
     };
     std::fs::create_dir_all(&work).map_err(|e| CoreError::io("create", &work, e))?;
 
-    // The tokenizer is a deterministic function of the corpus; it is kept with the checkpoint.
-    let tok_path = work.join("tokenizer.json");
+    // The tokenizer is a deterministic function of the corpus; it is kept with the checkpoint,
+    // in a directory clo loads as a model's tokenizer (with the chat template), so documents
+    // are tokenized as clo will tokenize prompts and responses later.
+    let tok_dir = work.join("tok");
+    let tok_path = tok_dir.join("tokenizer.json");
     let hf_tokenizer = if saved.is_some() && tok_path.exists() {
         tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| CoreError::Tokenizer {
             path: tok_path.clone(),
@@ -435,25 +438,15 @@ pub fn pretrain(
             .to_string(false)
             .map_err(|e| CoreError::Invalid(format!("tokenizer: {e}")))?;
         write_atomically(&tok_path, json.as_bytes())?;
+        write_json_atomically(
+            &tok_dir.join("tokenizer_config.json"),
+            &json!({"eos_token": END, "chat_template": CHAT_TEMPLATE}),
+        )?;
         t
     };
     let eos = hf_tokenizer
         .token_to_id(END)
         .ok_or_else(|| CoreError::Invalid("the trained tokenizer lacks <|end|>".into()))?;
-    // Load it back as a model's tokenizer, with the chat template, to tokenize as clo will.
-    let tok_dir = work.join("tok");
-    std::fs::create_dir_all(&tok_dir).map_err(|e| CoreError::io("create", &tok_dir, e))?;
-    write_atomically(
-        &tok_dir.join("tokenizer.json"),
-        hf_tokenizer
-            .to_string(false)
-            .map_err(|e| CoreError::Invalid(format!("tokenizer: {e}")))?
-            .as_bytes(),
-    )?;
-    write_json_atomically(
-        &tok_dir.join("tokenizer_config.json"),
-        &json!({"eos_token": END, "chat_template": CHAT_TEMPLATE}),
-    )?;
     let tok = ChatTokenizer::from_dir(&tok_dir, &[eos])?;
     let seqs: Vec<Vec<u32>> = docs
         .iter()
@@ -510,13 +503,21 @@ pub fn pretrain(
         step: start,
         total: config.steps,
     });
-    for step in start..config.steps {
-        // Epoch e's order is a function of (seed, e), so a resumed run sees the same batches.
-        let (epoch, k) = (step / per_epoch, step % per_epoch);
+    // Epoch e's order is a function of (seed, e), so a resumed run sees the same batches.
+    let epoch_order = |epoch: usize| {
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(
             config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         ));
+        order
+    };
+    let mut order = (start / per_epoch, epoch_order(start / per_epoch));
+    for step in start..config.steps {
+        let (epoch, k) = (step / per_epoch, step % per_epoch);
+        if order.0 != epoch {
+            order = (epoch, epoch_order(epoch));
+        }
+        let order = &order.1;
         let idx = &order[k * config.batch_size..((k + 1) * config.batch_size).min(seqs.len())];
         let pairs: Vec<Pair> = idx
             .iter()
