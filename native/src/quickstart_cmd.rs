@@ -6,10 +6,11 @@ use anyhow::Context;
 use clap::Args;
 use clo_core::toy::quickstart::{QuickProgress, QuickstartConfig, quickstart, table};
 use clo_core::toy::shipped::write_shipped_model;
-use clo_core::train::{Method, Progress};
+use clo_core::train::Method;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::device::{DEVICE_HELP, parse_device};
+use crate::train_cmd::TrainBar;
 
 #[derive(Args, Debug)]
 pub struct QuickstartArgs {
@@ -68,67 +69,36 @@ pub fn run_quickstart(args: QuickstartArgs) -> anyhow::Result<()> {
             dir
         }
     };
-    let bar = ProgressBar::hidden();
+    let mut train_bar = TrainBar::new(false);
+    let eval_bar = ProgressBar::hidden();
     let mut report = |p: QuickProgress| match p {
         QuickProgress::Phase { what } => {
-            bar.finish_and_clear();
+            train_bar.bar.finish_and_clear();
+            train_bar = TrainBar::new(false);
+            eval_bar.finish_and_clear();
+            eval_bar.set_draw_target(ProgressDrawTarget::hidden());
+            eval_bar.reset();
             eprintln!("{what}");
         }
-        QuickProgress::Train(Progress::Stage {
-            stage,
-            total_steps,
-            done_steps,
-        }) => {
-            bar.set_draw_target(ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "  {prefix} {bar:30} step {pos}/{len} {msg} eta {eta}",
-                )
-                .expect("valid template"),
-            );
-            bar.set_prefix(stage.to_string());
-            bar.set_length(total_steps as u64);
-            bar.set_position(done_steps as u64);
-            bar.reset_eta();
-        }
-        QuickProgress::Train(Progress::Step(m)) => {
-            bar.inc(1);
-            bar.set_message(format!("loss {:.4}", m.loss));
-        }
-        QuickProgress::Train(Progress::Reference {
-            done,
-            total,
-            cached,
-            ..
-        }) => {
-            if !cached {
-                bar.set_draw_target(ProgressDrawTarget::stderr());
-                bar.set_style(
-                    ProgressStyle::with_template("  reference {bar:30} {pos}/{len}")
-                        .expect("valid template"),
-                );
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            }
-        }
-        QuickProgress::Train(_) => {}
+        QuickProgress::Train(p) => train_bar.update(p),
         QuickProgress::Eval { done, total } => {
-            if bar.length() != Some(total as u64) || done <= total / 8 {
-                bar.set_draw_target(ProgressDrawTarget::stderr());
-                bar.set_style(
+            if eval_bar.is_hidden() {
+                eval_bar.set_draw_target(ProgressDrawTarget::stderr());
+                eval_bar.set_style(
                     ProgressStyle::with_template(
                         "  answering {bar:30} {pos}/{len} prompts eta {eta}",
                     )
                     .expect("valid template"),
                 );
-                bar.set_length(total as u64);
+                eval_bar.set_length(total as u64);
             }
-            bar.set_position(done as u64);
+            eval_bar.set_position(done as u64);
         }
     };
     let results = quickstart(&base, &args.out, &config, &device, &mut report)
         .with_context(|| format!("quickstart in {}", args.out.display()))?;
-    bar.finish_and_clear();
+    train_bar.bar.finish_and_clear();
+    eval_bar.finish_and_clear();
     println!("{}", table(&results));
     println!(
         "{} held-out questions per language; wall time {:.0} s",

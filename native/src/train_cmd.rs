@@ -169,69 +169,10 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     );
     opts.resume = args.resume;
 
-    let bar = ProgressBar::hidden();
-    let mut stage_name = "";
-    let mut report = |p: Progress| match p {
-        Progress::Prepared {
-            train,
-            val,
-            dropped,
-        } => {
-            eprintln!(
-                "data: {train} training and {val} validation quadruples ({dropped} dropped: prompt reaches max_len)"
-            );
-        }
-        Progress::Reference {
-            stage,
-            done,
-            total,
-            cached,
-        } => {
-            if cached {
-                eprintln!("{stage}: reference log-probs from the cache");
-                return;
-            }
-            if bar.is_hidden() || bar.length() != Some(total as u64) || stage_name != stage {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix} reference {bar:30} {pos}/{len} examples eta {eta}",
-                    )
-                    .expect("valid template"),
-                );
-                bar.set_prefix(stage.to_string());
-                bar.set_length(total as u64);
-                stage_name = stage;
-            }
-            bar.set_position(done as u64);
-        }
-        Progress::Stage {
-            stage,
-            total_steps,
-            done_steps,
-        } => {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template("{prefix} {bar:30} step {pos}/{len} {msg} eta {eta}")
-                    .expect("valid template"),
-            );
-            bar.set_prefix(stage.to_string());
-            bar.set_length(total_steps as u64);
-            bar.set_position(done_steps as u64);
-            bar.reset_eta();
-        }
-        Progress::Step(m) => {
-            bar.inc(1);
-            let mut msg = format!("loss {:.4} {:.0} tok/s", m.loss, m.tokens_per_s);
-            if let Some(v) = m.val_loss {
-                msg.push_str(&format!(" val {v:.4}"));
-            }
-            bar.set_message(msg);
-        }
-        Progress::Checkpoint(dir) => bar.println(format!("checkpoint {}", dir.display())),
-    };
+    let mut bar = TrainBar::new(true);
+    let mut report = |p: Progress| bar.update(p);
     let outcome = train(&config, &opts, &device, &mut report);
-    bar.finish_and_clear();
+    bar.bar.finish_and_clear();
     match outcome? {
         Outcome::Finished(s) => {
             println!(
@@ -257,6 +198,93 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Training progress on one bar: the reference pass, then the steps of each stage.
+pub struct TrainBar {
+    pub bar: ProgressBar,
+    stage: &'static str,
+    /// Also print the data split and every checkpoint written.
+    verbose: bool,
+}
+
+impl TrainBar {
+    pub fn new(verbose: bool) -> Self {
+        Self {
+            bar: ProgressBar::hidden(),
+            stage: "",
+            verbose,
+        }
+    }
+
+    fn show(&self, template: &str) {
+        self.bar
+            .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        self.bar
+            .set_style(ProgressStyle::with_template(template).expect("valid template"));
+    }
+
+    pub fn update(&mut self, p: Progress) {
+        let bar = &self.bar;
+        match p {
+            Progress::Prepared {
+                train,
+                val,
+                dropped,
+            } => {
+                if self.verbose {
+                    eprintln!(
+                        "data: {train} training and {val} validation quadruples ({dropped} dropped: prompt reaches max_len)"
+                    );
+                }
+            }
+            Progress::Reference {
+                stage,
+                done,
+                total,
+                cached,
+            } => {
+                if cached {
+                    if self.verbose {
+                        eprintln!("{stage}: reference log-probs from the cache");
+                    }
+                    return;
+                }
+                if bar.is_hidden() || bar.length() != Some(total as u64) || self.stage != stage {
+                    bar.set_prefix(stage.to_string());
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                    self.show("{prefix} reference {bar:30} {pos}/{len} examples eta {eta}");
+                    self.stage = stage;
+                }
+                bar.set_position(done as u64);
+            }
+            Progress::Stage {
+                stage,
+                total_steps,
+                done_steps,
+            } => {
+                bar.set_prefix(stage.to_string());
+                bar.set_length(total_steps as u64);
+                bar.set_position(done_steps as u64);
+                self.show("{prefix} {bar:30} step {pos}/{len} {msg} eta {eta}");
+                bar.reset_eta();
+            }
+            Progress::Step(m) => {
+                bar.inc(1);
+                let mut msg = format!("loss {:.4} {:.0} tok/s", m.loss, m.tokens_per_s);
+                if let Some(v) = m.val_loss {
+                    msg.push_str(&format!(" val {v:.4}"));
+                }
+                bar.set_message(msg);
+            }
+            Progress::Checkpoint(dir) => {
+                if self.verbose {
+                    bar.println(format!("checkpoint {}", dir.display()));
+                }
+            }
+        }
+    }
 }
 
 fn fmt(v: Option<f64>) -> String {

@@ -322,14 +322,16 @@ pub fn quickstart(
     write_json_atomically(&data_dir.join("questions.json"), &questions)?;
     let total_prompts = 2 * questions.len();
 
+    // An eval already written is kept; otherwise the model is loaded only now.
     let evaluate = |name: &str,
-                    lm: &Pretrained,
+                    load: &dyn Fn() -> Result<Pretrained>,
                     dir: &Path,
                     progress: &mut dyn FnMut(QuickProgress)|
      -> Result<ToyResults> {
         if let Some(r) = read_results(&dir.join("results.json")) {
             return Ok(r);
         }
+        let lm = load()?;
         progress(QuickProgress::Phase {
             what: format!("eval {name}"),
         });
@@ -353,9 +355,12 @@ pub fn quickstart(
         write_eval(dir, &lm.dir, &items)
     };
 
-    let base_lm = Pretrained::load(base, device)?;
-    let base_results = evaluate("base", &base_lm, &out.join("base-eval"), progress)?;
-    drop(base_lm);
+    let base_results = evaluate(
+        "base",
+        &|| Pretrained::load(base, device),
+        &out.join("base-eval"),
+        progress,
+    )?;
 
     let cache = out.join("cache");
     let mut per_system: BTreeMap<(usize, String), Vec<(ToyResults, f64)>> = BTreeMap::new();
@@ -400,14 +405,11 @@ pub fn quickstart(
                     &crate::error::read_to_string(&summary_path, "run summary")?,
                 )
                 .map_err(|e| CoreError::json(&summary_path, &e, "delete the run to redo it"))?;
-                let results = match read_results(&eval_dir.join("results.json")) {
-                    Some(r) => r,
-                    None => {
-                        let weights = crate::export::resolve_weights(&run_dir, "best")?;
-                        let lm = crate::train::checkpoint::load_trained(&run, &weights, device)?;
-                        evaluate(&name, &lm, &eval_dir, progress)?
-                    }
+                let load = || {
+                    let weights = crate::export::resolve_weights(&run_dir, "best")?;
+                    crate::train::checkpoint::load_trained(&run, &weights, device)
                 };
+                let results = evaluate(&name, &load, &eval_dir, progress)?;
                 per_system
                     .entry((n, method.name().to_string()))
                     .or_default()
