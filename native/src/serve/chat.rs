@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use clo_core::Pretrained;
 use clo_core::api::ChatRequest;
 use clo_core::generate::{SamplingConfig, StopReason, generate};
+use futures_util::StreamExt;
 use serde_json::json;
 
 use super::{ApiError, JsonBody, Shared, check_name};
@@ -103,69 +104,83 @@ pub async fn completions(
     let id = format!("chatcmpl-{}", std::process::id());
     let model = req.model.clone();
     let device = s.device.clone();
-    if !req.stream {
-        let (text, stop, n) = tokio::task::spawn_blocking(move || {
-            let out = generate(
-                &lm.model,
-                &lm.config.decoder.rope,
-                &prompt,
-                lm.tokenizer.eos_ids(),
-                &config,
-                &device,
-                |_| {},
-            );
-            let text = lm.tokenizer.decode(&out.ids, true).unwrap_or_default();
-            (text, out.stop, (prompt.len(), out.ids.len()))
-        })
-        .await
-        .map_err(ApiError::internal)?;
-        return Ok(Json(json!({
-            "id": id, "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": finish(stop)}],
-            "usage": {"prompt_tokens": n.0, "completion_tokens": n.1, "total_tokens": n.0 + n.1},
-        }))
-        .into_response());
-    }
-    // Streaming: each new piece of decoded text is a chunk; text is decoded from all ids so far
-    // so that a character split across tokens is sent once complete.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Event, Infallible>>();
-    let chunk = move |delta: serde_json::Value, reason: Option<&str>| {
-        json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})
-        .to_string()
+    let chunk = {
+        let (id, model) = (id.clone(), model.clone());
+        move |delta: serde_json::Value, reason: Option<&str>| {
+            json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})
+            .to_string()
+        }
     };
-    tokio::task::spawn_blocking(move || {
-        let send = |data: String| tx.send(Ok(Event::default().data(data))).is_ok();
-        send(chunk(json!({"role": "assistant", "content": ""}), None));
-        let mut ids = Vec::new();
-        let mut sent = String::new();
-        let out = generate(
-            &lm.model,
-            &lm.config.decoder.rope,
-            &prompt,
-            lm.tokenizer.eos_ids(),
-            &config,
-            &device,
-            |t| {
-                if lm.tokenizer.eos_ids().contains(&t) {
-                    return;
-                }
-                ids.push(t);
-                let text = lm.tokenizer.decode(&ids, true).unwrap_or_default();
-                if text.len() > sent.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&sent)
-                {
-                    let delta = text[sent.len()..].to_string();
-                    sent = text;
-                    send(chunk(json!({"content": delta}), None));
-                }
-            },
-        );
-        send(chunk(json!({}), Some(finish(out.stop))));
-        send("[DONE]".into());
+    let first = chunk(json!({"role": "assistant", "content": ""}), None);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stream = req.stream;
+    let answer = tokio::task::spawn_blocking(move || {
+        let (text, stop, n) = answer(&lm, &prompt, &config, &device, |delta| {
+            if stream {
+                let _ = tx.send(chunk(json!({"content": delta}), None));
+            }
+        });
+        if stream {
+            let _ = tx.send(chunk(json!({}), Some(finish(stop))));
+            let _ = tx.send("[DONE]".into());
+        }
+        (text, stop, n)
     });
-    let stream = tokio_stream(rx);
-    Ok(Sse::new(stream).into_response())
+    if stream {
+        let events = futures_util::stream::once(async move { first })
+            .chain(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        let events = events.map(|data| Ok::<_, Infallible>(Event::default().data(data)));
+        return Ok(Sse::new(events).into_response());
+    }
+    let (text, stop, n) = answer.await.map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "id": id, "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": finish(stop)}],
+        "usage": {"prompt_tokens": n.0, "completion_tokens": n.1, "total_tokens": n.0 + n.1},
+    }))
+    .into_response())
+}
+
+/// Generates the answer to `prompt`, calling `on_text` with each new piece of text. Text is
+/// decoded from all ids so far, so a character split across tokens is passed on once complete.
+/// Returns the text, why it stopped, and (prompt, completion) token counts.
+fn answer(
+    lm: &Pretrained,
+    prompt: &[u32],
+    config: &SamplingConfig,
+    device: &burn::tensor::Device,
+    mut on_text: impl FnMut(String),
+) -> (String, StopReason, (usize, usize)) {
+    let mut ids = Vec::new();
+    let mut sent = String::new();
+    let out = generate(
+        &lm.model,
+        &lm.config.decoder.rope,
+        prompt,
+        lm.tokenizer.eos_ids(),
+        config,
+        device,
+        |t| {
+            if lm.tokenizer.eos_ids().contains(&t) {
+                return;
+            }
+            ids.push(t);
+            let text = lm.tokenizer.decode(&ids, true).unwrap_or_default();
+            if text.len() > sent.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&sent) {
+                on_text(text[sent.len()..].to_string());
+                sent = text;
+            }
+        },
+    );
+    let text = lm.tokenizer.decode(&out.ids, true).unwrap_or_default();
+    // What was held back (bytes that never completed a character) goes out at the end, so the
+    // streamed pieces always add up to the whole answer.
+    if text.len() > sent.len() && text.starts_with(&sent) {
+        on_text(text[sent.len()..].to_string());
+    }
+    (text, out.stop, (prompt.len(), out.ids.len()))
 }
 
 fn finish(stop: StopReason) -> &'static str {
@@ -173,10 +188,4 @@ fn finish(stop: StopReason) -> &'static str {
         StopReason::Eos => "stop",
         StopReason::MaxNewTokens => "length",
     }
-}
-
-fn tokio_stream<T>(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
-) -> impl futures_util::Stream<Item = T> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

@@ -26,6 +26,7 @@ use clap::Args;
 use clo_core::api::{
     DatasetInfo, DatasetPage, ErrorBody, ErrorDetail, EvalInfo, ModelInfo, QuadView,
 };
+use clo_core::eval::langid::LanguageIdentifier;
 use serde::Deserialize;
 
 use crate::device::{DEVICE_HELP, parse_device};
@@ -63,9 +64,13 @@ pub struct AppState {
     pub device: Device,
     pub jobs: runs::Jobs,
     pub chat: chat::Models,
+    /// Language identifiers by language set (lingua's are slow to build), for dataset pages.
+    langids: std::sync::Mutex<BTreeMap<Vec<String>, Option<SharedLangId>>>,
 }
 
 pub type Shared = Arc<AppState>;
+
+type SharedLangId = Arc<dyn LanguageIdentifier>;
 
 /// An API error: status and message, rendered as [`ErrorBody`].
 #[derive(Debug)]
@@ -187,6 +192,7 @@ impl AppState {
         let state = Arc::new(AppState {
             jobs: runs::Jobs::default(),
             chat: chat::Models::default(),
+            langids: Default::default(),
             workdir,
             models,
             token,
@@ -370,7 +376,13 @@ async fn dataset_page(
         l.dedup();
         l
     };
-    let langid = langid_for(&langs);
+    let langid = s
+        .langids
+        .lock()
+        .expect("langid lock")
+        .entry(langs.clone())
+        .or_insert_with(|| langid_for(&langs))
+        .clone();
     let records = quads
         .iter()
         .enumerate()
@@ -398,13 +410,13 @@ async fn dataset_page(
 
 /// The language identifier for a dataset's languages: the toy world's lexicons, lingua for the
 /// languages it knows, none otherwise.
-fn langid_for(langs: &[String]) -> Option<Box<dyn clo_core::eval::langid::LanguageIdentifier>> {
+fn langid_for(langs: &[String]) -> Option<Arc<dyn LanguageIdentifier>> {
     if langs.iter().any(|l| l == "toy") {
-        return Some(Box::new(clo_core::toy::ToyLangId));
+        return Some(Arc::new(clo_core::toy::ToyLangId));
     }
     clo_core::eval::langid::Lingua::new(langs)
         .ok()
-        .map(|l| Box::new(l) as Box<dyn clo_core::eval::langid::LanguageIdentifier>)
+        .map(|l| Arc::new(l) as Arc<dyn LanguageIdentifier>)
 }
 
 async fn list_evals(State(s): State<Shared>) -> ApiResult<Vec<EvalInfo>> {
@@ -581,5 +593,113 @@ mod tests {
         let (status, body) = call(&app, get("/api/nope")).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(body["error"]["type"], "not_found");
+    }
+
+    fn post(uri: &str, body: serde_json::Value) -> Request<Body> {
+        Request::post(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    }
+
+    async fn text(app: &Router, req: Request<Body>) -> (StatusCode, String) {
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    /// Greedy answers are the same streamed and not: the deltas of the SSE chunks concatenate
+    /// to the non-streamed message, and both stop for the same reason.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn chat_completions_stream_the_same_answer() {
+        let (_d, app) = app(None);
+        let req = |stream| {
+            post(
+                "/v1/chat/completions",
+                serde_json::json!({"model": "qwen2", "stream": stream, "temperature": 0.0,
+                                   "max_tokens": 12, "messages": [{"role": "user", "content": "Habari?"}]}),
+            )
+        };
+        let (status, whole) = call(&app, req(false)).await;
+        assert_eq!(status, StatusCode::OK, "{whole}");
+        let message = whole["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(whole["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+        let (status, sse) = text(&app, req(true)).await;
+        assert_eq!(status, StatusCode::OK);
+        let datas: Vec<&str> = sse
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(datas.last(), Some(&"[DONE]"));
+        let chunks: Vec<serde_json::Value> = datas[..datas.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        let streamed: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(streamed, message);
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            whole["choices"][0]["finish_reason"]
+        );
+        let (status, body) = call(&app, post("/v1/chat/completions", serde_json::json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    }
+
+    /// A run created through the API trains in the background; its metrics arrive as SSE
+    /// events, one per step, then `end` with the final state; it is listed and exportable.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_run_trains_and_streams_its_metrics() {
+        let (d, app) = app(None);
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data/quads.jsonl");
+        std::fs::copy(&data, d.path().join("work/datasets/quads.jsonl")).unwrap();
+        let (status, body) = call(&app, get("/api/datasets/quads?limit=2")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["records"].as_array().unwrap().len(), 2);
+        let (status, body) = call(&app, post("/api/runs", serde_json::json!({"name": "r1", "model": "qwen2", "dataset": "quads", "config": {"steps": 3, "batch_size": 2, "lr": 1e-3}}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = call(&app, post("/api/runs", serde_json::json!({"name": "r2", "model": "qwen2", "dataset": "quads", "config": {"stepz": 3}}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("stepz"),
+            "{body}"
+        );
+        let (status, sse) = text(&app, get("/api/runs/r1/metrics")).await;
+        assert_eq!(status, StatusCode::OK);
+        let metrics = sse.lines().filter(|l| *l == "event: metric").count();
+        assert_eq!(metrics, 3, "{sse}");
+        assert!(sse.contains("event: end\ndata: \"finished\""), "{sse}");
+        let (_, runs) = call(&app, get("/api/runs")).await;
+        assert_eq!(runs[0]["state"], "finished");
+        assert_eq!(runs[0]["steps_done"], 3);
+        let (status, body) = call(
+            &app,
+            post(
+                "/api/runs/r1/export",
+                serde_json::json!({"model_name": "r1-merged"}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, models) = call(&app, get("/api/models")).await;
+        let names: Vec<&str> = models
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"r1-merged") && names.contains(&"run:r1"),
+            "{names:?}"
+        );
     }
 }

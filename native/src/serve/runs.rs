@@ -275,38 +275,47 @@ pub async fn metrics(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     info(&s, &name)?;
     let dir = run_dir(&s, &name);
+    // State: the run directory, bytes of metrics.jsonl already sent, whether `end` was sent.
     let stream =
-        futures_util::stream::unfold((dir, 0usize, false), |(dir, sent, ended)| async move {
+        futures_util::stream::unfold((dir, 0u64, false), |(dir, offset, ended)| async move {
             if ended {
                 return None;
             }
             loop {
                 let done = read_status(&dir).is_some_and(|st| st.state.is_done());
-                let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+                let fresh = read_from(&dir.join("metrics.jsonl"), offset);
                 // Only whole lines: a line being written has no newline yet.
-                let lines: Vec<&str> = text
-                    .split_inclusive('\n')
-                    .filter(|l| l.ends_with('\n'))
-                    .collect();
-                if lines.len() > sent {
-                    let events: Vec<Result<Event, Infallible>> = lines[sent..]
-                        .iter()
-                        .map(|l| Ok(Event::default().event("metric").data(l.trim_end())))
+                if let Some(end) = fresh.rfind('\n') {
+                    let events: Vec<Result<Event, Infallible>> = fresh[..end]
+                        .lines()
+                        .map(|l| Ok(Event::default().event("metric").data(l)))
                         .collect();
-                    let n = lines.len();
-                    return Some((futures_util::stream::iter(events), (dir, n, false)));
+                    let offset = offset + end as u64 + 1;
+                    return Some((futures_util::stream::iter(events), (dir, offset, false)));
                 }
                 if done {
                     let state = read_status(&dir).map(|st| st.state);
                     let data = serde_json::to_string(&state).unwrap_or_default();
                     let end = vec![Ok(Event::default().event("end").data(data))];
-                    return Some((futures_util::stream::iter(end), (dir, sent, true)));
+                    return Some((futures_util::stream::iter(end), (dir, offset, true)));
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         });
     use futures_util::StreamExt;
     Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
+}
+
+/// The text of a file from byte `offset` on (empty when missing or shorter).
+fn read_from(path: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path)
+        && f.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        let _ = f.read_to_string(&mut text);
+    }
+    text
 }
 
 pub async fn checkpoints(
