@@ -569,30 +569,37 @@ pub fn render_report(results: &QuickstartResults) -> BTreeMap<String, String> {
     }
     if c.sizes.len() > 1 {
         md.push_str("## Against data size\n\n");
-        for (title, file, pick, lang) in [
+        fn fidelity(r: &Row) -> &BTreeMap<String, (f64, f64)> {
+            &r.fidelity
+        }
+        fn accuracy(r: &Row) -> &BTreeMap<String, (f64, f64)> {
+            &r.accuracy
+        }
+        type Pick = fn(&Row) -> &BTreeMap<String, (f64, f64)>;
+        let charts: [(&str, &str, Pick, &str); 3] = [
             (
                 "Toy fidelity against data size",
                 "fidelity_vs_size.svg",
-                0,
+                fidelity,
                 "toy",
             ),
             (
                 "Toy accuracy against data size",
                 "accuracy_vs_size.svg",
-                1,
+                accuracy,
                 "toy",
             ),
             (
                 "English accuracy against data size",
                 "en_accuracy_vs_size.svg",
-                1,
+                accuracy,
                 "en",
             ),
-        ] {
+        ];
+        for (title, file, pick, lang) in charts {
             let mut series: BTreeMap<String, Vec<(f64, Estimate)>> = BTreeMap::new();
             for r in &results.rows {
-                let m = if pick == 0 { &r.fidelity } else { &r.accuracy };
-                let (v, e) = m[lang];
+                let (v, e) = pick(r)[lang];
                 let est = Estimate {
                     value: v,
                     stderr: e,
@@ -674,5 +681,48 @@ mod tests {
         // sd of (0.5, 1.0) is 0.3536; / sqrt(2) = 0.25
         assert!((se - 0.25).abs() < 1e-12, "{se}");
         assert_eq!(row.train_s, Some(2.0));
+    }
+
+    /// With several sizes the report has the three curves, each with a line per method and a
+    /// flat base line, and the table a row per method and size.
+    #[test]
+    fn report_draws_curves_against_size() {
+        let items = vec![
+            item("toy", "sum", true, true),
+            item("en", "sum", true, true),
+        ];
+        let r = toy_results(Path::new("m"), &items);
+        let mut rows = vec![row("base", None, &[(r.clone(), f64::NAN)])];
+        for m in ["clo", "sft"] {
+            for n in [10, 20] {
+                rows.push(row(m, Some(n), &[(r.clone(), 1.0)]));
+            }
+        }
+        let results = QuickstartResults {
+            config: QuickstartConfig {
+                sizes: vec![10, 20],
+                ..Default::default()
+            },
+            base_model: "m".into(),
+            questions: 1,
+            rows,
+            wall_s: 1.0,
+        };
+        let files = render_report(&results);
+        for f in [
+            "fidelity_vs_size.svg",
+            "accuracy_vs_size.svg",
+            "en_accuracy_vs_size.svg",
+        ] {
+            assert_eq!(files[f].matches("<polyline").count(), 3, "{f}");
+        }
+        let md = &files["report.md"];
+        assert_eq!(
+            md.lines()
+                .filter(|l| l.starts_with("| clo |") || l.starts_with("| sft |"))
+                .count(),
+            4
+        );
+        assert!(md.contains("![Toy accuracy against data size](accuracy_vs_size.svg)"));
     }
 }
