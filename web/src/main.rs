@@ -1,5 +1,14 @@
-//! clo's web UI. The Leptos app (runs, data, playground, evals) is built here by Trunk from the
-//! repository's `index.html`; until it lands, this binary only exists so the workspace layout is
-//! in place.
+//! The browser entry point (Trunk builds it for wasm32 from the repository's `index.html`).
 
-fn main() {}
+#[cfg(target_arch = "wasm32")]
+fn main() {
+    clo_web::app::main();
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    eprintln!(
+        "clo-web is the browser app: build it with `trunk build` in the repository root; `clo serve` then serves it"
+    );
+    std::process::exit(2);
+}

@@ -132,6 +132,16 @@ pub fn quadruples(world: &World, n: usize, seed: u64) -> Vec<Quadruple> {
     out
 }
 
+/// Quadruples as JSONL, one record per line.
+pub fn quadruples_jsonl(quads: &[Quadruple]) -> String {
+    let mut text = String::new();
+    for q in quads {
+        text.push_str(&serde_json::to_string(q).expect("quadruples serialize"));
+        text.push('\n');
+    }
+    text
+}
+
 /// A held-out question with its answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalQuestion {

@@ -16,7 +16,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::ToyLangId;
-use super::data::{EvalQuestion, eval_questions, quadruples};
+use super::data::{EvalQuestion, eval_questions, quadruples, quadruples_jsonl};
 use super::world::{Lang, World, atoms, render};
 use crate::Pretrained;
 use crate::error::{CoreError, Result};
@@ -308,12 +308,7 @@ pub fn quickstart(
         let quads = quadruples(&world, max_size, seed);
         for &n in &config.sizes {
             let path = data_dir.join(format!("quads-n{n}-s{seed}.jsonl"));
-            let mut text = String::new();
-            for q in &quads[..n] {
-                text.push_str(&serde_json::to_string(q).expect("serializes"));
-                text.push('\n');
-            }
-            write_atomically(&path, text.as_bytes())?;
+            write_atomically(&path, quadruples_jsonl(&quads[..n]).as_bytes())?;
             data_files.insert((n, seed), path);
         }
         all_train.extend(quads);

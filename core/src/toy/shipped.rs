@@ -3,8 +3,10 @@
 
 use std::path::Path;
 
-use crate::error::Result;
+use crate::error::{CoreError, Result};
 use crate::fsutil::{replace_dir_atomically, write_atomically};
+use crate::toy::data::{quadruples, quadruples_jsonl};
+use crate::toy::world::World;
 
 macro_rules! asset {
     ($name:literal) => {
@@ -44,4 +46,25 @@ pub fn write_shipped_model(dir: &Path) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The toy world the shipped model was pretrained on.
+pub fn shipped_world() -> Result<World> {
+    let (_, bytes) = FILES
+        .iter()
+        .find(|(name, _)| *name == "toy_world.json")
+        .expect("toy_world.json is shipped");
+    serde_json::from_slice(bytes)
+        .map_err(|e| CoreError::Invalid(format!("shipped toy_world.json: {e}")))
+}
+
+/// What `clo serve --toy` offers: the shipped model in `model_dir` and `n` toy quadruples
+/// (seed 0, the quickstart's first set) in `data_path`, each written only when missing.
+pub fn write_toy_kit(model_dir: &Path, data_path: &Path, n: usize) -> Result<()> {
+    write_shipped_model(model_dir)?;
+    if !data_path.is_file() {
+        let quads = quadruples(&shipped_world()?, n, 0);
+        write_atomically(data_path, quadruples_jsonl(&quads).as_bytes())?;
+    }
+    Ok(())
 }

@@ -24,7 +24,8 @@ use axum::{Json, Router};
 use burn::tensor::Device;
 use clap::Args;
 use clo_core::api::{
-    DatasetInfo, DatasetPage, ErrorBody, ErrorDetail, EvalInfo, ModelInfo, QuadView,
+    DatasetInfo, DatasetPage, ErrorBody, ErrorDetail, EvalInfo, EvalReport, LangIdRequest,
+    LangIdResponse, ModelInfo, QuadView,
 };
 use clo_core::eval::langid::LanguageIdentifier;
 use serde::Deserialize;
@@ -52,7 +53,14 @@ pub struct ServeArgs {
     web: PathBuf,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
+    /// Also offer clo's built-in toy model (`toy`) and 800 toy quadruples (dataset `toy`),
+    /// written into WORKDIR when missing: a UI to try with no download.
+    #[arg(long)]
+    toy: bool,
 }
+
+/// Languages the playground's reply badges can name (besides `toy`): clo's lingua set.
+const BADGE_LANGS: [&str; 7] = ["en", "zh", "de", "ko", "id", "sw", "yo"];
 
 /// Largest request body (a run config or a chat; datasets are not uploaded through the API).
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -202,6 +210,16 @@ impl AppState {
         Ok(state)
     }
 
+    /// The (cached) language identifier for a set of languages.
+    fn langid(&self, langs: &[String]) -> Option<SharedLangId> {
+        self.langids
+            .lock()
+            .expect("langid lock")
+            .entry(langs.to_vec())
+            .or_insert_with(|| langid_for(langs))
+            .clone()
+    }
+
     /// A model directory by API name: `--model` dirs, `WORKDIR/models/NAME`.
     pub fn model_dir(&self, name: &str) -> Result<PathBuf, ApiError> {
         if let Some(d) = self.models.get(name) {
@@ -245,6 +263,9 @@ pub fn router(state: Shared, web_dir: Option<&Path>) -> Router {
         .route("/api/runs/{name}/checkpoints", get(runs::checkpoints))
         .route("/api/runs/{name}/export", post(runs::export))
         .route("/api/evals", get(list_evals))
+        .route("/api/evals/report", get(eval_report))
+        .route("/api/run-config", get(runs::defaults))
+        .route("/api/langid", post(detect_language))
         .route("/v1/models", get(chat::v1_models))
         .route("/v1/chat/completions", post(chat::completions))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -440,6 +461,46 @@ async fn list_evals(State(s): State<Shared>) -> ApiResult<Vec<EvalInfo>> {
     Ok(Json(out))
 }
 
+/// `clo eval report` over every eval under `WORKDIR/runs` and `WORKDIR/evals`.
+async fn eval_report(State(s): State<Shared>) -> ApiResult<EvalReport> {
+    let dirs: Vec<PathBuf> = ["runs", "evals"]
+        .iter()
+        .map(|d| s.workdir.join(d))
+        .filter(|d| d.is_dir())
+        .collect();
+    Ok(Json(match clo_core::eval::report::collect(&dirs) {
+        Ok(entries) => EvalReport {
+            files: clo_core::eval::report::render(&entries),
+            message: None,
+        },
+        Err(e) => EvalReport {
+            files: BTreeMap::new(),
+            message: Some(e.to_string()),
+        },
+    }))
+}
+
+/// The language of a text: the toy world's lexicons when they say `toy`, else lingua over
+/// clo's languages.
+async fn detect_language(
+    State(s): State<Shared>,
+    JsonBody(req): JsonBody<LangIdRequest>,
+) -> ApiResult<LangIdResponse> {
+    use clo_core::eval::langid::LanguageIdentifier as _;
+    let toy = clo_core::toy::ToyLangId.detect(&req.text);
+    let lang = if toy.as_deref() == Some("toy") {
+        toy
+    } else {
+        let langs: Vec<String> = BADGE_LANGS.iter().map(|l| l.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            s.langid(&langs).and_then(|l| l.detect(&req.text))
+        })
+        .await
+        .map_err(ApiError::internal)?
+    };
+    Ok(Json(LangIdResponse { lang }))
+}
+
 fn walk(dir: &Path, depth: usize) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -467,6 +528,14 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let device = parse_device(&args.device)?;
+    if args.toy {
+        clo_core::toy::shipped::write_toy_kit(
+            &args.workdir.join("models").join("toy"),
+            &args.workdir.join("datasets").join("toy.jsonl"),
+            800,
+        )
+        .context("writing the toy model and dataset")?;
+    }
     let state = AppState::new(
         args.workdir.clone(),
         &args.model,
@@ -701,5 +770,221 @@ mod tests {
             names.contains(&"r1-merged") && names.contains(&"run:r1"),
             "{names:?}"
         );
+    }
+
+    fn state_in(work: &Path) -> Shared {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen2");
+        AppState::new(work.to_path_buf(), &[model], None, Device::flex()).unwrap()
+    }
+
+    /// The web UI's run form offers only settings a run takes (its choices parse), and the
+    /// server's defaults it starts from are the paper's.
+    #[tokio::test]
+    async fn run_defaults_are_the_papers_and_cover_the_forms_fields() {
+        let (_d, app) = app(None);
+        let (status, d) = call(&app, get("/api/run-config")).await;
+        assert_eq!(status, StatusCode::OK, "{d}");
+        for f in clo_web::form::FIELDS {
+            assert!(d.get(f.key).is_some(), "form field {} is no run setting", f.key);
+            if let clo_web::form::Kind::Choice(names) = f.kind {
+                for n in names {
+                    let parsed = serde_json::from_value::<clo_core::train::RunConfig>(
+                        serde_json::json!({ f.key: n }),
+                    );
+                    assert!(parsed.is_ok(), "{}={n}: {parsed:?}", f.key);
+                }
+            }
+        }
+        assert_eq!(d["method"], "clo");
+        assert_eq!(d["trainable"], "attention");
+        assert_eq!(d["beta"], 0.1);
+        assert_eq!(d["lambda"], 0.5);
+        assert_eq!(d["lr"], 5e-5);
+        assert!(d.get("model").is_none() && d.get("data").is_none());
+    }
+
+    /// `--toy`'s kit: the model is listed, its quadruples are paged with the language each
+    /// side was identified as, and the playground's language endpoint tells toy from English.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn datasets_are_paged_with_the_language_of_each_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        clo_core::toy::shipped::write_toy_kit(
+            &work.join("models/toy"),
+            &work.join("datasets/toy.jsonl"),
+            30,
+        )
+        .unwrap();
+        let app = router(state_in(&work), None);
+        let (_, list) = call(&app, get("/api/datasets")).await;
+        assert_eq!(list[0]["name"], "toy", "{list}");
+        assert_eq!(list[0]["records"], 30);
+        let (status, page) = call(&app, get("/api/datasets/toy?offset=5&limit=3")).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["total"], 30);
+        let records = page["records"].as_array().unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0]["line"], 6);
+        for r in records {
+            assert_eq!(r["lang"], "toy");
+            assert_eq!(r["detected"][0], "en", "{r}");
+            assert_eq!(r["detected"][2], "toy", "{r}");
+        }
+        let (status, body) = call(&app, get("/api/datasets/toy?limit=0")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, body) = call(&app, get("/api/datasets/nope")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("GET /api/datasets"));
+
+        let (_, models) = call(&app, get("/api/models")).await;
+        let toy = models
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "toy")
+            .unwrap_or_else(|| panic!("{models}"));
+        assert_eq!(toy["model_type"], "llama");
+        let (status, info) = call(&app, get("/api/models/toy")).await;
+        assert_eq!(status, StatusCode::OK, "{info}");
+
+        let x_tgt = records[0]["x_tgt"].as_str().unwrap();
+        for (text, lang) in [
+            (x_tgt, serde_json::json!("toy")),
+            (
+                "The weather was cold, so we stayed at home and read our books.",
+                serde_json::json!("en"),
+            ),
+            ("42 + 7", serde_json::Value::Null),
+        ] {
+            let (status, body) =
+                call(&app, post("/api/langid", serde_json::json!({"text": text}))).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["lang"], lang, "{text}");
+        }
+        let (status, _) = call(&app, post("/api/langid", serde_json::json!({"text": 3}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    /// The evals page's report is `clo eval report` over the work directory; with no evals it
+    /// says why.
+    #[tokio::test]
+    async fn eval_results_are_listed_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let app = router(state_in(&work), None);
+        let (status, report) = call(&app, get("/api/evals/report")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(report["files"], serde_json::json!({}));
+        assert!(report["message"].as_str().unwrap().contains("no eval results"));
+        let run = work.join("runs/r1");
+        std::fs::create_dir_all(run.join("eval/gen")).unwrap();
+        std::fs::write(
+            run.join("summary.json"),
+            r#"{"method": "clo", "train_quadruples": 40}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            run.join("eval/gen/results.json"),
+            r#"{"task": "gen", "per_language": {"sw": {"fidelity": {"n": 10, "correct": 7, "accuracy": 0.7, "stderr": 0.14}}}}"#,
+        )
+        .unwrap();
+        let (_, evals) = call(&app, get("/api/evals")).await;
+        assert_eq!(evals[0]["path"], "runs/r1/eval/gen/results.json", "{evals}");
+        assert_eq!(evals[0]["results"]["task"], "gen");
+        let (_, report) = call(&app, get("/api/evals/report")).await;
+        let md = report["files"]["report.md"].as_str().unwrap_or_else(|| panic!("{report}"));
+        assert!(md.contains("clo") && md.contains("0.70"), "{md}");
+        assert!(
+            report["files"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .any(|k| k.ends_with(".svg")),
+            "{report}"
+        );
+    }
+
+    async fn wait_for_state(app: &Router, run: &str, want: &str) -> serde_json::Value {
+        for _ in 0..600 {
+            let (_, info) = call(app, get(&format!("/api/runs/{run}"))).await;
+            if info["state"] == want {
+                return info;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("run {run} never became {want}");
+    }
+
+    /// A running run stops on cancel (a queued one at once, before it starts); a finished one
+    /// cannot be cancelled; a restarted server lists the runs from disk, marks the one that was
+    /// running as interrupted and trains the queued one.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn runs_cancel_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let data =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data/quads.jsonl");
+        std::fs::create_dir_all(work.join("datasets")).unwrap();
+        std::fs::copy(&data, work.join("datasets/quads.jsonl")).unwrap();
+        let app = router(state_in(&work), None);
+        let new_run = |name: &str, steps: usize| {
+            post(
+                "/api/runs",
+                serde_json::json!({"name": name, "model": "qwen2", "dataset": "quads",
+                                   "config": {"steps": steps, "batch_size": 2, "save_every": 1}}),
+            )
+        };
+        let (status, _) = call(&app, new_run("long", 100_000)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _) = call(&app, new_run("waiting", 2)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, body) = call(&app, new_run("long", 2)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        // The queue runs one at a time: `waiting` waits behind `long` and is cancelled at once.
+        wait_for_state(&app, "long", "running").await;
+        let (_, info) = call(&app, get("/api/runs/waiting")).await;
+        assert_eq!(info["state"], "queued");
+        let (status, info) = call(&app, post("/api/runs/waiting/cancel", serde_json::json!({}))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(info["state"], "cancelled");
+        // `long` stops after a step or two, keeping checkpoints.
+        let (status, _) = call(&app, post("/api/runs/long/cancel", serde_json::json!({}))).await;
+        assert_eq!(status, StatusCode::OK);
+        let info = wait_for_state(&app, "long", "cancelled").await;
+        assert!(info["steps_done"].as_u64().unwrap() < 100_000);
+        let (status, cps) = call(&app, get("/api/runs/long/checkpoints")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!cps.as_array().unwrap().is_empty(), "{cps}");
+        let (status, body) = call(&app, post("/api/runs/long/cancel", serde_json::json!({}))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        let (status, _) = call(&app, get("/api/runs/ghost/checkpoints")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        // Stop "the server" in the middle of things: one run marked running, one queued.
+        for (name, state) in [("crashed", "running"), ("later", "queued")] {
+            let d = work.join("runs").join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            for f in ["run.toml", "request.json"] {
+                std::fs::copy(work.join("runs/waiting").join(f), d.join(f)).unwrap();
+            }
+            std::fs::write(d.join("status.json"), format!(r#"{{"state": "{state}", "error": null}}"#))
+                .unwrap();
+        }
+        let restarted = router(state_in(&work), None);
+        let (_, runs) = call(&restarted, get("/api/runs")).await;
+        let states: BTreeMap<String, String> = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["name"].as_str().unwrap().into(), r["state"].as_str().unwrap().into()))
+            .collect();
+        assert_eq!(states["long"], "cancelled");
+        assert_eq!(states["waiting"], "cancelled");
+        assert_eq!(states["crashed"], "interrupted");
+        assert!(["queued", "running", "finished"].contains(&states["later"].as_str()));
+        let info = wait_for_state(&restarted, "later", "finished").await;
+        assert_eq!(info["steps_done"], 2);
+        let (_, info) = call(&restarted, get("/api/runs/crashed")).await;
+        assert!(info["error"].as_str().unwrap().contains("server stopped"));
     }
 }

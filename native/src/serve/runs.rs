@@ -176,6 +176,18 @@ pub async fn status(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> 
     info(&s, &name).map(Json)
 }
 
+/// `GET /api/run-config`: the settings a run takes, with `clo train`'s defaults (the paper's).
+pub async fn defaults() -> ApiResult<serde_json::Map<String, serde_json::Value>> {
+    let value = serde_json::to_value(RunConfig::default()).map_err(ApiError::internal)?;
+    let mut obj = value
+        .as_object()
+        .cloned()
+        .expect("a struct serializes to an object");
+    obj.remove("model");
+    obj.remove("data");
+    Ok(Json(obj))
+}
+
 /// The run's config: `clo train`'s defaults, then the request's keys (unknown keys refused).
 fn resolve(s: &Shared, req: &RunRequest) -> Result<RunConfig, ApiError> {
     let mut value = serde_json::to_value(RunConfig::default()).map_err(ApiError::internal)?;

@@ -1,0 +1,53 @@
+//! The app shell: navigation, the API token field, and the pages' routes.
+
+use leptos::prelude::*;
+use leptos_router::components::{A, Route, Router, Routes};
+use leptos_router::path;
+
+use crate::client;
+use crate::pages::{DataPage, EvalsPage, PlaygroundPage, RunPage, RunsPage};
+
+#[component]
+pub fn App() -> impl IntoView {
+    let token = RwSignal::new(client::token().unwrap_or_default());
+    view! {
+        <Router>
+            <header>
+                <span class="brand">"clo"</span>
+                <nav>
+                    <A href="/">"Runs"</A>
+                    <A href="/data">"Data"</A>
+                    <A href="/playground">"Playground"</A>
+                    <A href="/evals">"Evals"</A>
+                </nav>
+                <label class="token" title="The --token of clo serve, when it was started with one">
+                    "API token "
+                    <input
+                        type="password"
+                        placeholder="only with --token"
+                        prop:value=move || token.get()
+                        on:change=move |ev| {
+                            let t = event_target_value(&ev);
+                            client::set_token(&t);
+                            token.set(t);
+                        }
+                    />
+                </label>
+            </header>
+            <main>
+                <Routes fallback=|| view! { <p class="error">"No such page."</p> }>
+                    <Route path=path!("/") view=RunsPage />
+                    <Route path=path!("/runs/:name") view=RunPage />
+                    <Route path=path!("/data") view=DataPage />
+                    <Route path=path!("/playground") view=PlaygroundPage />
+                    <Route path=path!("/evals") view=EvalsPage />
+                </Routes>
+            </main>
+        </Router>
+    }
+}
+
+pub fn main() {
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(App);
+}

@@ -1,0 +1,107 @@
+//! The typed client of `clo serve`'s API: JSON calls, and Server-Sent Events read through
+//! `fetch` (so the bearer token header and POST bodies work, unlike `EventSource`).
+
+use futures_util::StreamExt;
+use gloo_net::http::{Request, RequestBuilder, Response};
+use gloo_storage::{LocalStorage, Storage};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::sse::{SseEvent, SseParser};
+use crate::types::ErrorBody;
+
+const TOKEN_KEY: &str = "clo-token";
+
+/// The API token kept in the browser (for a `clo serve --token`).
+pub fn token() -> Option<String> {
+    LocalStorage::get::<String>(TOKEN_KEY)
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+pub fn set_token(token: &str) {
+    if token.is_empty() {
+        LocalStorage::delete(TOKEN_KEY);
+    } else {
+        let _ = LocalStorage::set(TOKEN_KEY, token);
+    }
+}
+
+fn authorized(b: RequestBuilder) -> RequestBuilder {
+    match token() {
+        Some(t) => b.header("Authorization", &format!("Bearer {t}")),
+        None => b,
+    }
+}
+
+/// The server's message for a failed call.
+async fn error_of(resp: Response) -> String {
+    let status = resp.status();
+    match resp.json::<ErrorBody>().await {
+        Ok(b) => b.error.message,
+        Err(_) => format!("the server answered HTTP {status}"),
+    }
+}
+
+async fn finish<T: DeserializeOwned>(resp: Result<Response, gloo_net::Error>) -> Result<T, String> {
+    let resp = resp.map_err(|e| format!("cannot reach clo serve: {e}"))?;
+    if !resp.ok() {
+        return Err(error_of(resp).await);
+    }
+    resp.json::<T>()
+        .await
+        .map_err(|e| format!("an answer the UI cannot read: {e}"))
+}
+
+pub async fn get<T: DeserializeOwned>(path: &str) -> Result<T, String> {
+    finish(authorized(Request::get(path)).send().await).await
+}
+
+pub async fn post<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> Result<T, String> {
+    let req = authorized(Request::post(path))
+        .json(body)
+        .map_err(|e| e.to_string())?;
+    finish(req.send().await).await
+}
+
+/// Reads a Server-Sent Events answer (GET, or POST with `body`), calling `on_event` for each
+/// event until it returns `false` or the stream ends.
+pub async fn stream<B: Serialize>(
+    path: &str,
+    body: Option<&B>,
+    abort: Option<&web_sys::AbortSignal>,
+    mut on_event: impl FnMut(SseEvent) -> bool,
+) -> Result<(), String> {
+    let builder = authorized(match body {
+        Some(_) => Request::post(path),
+        None => Request::get(path),
+    })
+    .header("Accept", "text/event-stream")
+    .abort_signal(abort);
+    let resp = match body {
+        Some(b) => builder.json(b).map_err(|e| e.to_string())?.send().await,
+        None => builder.send().await,
+    }
+    .map_err(|e| format!("cannot reach clo serve: {e}"))?;
+    if !resp.ok() {
+        return Err(error_of(resp).await);
+    }
+    let raw = resp.body().ok_or("the answer has no body")?;
+    let mut chunks = wasm_streams::ReadableStream::from_raw(raw).into_stream();
+    let mut parser = SseParser::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| format!("the stream broke: {e:?}"))?;
+        let bytes = js_sys::Uint8Array::new(&chunk).to_vec();
+        for event in parser.push(&bytes) {
+            if !on_event(event) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A path segment, percent-encoded.
+pub fn seg(s: &str) -> String {
+    String::from(js_sys::encode_uri_component(s))
+}

@@ -1,0 +1,45 @@
+//! clo's web UI: a Leptos app, client-side rendered and built by Trunk from the repository's
+//! `index.html`, served by `clo serve`.
+//!
+//! The request and response types are the server's own ([`types`], the serde-only
+//! `clo_core::api` module compiled into this crate), so the two cannot drift apart. The logic
+//! the pages rest on (Server-Sent Events, the run form, chart series, language badges) builds
+//! natively and is unit-tested with `cargo test`; the pages themselves build for wasm32 only.
+
+#[path = "../../core/src/api.rs"]
+pub mod types;
+
+pub mod form;
+pub mod series;
+pub mod sse;
+
+#[cfg(target_arch = "wasm32")]
+pub mod app;
+#[cfg(target_arch = "wasm32")]
+pub mod client;
+#[cfg(target_arch = "wasm32")]
+mod pages;
+
+/// How a detected language compares with the one a text should be in: `ok` (the same), `off`
+/// (another one) or `unknown` (undetermined); the CSS class of the badge.
+pub fn badge_class(detected: Option<&str>, expected: Option<&str>) -> &'static str {
+    match (detected, expected) {
+        (None, _) => "unknown",
+        (Some(_), None) => "ok",
+        (Some(d), Some(e)) if d == e => "ok",
+        _ => "off",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::badge_class;
+
+    #[test]
+    fn badges_flag_a_side_in_the_wrong_language() {
+        assert_eq!(badge_class(Some("toy"), Some("toy")), "ok");
+        assert_eq!(badge_class(Some("en"), Some("toy")), "off");
+        assert_eq!(badge_class(None, Some("en")), "unknown");
+        assert_eq!(badge_class(Some("de"), None), "ok");
+    }
+}

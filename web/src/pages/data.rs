@@ -1,0 +1,135 @@
+//! Data: a dataset's quadruples side by side (English | target), each text with the language
+//! it was identified as, and the summary `clo prepare` wrote.
+
+use leptos::prelude::*;
+
+use super::badge;
+use crate::client::{self, seg};
+use crate::types::{DatasetInfo, DatasetPage, QuadView};
+
+const PAGE: usize = 20;
+
+#[component]
+pub fn DataPage() -> impl IntoView {
+    let datasets = LocalResource::new(|| client::get::<Vec<DatasetInfo>>("/api/datasets"));
+    let chosen = RwSignal::new(String::new());
+    let offset = RwSignal::new(0usize);
+    Effect::new(move |_| {
+        if let Some(Ok(list)) = datasets.get()
+            && chosen.get_untracked().is_empty()
+            && let Some(first) = list.first()
+        {
+            chosen.set(first.name.clone());
+        }
+    });
+    let page = LocalResource::new(move || {
+        let (name, offset) = (chosen.get(), offset.get());
+        async move {
+            if name.is_empty() {
+                return Ok(None);
+            }
+            let path = format!("/api/datasets/{}?offset={offset}&limit={PAGE}", seg(&name));
+            client::get::<DatasetPage>(&path).await.map(Some)
+        }
+    });
+    let info = move || {
+        datasets.get().and_then(Result::ok).and_then(|list| {
+            let name = chosen.get();
+            list.into_iter().find(|d| d.name == name)
+        })
+    };
+
+    view! {
+        <h1>"Data"</h1>
+        {move || match datasets.get() {
+            None => view! { <p>"Loading…"</p> }.into_any(),
+            Some(Err(e)) => view! { <p class="error">{e}</p> }.into_any(),
+            Some(Ok(list)) if list.is_empty() => view! {
+                <p class="empty">"No datasets: put quadruple JSONL files (from "<code>"clo prepare"</code>
+                ") in WORKDIR/datasets/, or start "<code>"clo serve --toy"</code>"."</p>
+            }.into_any(),
+            Some(Ok(list)) => {
+                let options = list.into_iter().map(|d| {
+                    let n = d.name.clone();
+                    let selected = move || chosen.with(|c| *c == n);
+                    view! { <option value=d.name.clone() prop:selected=selected>{format!("{} ({} records)", d.name, d.records)}</option> }
+                }).collect_view();
+                view! {
+                    <label>"Dataset "
+                        <select name="dataset" on:change=move |ev| { offset.set(0); chosen.set(event_target_value(&ev)); }>
+                            {options}
+                        </select>
+                    </label>
+                }.into_any()
+            }
+        }}
+        {move || info().and_then(|d| d.summary).map(|s| view! {
+            <details class="summary" open>
+                <summary>"Prepare summary"</summary>
+                <dl class="facts">
+                    {s.as_object().cloned().unwrap_or_default().into_iter().map(|(k, v)| view! {
+                        <dt>{k}</dt>
+                        <dd>{match v { serde_json::Value::String(s) => s, v => v.to_string() }}</dd>
+                    }).collect_view()}
+                </dl>
+            </details>
+        })}
+        {move || match page.get() {
+            None | Some(Ok(None)) => ().into_any(),
+            Some(Err(e)) => view! { <p class="error">{e}</p> }.into_any(),
+            Some(Ok(Some(p))) => view! { <QuadTable page=p offset=offset /> }.into_any(),
+        }}
+    }
+}
+
+fn text_cell(
+    prompt: String,
+    response: String,
+    detected: [Option<String>; 2],
+    lang: String,
+) -> impl IntoView {
+    let [dx, dy] = detected;
+    view! {
+        <td>
+            <div class="prompt">{badge(dx, Some(lang.clone()))}" "{prompt}</div>
+            <div class="response">{badge(dy, Some(lang))}" "{response}</div>
+        </td>
+    }
+}
+
+#[component]
+fn QuadTable(page: DatasetPage, offset: RwSignal<usize>) -> impl IntoView {
+    let total = page.total;
+    let start = page.offset;
+    let end = start + page.records.len();
+    let lang = page
+        .records
+        .first()
+        .map(|r| r.lang.clone())
+        .unwrap_or_default();
+    let rows = page
+        .records
+        .into_iter()
+        .map(|q: QuadView| {
+            let [a, b, c, d] = q.detected.clone();
+            view! {
+                <tr>
+                    <td class="num" title=q.id.clone()>{q.line}</td>
+                    {text_cell(q.x_en, q.y_en, [a, b], "en".into())}
+                    {text_cell(q.x_tgt, q.y_tgt, [c, d], q.lang)}
+                </tr>
+            }
+        })
+        .collect_view();
+    view! {
+        <table class="quads">
+            <thead><tr><th>"#"</th><th>"English"</th><th>{format!("Target ({lang})")}</th></tr></thead>
+            <tbody>{rows}</tbody>
+        </table>
+        <p class="pager">
+            <button disabled=start == 0 on:click=move |_| offset.set(start.saturating_sub(PAGE))>"← Previous"</button>
+            {format!(" records {}–{} of {total} ", start + 1, end)}
+            <button disabled=end >= total on:click=move |_| offset.set(end)>"Next →"</button>
+        </p>
+    }
+}

@@ -1,0 +1,43 @@
+//! The pages: runs (list, new-run form, run page), data, playground and evals.
+
+mod data;
+mod evals;
+mod playground;
+mod runs;
+
+pub use data::DataPage;
+pub use evals::EvalsPage;
+pub use playground::PlaygroundPage;
+pub use runs::{RunPage, RunsPage};
+
+use std::time::Duration;
+
+use leptos::prelude::*;
+
+/// An error line (nothing when `None`).
+pub fn error_line(error: impl Fn() -> Option<String> + Send + Sync + 'static) -> impl IntoView {
+    move || {
+        error().map(|e| {
+            view! { <p class="error" role="alert">{e}</p> }
+        })
+    }
+}
+
+/// A counter that ticks every `every` while the page is shown: resources that read it reload.
+pub fn ticker(every: Duration) -> RwSignal<u64> {
+    let tick = RwSignal::new(0u64);
+    if let Ok(handle) = set_interval_with_handle(move || tick.update(|t| *t += 1), every) {
+        on_cleanup(move || handle.clear());
+    }
+    tick
+}
+
+/// A language badge: the detected code, coloured by whether it is the expected one.
+pub fn badge(detected: Option<String>, expected: Option<String>) -> impl IntoView {
+    let class = format!(
+        "badge {}",
+        crate::badge_class(detected.as_deref(), expected.as_deref())
+    );
+    let text = detected.unwrap_or_else(|| "?".into());
+    view! { <span class=class title="detected language">{text}</span> }
+}

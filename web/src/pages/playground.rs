@@ -1,0 +1,239 @@
+//! Playground: chat with a model, the reply streamed token by token; side by side, the same
+//! prompt goes to two models (say the base model and a CLO run), each reply with a badge of the
+//! language it is in.
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+
+use super::{badge, error_line};
+use crate::client;
+use crate::sse::chat_delta;
+use crate::types::{ChatMessage, ChatRequest, LangIdRequest, LangIdResponse, ModelInfo};
+
+#[derive(Debug, Clone, PartialEq)]
+struct Turn {
+    role: &'static str,
+    content: String,
+    /// The reply's language once it is complete (`Some(None)`: undetermined).
+    lang: Option<Option<String>>,
+    done: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Pane {
+    model: RwSignal<String>,
+    turns: RwSignal<Vec<Turn>>,
+    error: RwSignal<Option<String>>,
+}
+
+impl Pane {
+    fn new() -> Self {
+        Pane {
+            model: RwSignal::new(String::new()),
+            turns: RwSignal::new(Vec::new()),
+            error: RwSignal::new(None),
+        }
+    }
+
+    /// Sends `prompt` after the conversation so far and streams the reply into the last turn.
+    fn send(self, prompt: String, temperature: f64, max_tokens: usize) {
+        let model = self.model.get_untracked();
+        let mut messages: Vec<ChatMessage> = self.turns.with_untracked(|t| {
+            t.iter()
+                .filter(|t| t.done)
+                .map(|t| ChatMessage {
+                    role: t.role.into(),
+                    content: t.content.clone(),
+                })
+                .collect()
+        });
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: prompt.clone(),
+        });
+        self.error.set(None);
+        self.turns.update(|t| {
+            t.push(Turn {
+                role: "user",
+                content: prompt,
+                lang: None,
+                done: true,
+            });
+            t.push(Turn {
+                role: "assistant",
+                content: String::new(),
+                lang: None,
+                done: false,
+            });
+        });
+        let request = ChatRequest {
+            model,
+            messages,
+            stream: true,
+            temperature: Some(temperature),
+            top_p: None,
+            max_tokens: Some(max_tokens),
+            seed: None,
+        };
+        let turns = self.turns;
+        let error = self.error;
+        spawn_local(async move {
+            let append = |text: &str| {
+                turns.try_update(|t| {
+                    if let Some(last) = t.last_mut() {
+                        last.content.push_str(text);
+                    }
+                });
+            };
+            let result = client::stream(
+                "/v1/chat/completions",
+                Some(&request),
+                None,
+                |ev| match chat_delta(&ev.data) {
+                    Ok(Some(text)) => {
+                        append(&text);
+                        true
+                    }
+                    Ok(None) => false,
+                    Err(e) => {
+                        error.try_set(Some(e));
+                        false
+                    }
+                },
+            )
+            .await;
+            if let Err(e) = result {
+                error.try_set(Some(e));
+            }
+            let text = turns
+                .try_with_untracked(|t| t.last().map(|l| l.content.clone()))
+                .flatten()
+                .unwrap_or_default();
+            let lang = client::post::<_, LangIdResponse>("/api/langid", &LangIdRequest { text })
+                .await
+                .map(|r| r.lang)
+                .unwrap_or(None);
+            turns.try_update(|t| {
+                if let Some(last) = t.last_mut() {
+                    last.done = true;
+                    last.lang = Some(lang);
+                }
+            });
+        });
+    }
+
+    fn busy(self) -> bool {
+        self.turns.with(|t| t.last().is_some_and(|l| !l.done))
+    }
+}
+
+fn model_select(which: &'static str, pane: Pane, names: Vec<String>) -> impl IntoView {
+    let options = names
+        .into_iter()
+        .map(|n| {
+            let m = n.clone();
+            view! { <option value=n.clone() prop:selected=move || pane.model.with(|v| *v == m)>{n.clone()}</option> }
+        })
+        .collect_view();
+    view! {
+        <select name=which on:change=move |ev| pane.model.set(event_target_value(&ev))>{options}</select>
+    }
+}
+
+#[component]
+fn ChatPane(which: &'static str, pane: Pane, names: Signal<Vec<String>>) -> impl IntoView {
+    view! {
+        <section class="pane" data-pane=which>
+            <header>
+                {move || model_select(which, pane, names.get())}
+                <button class="link" on:click=move |_| pane.turns.set(Vec::new())>"Clear"</button>
+            </header>
+            <ol class="turns">
+                {move || pane.turns.get().into_iter().map(|t| {
+                    let class = format!("turn {}{}", t.role, if t.done { "" } else { " streaming" });
+                    view! {
+                        <li class=class>
+                            {t.lang.clone().map(|l| badge(l, None))}
+                            <span class="text">{t.content.clone()}</span>
+                        </li>
+                    }
+                }).collect_view()}
+            </ol>
+            {error_line(move || pane.error.get())}
+        </section>
+    }
+}
+
+#[component]
+pub fn PlaygroundPage() -> impl IntoView {
+    let models = LocalResource::new(|| client::get::<Vec<ModelInfo>>("/api/models"));
+    let names = Signal::derive(move || {
+        models
+            .get()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.name)
+            .collect::<Vec<_>>()
+    });
+    let a = Pane::new();
+    let b = Pane::new();
+    let side_by_side = RwSignal::new(false);
+    let prompt = RwSignal::new(String::new());
+    let temperature = RwSignal::new("0".to_string());
+    let max_tokens = RwSignal::new("64".to_string());
+    let error = RwSignal::new(None::<String>);
+    Effect::new(move |_| {
+        let list = names.get();
+        if a.model.get_untracked().is_empty()
+            && let Some(first) = list.first()
+        {
+            a.model.set(first.clone());
+        }
+        if b.model.get_untracked().is_empty()
+            && let Some(other) = list.get(1).or(list.first())
+        {
+            b.model.set(other.clone());
+        }
+    });
+    let busy = move || a.busy() || (side_by_side.get() && b.busy());
+    let send = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let text = prompt.get_untracked().trim().to_string();
+        if text.is_empty() {
+            return;
+        }
+        let Ok(temp) = temperature.get_untracked().trim().parse::<f64>() else {
+            error.set(Some("Temperature: give a number (0 answers greedily)".into()));
+            return;
+        };
+        let Ok(max) = max_tokens.get_untracked().trim().parse::<usize>() else {
+            error.set(Some("Max tokens: give a whole number".into()));
+            return;
+        };
+        error.set(None);
+        a.send(text.clone(), temp, max);
+        if side_by_side.get_untracked() {
+            b.send(text, temp, max);
+        }
+        prompt.set(String::new());
+    };
+    view! {
+        <h1>"Playground"</h1>
+        <form class="chat-controls" on:submit=send>
+            <label class="check">
+                <input type="checkbox" name="side_by_side" bind:checked=side_by_side />
+                " Side by side"
+            </label>
+            <label>"Temperature " <input name="temperature" size="4" bind:value=temperature /></label>
+            <label>"Max tokens " <input name="max_tokens" size="4" bind:value=max_tokens /></label>
+            <textarea name="prompt" rows="2" placeholder="Ask something…" bind:value=prompt></textarea>
+            <button type="submit" disabled=busy>"Send"</button>
+        </form>
+        {error_line(move || error.get())}
+        <div class=move || if side_by_side.get() { "panes two" } else { "panes" }>
+            <ChatPane which="a" pane=a names=names />
+            {move || side_by_side.get().then(|| view! { <ChatPane which="b" pane=b names=names /> })}
+        </div>
+    }
+}
