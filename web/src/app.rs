@@ -20,7 +20,8 @@ pub fn App() -> impl IntoView {
                     <A href="/playground">"Playground"</A>
                     <A href="/evals">"Evals"</A>
                 </nav>
-                <label class="token" title="The --token of clo serve, when it was started with one">
+                <form class="token" on:submit=|ev| ev.prevent_default()>
+                <label title="The --token of clo serve, when it was started with one">
                     "API token "
                     <input
                         type="password"
@@ -33,6 +34,7 @@ pub fn App() -> impl IntoView {
                         }
                     />
                 </label>
+                </form>
             </header>
             <main>
                 <Routes fallback=|| view! { <p class="error">"No such page."</p> }>

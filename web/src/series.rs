@@ -56,6 +56,10 @@ pub const CHARTS: &[Chart] = &[
     },
 ];
 
+/// Lines with a value on some steps only (validation runs every K steps): drawn as markers,
+/// since a line needs neighbours.
+pub const SPARSE: &[&str] = &["validation"];
+
 /// The chart's lines that have a value in some step.
 pub fn present<'a>(chart: &'a Chart, points: &[StepMetrics]) -> Vec<&'a (&'static str, Getter)> {
     chart

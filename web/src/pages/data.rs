@@ -127,9 +127,9 @@ fn QuadTable(page: DatasetPage, offset: RwSignal<usize>) -> impl IntoView {
             <tbody>{rows}</tbody>
         </table>
         <p class="pager">
-            <button disabled=start == 0 on:click=move |_| offset.set(start.saturating_sub(PAGE))>"← Previous"</button>
+            <button disabled={start == 0} on:click=move |_| offset.set(start.saturating_sub(PAGE))>"← Previous"</button>
             {format!(" records {}–{} of {total} ", start + 1, end)}
-            <button disabled=end >= total on:click=move |_| offset.set(end)>"Next →"</button>
+            <button disabled={end >= total} on:click=move |_| offset.set(end)>"Next →"</button>
         </p>
     }
 }

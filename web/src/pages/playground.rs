@@ -17,6 +17,8 @@ struct Turn {
     /// The reply's language once it is complete (`Some(None)`: undetermined).
     lang: Option<Option<String>>,
     done: bool,
+    /// Stream events the reply was put together from.
+    pieces: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -58,12 +60,14 @@ impl Pane {
                 content: prompt,
                 lang: None,
                 done: true,
+                pieces: 0,
             });
             t.push(Turn {
                 role: "assistant",
                 content: String::new(),
                 lang: None,
                 done: false,
+                pieces: 0,
             });
         });
         let request = ChatRequest {
@@ -79,9 +83,13 @@ impl Pane {
         let error = self.error;
         spawn_local(async move {
             let append = |text: &str| {
+                if text.is_empty() {
+                    return;
+                }
                 turns.try_update(|t| {
                     if let Some(last) = t.last_mut() {
                         last.content.push_str(text);
+                        last.pieces += 1;
                     }
                 });
             };
@@ -152,7 +160,7 @@ fn ChatPane(which: &'static str, pane: Pane, names: Signal<Vec<String>>) -> impl
                 {move || pane.turns.get().into_iter().map(|t| {
                     let class = format!("turn {}{}", t.role, if t.done { "" } else { " streaming" });
                     view! {
-                        <li class=class>
+                        <li class=class data-pieces=t.pieces>
                             {t.lang.clone().map(|l| badge(l, None))}
                             <span class="text">{t.content.clone()}</span>
                         </li>

@@ -7,8 +7,8 @@ use std::time::Duration;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_chartistry::{
-    AspectRatio, AxisMarker, Chart, IntoInner, Legend, Line, Series, TickLabels, XGridLine,
-    YGridLine,
+    AspectRatio, AxisMarker, Chart, Interpolation, IntoInner, Legend, Line, MarkerShape, Series,
+    TickLabels, XGridLine, YGridLine,
 };
 use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_params_map};
@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::{error_line, ticker};
 use crate::client::{self, seg};
 use crate::form::{FIELDS, Field, Kind, config_from_form, default_text};
-use crate::series::{CHARTS, Chart as ChartSpec, parse_metric, present};
+use crate::series::{CHARTS, Chart as ChartSpec, SPARSE, parse_metric, present};
 use crate::types::{
     CheckpointInfo, DatasetInfo, ExportRequest, ExportResponse, ModelInfo, RunInfo, RunRequest,
     RunState, StepMetrics,
@@ -409,9 +409,13 @@ fn MetricChart(spec: &'static ChartSpec, points: RwSignal<Vec<StepMetrics>>) -> 
         let mut series = Series::new(|m: &StepMetrics| m.step as f64);
         for (label, get) in spec.lines.iter().filter(|(n, _)| shown.contains(n)) {
             let get = *get;
-            series = series.line(
-                Line::new(move |m: &StepMetrics| get(m).unwrap_or(f64::NAN)).with_name(*label),
-            );
+            let mut line = Line::new(move |m: &StepMetrics| get(m).unwrap_or(f64::NAN))
+                .with_name(*label)
+                .with_interpolation(Interpolation::Linear);
+            if SPARSE.contains(label) {
+                line = line.with_marker(MarkerShape::Circle);
+            }
+            series = series.line(line);
         }
         view! {
             <figure class="chart" data-chart=spec.id>
