@@ -987,4 +987,51 @@ mod tests {
         let (_, info) = call(&restarted, get("/api/runs/crashed")).await;
         assert!(info["error"].as_str().unwrap().contains("server stopped"));
     }
+
+    /// The `openai:` specs of `clo prepare` and `clo eval judge` work against `clo serve`:
+    /// clo's own client, over a real loopback socket, with the token as API key, gets the
+    /// reply that the API gives directly.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn clos_openai_client_uses_clo_serve_as_translator_or_judge() {
+        let (_d, app) = app(Some("k3y"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(axum::serve(listener, app.clone()).into_future());
+        let spec =
+            clo_core::openai::EndpointSpec::parse(&format!("openai:http://{addr}/v1#qwen2"))
+                .unwrap();
+        let messages = [clo_core::openai::ChatMessage::user("Translate: good morning")];
+        let client = |key: Option<&str>| {
+            clo_core::openai::ChatClient::new(
+                spec.clone(),
+                clo_core::openai::ClientOptions {
+                    api_key: key.map(String::from),
+                    max_retries: 0,
+                    ..Default::default()
+                },
+            )
+        };
+        let (good, bad) = (client(Some("k3y")), client(None));
+        let m = messages.clone();
+        let (reply, refused) = tokio::task::spawn_blocking(move || {
+            (good.chat(&m, 0.0, Some(10)), bad.chat(&m, 0.0, Some(10)))
+        })
+        .await
+        .unwrap();
+        let reply = reply.unwrap();
+        let refused = refused.unwrap_err().to_string();
+        assert!(refused.contains("401") || refused.contains("bearer"), "{refused}");
+        let req = Request::post("/v1/chat/completions")
+            .header("authorization", "Bearer k3y")
+            .header("content-type", "application/json")
+            .body(Body::from(
+                serde_json::json!({"model": "qwen2", "temperature": 0.0, "max_tokens": 10,
+                                   "messages": [{"role": "user", "content": "Translate: good morning"}]})
+                .to_string(),
+            ))
+            .unwrap();
+        let (status, direct) = call(&app, req).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(direct["choices"][0]["message"]["content"], reply.as_str());
+    }
 }
