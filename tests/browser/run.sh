@@ -19,7 +19,7 @@ WORK="$(mktemp -d)"
 mkdir -p "$WORK/evals/base/gen"
 cp tests/browser/fixtures/gen-results.json "$WORK/evals/base/gen/results.json"
 TOKEN="e2e-$RANDOM$RANDOM"
-target/debug/clo serve --port 0 --workdir "$WORK" --toy --token "$TOKEN" --web dist \
+"${CARGO_TARGET_DIR:-target}/debug/clo" serve --port 0 --workdir "$WORK" --toy --token "$TOKEN" --web dist \
   >"$ART/server.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
