@@ -4,12 +4,12 @@ use leptos::prelude::*;
 use leptos_router::components::{A, Route, Router, Routes};
 use leptos_router::path;
 
-use crate::client;
+use crate::api;
 use crate::pages::{DataPage, EvalsPage, PlaygroundPage, RunPage, RunsPage};
 
 #[component]
 pub fn App() -> impl IntoView {
-    let token = RwSignal::new(client::token().unwrap_or_default());
+    let token = RwSignal::new(api::token().unwrap_or_default());
     view! {
         <Router>
             <header>
@@ -29,7 +29,7 @@ pub fn App() -> impl IntoView {
                         prop:value=move || token.get()
                         on:change=move |ev| {
                             let t = event_target_value(&ev);
-                            client::set_token(&t);
+                            api::set_token(&t);
                             token.set(t);
                         }
                     />

@@ -16,7 +16,7 @@ pub mod sse;
 #[cfg(target_arch = "wasm32")]
 pub mod app;
 #[cfg(target_arch = "wasm32")]
-pub mod client;
+pub mod api;
 #[cfg(target_arch = "wasm32")]
 mod pages;
 

@@ -685,6 +685,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn chat_completions_stream_the_same_answer() {
         let (_d, app) = app(None);
+        let (status, models) = call(&app, get("/v1/models")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(models["object"], "list");
+        assert_eq!(models["data"][0]["id"], "qwen2", "{models}");
         let req = |stream| {
             post(
                 "/v1/chat/completions",

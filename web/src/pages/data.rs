@@ -4,14 +4,14 @@
 use leptos::prelude::*;
 
 use super::badge;
-use crate::client::{self, seg};
+use crate::api::{self, seg};
 use crate::types::{DatasetInfo, DatasetPage, QuadView};
 
 const PAGE: usize = 20;
 
 #[component]
 pub fn DataPage() -> impl IntoView {
-    let datasets = LocalResource::new(|| client::get::<Vec<DatasetInfo>>("/api/datasets"));
+    let datasets = LocalResource::new(|| api::get::<Vec<DatasetInfo>>("/api/datasets"));
     let chosen = RwSignal::new(String::new());
     let offset = RwSignal::new(0usize);
     Effect::new(move |_| {
@@ -29,7 +29,7 @@ pub fn DataPage() -> impl IntoView {
                 return Ok(None);
             }
             let path = format!("/api/datasets/{}?offset={offset}&limit={PAGE}", seg(&name));
-            client::get::<DatasetPage>(&path).await.map(Some)
+            api::get::<DatasetPage>(&path).await.map(Some)
         }
     });
     let info = move || {

@@ -3,7 +3,7 @@
 use leptos::prelude::*;
 use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 
-use crate::client;
+use crate::api;
 use crate::types::EvalReport;
 
 /// `report.md` as HTML, with the charts it links (SVG files of the report) drawn in place.
@@ -38,7 +38,7 @@ fn report_html(report: &EvalReport) -> String {
 
 #[component]
 pub fn EvalsPage() -> impl IntoView {
-    let report = LocalResource::new(|| client::get::<EvalReport>("/api/evals/report"));
+    let report = LocalResource::new(|| api::get::<EvalReport>("/api/evals/report"));
     view! {
         <h1>"Evals"</h1>
         {move || match report.get() {

@@ -6,7 +6,7 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 
 use super::{badge, error_line};
-use crate::client;
+use crate::api;
 use crate::sse::chat_delta;
 use crate::types::{ChatMessage, ChatRequest, LangIdRequest, LangIdResponse, ModelInfo};
 
@@ -93,7 +93,7 @@ impl Pane {
                     }
                 });
             };
-            let result = client::stream(
+            let result = api::stream(
                 "/v1/chat/completions",
                 Some(&request),
                 None,
@@ -117,7 +117,7 @@ impl Pane {
                 .try_with_untracked(|t| t.last().map(|l| l.content.clone()))
                 .flatten()
                 .unwrap_or_default();
-            let lang = client::post::<_, LangIdResponse>("/api/langid", &LangIdRequest { text })
+            let lang = api::post::<_, LangIdResponse>("/api/langid", &LangIdRequest { text })
                 .await
                 .map(|r| r.lang)
                 .unwrap_or(None);
@@ -174,7 +174,7 @@ fn ChatPane(which: &'static str, pane: Pane, names: Signal<Vec<String>>) -> impl
 
 #[component]
 pub fn PlaygroundPage() -> impl IntoView {
-    let models = LocalResource::new(|| client::get::<Vec<ModelInfo>>("/api/models"));
+    let models = LocalResource::new(|| api::get::<Vec<ModelInfo>>("/api/models"));
     let names = Signal::derive(move || {
         models
             .get()

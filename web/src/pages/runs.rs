@@ -16,7 +16,7 @@ use send_wrapper::SendWrapper;
 use serde_json::{Map, Value};
 
 use super::{error_line, ticker};
-use crate::client::{self, seg};
+use crate::api::{self, seg};
 use crate::form::{FIELDS, Field, Kind, config_from_form, default_text};
 use crate::series::{CHARTS, Chart as ChartSpec, SPARSE, parse_metric, present};
 use crate::types::{
@@ -40,7 +40,7 @@ pub fn RunsPage() -> impl IntoView {
     let tick = ticker(Duration::from_secs(2));
     let runs = LocalResource::new(move || {
         tick.get();
-        client::get::<Vec<RunInfo>>("/api/runs")
+        api::get::<Vec<RunInfo>>("/api/runs")
     });
     view! {
         <h1>"Runs"</h1>
@@ -115,9 +115,9 @@ fn name_select(
 #[component]
 fn NewRun() -> impl IntoView {
     let navigate = use_navigate();
-    let models = LocalResource::new(|| client::get::<Vec<ModelInfo>>("/api/models"));
-    let datasets = LocalResource::new(|| client::get::<Vec<DatasetInfo>>("/api/datasets"));
-    let defaults = LocalResource::new(|| client::get::<Map<String, Value>>("/api/run-config"));
+    let models = LocalResource::new(|| api::get::<Vec<ModelInfo>>("/api/models"));
+    let datasets = LocalResource::new(|| api::get::<Vec<DatasetInfo>>("/api/datasets"));
+    let defaults = LocalResource::new(|| api::get::<Map<String, Value>>("/api/run-config"));
     let model = RwSignal::new(String::new());
     let dataset = RwSignal::new(String::new());
     let name = RwSignal::new(String::new());
@@ -176,7 +176,7 @@ fn NewRun() -> impl IntoView {
         busy.set(true);
         let navigate = navigate.clone();
         spawn_local(async move {
-            match client::post::<_, RunInfo>("/api/runs", &request).await {
+            match api::post::<_, RunInfo>("/api/runs", &request).await {
                 Ok(run) => navigate(&format!("/runs/{}", seg(&run.name)), Default::default()),
                 Err(e) => error.set(Some(e)),
             }
@@ -294,7 +294,7 @@ pub fn RunPage() -> impl IntoView {
     let info = LocalResource::new(move || {
         tick.get();
         let n = name.get();
-        async move { client::get::<RunInfo>(&format!("/api/runs/{}", seg(&n))).await }
+        async move { api::get::<RunInfo>(&format!("/api/runs/{}", seg(&n))).await }
     });
     let points = RwSignal::new(Vec::<StepMetrics>::new());
     let stream_error = RwSignal::new(None::<String>);
@@ -310,7 +310,7 @@ pub fn RunPage() -> impl IntoView {
         streaming.set(true);
         spawn_local(async move {
             let path = format!("/api/runs/{}/metrics", seg(&n));
-            let result = client::stream::<()>(&path, None, signal.as_ref(), |ev| {
+            let result = api::stream::<()>(&path, None, signal.as_ref(), |ev| {
                 match ev.event.as_str() {
                     "metric" => match parse_metric(&ev.data) {
                         Ok(m) => {
@@ -346,7 +346,7 @@ pub fn RunPage() -> impl IntoView {
         let n = name.get_untracked();
         spawn_local(async move {
             let path = format!("/api/runs/{}/cancel", seg(&n));
-            if let Err(e) = client::post::<_, RunInfo>(&path, &()).await {
+            if let Err(e) = api::post::<_, RunInfo>(&path, &()).await {
                 action_error.set(Some(e));
             }
         });
@@ -447,7 +447,7 @@ fn Export(name: String) -> impl IntoView {
         let name = name.clone();
         LocalResource::new(move || {
             let path = format!("/api/runs/{}/checkpoints", seg(&name));
-            async move { client::get::<Vec<CheckpointInfo>>(&path).await }
+            async move { api::get::<Vec<CheckpointInfo>>(&path).await }
         })
     };
     let from = RwSignal::new("best".to_string());
@@ -460,7 +460,7 @@ fn Export(name: String) -> impl IntoView {
         };
         let path = format!("/api/runs/{}/export", seg(&name));
         spawn_local(async move {
-            result.set(Some(client::post::<_, ExportResponse>(&path, &request).await));
+            result.set(Some(api::post::<_, ExportResponse>(&path, &request).await));
         });
     };
     view! {

@@ -1,4 +1,4 @@
-//! The typed client of `clo serve`'s API: JSON calls, and Server-Sent Events read through
+//! `api.rs`: the typed client of `clo serve`'s API: JSON calls, and Server-Sent Events read through
 //! `fetch` (so the bearer token header and POST bodies work, unlike `EventSource`).
 
 use futures_util::StreamExt;
