@@ -121,7 +121,10 @@ pub fn chat_delta(data: &str) -> Result<Option<String>, String> {
     let v: serde_json::Value =
         serde_json::from_str(data).map_err(|e| format!("a chat chunk the UI cannot read: {e}"))?;
     if let Some(err) = v.get("error") {
-        return Err(err["message"].as_str().unwrap_or("the server failed").into());
+        return Err(err["message"]
+            .as_str()
+            .unwrap_or("the server failed")
+            .into());
     }
     Ok(Some(
         v["choices"][0]["delta"]["content"]

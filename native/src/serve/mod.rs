@@ -492,11 +492,9 @@ async fn detect_language(
         toy
     } else {
         let langs: Vec<String> = BADGE_LANGS.iter().map(|l| l.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            s.langid(&langs).and_then(|l| l.detect(&req.text))
-        })
-        .await
-        .map_err(ApiError::internal)?
+        tokio::task::spawn_blocking(move || s.langid(&langs).and_then(|l| l.detect(&req.text)))
+            .await
+            .map_err(ApiError::internal)?
     };
     Ok(Json(LangIdResponse { lang }))
 }
@@ -789,7 +787,11 @@ mod tests {
         let (status, d) = call(&app, get("/api/run-config")).await;
         assert_eq!(status, StatusCode::OK, "{d}");
         for f in clo_web::form::FIELDS {
-            assert!(d.get(f.key).is_some(), "form field {} is no run setting", f.key);
+            assert!(
+                d.get(f.key).is_some(),
+                "form field {} is no run setting",
+                f.key
+            );
             if let clo_web::form::Kind::Choice(names) = f.kind {
                 for n in names {
                     let parsed = serde_json::from_value::<clo_core::train::RunConfig>(
@@ -838,7 +840,12 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         let (status, body) = call(&app, get("/api/datasets/nope")).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-        assert!(body["error"]["message"].as_str().unwrap().contains("GET /api/datasets"));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("GET /api/datasets")
+        );
 
         let (_, models) = call(&app, get("/api/models")).await;
         let toy = models
@@ -879,7 +886,12 @@ mod tests {
         let (status, report) = call(&app, get("/api/evals/report")).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(report["files"], serde_json::json!({}));
-        assert!(report["message"].as_str().unwrap().contains("no eval results"));
+        assert!(
+            report["message"]
+                .as_str()
+                .unwrap()
+                .contains("no eval results")
+        );
         let run = work.join("runs/r1");
         std::fs::create_dir_all(run.join("eval/gen")).unwrap();
         std::fs::write(
@@ -896,7 +908,9 @@ mod tests {
         assert_eq!(evals[0]["path"], "runs/r1/eval/gen/results.json", "{evals}");
         assert_eq!(evals[0]["results"]["task"], "gen");
         let (_, report) = call(&app, get("/api/evals/report")).await;
-        let md = report["files"]["report.md"].as_str().unwrap_or_else(|| panic!("{report}"));
+        let md = report["files"]["report.md"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{report}"));
         assert!(md.contains("clo") && md.contains("0.70"), "{md}");
         assert!(
             report["files"]
@@ -926,8 +940,7 @@ mod tests {
     async fn runs_cancel_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("work");
-        let data =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data/quads.jsonl");
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data/quads.jsonl");
         std::fs::create_dir_all(work.join("datasets")).unwrap();
         std::fs::copy(&data, work.join("datasets/quads.jsonl")).unwrap();
         let app = router(state_in(&work), None);
@@ -948,7 +961,11 @@ mod tests {
         wait_for_state(&app, "long", "running").await;
         let (_, info) = call(&app, get("/api/runs/waiting")).await;
         assert_eq!(info["state"], "queued");
-        let (status, info) = call(&app, post("/api/runs/waiting/cancel", serde_json::json!({}))).await;
+        let (status, info) = call(
+            &app,
+            post("/api/runs/waiting/cancel", serde_json::json!({})),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(info["state"], "cancelled");
         // `long` stops after a step or two, keeping checkpoints.
@@ -971,8 +988,11 @@ mod tests {
             for f in ["run.toml", "request.json"] {
                 std::fs::copy(work.join("runs/waiting").join(f), d.join(f)).unwrap();
             }
-            std::fs::write(d.join("status.json"), format!(r#"{{"state": "{state}", "error": null}}"#))
-                .unwrap();
+            std::fs::write(
+                d.join("status.json"),
+                format!(r#"{{"state": "{state}", "error": null}}"#),
+            )
+            .unwrap();
         }
         let restarted = router(state_in(&work), None);
         let (_, runs) = call(&restarted, get("/api/runs")).await;
@@ -980,7 +1000,12 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| (r["name"].as_str().unwrap().into(), r["state"].as_str().unwrap().into()))
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().into(),
+                    r["state"].as_str().unwrap().into(),
+                )
+            })
             .collect();
         assert_eq!(states["long"], "cancelled");
         assert_eq!(states["waiting"], "cancelled");
@@ -1001,10 +1026,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(axum::serve(listener, app.clone()).into_future());
-        let spec =
-            clo_core::openai::EndpointSpec::parse(&format!("openai:http://{addr}/v1#qwen2"))
-                .unwrap();
-        let messages = [clo_core::openai::ChatMessage::user("Translate: good morning")];
+        let spec = clo_core::openai::EndpointSpec::parse(&format!("openai:http://{addr}/v1#qwen2"))
+            .unwrap();
+        let messages = [clo_core::openai::ChatMessage::user(
+            "Translate: good morning",
+        )];
         let client = |key: Option<&str>| {
             clo_core::openai::ChatClient::new(
                 spec.clone(),
@@ -1024,7 +1050,10 @@ mod tests {
         .unwrap();
         let reply = reply.unwrap();
         let refused = refused.unwrap_err().to_string();
-        assert!(refused.contains("401") || refused.contains("bearer"), "{refused}");
+        assert!(
+            refused.contains("401") || refused.contains("bearer"),
+            "{refused}"
+        );
         let req = Request::post("/v1/chat/completions")
             .header("authorization", "Bearer k3y")
             .header("content-type", "application/json")

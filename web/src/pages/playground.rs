@@ -93,23 +93,24 @@ impl Pane {
                     }
                 });
             };
-            let result = api::stream(
-                "/v1/chat/completions",
-                Some(&request),
-                None,
-                |ev| match chat_delta(&ev.data) {
-                    Ok(Some(text)) => {
-                        append(&text);
-                        true
-                    }
-                    Ok(None) => false,
-                    Err(e) => {
-                        error.try_set(Some(e));
-                        false
-                    }
-                },
-            )
-            .await;
+            let result =
+                api::stream(
+                    "/v1/chat/completions",
+                    Some(&request),
+                    None,
+                    |ev| match chat_delta(&ev.data) {
+                        Ok(Some(text)) => {
+                            append(&text);
+                            true
+                        }
+                        Ok(None) => false,
+                        Err(e) => {
+                            error.try_set(Some(e));
+                            false
+                        }
+                    },
+                )
+                .await;
             if let Err(e) = result {
                 error.try_set(Some(e));
             }
@@ -212,7 +213,9 @@ pub fn PlaygroundPage() -> impl IntoView {
             return;
         }
         let Ok(temp) = temperature.get_untracked().trim().parse::<f64>() else {
-            error.set(Some("Temperature: give a number (0 answers greedily)".into()));
+            error.set(Some(
+                "Temperature: give a number (0 answers greedily)".into(),
+            ));
             return;
         };
         let Ok(max) = max_tokens.get_untracked().trim().parse::<usize>() else {

@@ -92,11 +92,7 @@ fn RunTable(runs: Vec<RunInfo>) -> impl IntoView {
 }
 
 /// A `<select>` of names; the current choice is `value`.
-fn name_select(
-    name: &'static str,
-    names: Vec<String>,
-    value: RwSignal<String>,
-) -> impl IntoView {
+fn name_select(name: &'static str, names: Vec<String>, value: RwSignal<String>) -> impl IntoView {
     let options = names
         .into_iter()
         .map(|n| {
