@@ -91,6 +91,9 @@ test('a run created from the form charts its metrics live', async () => {
 
 test('a finished run exports a model', async () => {
   await page.fill('input[name=model_name]', `${RUN}-hf`);
+  // The page polls the run's state every 2 s; what is typed in the form survives the polls.
+  await page.waitForTimeout(4500);
+  assert.equal(await page.inputValue('input[name=model_name]'), `${RUN}-hf`);
   await page.getByRole('button', { name: 'Export', exact: true }).click();
   await page.getByText(`as model ${RUN}-hf`).waitFor();
 });

@@ -337,6 +337,11 @@ pub fn RunPage() -> impl IntoView {
         });
     });
 
+    let finished = Memo::new(move |_| {
+        info.get()
+            .and_then(Result::ok)
+            .is_some_and(|r| r.state == RunState::Finished)
+    });
     let action_error = RwSignal::new(None::<String>);
     let cancel = move |_| {
         let n = name.get_untracked();
@@ -371,12 +376,15 @@ pub fn RunPage() -> impl IntoView {
                             <pre>{serde_json::to_string_pretty(&s).unwrap_or_default()}</pre>
                         </details>
                     })}
-                    {(run.state == RunState::Finished).then(|| view! { <Export name=name.get_untracked() /> })}
                 }
                 .into_any()
             }
         }}
         {error_line(move || action_error.get())}
+        // Outside the polled block, so the export form keeps what is typed in it.
+        <Show when=move || finished.get()>
+            <Export name=name.get_untracked() />
+        </Show>
         <p class="points">
             <span data-testid="points">{move || points.with(Vec::len)}</span>
             " steps received"
