@@ -156,8 +156,16 @@ impl ChatTokenizer {
     /// The model's chat template applied to one user message with the generation prompt, or
     /// [`PLAIN_TEMPLATE`] for base models.
     pub fn render_prompt(&self, user: &str) -> Result<String> {
+        self.render_chat(&[("user", user)])
+    }
+
+    /// The model's chat template applied to a conversation (`(role, content)` in order) with the
+    /// generation prompt. Without a template, the contents joined by blank lines fill
+    /// [`PLAIN_TEMPLATE`].
+    pub fn render_chat(&self, messages: &[(&str, &str)]) -> Result<String> {
         let Some(template) = &self.chat_template else {
-            return Ok(PLAIN_TEMPLATE.replace("{prompt}", user));
+            let text: Vec<&str> = messages.iter().map(|(_, c)| *c).collect();
+            return Ok(PLAIN_TEMPLATE.replace("{prompt}", &text.join("\n\n")));
         };
         let template_err = |e: minijinja::Error, hint| CoreError::Template {
             path: self.config_path.clone(),
@@ -181,13 +189,22 @@ impl ChatTokenizer {
         env.get_template("chat")
             .and_then(|t| {
                 t.render(context! {
-                    messages => vec![context! { role => "user", content => user }],
+                    messages => messages
+                        .iter()
+                        .map(|(role, content)| context! { role => role, content => content })
+                        .collect::<Vec<_>>(),
                     add_generation_prompt => true,
                     bos_token => self.bos_token.clone().unwrap_or_default(),
                     eos_token => self.eos_token.clone().unwrap_or_default(),
                 })
             })
-            .map_err(|e| template_err(e, "the template failed on a single user message; pass no --chat-template to score raw prompts"))
+            .map_err(|e| template_err(e, "the template failed on these messages; pass no --chat-template to score raw prompts"))
+    }
+
+    /// Prompt tokens of a conversation under the chat template (as [`Self::prompt_ids`] with
+    /// `chat`).
+    pub fn chat_ids(&self, messages: &[(&str, &str)]) -> Result<Vec<u32>> {
+        self.encode(&self.render_chat(messages)?, !self.has_chat_template())
     }
 
     /// Prompt tokens: with `chat`, the rendered template (its own special tokens, nothing

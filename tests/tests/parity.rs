@@ -247,3 +247,47 @@ fn base_model_chat_prompt_uses_plain_fallback() {
         config.eos_token_ids.first()
     );
 }
+
+/// A conversation (system, user, assistant, user), as `clo serve`'s chat endpoint renders it,
+/// equals transformers' `apply_chat_template(..., add_generation_prompt=True)`
+/// (`tests/fixtures/make_chat_fixture.py` -> `chat_multi.json`); a template that refuses it
+/// (Mistral's, on a system message) is an error here too; without a template the contents
+/// fill the plain fallback.
+#[test]
+fn conversations_render_as_transformers_does() {
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir("llama").join("../../chat_multi.json")).unwrap(),
+    )
+    .unwrap();
+    let messages: Vec<(&str, &str)> = fixture["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    for family in ["llama", "llama3", "mistral", "qwen2"] {
+        let dir = fixture_dir(family);
+        let config = clo_core::models::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let tok =
+            clo_core::tokenizer::ChatTokenizer::from_dir(&dir, &config.eos_token_ids).unwrap();
+        let ours = tok.render_chat(&messages);
+        match (&fixture["rendered"][family], tok.has_chat_template()) {
+            (serde_json::Value::String(hf), _) => {
+                assert_eq!(&ours.unwrap(), hf, "{family}");
+                assert_eq!(
+                    tok.chat_ids(&messages).unwrap(),
+                    tok.encode(hf, false).unwrap()
+                );
+            }
+            (_, true) => assert!(ours.is_err(), "{family}: transformers refused it"),
+            (_, false) => assert_eq!(
+                ours.unwrap(),
+                clo_core::tokenizer::PLAIN_TEMPLATE.replace(
+                    "{prompt}",
+                    "You answer briefly.\n\nHabari?\n\nNzuri sana.\n\nNa wewe je?"
+                ),
+                "{family}"
+            ),
+        }
+    }
+}

@@ -82,13 +82,19 @@ pub async fn completions(
     State(s): State<Shared>,
     JsonBody(req): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let user = req
+    if !req.messages.iter().any(|m| m.role == "user") {
+        return Err(ApiError::bad("messages holds no user message"));
+    }
+    if let Some(m) = req
         .messages
         .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .map(|m| m.content.clone())
-        .ok_or_else(|| ApiError::bad("messages holds no user message"))?;
+        .find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
+    {
+        return Err(ApiError::bad(format!(
+            "message role {:?}: use system, user or assistant",
+            m.role
+        )));
+    }
     let config = sampling(&req)?;
     let lm = {
         let s = s.clone();
@@ -97,9 +103,14 @@ pub async fn completions(
             .await
             .map_err(ApiError::internal)??
     };
+    let conversation: Vec<(&str, &str)> = req
+        .messages
+        .iter()
+        .map(|m| (m.role.as_str(), m.content.as_str()))
+        .collect();
     let prompt = lm
         .tokenizer
-        .prompt_ids(&user, lm.tokenizer.has_chat_template())
+        .chat_ids(&conversation)
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let id = format!("chatcmpl-{}", std::process::id());
     let model = req.model.clone();

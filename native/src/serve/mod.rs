@@ -722,6 +722,19 @@ mod tests {
             chunks.last().unwrap()["choices"][0]["finish_reason"],
             whole["choices"][0]["finish_reason"]
         );
+        // The whole conversation is the prompt: earlier turns lengthen it.
+        let (_, longer) = call(&app, post("/v1/chat/completions", serde_json::json!({"model": "qwen2", "temperature": 0.0, "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Jambo"}, {"role": "assistant", "content": "Jambo sana"}, {"role": "user", "content": "Habari?"}]}))).await;
+        assert!(
+            longer["usage"]["prompt_tokens"].as_u64() > whole["usage"]["prompt_tokens"].as_u64(),
+            "{longer}"
+        );
+        let (status, body) = call(&app, post("/v1/chat/completions", serde_json::json!({"model": "qwen2", "messages": [{"role": "tool", "content": "x"}, {"role": "user", "content": "x"}]}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("tool"),
+            "{body}"
+        );
         let (status, body) = call(&app, post("/v1/chat/completions", serde_json::json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}))).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     }
