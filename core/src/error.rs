@@ -6,20 +6,55 @@ use std::path::{Path, PathBuf};
 /// Errors of the core library.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
-    /// A file the model directory must hold is not there.
-    #[error(
-        "missing {what}: {path} does not exist\nHINT: a Hugging Face model directory holds config.json, model.safetensors (or model.safetensors.index.json and its shards), tokenizer.json and tokenizer_config.json"
-    )]
+    /// A file that is needed is not there (a model file, a data file, a checkpoint).
+    #[error("missing {what}: {path} does not exist\nHINT: {}", missing_hint(what))]
     MissingFile { path: PathBuf, what: &'static str },
 
-    /// Reading or writing a file failed.
-    #[error("cannot {action} {path}: {source}")]
+    /// Reading or writing a file failed. The OS error is part of the message and not a
+    /// `source`, so that a printed error chain names it once.
+    #[error("cannot {action} {path}: {cause}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+
+    /// An output path holds something clo did not write there; nothing was changed.
+    #[error(
+        "{path} already exists and was not written by {writer}; nothing was changed\nHINT: choose another output path, or replace it with --force (the old one is moved aside, not deleted)"
+    )]
+    OutputExists { path: PathBuf, writer: &'static str },
+
+    /// An output path is a training run directory (or lies inside one) that is not this
+    /// command's own run.
+    #[error(
+        "{path} is {relation} {run}; clo never writes into or over a run other than its own\nHINT: choose an output path outside the run directory"
+    )]
+    OutputInRun {
+        path: PathBuf,
+        run: PathBuf,
+        relation: &'static str,
+    },
+
+    /// Another process holds the run directory's lock.
+    #[error(
+        "{path} is in use by process {pid} (another clo train, resume or server run)\nHINT: wait for it to finish or stop it, or choose another --out; a lock left by a killed process is taken over automatically"
+    )]
+    Locked { path: PathBuf, pid: String },
+
+    /// A prompt (or a record) has more tokens than the model's context or a configured limit.
+    #[error("{what}: {tokens} tokens exceed the limit of {limit} ({why})\nHINT: {hint}")]
+    TooLong {
+        what: String,
+        tokens: usize,
+        limit: usize,
+        why: String,
+        hint: &'static str,
+    },
+
+    /// A device (GPU adapter) that was asked for does not exist or cannot start.
+    #[error("{0}")]
+    Device(String),
 
     /// A JSON file does not parse, or lacks a field.
     #[error("{path}{location}: {message}\nHINT: {hint}")]
@@ -109,12 +144,18 @@ pub enum CoreError {
 }
 
 impl CoreError {
-    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(action: &'static str, path: &Path, cause: std::io::Error) -> Self {
         CoreError::Io {
             action,
             path: path.to_path_buf(),
-            source,
+            cause,
         }
+    }
+
+    /// True for errors caused by the request or input (bad values, missing or malformed
+    /// files, too long), false for failures of the machine or of clo itself.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, CoreError::Io { .. } | CoreError::Endpoint { .. })
     }
 
     pub(crate) fn json(path: &Path, err: &serde_json::Error, hint: &'static str) -> Self {
@@ -129,6 +170,26 @@ impl CoreError {
             message: err.to_string(),
             hint,
         }
+    }
+}
+
+/// The next step for a missing file: model files get the model directory's layout, everything
+/// else a plain check of the path.
+fn missing_hint(what: &str) -> &'static str {
+    const MODEL: [&str; 6] = [
+        "model config",
+        "tokenizer",
+        "tokenizer config",
+        "model directory",
+        "shard index",
+        "weights (model.safetensors or model.safetensors.index.json)",
+    ];
+    if MODEL.contains(&what) || what.starts_with("shard") {
+        "a Hugging Face model directory holds config.json, model.safetensors (or model.safetensors.index.json and its shards), tokenizer.json and tokenizer_config.json"
+    } else if what.contains("checkpoint") || what.contains("run") {
+        "check the run directory (clo train writes RUN/config.toml, RUN/checkpoints/ and RUN/best/)"
+    } else {
+        "check the path (relative paths are taken from the current directory)"
     }
 }
 

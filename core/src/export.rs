@@ -11,7 +11,10 @@ use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use serde_json::{Value, json};
 
 use crate::error::{CoreError, Result};
-use crate::fsutil::{replace_dir_atomically, write_atomically, write_json_atomically};
+use crate::fsutil::{
+    Claim, claim_output, refuse_run_dir_output, remove_stale_temps_beside, replace_dir_atomically,
+    write_atomically, write_json_atomically,
+};
 use crate::train::checkpoint::{RunDir, load_trained};
 use crate::train::{RunConfig, TrainableKind};
 
@@ -59,12 +62,48 @@ pub fn resolve_weights(run: &Path, which: &str) -> Result<PathBuf> {
     }
 }
 
+/// The file that marks a directory as written by `clo export` (what was exported from where), so
+/// that a later export may replace it and nothing else.
+pub const EXPORT_MARKER: &str = ".clo-export.json";
+
+/// Checks that `out` may take an export of `run`: not the run itself, not inside a run, not a
+/// file or a directory of other files (unless `force`, which moves it aside), and removes what
+/// an export killed mid-write left beside it.
+fn claim_export_out(run: &Path, out: &Path, force: bool) -> Result<Claim> {
+    refuse_run_dir_output(out, None)?;
+    if !RunDir::new(run).config().is_file() {
+        return Err(CoreError::MissingFile {
+            path: RunDir::new(run).config(),
+            what: "run config of the run to export",
+        });
+    }
+    remove_stale_temps_beside(out);
+    claim_output(out, "clo export", force, |dir| dir.join(EXPORT_MARKER).is_file())
+}
+
+fn write_marker(dir: &Path, run: &Path, weights: &Path, kind: &str) -> Result<()> {
+    write_json_atomically(
+        &dir.join(EXPORT_MARKER),
+        &json!({"kind": kind, "run": run, "weights": weights}),
+    )
+}
+
 fn run_config(run: &Path) -> Result<RunConfig> {
     RunConfig::from_file(&RunDir::new(run).config())
 }
 
 /// Writes a Hugging Face model directory with the run's weights (LoRA merged), in f32.
-pub fn export_merged(run: &Path, which: &str, out: &Path, device: &Device) -> Result<PathBuf> {
+///
+/// An existing `out` is replaced only when an earlier export wrote it; anything else there is
+/// refused, or with `force` moved aside. A run directory is never an output.
+pub fn export_merged(
+    run: &Path,
+    which: &str,
+    out: &Path,
+    device: &Device,
+    force: bool,
+) -> Result<PathBuf> {
+    claim_export_out(run, out, force)?;
     let config = run_config(run)?;
     let weights = resolve_weights(run, which)?;
     let lm = load_trained(&config, &weights, device)?;
@@ -87,6 +126,7 @@ pub fn export_merged(run: &Path, which: &str, out: &Path, device: &Device) -> Re
     replace_dir_atomically(out, |tmp| {
         save_safetensors(&model, &tmp.join("model.safetensors"))?;
         write_json_atomically(&tmp.join("config.json"), &hf_config)?;
+        write_marker(tmp, run, &weights, "merged")?;
         copy_tokenizer_files(&config.model, tmp)
     })?;
     tracing::info!(out = %out.display(), from = %weights.display(), "merged model exported");
@@ -122,7 +162,16 @@ fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
 /// Burn's adapter of a weight `W` (stored `[in, out]`) is `scale * a @ b` with `a: [in, r]`,
 /// `b: [r, out]`; PEFT's is `scale * B @ A` on `[out, in]` with `lora_A.weight: [r, in]` and
 /// `lora_B.weight: [out, r]`, so `lora_A.weight = aᵀ` and `lora_B.weight = bᵀ`.
-pub fn export_peft(run: &Path, which: &str, out: &Path, device: &Device) -> Result<PathBuf> {
+///
+/// `out` is claimed as by [`export_merged`].
+pub fn export_peft(
+    run: &Path,
+    which: &str,
+    out: &Path,
+    device: &Device,
+    force: bool,
+) -> Result<PathBuf> {
+    claim_export_out(run, out, force)?;
     let config = run_config(run)?;
     if config.trainable != TrainableKind::Lora {
         return Err(CoreError::Invalid(format!(
@@ -211,6 +260,7 @@ pub fn export_peft(run: &Path, which: &str, out: &Path, device: &Device) -> Resu
             .map_err(|e| CoreError::Invalid(format!("{}: {e}", path.display())))?;
         write_atomically(&path, &bytes)?;
         write_json_atomically(&tmp.join("adapter_config.json"), &adapter_config)?;
+        write_marker(tmp, run, &weights, "peft")?;
         copy_tokenizer_files(&config.model, tmp)
     })?;
     tracing::info!(out = %out.display(), from = %weights.display(), "PEFT adapter exported");

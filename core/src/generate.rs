@@ -1,6 +1,8 @@
 //! Autoregressive generation with a KV cache: greedy (temperature 0) or sampling with
 //! temperature and nucleus (top-p), seeded; stops on EOS or after `max_new_tokens`.
 
+use std::ops::ControlFlow;
+
 use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -31,12 +33,66 @@ impl Default for SamplingConfig {
     }
 }
 
+impl SamplingConfig {
+    /// Refuses settings that cannot sample, naming the field: the same rules for the CLI, the
+    /// API and evaluation.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: String| Err(crate::CoreError::Invalid(m));
+        if !(self.temperature.is_finite() && (0.0..=2.0).contains(&self.temperature)) {
+            return bad(format!(
+                "temperature {}: must be a number in [0, 2] (0 is greedy)",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p {}: must be in (0, 1]", self.top_p));
+        }
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a prompt of `prompt_tokens` fits: below the model's `context` (room for one new
+/// token at least) and within `max_prompt_tokens` when set. Returns `max_new_tokens` capped so
+/// that prompt and answer stay within the context. `what` names the prompt in the error (a
+/// file:line, a request field).
+pub fn fit_to_context(
+    what: &str,
+    prompt_tokens: usize,
+    max_new_tokens: usize,
+    context: usize,
+    max_prompt_tokens: Option<usize>,
+) -> crate::Result<usize> {
+    let by_context = context.saturating_sub(1);
+    let (limit, why) = match max_prompt_tokens {
+        Some(m) if m < by_context => (m, format!("max_prompt_tokens is {m}")),
+        _ => (
+            by_context,
+            format!("the model's context is {context} tokens (max_position_embeddings), one kept for the answer"),
+        ),
+    };
+    if prompt_tokens > limit {
+        return Err(crate::CoreError::TooLong {
+            what: what.to_string(),
+            tokens: prompt_tokens,
+            limit,
+            why,
+            hint: "shorten the prompt (or the conversation)",
+        });
+    }
+    Ok(max_new_tokens.min(context - prompt_tokens))
+}
+
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     Eos,
     MaxNewTokens,
+    /// The caller asked to stop (for example, its client went away).
+    Cancelled,
 }
 
 /// Generated token ids (EOS excluded) and why generation ended.
@@ -56,12 +112,31 @@ pub fn generate(
     device: &Device,
     mut on_token: impl FnMut(u32),
 ) -> Generation {
+    generate_until(model, rope, prompt, eos_ids, config, device, |t| {
+        on_token(t);
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`generate`], stopping early (with [`StopReason::Cancelled`]) when `on_token` breaks.
+pub fn generate_until(
+    model: &CausalLm,
+    rope: &RopeConfig,
+    prompt: &[u32],
+    eos_ids: &[u32],
+    config: &SamplingConfig,
+    device: &Device,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Generation {
     let prompts = [prompt.to_vec()];
     let configs = [config.clone()];
-    let mut out = generate_batch(model, rope, &prompts, eos_ids, &configs, device, |_, t| {
+    let mut out = generate_batch_until(model, rope, &prompts, eos_ids, &configs, device, |_, t| {
         on_token(t)
     });
-    out.pop().expect("one row")
+    out.pop().unwrap_or(Generation {
+        ids: Vec::new(),
+        stop: StopReason::MaxNewTokens,
+    })
 }
 
 /// Continues several prompts at once: they are left-padded to one length and decoded together
@@ -75,6 +150,23 @@ pub fn generate_batch(
     configs: &[SamplingConfig],
     device: &Device,
     mut on_token: impl FnMut(usize, u32),
+) -> Vec<Generation> {
+    generate_batch_until(model, rope, prompts, eos_ids, configs, device, |row, t| {
+        on_token(row, t);
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`generate_batch`], stopping every row (with [`StopReason::Cancelled`]) when `on_token`
+/// breaks.
+pub fn generate_batch_until(
+    model: &CausalLm,
+    rope: &RopeConfig,
+    prompts: &[Vec<u32>],
+    eos_ids: &[u32],
+    configs: &[SamplingConfig],
+    device: &Device,
+    mut on_token: impl FnMut(usize, u32) -> ControlFlow<()>,
 ) -> Vec<Generation> {
     assert_eq!(
         prompts.len(),
@@ -137,8 +229,19 @@ pub fn generate_batch(
                 input.push(fill);
                 continue;
             }
-            on_token(row, next);
+            let flow = on_token(row, next);
             ids[row].push(next);
+            if flow.is_break() {
+                for (r, done) in out.iter_mut().enumerate() {
+                    if done.is_none() {
+                        *done = Some(Generation {
+                            ids: std::mem::take(&mut ids[r]),
+                            stop: StopReason::Cancelled,
+                        });
+                    }
+                }
+                break;
+            }
             if ids[row].len() >= configs[row].max_new_tokens {
                 out[row] = Some(Generation {
                     ids: std::mem::take(&mut ids[row]),
@@ -217,6 +320,24 @@ mod tests {
             top_p,
             seed: 7,
             max_new_tokens: 1,
+        }
+    }
+
+    #[test]
+    fn prompts_are_fitted_to_the_context() {
+        assert_eq!(fit_to_context("p", 10, 100, 64, None).unwrap(), 54);
+        assert_eq!(fit_to_context("p", 63, 100, 64, None).unwrap(), 1);
+        let err = fit_to_context("prompt", 64, 1, 64, None).unwrap_err().to_string();
+        assert!(err.contains("64 tokens exceed the limit of 63"), "{err}");
+        let err = fit_to_context("prompt", 20, 1, 64, Some(16)).unwrap_err().to_string();
+        assert!(err.contains("limit of 16") && err.contains("max_prompt_tokens"), "{err}");
+    }
+
+    #[test]
+    fn sampling_settings_are_checked() {
+        assert!(cfg(0.0, 1.0).validate().is_ok());
+        for bad in [cfg(f64::NAN, 0.9), cfg(-1.0, 0.9), cfg(0.5, 0.0), cfg(0.5, f64::NAN)] {
+            assert!(bad.validate().is_err(), "{bad:?}");
         }
     }
 

@@ -20,7 +20,7 @@ pub mod eval;
 pub mod export;
 pub mod fsutil;
 pub mod generate;
-pub(crate) mod jsonl;
+pub mod jsonl;
 pub mod models;
 #[cfg(feature = "net")]
 pub mod openai;

@@ -70,6 +70,11 @@ fn config_and_tokenizer(dir: &Path) -> Result<(ModelConfig, ChatTokenizer)> {
 }
 
 impl Pretrained {
+    /// The model's context in tokens (`max_position_embeddings`).
+    pub fn context(&self) -> usize {
+        self.config.decoder.max_position_embeddings
+    }
+
     /// Loads a model directory onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let (config, tokenizer) = config_and_tokenizer(dir)?;

@@ -203,36 +203,16 @@ pub enum ScoreRecord {
 /// Returns the records with their line numbers.
 pub fn read_score_input(path: &std::path::Path) -> crate::Result<Vec<(usize, ScoreRecord)>> {
     use crate::CoreError;
-    let bytes = std::fs::read(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            CoreError::MissingFile {
-                path: path.to_path_buf(),
-                what: "score input",
-            }
-        } else {
-            CoreError::io("read", path, e)
-        }
-    })?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count();
-        CoreError::Input {
-            path: path.to_path_buf(),
-            line,
-            message: format!("not valid UTF-8: {}", e.utf8_error()),
-            hint: "save the file as UTF-8",
-        }
-    })?;
+    let mut lines = crate::jsonl::Lines::open(path, "score input")?;
     let mut records = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    while let Some(next) = lines.next_line() {
+        let (n, line) = next?;
         if line.trim().is_empty() {
             continue;
         }
         let record: ScoreRecord = serde_json::from_str(line).map_err(|e| CoreError::Input {
             path: path.to_path_buf(),
-            line: i + 1,
+            line: n,
             message: if e.is_data() || e.to_string().contains("did not match any variant") {
                 "expected {\"prompt\": str, \"response\": str} or {\"prompt_ids\": [int], \"response_ids\": [int]}".into()
             } else {
@@ -240,7 +220,7 @@ pub fn read_score_input(path: &std::path::Path) -> crate::Result<Vec<(usize, Sco
             },
             hint: "each line is one JSON object; see `clo score --help`",
         })?;
-        records.push((i + 1, record));
+        records.push((n, record));
     }
     if records.is_empty() {
         return Err(CoreError::Input {

@@ -7,22 +7,113 @@ use burn::tensor::{Device, DeviceKind};
 pub const DEVICE_HELP: &str = "cpu (Burn's Flex backend), wgpu (best GPU through Vulkan/Metal/DX12), \
 wgpu:N (N-th discrete GPU), wgpu:integrated:N, wgpu:cpu (a software adapter such as Mesa lavapipe)";
 
-/// Parses a device spec into a Burn device.
+/// Parses a device spec into a Burn device. A wgpu device that this machine lacks is an error
+/// listing the adapters it has (Burn would panic on first use instead).
 pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
+    let (device, wgpu_kind) = parse_spec(spec)?;
+    if let Some(kind) = wgpu_kind {
+        check_adapter(spec, &kind, &adapters())?;
+    }
+    Ok(device)
+}
+
+/// One adapter as wgpu reports it.
+#[derive(Debug, Clone)]
+pub struct AdapterInfo {
+    pub name: String,
+    pub device_type: wgpu::DeviceType,
+    pub backend: wgpu::Backend,
+}
+
+/// The adapters of the native graphics APIs (Vulkan, Metal, DX12), else of any API wgpu has.
+pub fn adapters() -> Vec<AdapterInfo> {
+    let list = |backends: wgpu::Backends| -> Vec<AdapterInfo> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        futures_lite::future::block_on(instance.enumerate_adapters(backends))
+            .iter()
+            .map(|a| {
+                let info = a.get_info();
+                AdapterInfo {
+                    name: info.name,
+                    device_type: info.device_type,
+                    backend: info.backend,
+                }
+            })
+            .collect()
+    };
+    let primary = list(wgpu::Backends::PRIMARY);
+    if primary.is_empty() {
+        list(wgpu::Backends::all())
+    } else {
+        primary
+    }
+}
+
+/// Whether `kind` names one of `adapters`, counted per device type as Burn counts them.
+fn check_adapter(spec: &str, kind: &DeviceKind, adapters: &[AdapterInfo]) -> anyhow::Result<()> {
+    use wgpu::DeviceType as T;
+    let of = |t: T| adapters.iter().filter(|a| a.device_type == t).count();
+    let (ok, wanted) = match kind {
+        DeviceKind::DefaultDevice => (!adapters.is_empty(), "any GPU adapter".to_string()),
+        DeviceKind::Cpu => (of(T::Cpu) > 0, "a software (CPU) adapter".to_string()),
+        DeviceKind::DiscreteGpu(n) => (*n < of(T::DiscreteGpu), format!("discrete GPU {n}")),
+        DeviceKind::IntegratedGpu(n) => {
+            (*n < of(T::IntegratedGpu), format!("integrated GPU {n}"))
+        }
+        _ => (true, String::new()),
+    };
+    if ok {
+        return Ok(());
+    }
+    let found = if adapters.is_empty() {
+        "none (no Vulkan, Metal or DX12 driver answered; on Debian/Ubuntu, `apt install mesa-vulkan-drivers` gives the software adapter wgpu:cpu)".to_string()
+    } else {
+        let mut counts: std::collections::HashMap<String, usize> = Default::default();
+        adapters
+            .iter()
+            .map(|a| {
+                let (label, indexed) = match a.device_type {
+                    T::DiscreteGpu => ("wgpu", true),
+                    T::IntegratedGpu => ("wgpu:integrated", true),
+                    T::Cpu => ("wgpu:cpu", false),
+                    T::VirtualGpu => ("virtual", false),
+                    T::Other => ("other", false),
+                };
+                let n = counts.entry(label.to_string()).or_default();
+                let spec = if indexed {
+                    format!("{label}:{n}")
+                } else {
+                    label.to_string()
+                };
+                *n += 1;
+                format!("{spec} = {} ({:?})", a.name, a.backend)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    bail!("--device {spec}: this machine has no {wanted}; adapters found: {found}")
+}
+
+/// Parses a device spec; for wgpu specs also returns the kind to check.
+fn parse_spec(spec: &str) -> anyhow::Result<(Device, Option<DeviceKind>)> {
     let parts: Vec<&str> = spec.split(':').collect();
     let index = |s: &str| -> anyhow::Result<usize> {
         s.parse().with_context(|| {
             format!("--device {spec}: `{s}` is not a device index; expected {DEVICE_HELP}")
         })
     };
-    Ok(match parts.as_slice() {
-        ["cpu"] | ["flex"] => Device::flex(),
-        ["wgpu"] => Device::wgpu(DeviceKind::DefaultDevice),
-        ["wgpu", "cpu"] => Device::wgpu(DeviceKind::Cpu),
-        ["wgpu", "integrated", n] => Device::wgpu(DeviceKind::IntegratedGpu(index(n)?)),
-        ["wgpu", n] => Device::wgpu(DeviceKind::DiscreteGpu(index(n)?)),
+    let kind = match parts.as_slice() {
+        ["cpu"] | ["flex"] => return Ok((Device::flex(), None)),
+        ["wgpu"] => DeviceKind::DefaultDevice,
+        ["wgpu", "cpu"] => DeviceKind::Cpu,
+        ["wgpu", "integrated", n] => DeviceKind::IntegratedGpu(index(n)?),
+        ["wgpu", n] => DeviceKind::DiscreteGpu(index(n)?),
         _ => bail!("--device {spec}: unknown device; expected {DEVICE_HELP}"),
-    })
+    };
+    Ok((Device::wgpu(kind.clone()), Some(kind)))
 }
 
 #[cfg(test)]
@@ -36,6 +127,39 @@ mod tests {
         let err = parse_device("wgpu:x").unwrap_err().to_string();
         assert!(err.contains("`x` is not a device index"), "{err}");
         assert!(parse_device("cpu").is_ok());
-        assert!(parse_device("wgpu:1").is_ok());
+        assert!(parse_spec("wgpu:1").is_ok());
+    }
+
+    #[test]
+    fn a_missing_adapter_is_an_error_that_lists_the_adapters() {
+        let lavapipe = AdapterInfo {
+            name: "llvmpipe".into(),
+            device_type: wgpu::DeviceType::Cpu,
+            backend: wgpu::Backend::Vulkan,
+        };
+        let gpu = AdapterInfo {
+            name: "Radeon".into(),
+            device_type: wgpu::DeviceType::DiscreteGpu,
+            backend: wgpu::Backend::Vulkan,
+        };
+        let all = [lavapipe, gpu];
+        assert!(check_adapter("wgpu:0", &DeviceKind::DiscreteGpu(0), &all).is_ok());
+        assert!(check_adapter("wgpu:cpu", &DeviceKind::Cpu, &all).is_ok());
+        let err = check_adapter("wgpu:7", &DeviceKind::DiscreteGpu(7), &all)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no discrete GPU 7"), "{err}");
+        assert!(err.contains("wgpu:cpu = llvmpipe") && err.contains("wgpu:0 = Radeon"), "{err}");
+        let err = check_adapter("wgpu", &DeviceKind::DefaultDevice, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("adapters found: none"), "{err}");
+    }
+
+    #[test]
+    fn an_absent_gpu_is_an_error_on_this_machine() {
+        // No machine has 4242 discrete GPUs: whatever this one has, the answer is an error.
+        let err = parse_device("wgpu:4242").unwrap_err().to_string();
+        assert!(err.contains("adapters found"), "{err}");
     }
 }

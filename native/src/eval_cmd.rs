@@ -1,15 +1,15 @@
 //! `clo eval`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use clo_core::Pretrained;
 use clo_core::eval::generated::{GenConfig, eval_gen, gen_stats, read_gen_prompts};
 use clo_core::eval::judge::{judge_pair, read_pairs, win_rates};
 use clo_core::eval::langid::{LanguageIdentifier, Lingua};
 use clo_core::eval::mc::{eval_mc, mc_accuracy, read_mc_tasks};
-use clo_core::fsutil::{write_atomically, write_json_atomically};
+use clo_core::fsutil::{Claim, claim_output, write_atomically, write_json_atomically};
 use clo_core::generate::SamplingConfig;
 use clo_core::openai::{ChatClient, ChatMessage, ClientOptions, EndpointSpec, map_concurrent};
 use clo_core::train::reference::weights_digest;
@@ -46,6 +46,10 @@ pub struct ReportArgs {
     /// Output directory.
     #[arg(long, default_value = "report")]
     out: PathBuf,
+    /// Replace an OUT that holds files clo eval did not write (they are moved aside, not
+    /// deleted).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -60,6 +64,10 @@ pub struct GenArgs {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
+    /// Replace an OUT that holds files clo eval did not write (they are moved aside, not
+    /// deleted).
+    #[arg(long)]
+    force: bool,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
     /// Prompts decoded together.
@@ -96,6 +104,10 @@ pub struct JudgeArgs {
     /// Output directory [default: judge/ beside A's responses].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace an OUT that holds files clo eval did not write (they are moved aside, not
+    /// deleted).
+    #[arg(long)]
+    force: bool,
     /// Requests in flight.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -124,6 +136,10 @@ pub struct McArgs {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
+    /// Replace an OUT that holds files clo eval did not write (they are moved aside, not
+    /// deleted).
+    #[arg(long)]
+    force: bool,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
     /// Records per forward pass (4 rows each).
@@ -143,7 +159,37 @@ pub fn run_eval(cmd: EvalCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Files an eval output directory holds when clo eval wrote it.
+fn is_eval_output(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().all(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            matches!(name.as_str(), "results.json" | "responses.jsonl" | "report.md")
+                || name.ends_with(".svg")
+                || (name.starts_with('.') && (name.contains(".tmp") || name.contains(".old")))
+        })
+    })
+}
+
+/// Checks an eval's output directory before any work: never a run directory itself (an eval of
+/// a run goes below it, as RUN/eval/gen), and nothing there that clo eval did not write
+/// (unless --force, which moves it aside).
+fn claim_out(out: &Path, force: bool) -> anyhow::Result<()> {
+    if clo_core::fsutil::is_run_dir(out) {
+        bail!(
+            "--out {}: that is a training run directory; write the eval below it (for example --out {}/eval)",
+            out.display(),
+            out.display()
+        );
+    }
+    if let Claim::MovedAside(old) = claim_output(out, "clo eval", force, is_eval_output)? {
+        eprintln!("--force: the old {} was moved to {}", out.display(), old.display());
+    }
+    Ok(())
+}
+
 fn report(args: ReportArgs) -> anyhow::Result<()> {
+    claim_out(&args.out, args.force)?;
     let entries = clo_core::eval::report::collect(&args.dirs)?;
     let files = clo_core::eval::report::render(&entries);
     for (name, text) in &files {
@@ -174,6 +220,17 @@ fn write_jsonl<T: serde::Serialize>(path: &std::path::Path, items: &[T]) -> anyh
 }
 
 fn generation(args: GenArgs) -> anyhow::Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let sampling = SamplingConfig {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+        max_new_tokens: args.max_new_tokens,
+    };
+    sampling.validate()?;
+    claim_out(&args.out, args.force)?;
     let records = read_gen_prompts(&args.prompts)?;
     let mut languages = args.languages.clone();
     if languages.is_empty() {
@@ -184,12 +241,7 @@ fn generation(args: GenArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let lm = Pretrained::load(&args.model, &device)?;
     let config = GenConfig {
-        sampling: SamplingConfig {
-            temperature: args.temperature,
-            top_p: args.top_p,
-            seed: args.seed,
-            max_new_tokens: args.max_new_tokens,
-        },
+        sampling,
         chat_template: !args.no_chat_template,
         batch_size: args.batch_size,
     };
@@ -254,6 +306,16 @@ fn judge(args: JudgeArgs) -> anyhow::Result<()> {
             .map(|p| p.join("judge"))
             .context("--a has no parent directory; pass --out")?,
     };
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if !(args.rate_limit >= 0.0 && args.rate_limit.is_finite()) {
+        bail!("--rate-limit {}: must be >= 0 (0 is no limit)", args.rate_limit);
+    }
+    if !(args.temperature.is_finite() && (0.0..=2.0).contains(&args.temperature)) {
+        bail!("--temperature {}: must be a number in [0, 2]", args.temperature);
+    }
+    claim_out(&out, args.force)?;
     let client = ChatClient::new(
         spec.clone(),
         ClientOptions::from_env(&args.api_key_env, args.rate_limit),
@@ -307,6 +369,10 @@ fn judge(args: JudgeArgs) -> anyhow::Result<()> {
 }
 
 fn mc(args: McArgs) -> anyhow::Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    claim_out(&args.out, args.force)?;
     let records = read_mc_tasks(&args.tasks)?;
     let device = parse_device(&args.device)?;
     let lm = Pretrained::load(&args.model, &device)?;

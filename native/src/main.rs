@@ -58,6 +58,10 @@ enum Command {
         /// Sequences per forward pass.
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
+        /// Refuse records whose prompt has more tokens than this (always: prompt and response
+        /// beyond the model's context).
+        #[arg(long)]
+        max_prompt_tokens: Option<usize>,
     },
     /// Continue a prompt (greedy with --temperature 0).
     Generate {
@@ -81,6 +85,10 @@ enum Command {
         /// Print one JSON object (text, token ids, stop reason) instead of streaming text.
         #[arg(long)]
         json: bool,
+        /// Refuse a prompt of more tokens than this (always: one that fills the model's
+        /// context). --max-new-tokens is capped so that prompt and answer fit the context.
+        #[arg(long)]
+        max_prompt_tokens: Option<usize>,
     },
     /// Train a model on quadruples with CLO or a baseline (SFT, DPO, SFT+DPO).
     ///
@@ -139,13 +147,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             device,
             chat_template,
             batch_size,
+            max_prompt_tokens,
         } => score(
-            &model,
-            &input,
-            &output,
-            &parse_device(&device)?,
-            chat_template,
-            batch_size,
+            &ScoreJob {
+                model: &model,
+                input: &input,
+                output: &output,
+                chat: chat_template,
+                batch_size,
+                max_prompt_tokens,
+            },
+            &device,
         ),
         Command::Generate {
             model,
@@ -157,22 +169,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             device,
             chat_template,
             json,
+            max_prompt_tokens,
         } => {
-            if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
-                bail!("--top-p {top_p}: must be in (0, 1]");
-            }
-            if temperature < 0.0 {
-                bail!("--temperature {temperature}: must be >= 0 (0 is greedy)");
-            }
-            let device = parse_device(&device)?;
-            let lm = Pretrained::load(&model, &device)?;
-            let prompt_ids = lm.tokenizer.prompt_ids(&prompt, chat_template)?;
-            let config = SamplingConfig {
+            let mut config = SamplingConfig {
                 temperature,
                 top_p,
                 seed,
                 max_new_tokens,
             };
+            config.validate()?;
+            let device = parse_device(&device)?;
+            let lm = Pretrained::load(&model, &device)?;
+            let prompt_ids = lm.tokenizer.prompt_ids(&prompt, chat_template)?;
+            config.max_new_tokens = clo_core::generate::fit_to_context(
+                "--prompt",
+                prompt_ids.len(),
+                max_new_tokens,
+                lm.context(),
+                max_prompt_tokens,
+            )?;
             let mut stdout = std::io::stdout().lock();
             let mut shown = String::new();
             let mut so_far = Vec::new();
@@ -282,17 +297,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn score(
-    model: &Path,
-    input: &Path,
-    output: &Path,
-    device: &Device,
+/// What `clo score` reads and writes.
+#[derive(Clone, Copy)]
+struct ScoreJob<'a> {
+    model: &'a Path,
+    input: &'a Path,
+    output: &'a Path,
     chat: bool,
     batch_size: usize,
-) -> anyhow::Result<()> {
+    max_prompt_tokens: Option<usize>,
+}
+
+fn score(job: &ScoreJob, device: &str) -> anyhow::Result<()> {
+    let ScoreJob {
+        model,
+        input,
+        output,
+        chat,
+        batch_size,
+        max_prompt_tokens,
+    } = *job;
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    let device = &parse_device(device)?;
     let records = read_score_input(input)?;
     let lm = Pretrained::load(model, device)?;
     let vocab = lm.config.decoder.vocab_size;
@@ -303,6 +331,12 @@ fn score(
             line: *line,
             message,
             hint: "prompt_ids and response_ids must be token ids of this model's vocabulary",
+        };
+        let too_long = |message: String| CoreError::Input {
+            path: input.to_path_buf(),
+            line: *line,
+            message,
+            hint: "shorten or drop the record; nothing was scored",
         };
         let pair = match record {
             ScoreRecord::Text { prompt, response } => Pair {
@@ -333,6 +367,27 @@ fn score(
             return Err(bad(
                 "empty prompt: the first response token needs a token before it".into(),
             )
+            .into());
+        }
+        // Refused before any forward pass: the prompt's own limit, then the whole record
+        // against the model's context.
+        let context = lm.context();
+        let total = pair.prompt.len() + pair.response.len();
+        if let Some(limit) = max_prompt_tokens
+            && pair.prompt.len() > limit
+        {
+            return Err(too_long(format!(
+                "the prompt has {} tokens, more than --max-prompt-tokens {limit}",
+                pair.prompt.len()
+            ))
+            .into());
+        }
+        if total > context {
+            return Err(too_long(format!(
+                "prompt and response have {total} tokens ({} + {}), more than the model's context of {context} (max_position_embeddings)",
+                pair.prompt.len(),
+                pair.response.len()
+            ))
             .into());
         }
         pairs.push(pair);

@@ -62,6 +62,9 @@ pub struct PrepareArgs {
     /// Source language of the input.
     #[arg(long, default_value = "en")]
     source: String,
+    /// Replace an OUT that clo prepare did not write (it is moved aside, not deleted).
+    #[arg(long)]
+    force: bool,
 }
 
 fn translator(args: &PrepareArgs) -> anyhow::Result<Box<dyn Translator>> {
@@ -89,7 +92,30 @@ pub fn run_prepare(args: PrepareArgs) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&args.val_fraction) {
         bail!("--val-fraction {} must be in [0, 1)", args.val_fraction);
     }
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if !(args.rate_limit >= 0.0 && args.rate_limit.is_finite()) {
+        bail!("--rate-limit {}: must be >= 0 (0 is no limit)", args.rate_limit);
+    }
+    if args.limit == Some(0) || args.subsets.contains(&0) {
+        bail!("--limit and --subsets sizes must be at least 1");
+    }
     let translator = translator(&args)?;
+    if !args.dry_run {
+        // Before any translation: OUT is this command's own earlier output (its summary or
+        // journal is beside it) or nothing; never a run directory's file.
+        clo_core::fsutil::refuse_run_dir_output(&args.out, None)?;
+        let ours = |out: &std::path::Path| {
+            out.is_file()
+                && (sibling(out, "summary.json").is_file() || journal_path(out).is_file())
+        };
+        if let clo_core::fsutil::Claim::MovedAside(old) =
+            clo_core::fsutil::claim_output(&args.out, "clo prepare", args.force, ours)?
+        {
+            eprintln!("--force: the old {} was moved to {}", args.out.display(), old.display());
+        }
+    }
     let (mut pairs, stats) = ingest(&args.input, format, &args.target, args.skip_bad)?;
     if let Some(n) = args.limit {
         pairs.truncate(n);

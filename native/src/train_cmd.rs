@@ -98,6 +98,10 @@ pub struct TrainArgs {
     /// Continue the run in --out from its newest checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Start afresh where --out holds another run or files clo did not write: the old --out is
+    /// moved aside (OUT.replaced-TIME), never deleted.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
     /// Cache of reference log-probs shared by runs [default: $XDG_CACHE_HOME/clo or ~/.cache/clo].
     #[arg(long, env = "CLO_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
@@ -168,6 +172,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         args.cache_dir.clone().unwrap_or_else(default_cache_dir),
     );
     opts.resume = args.resume;
+    opts.force = args.force;
 
     let mut bar = TrainBar::new(true);
     let mut report = |p: Progress| bar.update(p);
@@ -296,9 +301,14 @@ pub struct ExportArgs {
     /// Run directory of `clo train`.
     #[arg(long)]
     run: PathBuf,
-    /// Output directory (replaced atomically).
+    /// Output directory: created, or replaced atomically when an earlier export wrote it.
+    /// Anything else there is refused (see --force); a run directory never is an output.
     #[arg(long)]
     out: PathBuf,
+    /// Replace an --out that clo export did not write: it is moved aside (OUT.replaced-TIME),
+    /// never deleted.
+    #[arg(long)]
+    force: bool,
     /// A Hugging Face model directory with the adapters merged (default).
     #[arg(long, conflicts_with = "peft")]
     merged: bool,
@@ -316,9 +326,9 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
         bail!("{}: no such run directory", args.run.display());
     }
     let from = if args.peft {
-        clo_core::export::export_peft(&args.run, &args.from, &args.out, &device)
+        clo_core::export::export_peft(&args.run, &args.from, &args.out, &device, args.force)
     } else {
-        clo_core::export::export_merged(&args.run, &args.from, &args.out, &device)
+        clo_core::export::export_merged(&args.run, &args.from, &args.out, &device, args.force)
     }
     .with_context(|| format!("export of {}", args.run.display()))?;
     println!(

@@ -110,14 +110,28 @@ fn killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one() {
     );
     let cut = lines(&b.join("metrics.jsonl")).len();
     assert!(cut < 80, "killed after {cut} steps");
+    // What a writer killed mid-write leaves (temporaries named after a dead process) goes on
+    // resume.
+    let leftovers = [
+        b.join("checkpoints/.step-00000099.tmp999999999"),
+        b.join(".best.tmp999999998"),
+    ];
+    for l in &leftovers {
+        std::fs::create_dir_all(l.join("x")).unwrap();
+    }
 
     let mut resume = train_args(&b, &cache, "80");
     resume.push("--resume".into());
+    let resumed_at = Instant::now();
     let stdout = ok(Command::new(env!("CARGO_BIN_EXE_clo"))
         .args(&resume)
         .output()
         .unwrap());
+    let resume_s = resumed_at.elapsed().as_secs_f64();
     assert!(stdout.contains("80 steps"), "{stdout}");
+    for l in &leftovers {
+        assert!(!l.exists(), "{} left behind", l.display());
+    }
 
     // Same metrics (every step exactly once) and the same final weights, bit for bit.
     let (ma, mb) = (
@@ -131,6 +145,21 @@ fn killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one() {
         assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
         assert_eq!(x["grad_norm"], y["grad_norm"], "step {}", x["step"]);
     }
+    // The summary covers the whole run, not the resumed segment.
+    let summary = |run: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+    };
+    let (sa, sb) = (summary(&a), summary(&b));
+    assert_eq!(sb["first_loss"], mb[0]["loss"], "{sb}");
+    assert_eq!(sa["first_loss"], sb["first_loss"]);
+    assert_eq!(sb["steps"], 80);
+    // Wall time adds the killed segment's (up to its checkpoint) to the resumed one's, so it
+    // exceeds the resuming process's own lifetime.
+    let wall = sb["wall_s"].as_f64().unwrap();
+    assert!(
+        wall > resume_s,
+        "wall time of the whole run {wall} s, the resume alone took {resume_s} s"
+    );
     let (ea, eb) = (dir.path().join("ea"), dir.path().join("eb"));
     for (run, out) in [(&a, &ea), (&b, &eb)] {
         ok(clo(&[

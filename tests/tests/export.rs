@@ -57,7 +57,7 @@ fn merged_export_loads_back_with_the_trained_logits() {
         let dir = tempfile::tempdir().unwrap();
         let (config, run) = trained_run(trainable, dir.path());
         let out = dir.path().join("merged");
-        export_merged(&run, "best", &out, &Device::flex()).unwrap();
+        export_merged(&run, "best", &out, &Device::flex(), false).unwrap();
         for f in [
             "config.json",
             "model.safetensors",
@@ -89,8 +89,8 @@ fn peft_adapter_holds_the_lora_delta_in_pefts_layout() {
     let dir = tempfile::tempdir().unwrap();
     let (config, run) = trained_run(TrainableKind::Lora, dir.path());
     let (merged, peft) = (dir.path().join("merged"), dir.path().join("peft"));
-    export_merged(&run, "best", &merged, &Device::flex()).unwrap();
-    export_peft(&run, "best", &peft, &Device::flex()).unwrap();
+    export_merged(&run, "best", &merged, &Device::flex(), false).unwrap();
+    export_peft(&run, "best", &peft, &Device::flex(), false).unwrap();
 
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap())
@@ -167,8 +167,8 @@ fn export_matches_transformers() {
     let dir = tempfile::tempdir().unwrap();
     let (config, run) = trained_run(TrainableKind::Lora, dir.path());
     let (merged, peft) = (dir.path().join("merged"), dir.path().join("peft"));
-    export_merged(&run, "best", &merged, &Device::flex()).unwrap();
-    export_peft(&run, "best", &peft, &Device::flex()).unwrap();
+    export_merged(&run, "best", &merged, &Device::flex(), false).unwrap();
+    export_peft(&run, "best", &peft, &Device::flex(), false).unwrap();
     let want = run_logits(&config, &run);
     let vocab = want.len() / 12;
     let logits: Vec<Vec<Vec<f32>>> = want

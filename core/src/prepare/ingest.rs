@@ -90,25 +90,31 @@ fn records(path: &Path, skip_bad: bool, stats: &mut IngestStats) -> Result<Vec<R
             what: "input data",
         });
     }
-    let bytes = std::fs::read(path).map_err(|e| CoreError::io("read", path, e))?;
     let bad = |line: usize, message: String| CoreError::Input {
         path: path.to_path_buf(),
         line,
         message,
         hint: HINT,
     };
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
-        bad(
-            line,
-            format!("not valid UTF-8 (byte {at}); convert the file to UTF-8"),
-        )
-    })?;
-    if text.trim().is_empty() {
-        return Err(bad(1, "the file is empty".into()));
-    }
-    if text.trim_start().starts_with('[') {
+    // Alpaca JSON (one array) is parsed whole; JSON Lines are read one bounded line at a time.
+    let first = {
+        use std::io::Read;
+        let mut head = [0u8; 4096];
+        let n = std::fs::File::open(path)
+            .and_then(|mut f| f.read(&mut head))
+            .map_err(|e| CoreError::io("read", path, e))?;
+        head[..n].iter().copied().find(|b| !b.is_ascii_whitespace())
+    };
+    if first == Some(b'[') {
+        let bytes = std::fs::read(path).map_err(|e| CoreError::io("read", path, e))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+            bad(
+                line,
+                format!("not valid UTF-8 (byte {at}); convert the file to UTF-8"),
+            )
+        })?;
         let v: Vec<Value> =
             serde_json::from_str(&text).map_err(|e| bad(e.line(), e.to_string()))?;
         return Ok(v
@@ -117,21 +123,28 @@ fn records(path: &Path, skip_bad: bool, stats: &mut IngestStats) -> Result<Vec<R
             .map(|(i, value)| Record { line: i + 1, value })
             .collect());
     }
+    let mut lines = crate::jsonl::Lines::open(path, "input data")?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    let mut any = false;
+    while let Some(next) = lines.next_line() {
+        let (n, line) = next?;
         if line.trim().is_empty() {
             continue;
         }
+        any = true;
         match serde_json::from_str::<Value>(line) {
-            Ok(value) => out.push(Record { line: i + 1, value }),
-            Err(e) if skip_bad => stats.skipped_bad.push(format!("{}: {e}", i + 1)),
+            Ok(value) => out.push(Record { line: n, value }),
+            Err(e) if skip_bad => stats.skipped_bad.push(format!("{n}: {e}")),
             Err(e) => {
                 return Err(bad(
-                    i + 1,
+                    n,
                     format!("{e} (pass --skip-bad to skip malformed lines)"),
                 ));
             }
         }
+    }
+    if !any {
+        return Err(bad(1, "the file is empty".into()));
     }
     Ok(out)
 }

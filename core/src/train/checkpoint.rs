@@ -40,6 +40,9 @@ pub struct RunState {
     /// Lowest validation loss of the last stage so far, and its global step.
     pub best_val_loss: Option<f64>,
     pub best_step: Option<usize>,
+    /// Seconds the run has trained so far, over every segment (resumes add to it).
+    #[serde(default)]
+    pub wall_s: f64,
 }
 
 /// Dotted paths of the parameters that require gradients (what a checkpoint stores).

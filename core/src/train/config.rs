@@ -267,6 +267,20 @@ impl RunConfig {
         if self.max_len < 2 {
             return bad("max_len", "must be at least 2 tokens");
         }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad("weight_decay", "must be a number >= 0 (0 means none)");
+        }
+        if !(self.lora_alpha > 0.0 && self.lora_alpha.is_finite()) {
+            return bad("lora_alpha", "must be a positive number");
+        }
+        if let Some([from, to]) = self.layers
+            && from >= to
+        {
+            return bad(
+                "layers",
+                &format!("[{from}, {to}): FROM must be below TO (layers FROM..TO-1 train)"),
+            );
+        }
         if self.max_grad_norm.is_nan() || self.max_grad_norm <= 0.0 {
             return bad("max_grad_norm", "must be positive");
         }
@@ -281,6 +295,22 @@ impl RunConfig {
         }
         if self.trainable == TrainableKind::Lora && self.lora_rank == 0 {
             return bad("lora_rank", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// [`RunConfig::validate`], plus what needs the model's `config.json` (read, not loaded):
+    /// the layer range must fit the model's layers.
+    pub fn validate_for_model(&self) -> Result<()> {
+        self.validate()?;
+        let model = crate::models::ModelConfig::from_file(&self.model.join("config.json"))?;
+        let n = model.decoder.num_layers;
+        if let Some([from, to]) = self.layers
+            && to > n
+        {
+            return Err(CoreError::Invalid(format!(
+                "layers: [{from}, {to}) does not fit the model's {n} layers; use 0 <= FROM < TO <= {n}"
+            )));
         }
         Ok(())
     }

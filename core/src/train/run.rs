@@ -27,7 +27,10 @@ use super::reference::{
 };
 use crate::Pretrained;
 use crate::error::{CoreError, Result};
-use crate::fsutil::{write_atomically, write_json_atomically};
+use crate::fsutil::{
+    Claim, DirLock, claim_output, refuse_run_dir_output, remove_stale_temps, write_atomically,
+    write_json_atomically,
+};
 use crate::models::{CausalLm, RopeConfig};
 use crate::score::{batch_logps, collate};
 use crate::tokenizer::ChatTokenizer;
@@ -45,6 +48,9 @@ pub struct TrainOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Checkpoints kept besides `best` (the newest ones).
     pub keep_checkpoints: usize,
+    /// Start afresh even where `out` holds something else (a finished run, other files): the
+    /// old `out` is moved aside (`OUT.replaced-TIME`), never deleted.
+    pub force: bool,
 }
 
 impl TrainOptions {
@@ -55,6 +61,7 @@ impl TrainOptions {
             cache_dir: cache_dir.into(),
             cancel: None,
             keep_checkpoints: 2,
+            force: false,
         }
     }
 }
@@ -419,11 +426,12 @@ pub fn train(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Outcome> {
     let started = Instant::now();
-    config.validate()?;
+    config.validate_for_model()?;
     // Bad data stops the run before anything is written.
     let quads = read_quadruples(&config.data)?;
     let run = RunDir::new(&opts.out);
-    let resume_from = prepare_run_dir(config, opts, &run)?;
+    // Held until this function returns: one writer per run directory.
+    let (resume_from, _lock) = prepare_run_dir(config, opts, &run)?;
     let mut state = match &resume_from {
         Some(dir) => read_state(dir)?,
         None => RunState {
@@ -433,8 +441,10 @@ pub fn train(
             metrics_bytes: 0,
             best_val_loss: None,
             best_step: None,
+            wall_s: 0.0,
         },
     };
+    let wall_before = state.wall_s;
     // Drop metrics lines written after the checkpoint we resume from.
     let metrics_path = run.metrics();
     {
@@ -450,6 +460,12 @@ pub fn train(
         .append(true)
         .open(&metrics_path)
         .map_err(|e| CoreError::io("open", &metrics_path, e))?;
+    // The run's first loss, when the steps before this resume logged it.
+    let mut first_loss = if state.metrics_bytes > 0 {
+        first_logged_loss(&metrics_path)
+    } else {
+        None
+    };
 
     let ad = device.clone().autodiff();
     device.seed(config.seed);
@@ -482,7 +498,6 @@ pub fn train(
     }
 
     let stages = config.method.stages();
-    let mut first_loss = None;
     let mut last_loss = None;
     let mut reference_cached = Vec::new();
     let mut last_checkpoint = resume_from.clone();
@@ -568,6 +583,7 @@ pub fn train(
             let loss = mean(&|b| Some(b.loss)).expect("one micro-batch at least");
             let (grads, grad_norm) =
                 clip_global_norm(&model, accumulator.grads(), config.max_grad_norm);
+            state.wall_s = wall_before + started.elapsed().as_secs_f64();
             if !loss.is_finite() || !grad_norm.is_finite() {
                 // The weights are still those before this step: keep them as the last good state.
                 let dir =
@@ -592,6 +608,7 @@ pub fn train(
             let [tg_c, tg_r, tg_m, tg_a] = direction_stats(&pairs, false);
             let tokens = stats.iter().map(|b| b.tokens).sum::<usize>();
             state.stage_step += 1;
+            state.wall_s = wall_before + started.elapsed().as_secs_f64();
             let done = state.stage_step;
             let validate = !val_ex.is_empty() && (done % eval_every == 0 || done == total);
             let val_loss = validate
@@ -683,16 +700,89 @@ pub fn train(
         best_step: state.best_step,
         best_val_loss: state.best_val_loss,
         result,
-        wall_s: started.elapsed().as_secs_f64(),
+        wall_s: wall_before + started.elapsed().as_secs_f64(),
         reference_cached,
     };
     write_json_atomically(&run.summary(), &summary)?;
     Ok(Outcome::Finished(summary))
 }
 
+/// The `loss` of the first line of `metrics.jsonl`.
+fn first_logged_loss(path: &std::path::Path) -> Option<f64> {
+    let mut lines = crate::jsonl::Lines::open(path, "run metrics").ok()?;
+    let (_, line) = lines.next_line()?.ok()?;
+    serde_json::from_str::<StepMetrics>(line).ok().map(|m| m.loss)
+}
+
+/// Entries a run directory may hold: what `clo train` writes, what `clo serve` adds, and the
+/// temporaries of atomic writes.
+fn is_run_entry(name: &str) -> bool {
+    matches!(
+        name,
+        "config.toml"
+            | "metrics.jsonl"
+            | "summary.json"
+            | "checkpoints"
+            | "best"
+            | ".lock"
+            | "run.toml"
+            | "request.json"
+            | "status.json"
+    ) || (name.starts_with("reference-") && name.ends_with(".json"))
+        || (name.starts_with('.') && (name.contains(".tmp") || name.contains(".old")))
+}
+
+/// Takes the run directory's lock, removes what killed writers left, and creates the run
+/// directory and `config.toml`; or, when resuming, checks the saved config and returns the
+/// newest checkpoint. Refuses an `out` that lies inside another run, holds a run (without
+/// resume) or holds files clo did not write, unless `force` (which moves the old one aside).
+fn prepare_run_dir(
+    config: &RunConfig,
+    opts: &TrainOptions,
+    run: &RunDir,
+) -> Result<(Option<PathBuf>, DirLock)> {
+    refuse_run_dir_output(&run.root, Some(run.root.as_path()))?;
+    let mut lock = if run.root.is_dir() {
+        Some(DirLock::acquire(&run.root)?)
+    } else {
+        None
+    };
+    if !opts.resume {
+        let has_steps = std::fs::metadata(run.metrics()).is_ok_and(|m| m.len() > 0);
+        let holds_run = run.latest_checkpoint().is_some() || has_steps;
+        if holds_run && !opts.force {
+            return Err(CoreError::Invalid(format!(
+                "{} already holds a run\nHINT: pass --resume to continue it, --force to start over (the old run is moved aside), or choose another --out",
+                run.root.display()
+            )));
+        }
+        let claim = claim_output(&run.root, "clo train", opts.force, |dir| {
+            !holds_run
+                && std::fs::read_dir(dir).is_ok_and(|entries| {
+                    entries
+                        .flatten()
+                        .all(|e| is_run_entry(&e.file_name().to_string_lossy()))
+                })
+        })?;
+        if let Claim::MovedAside(old) = claim {
+            tracing::warn!(old = %old.display(), "the old contents of the run directory were moved aside");
+            lock = None;
+        }
+    }
+    let lock = match lock {
+        Some(lock) => lock,
+        None => DirLock::acquire(&run.root)?,
+    };
+    // Temporaries of a writer killed mid-write: with the lock held, none is anyone's.
+    remove_stale_temps(&run.root, true);
+    remove_stale_temps(&run.checkpoints(), true);
+    let latest = prepare_run_files(config, opts, run)?;
+    Ok((latest, lock))
+}
+
 /// Creates the run directory and `config.toml`, or, when resuming, checks the saved config and
 /// returns the newest checkpoint.
-fn prepare_run_dir(
+fn prepare_run_files(
     config: &RunConfig,
     opts: &TrainOptions,
     run: &RunDir,
@@ -718,13 +808,8 @@ fn prepare_run_dir(
         write_atomically(&saved, config.to_toml().as_bytes())?;
         return Ok(latest);
     }
-    let has_steps = std::fs::metadata(run.metrics()).is_ok_and(|m| m.len() > 0);
-    if run.latest_checkpoint().is_some() || has_steps {
-        return Err(CoreError::Invalid(format!(
-            "{} already holds a run\nHINT: pass --resume to continue it, or choose another --out",
-            run.root.display()
-        )));
-    }
+    // A fresh start (prepare_run_dir refused a directory holding steps): no old lines.
+    let _ = std::fs::remove_file(run.metrics());
     write_atomically(&saved, config.to_toml().as_bytes())?;
     Ok(None)
 }

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -12,11 +14,98 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use clo_core::Pretrained;
 use clo_core::api::ChatRequest;
-use clo_core::generate::{SamplingConfig, StopReason, generate};
+use clo_core::generate::{SamplingConfig, StopReason, fit_to_context, generate_until};
 use futures_util::StreamExt;
 use serde_json::json;
 
 use super::{ApiError, JsonBody, Shared, check_name};
+
+/// The generation slots of chat completions: at most `max_generations` run, at most `queue`
+/// wait; counters for `GET /api/health`.
+pub struct Generations {
+    limits: super::GenLimits,
+    slots: Arc<tokio::sync::Semaphore>,
+    waiting: AtomicUsize,
+    running: Arc<AtomicUsize>,
+    tokens: Arc<AtomicU64>,
+    next_id: AtomicU64,
+}
+
+impl Generations {
+    pub fn new(limits: super::GenLimits) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.max_generations)),
+            limits,
+            waiting: AtomicUsize::new(0),
+            running: Arc::new(AtomicUsize::new(0)),
+            tokens: Arc::new(AtomicU64::new(0)),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits for a slot, or refuses at once with 503 when the queue is full.
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        /// Counts a waiter until it has a slot or its request is dropped.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.limits.queue {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the server is busy: {} generations running and {} waiting; retry shortly",
+                    self.limits.max_generations, self.limits.queue
+                ),
+            ));
+        }
+        let _waiting = Waiting(&self.waiting);
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)
+    }
+
+    /// A chat completion id unique to this server process.
+    fn id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        format!("chatcmpl-{t:x}{n:x}")
+    }
+}
+
+/// Sets its flag when dropped: held by a request (or its event stream), so that a client that
+/// goes away stops its generation.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `GET /api/health`: the server answers, and how busy its generation slots are.
+pub async fn health(State(s): State<Shared>) -> Json<serde_json::Value> {
+    let g = &s.gen;
+    Json(json!({
+        "status": "ok",
+        "generations_running": g.running.load(Ordering::SeqCst),
+        "generations_waiting": g.waiting.load(Ordering::SeqCst),
+        "max_generations": g.limits.max_generations,
+        "generation_queue": g.limits.queue,
+        "tokens_generated": g.tokens.load(Ordering::SeqCst),
+    }))
+}
 
 #[derive(Default)]
 pub struct Models {
@@ -67,12 +156,8 @@ fn sampling(req: &ChatRequest) -> Result<SamplingConfig, ApiError> {
         seed: req.seed.unwrap_or(0),
         max_new_tokens: req.max_tokens.unwrap_or(256),
     };
-    if !((0.0..=2.0).contains(&c.temperature) && c.top_p > 0.0 && c.top_p <= 1.0) {
-        return Err(ApiError::bad(
-            "temperature must be in [0, 2] and top_p in (0, 1]",
-        ));
-    }
-    if c.max_new_tokens == 0 || c.max_new_tokens > 4096 {
+    c.validate().map_err(|e| ApiError::bad(e.to_string()))?;
+    if c.max_new_tokens > 4096 {
         return Err(ApiError::bad("max_tokens must be 1..=4096"));
     }
     Ok(c)
@@ -95,7 +180,7 @@ pub async fn completions(
             m.role
         )));
     }
-    let config = sampling(&req)?;
+    let mut config = sampling(&req)?;
     let lm = {
         let s = s.clone();
         let name = req.model.clone();
@@ -112,7 +197,17 @@ pub async fn completions(
         .tokenizer
         .chat_ids(&conversation)
         .map_err(|e| ApiError::bad(e.to_string()))?;
-    let id = format!("chatcmpl-{}", std::process::id());
+    // Refused before any forward pass; the answer is capped to what the context leaves.
+    config.max_new_tokens = fit_to_context(
+        "messages",
+        prompt.len(),
+        config.max_new_tokens,
+        lm.context(),
+        s.gen.limits.max_prompt_tokens,
+    )
+    .map_err(|e| ApiError::bad(e.to_string()))?;
+    let permit = s.gen.slot().await?;
+    let id = s.gen.id();
     let model = req.model.clone();
     let device = s.device.clone();
     let chunk = {
@@ -126,13 +221,40 @@ pub async fn completions(
     let first = chunk(json!({"role": "assistant", "content": ""}), None);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let stream = req.stream;
+    // Dropped with this request's future (a whole answer) or its event stream (streaming): a
+    // client that goes away stops the generation at the next token.
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let guard = CancelOnDrop(cancelled.clone());
+    let (running, tokens) = (s.gen.running.clone(), s.gen.tokens.clone());
     let answer = tokio::task::spawn_blocking(move || {
-        let (text, stop, n) = answer(&lm, &prompt, &config, &device, |delta| {
-            if stream {
-                let _ = tx.send(chunk(json!({"content": delta}), None));
+        let _permit = permit;
+        running.fetch_add(1, Ordering::SeqCst);
+        let keep_going = || {
+            if cancelled.load(Ordering::SeqCst) || (stream && tx.is_closed()) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-        });
-        if stream {
+        };
+        let (text, stop, n) = answer(
+            &lm,
+            &prompt,
+            &config,
+            &device,
+            |delta| {
+                if stream {
+                    let _ = tx.send(chunk(json!({"content": delta}), None));
+                }
+            },
+            || {
+                tokens.fetch_add(1, Ordering::SeqCst);
+                keep_going()
+            },
+        );
+        running.fetch_sub(1, Ordering::SeqCst);
+        if stop == StopReason::Cancelled {
+            tracing::info!("chat completion stopped: the client went away");
+        } else if stream {
             let _ = tx.send(chunk(json!({}), Some(finish(stop))));
             let _ = tx.send("[DONE]".into());
         }
@@ -140,11 +262,15 @@ pub async fn completions(
     });
     if stream {
         let events = futures_util::stream::once(async move { first })
-            .chain(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+            .chain(futures_util::stream::poll_fn(move |cx| {
+                let _held = &guard;
+                rx.poll_recv(cx)
+            }));
         let events = events.map(|data| Ok::<_, Infallible>(Event::default().data(data)));
         return Ok(Sse::new(events).into_response());
     }
     let (text, stop, n) = answer.await.map_err(ApiError::internal)?;
+    drop(guard);
     Ok(Json(json!({
         "id": id, "object": "chat.completion", "created": 0, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -157,16 +283,18 @@ pub async fn completions(
 /// Generates the answer to `prompt`, calling `on_text` with each new piece of text. Text is
 /// decoded from all ids so far, so a character split across tokens is passed on once complete.
 /// Returns the text, why it stopped, and (prompt, completion) token counts.
+/// `on_token` is asked after every token whether to go on.
 fn answer(
     lm: &Pretrained,
     prompt: &[u32],
     config: &SamplingConfig,
     device: &burn::tensor::Device,
     mut on_text: impl FnMut(String),
+    mut on_token: impl FnMut() -> ControlFlow<()>,
 ) -> (String, StopReason, (usize, usize)) {
     let mut ids = Vec::new();
     let mut sent = String::new();
-    let out = generate(
+    let out = generate_until(
         &lm.model,
         &lm.config.decoder.rope,
         prompt,
@@ -174,8 +302,9 @@ fn answer(
         config,
         device,
         |t| {
+            let flow = on_token();
             if lm.tokenizer.eos_ids().contains(&t) {
-                return;
+                return flow;
             }
             ids.push(t);
             let text = lm.tokenizer.decode(&ids, true).unwrap_or_default();
@@ -183,6 +312,7 @@ fn answer(
                 on_text(text[sent.len()..].to_string());
                 sent = text;
             }
+            flow
         },
     );
     let text = lm.tokenizer.decode(&out.ids, true).unwrap_or_default();
@@ -198,5 +328,6 @@ fn finish(stop: StopReason) -> &'static str {
     match stop {
         StopReason::Eos => "stop",
         StopReason::MaxNewTokens => "length",
+        StopReason::Cancelled => "cancelled",
     }
 }

@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, Query, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, Path as UrlPath, Query, Request, State,
+};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -57,6 +59,16 @@ pub struct ServeArgs {
     /// written into WORKDIR when missing: a UI to try with no download.
     #[arg(long)]
     toy: bool,
+    /// Chat completions generated at once; more wait in the queue.
+    #[arg(long, default_value_t = 2)]
+    max_generations: usize,
+    /// Chat completions that may wait for a generation slot; beyond that, 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    generation_queue: usize,
+    /// Refuse chat prompts of more tokens than this (always: prompts that fill the model's
+    /// context), with 400.
+    #[arg(long)]
+    max_prompt_tokens: Option<usize>,
 }
 
 /// Languages the playground's reply badges can name (besides `toy`): clo's lingua set.
@@ -65,6 +77,24 @@ const BADGE_LANGS: [&str; 7] = ["en", "zh", "de", "ko", "id", "sw", "yo"];
 /// Largest request body (a run config or a chat; datasets are not uploaded through the API).
 pub const BODY_LIMIT: usize = 1 << 20;
 
+/// Limits of chat generation: slots, queue, prompt length.
+#[derive(Debug, Clone)]
+pub struct GenLimits {
+    pub max_generations: usize,
+    pub queue: usize,
+    pub max_prompt_tokens: Option<usize>,
+}
+
+impl Default for GenLimits {
+    fn default() -> Self {
+        Self {
+            max_generations: 2,
+            queue: 64,
+            max_prompt_tokens: None,
+        }
+    }
+}
+
 pub struct AppState {
     pub workdir: PathBuf,
     pub models: BTreeMap<String, PathBuf>,
@@ -72,6 +102,7 @@ pub struct AppState {
     pub device: Device,
     pub jobs: runs::Jobs,
     pub chat: chat::Models,
+    pub gen: chat::Generations,
     /// Language identifiers by language set (lingua's are slow to build), for dataset pages.
     langids: std::sync::Mutex<BTreeMap<Vec<String>, Option<SharedLangId>>>,
 }
@@ -104,6 +135,8 @@ impl IntoResponse for ApiError {
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::CONFLICT => "conflict",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             _ => "internal",
         };
         let body = ErrorBody {
@@ -112,7 +145,12 @@ impl IntoResponse for ApiError {
                 kind: kind.into(),
             },
         };
-        (self.0, Json(body)).into_response()
+        let mut res = (self.0, Json(body)).into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        res
     }
 }
 
@@ -135,6 +173,52 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody
             }
         }
     }
+}
+
+/// Query parameters whose rejections (a negative number, a word for a number) are
+/// [`ApiError`]s with the JSON error shape.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for QueryParams<T>
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| QueryParams(v))
+            .map_err(|r| ApiError::bad(r.body_text()))
+    }
+}
+
+/// Error bodies name no path of the server's file system: the work directory and the `--model`
+/// directories are cut to names relative to them.
+async fn hide_paths(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    if res.status().as_u16() < 400 {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+        return ApiError::internal("error body unreadable").into_response();
+    };
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    for (root, shown) in state.path_aliases() {
+        // In JSON a path may appear escaped (backslashes on Windows): replace both forms.
+        let escaped = serde_json::to_string(&root).unwrap_or_default();
+        let escaped = escaped.trim_matches('"');
+        for form in [root.as_str(), escaped] {
+            if !form.is_empty() {
+                text = text.replace(&format!("{form}/"), &shown).replace(form, &shown);
+            }
+        }
+    }
+    let mut parts = parts;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(text))
 }
 
 /// A name used in a path: letters, digits, `-`, `_`, `.`; not starting with `.`; at most 100.
@@ -178,7 +262,14 @@ impl AppState {
         model_dirs: &[PathBuf],
         token: Option<String>,
         device: Device,
+        limits: GenLimits,
     ) -> anyhow::Result<Shared> {
+        if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            bail!("--token is empty: give a non-empty secret (or leave --token and CLO_TOKEN unset on loopback)");
+        }
+        if limits.max_generations == 0 {
+            bail!("--max-generations must be at least 1");
+        }
         for sub in ["models", "datasets", "runs"] {
             let d = workdir.join(sub);
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -200,6 +291,7 @@ impl AppState {
         let state = Arc::new(AppState {
             jobs: runs::Jobs::default(),
             chat: chat::Models::default(),
+            gen: chat::Generations::new(limits),
             langids: Default::default(),
             workdir,
             models,
@@ -208,6 +300,28 @@ impl AppState {
         });
         runs::start(&state)?;
         Ok(state)
+    }
+
+    /// Server paths as they may appear in messages, longest first, with what replaces them.
+    fn path_aliases(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut add = |p: &Path, shown: String| {
+            out.push((p.display().to_string(), shown.clone()));
+            if let Ok(c) = p.canonicalize() {
+                out.push((c.display().to_string(), shown.clone()));
+            }
+            if let Ok(a) = std::path::absolute(p) {
+                out.push((a.display().to_string(), shown));
+            }
+        };
+        for (name, dir) in &self.models {
+            add(dir, format!("models/{name}/"));
+        }
+        add(&self.workdir, String::new());
+        out.retain(|(root, _)| !root.is_empty() && root != "." && root != "/");
+        out.sort_by_key(|(root, _)| std::cmp::Reverse(root.len()));
+        out.dedup();
+        out
     }
 
     /// The (cached) language identifier for a set of languages.
@@ -268,8 +382,16 @@ pub fn router(state: Shared, web_dir: Option<&Path>) -> Router {
         .route("/api/langid", post(detect_language))
         .route("/v1/models", get(chat::v1_models))
         .route("/v1/chat/completions", post(chat::completions))
+        .route("/api/health", get(chat::health))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that HTTP method".into(),
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), hide_paths))
         .with_state(state);
     let not_found = || async { ApiError::not_found("no such endpoint") };
     let app = api
@@ -382,7 +504,7 @@ fn default_limit() -> usize {
 async fn dataset_page(
     State(s): State<Shared>,
     UrlPath(name): UrlPath<String>,
-    Query(q): Query<PageQuery>,
+    QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<DatasetPage> {
     let path = s.dataset_path(&name)?;
     if q.limit == 0 || q.limit > 500 {
@@ -520,6 +642,11 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .host
         .parse()
         .with_context(|| format!("--host {}: not an IP address", args.host))?;
+    if args.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        bail!(
+            "--token (or CLO_TOKEN) is empty: give a non-empty secret, or leave both unset on loopback"
+        );
+    }
     if !ip.is_loopback() && args.token.is_none() {
         bail!(
             "--host {ip} is reachable from other machines: give --token (or CLO_TOKEN) so that every API call needs it"
@@ -539,6 +666,11 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         &args.model,
         args.token.clone(),
         device,
+        GenLimits {
+            max_generations: args.max_generations,
+            queue: args.generation_queue,
+            max_prompt_tokens: args.max_prompt_tokens,
+        },
     )?;
     let web = args
         .web
@@ -587,6 +719,7 @@ mod tests {
             &[model],
             token.map(String::from),
             Device::flex(),
+            GenLimits::default(),
         )
         .unwrap();
         (dir, router(state, None))
@@ -739,6 +872,126 @@ mod tests {
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     }
 
+    /// Reliability at the API's edge: every error keeps the JSON shape (405, bad query values),
+    /// names no server path, a prompt beyond the context is refused with its numbers, a run's
+    /// layer range is checked when it is posted, and completions get ids of their own.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn errors_keep_their_shape_and_bounds_hold_at_the_edge() {
+        let (dir, app) = app(None);
+        let (status, body) = call(&app, Request::delete("/api/models").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+        assert_eq!(body["error"]["type"], "method_not_allowed", "{body}");
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(work.join("datasets")).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data/quads.jsonl"),
+            work.join("datasets/q.jsonl"),
+        )
+        .unwrap();
+        let (status, body) = call(&app, get("/api/datasets/q?limit=-1")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("limit"), "{body}");
+
+        // A run whose layers do not fit the model: refused now, not once it starts.
+        let (status, body) = call(&app, post("/api/runs", serde_json::json!({"model": "qwen2", "dataset": "q", "config": {"layers": [0, 99]}}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("layers"), "{body}");
+
+        // A broken model in the work directory: the error names it without server paths.
+        let broken = work.join("models/broken");
+        std::fs::create_dir_all(&broken).unwrap();
+        std::fs::write(broken.join("config.json"), "{").unwrap();
+        let (status, body) = call(&app, get("/api/models/broken")).await;
+        assert!(status.is_client_error() || status.is_server_error(), "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("models/broken/config.json"), "{message}");
+        let abs = std::path::absolute(&work).unwrap().display().to_string();
+        assert!(!message.contains(&abs) && !message.contains(&*dir.path().display().to_string()), "{message}");
+
+        // A prompt beyond the context: 400 with the numbers, before any generation.
+        let long = "habari ".repeat(3000);
+        let (status, body) = call(&app, post("/v1/chat/completions", serde_json::json!({"model": "qwen2", "messages": [{"role": "user", "content": long}]}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("tokens exceed the limit of") && message.contains("context"), "{message}");
+        let (_, health) = call(&app, get("/api/health")).await;
+        assert_eq!(health["tokens_generated"], 0, "{health}");
+
+        let chat = || post("/v1/chat/completions", serde_json::json!({"model": "qwen2", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}));
+        let (_, a) = call(&app, chat()).await;
+        let (_, b) = call(&app, chat()).await;
+        assert!(a["id"].as_str().is_some() && a["id"] != b["id"], "{a} {b}");
+    }
+
+    /// A streaming client that goes away stops its generation at the next token: fewer tokens
+    /// are generated than the same request gives when read to the end.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_client_that_disconnects_stops_its_generation() {
+        let (_d, app) = app(None);
+        let req = |stream: bool| {
+            post(
+                "/v1/chat/completions",
+                serde_json::json!({"model": "qwen2", "stream": stream, "temperature": 1.0, "seed": 3,
+                                   "max_tokens": 400, "messages": [{"role": "user", "content": "Habari?"}]}),
+            )
+        };
+        let (status, whole) = call(&app, req(false)).await;
+        assert_eq!(status, StatusCode::OK, "{whole}");
+        let full = whole["usage"]["completion_tokens"].as_u64().unwrap();
+        assert!(full >= 200, "the reference answer must be long: {full} tokens");
+        let (_, before) = call(&app, get("/api/health")).await;
+        let before = before["tokens_generated"].as_u64().unwrap();
+
+        let res = app.clone().oneshot(req(true)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut body = res.into_body().into_data_stream();
+        use futures_util::StreamExt;
+        let first = body.next().await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("data:"));
+        drop(body);
+        let left = std::time::Instant::now();
+        loop {
+            let (_, h) = call(&app, get("/api/health")).await;
+            if h["generations_running"] == 0 {
+                let generated = h["tokens_generated"].as_u64().unwrap() - before;
+                assert!(generated < full, "{generated} of {full} tokens generated after the client left");
+                break;
+            }
+            assert!(left.elapsed() < std::time::Duration::from_secs(1), "still generating 1 s after the client left: {h}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// More requests than slots and queue: the surplus gets 503 with Retry-After at once.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_full_queue_answers_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen2");
+        let limits = GenLimits { max_generations: 1, queue: 1, max_prompt_tokens: None };
+        let state = AppState::new(dir.path().join("work"), &[model], None, Device::flex(), limits).unwrap();
+        let app = router(state, None);
+        let req = || post("/v1/chat/completions", serde_json::json!({"model": "qwen2", "temperature": 1.0, "max_tokens": 300, "messages": [{"role": "user", "content": "x"}]}));
+        // Load the model first, so that all requests meet at the slots.
+        call(&app, post("/v1/chat/completions", serde_json::json!({"model": "qwen2", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}))).await;
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let app = app.clone();
+                tokio::spawn(async move { app.oneshot(req()).await.unwrap() })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for t in tasks {
+            let res = t.await.unwrap();
+            if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+                assert!(res.headers().contains_key("retry-after"));
+            }
+            statuses.push(res.status());
+        }
+        let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+        let busy = statuses.iter().filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE).count();
+        assert!(ok >= 2 && busy >= 1 && ok + busy == 6, "{statuses:?}");
+    }
+
     /// A run created through the API trains in the background; its metrics arrive as SSE
     /// events, one per step, then `end` with the final state; it is listed and exportable.
     #[tokio::test(flavor = "multi_thread")]
@@ -789,7 +1042,14 @@ mod tests {
 
     fn state_in(work: &Path) -> Shared {
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen2");
-        AppState::new(work.to_path_buf(), &[model], None, Device::flex()).unwrap()
+        AppState::new(
+            work.to_path_buf(),
+            &[model],
+            None,
+            Device::flex(),
+            GenLimits::default(),
+        )
+        .unwrap()
     }
 
     /// The web UI's run form offers only settings a run takes (its choices parse), and the

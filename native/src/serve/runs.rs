@@ -208,8 +208,10 @@ fn resolve(s: &Shared, req: &RunRequest) -> Result<RunConfig, ApiError> {
         serde_json::from_value(value).map_err(|e| ApiError::bad(format!("config: {e}")))?;
     config.model = s.model_dir(&req.model)?;
     config.data = s.dataset_path(&req.dataset)?;
+    // Checked now, not when the run starts: the settings and what needs the model's config.json
+    // (the layer range).
     config
-        .validate()
+        .validate_for_model()
         .map_err(|e| ApiError::bad(e.to_string()))?;
     Ok(config)
 }
@@ -392,7 +394,13 @@ pub async fn export(
         ));
     }
     let weights = tokio::task::spawn_blocking(move || {
-        clo_core::export::export_merged(&dir, &from_path, &out, &burn::tensor::Device::flex())
+        clo_core::export::export_merged(
+            &dir,
+            &from_path,
+            &out,
+            &burn::tensor::Device::flex(),
+            false,
+        )
     })
     .await
     .map_err(ApiError::internal)?
