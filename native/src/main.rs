@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::bail;
-use burn::tensor::Device;
 use clap::{Parser, Subcommand};
 use clo_core::generate::{SamplingConfig, generate};
 use clo_core::score::{Pair, ScoreRecord, read_score_input, score_batch};
@@ -129,7 +128,20 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    match run(Cli::parse()) {
+    // Usage errors exit with 1 like every other error (clap's own default is 2); help and
+    // --version print to stdout and exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -329,14 +329,14 @@ fn bad_values_are_errors_never_panics() {
     let p = s(&prompts);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["generate", "--model", m, "--prompt", "x", "--temperature", "NaN"], "temperature NaN"),
-        (vec!["generate", "--model", m, "--prompt", "x", "--temperature", "-1"], "temperature"),
+        (vec!["generate", "--model", m, "--prompt", "x", "--temperature=-1"], "temperature"),
         (vec!["generate", "--model", m, "--prompt", "x", "--top-p", "0"], "top_p"),
         (vec!["generate", "--model", m, "--prompt", "x", "--max-new-tokens", "0"], "max_new_tokens"),
         (vec!["generate", "--model", m, "--prompt", "x", "--device", "wgpu:7"], "adapters found"),
         (vec!["generate", "--model", m, "--prompt", "x", "--device", "tpu"], "unknown device"),
         (vec!["score", "--model", m, "--input", q, "--output", o, "--device", "wgpu:7"], "adapters found"),
         (vec!["score", "--model", m, "--input", q, "--output", o, "--batch-size", "0"], "--batch-size"),
-        (vec!["train", "--model", m, "--data", q, "--out", r, "--weight-decay", "-1"], "weight_decay"),
+        (vec!["train", "--model", m, "--data", q, "--out", r, "--weight-decay=-1"], "weight_decay"),
         (vec!["train", "--model", m, "--data", q, "--out", r, "--lr", "NaN"], "lr"),
         (vec!["train", "--model", m, "--data", q, "--out", r, "--lambda", "2"], "lambda"),
         (vec!["train", "--model", m, "--data", q, "--out", r, "--layers", "0,99"], "layers"),
@@ -354,6 +354,8 @@ fn bad_values_are_errors_never_panics() {
         (vec!["serve", "--token", " ", "--workdir", o], "--token"),
         (vec!["serve", "--device", "wgpu:7", "--workdir", o], "adapters found"),
         (vec!["serve", "--max-generations", "0", "--workdir", o], "--max-generations"),
+        (vec!["train", "--model", m, "--data", q, "--out", r, "--batch-size=-3"], "invalid value"),
+        (vec!["generate", "--model", m], "--prompt"),
     ];
     for (args, expect) in &cases {
         let msg = refused(&clo(args));

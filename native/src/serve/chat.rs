@@ -96,7 +96,7 @@ impl Drop for CancelOnDrop {
 
 /// `GET /api/health`: the server answers, and how busy its generation slots are.
 pub async fn health(State(s): State<Shared>) -> Json<serde_json::Value> {
-    let g = &s.gen;
+    let g = &s.gens;
     Json(json!({
         "status": "ok",
         "generations_running": g.running.load(Ordering::SeqCst),
@@ -203,11 +203,11 @@ pub async fn completions(
         prompt.len(),
         config.max_new_tokens,
         lm.context(),
-        s.gen.limits.max_prompt_tokens,
+        s.gens.limits.max_prompt_tokens,
     )
     .map_err(|e| ApiError::bad(e.to_string()))?;
-    let permit = s.gen.slot().await?;
-    let id = s.gen.id();
+    let permit = s.gens.slot().await?;
+    let id = s.gens.id();
     let model = req.model.clone();
     let device = s.device.clone();
     let chunk = {
@@ -225,7 +225,7 @@ pub async fn completions(
     // client that goes away stops the generation at the next token.
     let cancelled = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(cancelled.clone());
-    let (running, tokens) = (s.gen.running.clone(), s.gen.tokens.clone());
+    let (running, tokens) = (s.gens.running.clone(), s.gens.tokens.clone());
     let answer = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         running.fetch_add(1, Ordering::SeqCst);
