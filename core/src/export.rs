@@ -78,7 +78,9 @@ fn claim_export_out(run: &Path, out: &Path, force: bool) -> Result<Claim> {
         });
     }
     remove_stale_temps_beside(out);
-    claim_output(out, "clo export", force, |dir| dir.join(EXPORT_MARKER).is_file())
+    claim_output(out, "clo export", force, |dir| {
+        dir.join(EXPORT_MARKER).is_file()
+    })
 }
 
 fn write_marker(dir: &Path, run: &Path, weights: &Path, kind: &str) -> Result<()> {

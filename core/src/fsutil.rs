@@ -103,7 +103,11 @@ impl DirLock {
                 let pid = pid.trim();
                 return Err(CoreError::Locked {
                     path: dir.to_path_buf(),
-                    pid: if pid.is_empty() { "unknown".into() } else { pid.into() },
+                    pid: if pid.is_empty() {
+                        "unknown".into()
+                    } else {
+                        pid.into()
+                    },
                 });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(CoreError::io("lock", &path, e)),
@@ -180,7 +184,9 @@ pub fn remove_stale_temps(dir: &Path, owned: bool) -> Vec<PathBuf> {
                 tracing::info!(path = %path.display(), "removed a killed writer's temporary");
                 removed.push(path);
             }
-            Err(e) => tracing::warn!(path = %path.display(), "cannot remove a stale temporary: {e}"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot remove a stale temporary: {e}")
+            }
         }
     }
     removed
@@ -381,20 +387,35 @@ mod tests {
     fn outputs_are_claimed_only_when_fresh_or_ours_and_force_moves_aside() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("x");
-        assert_eq!(claim_output(&out, "clo export", false, |_| false).unwrap(), Claim::Fresh);
+        assert_eq!(
+            claim_output(&out, "clo export", false, |_| false).unwrap(),
+            Claim::Fresh
+        );
         std::fs::create_dir(&out).unwrap();
-        assert_eq!(claim_output(&out, "clo export", false, |_| false).unwrap(), Claim::Fresh);
+        assert_eq!(
+            claim_output(&out, "clo export", false, |_| false).unwrap(),
+            Claim::Fresh
+        );
         std::fs::write(out.join("t.txt"), "thesis").unwrap();
         let err = claim_output(&out, "clo export", false, |_| false).unwrap_err();
         assert!(matches!(err, CoreError::OutputExists { .. }), "{err}");
-        assert_eq!(std::fs::read_to_string(out.join("t.txt")).unwrap(), "thesis");
-        assert_eq!(claim_output(&out, "clo export", false, |_| true).unwrap(), Claim::Ours);
+        assert_eq!(
+            std::fs::read_to_string(out.join("t.txt")).unwrap(),
+            "thesis"
+        );
+        assert_eq!(
+            claim_output(&out, "clo export", false, |_| true).unwrap(),
+            Claim::Ours
+        );
         let Claim::MovedAside(aside) = claim_output(&out, "clo export", true, |_| false).unwrap()
         else {
             panic!("moved aside")
         };
         assert!(!out.exists());
-        assert_eq!(std::fs::read_to_string(aside.join("t.txt")).unwrap(), "thesis");
+        assert_eq!(
+            std::fs::read_to_string(aside.join("t.txt")).unwrap(),
+            "thesis"
+        );
     }
 
     #[test]

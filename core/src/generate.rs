@@ -70,7 +70,9 @@ pub fn fit_to_context(
         Some(m) if m < by_context => (m, format!("max_prompt_tokens is {m}")),
         _ => (
             by_context,
-            format!("the model's context is {context} tokens (max_position_embeddings), one kept for the answer"),
+            format!(
+                "the model's context is {context} tokens (max_position_embeddings), one kept for the answer"
+            ),
         ),
     };
     if prompt_tokens > limit {
@@ -327,16 +329,28 @@ mod tests {
     fn prompts_are_fitted_to_the_context() {
         assert_eq!(fit_to_context("p", 10, 100, 64, None).unwrap(), 54);
         assert_eq!(fit_to_context("p", 63, 100, 64, None).unwrap(), 1);
-        let err = fit_to_context("prompt", 64, 1, 64, None).unwrap_err().to_string();
+        let err = fit_to_context("prompt", 64, 1, 64, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("64 tokens exceed the limit of 63"), "{err}");
-        let err = fit_to_context("prompt", 20, 1, 64, Some(16)).unwrap_err().to_string();
-        assert!(err.contains("limit of 16") && err.contains("max_prompt_tokens"), "{err}");
+        let err = fit_to_context("prompt", 20, 1, 64, Some(16))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("limit of 16") && err.contains("max_prompt_tokens"),
+            "{err}"
+        );
     }
 
     #[test]
     fn sampling_settings_are_checked() {
         assert!(cfg(0.0, 1.0).validate().is_ok());
-        for bad in [cfg(f64::NAN, 0.9), cfg(-1.0, 0.9), cfg(0.5, 0.0), cfg(0.5, f64::NAN)] {
+        for bad in [
+            cfg(f64::NAN, 0.9),
+            cfg(-1.0, 0.9),
+            cfg(0.5, 0.0),
+            cfg(0.5, f64::NAN),
+        ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
     }

@@ -156,7 +156,10 @@ mod tests {
         assert_eq!(lines.next_line().unwrap().unwrap(), (1, "{\"a\": 1}"));
         assert_eq!(lines.next_line().unwrap().unwrap(), (2, ""));
         let err = lines.next_line().unwrap().unwrap_err().to_string();
-        assert!(err.contains("x.jsonl:3") && err.contains("longer than 50 bytes"), "{err}");
+        assert!(
+            err.contains("x.jsonl:3") && err.contains("longer than 50 bytes"),
+            "{err}"
+        );
 
         // Exactly at the limit is fine, also as a last line without a newline.
         std::fs::write(&path, "abcde\nfghij").unwrap();
@@ -166,7 +169,9 @@ mod tests {
         assert!(lines.next_line().is_none());
 
         std::fs::write(&path, b"{}\n{\"a\": \"\xff\"}\n").unwrap();
-        let err = read_jsonl::<Value>(&path, "test data", "h").unwrap_err().to_string();
+        let err = read_jsonl::<Value>(&path, "test data", "h")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("x.jsonl:2") && err.contains("UTF-8"), "{err}");
     }
 }

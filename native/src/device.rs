@@ -60,9 +60,7 @@ fn check_adapter(spec: &str, kind: &DeviceKind, adapters: &[AdapterInfo]) -> any
         DeviceKind::DefaultDevice => (!adapters.is_empty(), "any GPU adapter".to_string()),
         DeviceKind::Cpu => (of(T::Cpu) > 0, "a software (CPU) adapter".to_string()),
         DeviceKind::DiscreteGpu(n) => (*n < of(T::DiscreteGpu), format!("discrete GPU {n}")),
-        DeviceKind::IntegratedGpu(n) => {
-            (*n < of(T::IntegratedGpu), format!("integrated GPU {n}"))
-        }
+        DeviceKind::IntegratedGpu(n) => (*n < of(T::IntegratedGpu), format!("integrated GPU {n}")),
         _ => (true, String::new()),
     };
     if ok {
@@ -149,7 +147,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no discrete GPU 7"), "{err}");
-        assert!(err.contains("wgpu:cpu = llvmpipe") && err.contains("wgpu:0 = Radeon"), "{err}");
+        assert!(
+            err.contains("wgpu:cpu = llvmpipe") && err.contains("wgpu:0 = Radeon"),
+            "{err}"
+        );
         let err = check_adapter("wgpu", &DeviceKind::DefaultDevice, &[])
             .unwrap_err()
             .to_string();

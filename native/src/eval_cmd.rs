@@ -164,8 +164,10 @@ fn is_eval_output(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|entries| {
         entries.flatten().all(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            matches!(name.as_str(), "results.json" | "responses.jsonl" | "report.md")
-                || name.ends_with(".svg")
+            matches!(
+                name.as_str(),
+                "results.json" | "responses.jsonl" | "report.md"
+            ) || name.ends_with(".svg")
                 || (name.starts_with('.') && (name.contains(".tmp") || name.contains(".old")))
         })
     })
@@ -183,7 +185,11 @@ fn claim_out(out: &Path, force: bool) -> anyhow::Result<()> {
         );
     }
     if let Claim::MovedAside(old) = claim_output(out, "clo eval", force, is_eval_output)? {
-        eprintln!("--force: the old {} was moved to {}", out.display(), old.display());
+        eprintln!(
+            "--force: the old {} was moved to {}",
+            out.display(),
+            old.display()
+        );
     }
     Ok(())
 }
@@ -310,10 +316,16 @@ fn judge(args: JudgeArgs) -> anyhow::Result<()> {
         bail!("--concurrency must be at least 1");
     }
     if !(args.rate_limit >= 0.0 && args.rate_limit.is_finite()) {
-        bail!("--rate-limit {}: must be >= 0 (0 is no limit)", args.rate_limit);
+        bail!(
+            "--rate-limit {}: must be >= 0 (0 is no limit)",
+            args.rate_limit
+        );
     }
     if !(args.temperature.is_finite() && (0.0..=2.0).contains(&args.temperature)) {
-        bail!("--temperature {}: must be a number in [0, 2]", args.temperature);
+        bail!(
+            "--temperature {}: must be a number in [0, 2]",
+            args.temperature
+        );
     }
     claim_out(&out, args.force)?;
     let client = ChatClient::new(

@@ -96,7 +96,10 @@ pub fn run_prepare(args: PrepareArgs) -> anyhow::Result<()> {
         bail!("--concurrency must be at least 1");
     }
     if !(args.rate_limit >= 0.0 && args.rate_limit.is_finite()) {
-        bail!("--rate-limit {}: must be >= 0 (0 is no limit)", args.rate_limit);
+        bail!(
+            "--rate-limit {}: must be >= 0 (0 is no limit)",
+            args.rate_limit
+        );
     }
     if args.limit == Some(0) || args.subsets.contains(&0) {
         bail!("--limit and --subsets sizes must be at least 1");
@@ -107,13 +110,16 @@ pub fn run_prepare(args: PrepareArgs) -> anyhow::Result<()> {
         // journal is beside it) or nothing; never a run directory's file.
         clo_core::fsutil::refuse_run_dir_output(&args.out, None)?;
         let ours = |out: &std::path::Path| {
-            out.is_file()
-                && (sibling(out, "summary.json").is_file() || journal_path(out).is_file())
+            out.is_file() && (sibling(out, "summary.json").is_file() || journal_path(out).is_file())
         };
         if let clo_core::fsutil::Claim::MovedAside(old) =
             clo_core::fsutil::claim_output(&args.out, "clo prepare", args.force, ours)?
         {
-            eprintln!("--force: the old {} was moved to {}", args.out.display(), old.display());
+            eprintln!(
+                "--force: the old {} was moved to {}",
+                args.out.display(),
+                old.display()
+            );
         }
     }
     let (mut pairs, stats) = ingest(&args.input, format, &args.target, args.skip_bad)?;

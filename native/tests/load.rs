@@ -36,7 +36,10 @@ fn request(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -82,7 +85,10 @@ fn start(work: &std::path::Path) -> Server {
     let server = Server { child, port };
     let started = Instant::now();
     while request(port, "GET", "/api/health", "").is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "clo serve did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "clo serve did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     server
@@ -99,7 +105,13 @@ fn thirty_two_concurrent_chats_with_oversized_prompts_and_hang_ups() {
         .to_string()
     };
     // Warm up: the model is loaded once, before the crowd arrives.
-    let (status, body) = request(port, "POST", "/v1/chat/completions", &chat("Hello", 4, false)).unwrap();
+    let (status, body) = request(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &chat("Hello", 4, false),
+    )
+    .unwrap();
     assert_eq!(status, 200, "{body}");
 
     let oversized = "What pet does Nia have? ".repeat(2000);
@@ -151,9 +163,20 @@ fn thirty_two_concurrent_chats_with_oversized_prompts_and_hang_ups() {
             }
         }));
     }
-    let results: Vec<(&str, u16, Instant)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    let count = |kind: &str, status: u16| results.iter().filter(|r| r.0 == kind && r.1 == status).count();
-    assert_eq!(count("normal", 200), 24, "{:?}", results.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>());
+    let results: Vec<(&str, u16, Instant)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let count = |kind: &str, status: u16| {
+        results
+            .iter()
+            .filter(|r| r.0 == kind && r.1 == status)
+            .count()
+    };
+    assert_eq!(
+        count("normal", 200),
+        24,
+        "{:?}",
+        results.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>()
+    );
     assert_eq!(count("oversized", 400), 4);
     assert_eq!(count("hung up", 200), 4);
 
@@ -163,7 +186,10 @@ fn thirty_two_concurrent_chats_with_oversized_prompts_and_hang_ups() {
     let h = health(port);
     assert_eq!(h["generations_running"], 0, "{h}");
     assert_eq!(h["generations_waiting"], 0, "{h}");
-    assert!(server.child.try_wait().unwrap().is_none(), "the server died");
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server died"
+    );
     if let Some(rss) = peak_rss(server.child.id()) {
         assert!(rss < 2 << 30, "peak RSS {} MiB", rss >> 20);
         eprintln!("clo serve peak RSS under load: {} MiB", rss >> 20);

@@ -102,16 +102,30 @@ fn export_never_destroys_what_it_did_not_write() {
     std::fs::create_dir(&thesis).unwrap();
     std::fs::write(thesis.join("t.txt"), "thesis").unwrap();
     let msg = refused(&export(&thesis, false));
-    assert!(msg.contains("not written by clo export") && msg.contains("--force"), "{msg}");
-    assert_eq!(std::fs::read_to_string(thesis.join("t.txt")).unwrap(), "thesis");
+    assert!(
+        msg.contains("not written by clo export") && msg.contains("--force"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(thesis.join("t.txt")).unwrap(),
+        "thesis"
+    );
 
     // The run itself, and a directory inside it: refused even with --force.
-    let before: Vec<_> = std::fs::read_dir(&run).unwrap().flatten().map(|e| e.file_name()).collect();
+    let before: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     for target in [run.clone(), run.join("best"), run.join("exported")] {
         let msg = refused(&export(&target, true));
         assert!(msg.contains("training run"), "{msg}");
     }
-    let after: Vec<_> = std::fs::read_dir(&run).unwrap().flatten().map(|e| e.file_name()).collect();
+    let after: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(before.len(), after.len(), "the run directory changed");
     assert!(run.join("best/trainable.bpk").is_file() || run.join("checkpoints").is_dir());
     assert!(std::fs::metadata(run.join("metrics.jsonl")).unwrap().len() > 0);
@@ -135,10 +149,18 @@ fn export_never_destroys_what_it_did_not_write() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("x.replaced-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("x.replaced-")
+        })
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
-    assert_eq!(std::fs::read_to_string(aside[0].join("t.txt")).unwrap(), "thesis");
+    assert_eq!(
+        std::fs::read_to_string(aside[0].join("t.txt")).unwrap(),
+        "thesis"
+    );
 
     // A killed export's temporary beside the output is removed by the next export.
     let stale = dir.path().join(".model.tmp999999999");
@@ -160,7 +182,10 @@ fn a_second_writer_of_a_run_is_refused_with_the_pid_and_a_killed_ones_lock_is_ta
         .unwrap();
     let started = Instant::now();
     while !run.join("checkpoints/step-00000002").exists() {
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let pid = first.id().to_string();
@@ -201,7 +226,10 @@ fn a_second_writer_of_a_run_is_refused_with_the_pid_and_a_killed_ones_lock_is_ta
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the resume stopped early: {status:?}");
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "the resume made no progress");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the resume made no progress"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap();
@@ -240,7 +268,10 @@ fn train_refuses_a_directory_of_other_files_and_force_moves_it_aside() {
         .path();
     assert!(aside.join("metrics.jsonl").is_file());
     assert_eq!(
-        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count(),
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
         2
     );
 }
@@ -258,7 +289,12 @@ fn prompts_beyond_the_context_and_overlong_lines_are_refused_before_any_work() {
         .unwrap() as usize;
     let input = dir.path().join("in.jsonl");
     let output = dir.path().join("out.jsonl");
-    let ids = |n: usize| (0..n).map(|i| (i % 50 + 3).to_string()).collect::<Vec<_>>().join(",");
+    let ids = |n: usize| {
+        (0..n)
+            .map(|i| (i % 50 + 3).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     std::fs::write(
         &input,
         format!(
@@ -268,20 +304,37 @@ fn prompts_beyond_the_context_and_overlong_lines_are_refused_before_any_work() {
     )
     .unwrap();
     let score = |extra: &[&str], env: &[(&str, &str)]| {
-        let mut args = vec!["score", "--model", s(&model), "--input", s(&input), "--output", s(&output)];
+        let mut args = vec![
+            "score",
+            "--model",
+            s(&model),
+            "--input",
+            s(&input),
+            "--output",
+            s(&output),
+        ];
         args.extend_from_slice(extra);
         clo_env(&args, env)
     };
     let msg = refused(&score(&[], &[]));
-    assert!(msg.contains("in.jsonl:2") && msg.contains(&format!("context of {context}")), "{msg}");
+    assert!(
+        msg.contains("in.jsonl:2") && msg.contains(&format!("context of {context}")),
+        "{msg}"
+    );
     assert!(!output.exists(), "nothing written");
 
     let msg = refused(&score(&["--max-prompt-tokens", "10"], &[]));
-    assert!(msg.contains("in.jsonl:2") && msg.contains("--max-prompt-tokens 10"), "{msg}");
+    assert!(
+        msg.contains("in.jsonl:2") && msg.contains("--max-prompt-tokens 10"),
+        "{msg}"
+    );
 
     // A line longer than the configured limit is refused by line, not read whole.
     let msg = refused(&score(&[], &[("CLO_MAX_LINE_BYTES", "200")]));
-    assert!(msg.contains("in.jsonl:2") && msg.contains("longer than 200 bytes"), "{msg}");
+    assert!(
+        msg.contains("in.jsonl:2") && msg.contains("longer than 200 bytes"),
+        "{msg}"
+    );
 
     // Training and eval data, too, and bytes that are not UTF-8 get their line.
     let quads = dir.path().join("quads.jsonl");
@@ -296,15 +349,32 @@ fn prompts_beyond_the_context_and_overlong_lines_are_refused_before_any_work() {
     let i = args.iter().position(|a| a == "--data").unwrap();
     args[i + 1] = s(&quads).into();
     let msg = refused(&clo(&args.iter().map(String::as_str).collect::<Vec<_>>()));
-    assert!(msg.contains(&format!("quads.jsonl:{line}")) && msg.contains("UTF-8"), "{msg}");
+    assert!(
+        msg.contains(&format!("quads.jsonl:{line}")) && msg.contains("UTF-8"),
+        "{msg}"
+    );
 
     // generate: a prompt that fills the context is refused; --max-new-tokens is capped.
     let long_prompt = "a b c d ".repeat(context);
-    let msg = refused(&clo(&["generate", "--model", s(&model), "--prompt", &long_prompt]));
+    let msg = refused(&clo(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        &long_prompt,
+    ]));
     assert!(msg.contains("tokens exceed the limit of"), "{msg}");
     let out = ok(&clo(&[
-        "generate", "--model", s(&model), "--prompt", "hello", "--max-new-tokens", "100000",
-        "--temperature", "1", "--json",
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        "hello",
+        "--max-new-tokens",
+        "100000",
+        "--temperature",
+        "1",
+        "--json",
     ]));
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let total = v["ids"].as_array().unwrap().len() + v["prompt_ids"].as_array().unwrap().len();
@@ -328,38 +398,248 @@ fn bad_values_are_errors_never_panics() {
     std::fs::write(&prompts, "{\"prompt\": \"hi\", \"lang\": \"en\"}\n").unwrap();
     let p = s(&prompts);
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["generate", "--model", m, "--prompt", "x", "--temperature", "NaN"], "temperature NaN"),
-        (vec!["generate", "--model", m, "--prompt", "x", "--temperature=-1"], "temperature"),
-        (vec!["generate", "--model", m, "--prompt", "x", "--top-p", "0"], "top_p"),
-        (vec!["generate", "--model", m, "--prompt", "x", "--max-new-tokens", "0"], "max_new_tokens"),
-        (vec!["generate", "--model", m, "--prompt", "x", "--device", "wgpu:7"], "adapters found"),
-        (vec!["generate", "--model", m, "--prompt", "x", "--device", "tpu"], "unknown device"),
-        (vec!["score", "--model", m, "--input", q, "--output", o, "--device", "wgpu:7"], "adapters found"),
-        (vec!["score", "--model", m, "--input", q, "--output", o, "--batch-size", "0"], "--batch-size"),
-        (vec!["train", "--model", m, "--data", q, "--out", r, "--weight-decay=-1"], "weight_decay"),
-        (vec!["train", "--model", m, "--data", q, "--out", r, "--lr", "NaN"], "lr"),
-        (vec!["train", "--model", m, "--data", q, "--out", r, "--lambda", "2"], "lambda"),
-        (vec!["train", "--model", m, "--data", q, "--out", r, "--layers", "0,99"], "layers"),
-        (vec!["train", "--model", m, "--data", q, "--out", r, "--layers", "3,1"], "layers"),
-        (vec!["train", "--model", m, "--data", q, "--out", r, "--batch-size", "0"], "batch_size"),
-        (vec!["train", "--model", m, "--data", q, "--out", r, "--lora-alpha", "NaN", "--trainable", "lora"], "lora_alpha"),
-        (vec!["train", "--model", m, "--data", q, "--out", r, "--device", "wgpu:7"], "adapters found"),
-        (vec!["train", "--model", m, "--data", "/nonexistent/q.jsonl", "--out", r], "check the path"),
-        (vec!["train", "--model", m, "--data", "/", "--out", r], "Is a directory"),
-        (vec!["eval", "mc", "--model", m, "--tasks", q, "--out", o, "--batch-size", "0"], "--batch-size"),
-        (vec!["eval", "gen", "--model", m, "--prompts", p, "--out", o, "--batch-size", "0"], "--batch-size"),
-        (vec!["eval", "gen", "--model", m, "--prompts", p, "--out", o, "--temperature", "NaN"], "temperature"),
-        (vec!["export", "--run", "/nonexistent/run", "--out", o], "no such run"),
-        (vec!["serve", "--host", "0.0.0.0", "--token", "", "--workdir", o], "--token"),
+        (
+            vec![
+                "generate",
+                "--model",
+                m,
+                "--prompt",
+                "x",
+                "--temperature",
+                "NaN",
+            ],
+            "temperature NaN",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                m,
+                "--prompt",
+                "x",
+                "--temperature=-1",
+            ],
+            "temperature",
+        ),
+        (
+            vec!["generate", "--model", m, "--prompt", "x", "--top-p", "0"],
+            "top_p",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                m,
+                "--prompt",
+                "x",
+                "--max-new-tokens",
+                "0",
+            ],
+            "max_new_tokens",
+        ),
+        (
+            vec![
+                "generate", "--model", m, "--prompt", "x", "--device", "wgpu:7",
+            ],
+            "adapters found",
+        ),
+        (
+            vec!["generate", "--model", m, "--prompt", "x", "--device", "tpu"],
+            "unknown device",
+        ),
+        (
+            vec![
+                "score", "--model", m, "--input", q, "--output", o, "--device", "wgpu:7",
+            ],
+            "adapters found",
+        ),
+        (
+            vec![
+                "score",
+                "--model",
+                m,
+                "--input",
+                q,
+                "--output",
+                o,
+                "--batch-size",
+                "0",
+            ],
+            "--batch-size",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                m,
+                "--data",
+                q,
+                "--out",
+                r,
+                "--weight-decay=-1",
+            ],
+            "weight_decay",
+        ),
+        (
+            vec![
+                "train", "--model", m, "--data", q, "--out", r, "--lr", "NaN",
+            ],
+            "lr",
+        ),
+        (
+            vec![
+                "train", "--model", m, "--data", q, "--out", r, "--lambda", "2",
+            ],
+            "lambda",
+        ),
+        (
+            vec![
+                "train", "--model", m, "--data", q, "--out", r, "--layers", "0,99",
+            ],
+            "layers",
+        ),
+        (
+            vec![
+                "train", "--model", m, "--data", q, "--out", r, "--layers", "3,1",
+            ],
+            "layers",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                m,
+                "--data",
+                q,
+                "--out",
+                r,
+                "--batch-size",
+                "0",
+            ],
+            "batch_size",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                m,
+                "--data",
+                q,
+                "--out",
+                r,
+                "--lora-alpha",
+                "NaN",
+                "--trainable",
+                "lora",
+            ],
+            "lora_alpha",
+        ),
+        (
+            vec![
+                "train", "--model", m, "--data", q, "--out", r, "--device", "wgpu:7",
+            ],
+            "adapters found",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                m,
+                "--data",
+                "/nonexistent/q.jsonl",
+                "--out",
+                r,
+            ],
+            "check the path",
+        ),
+        (
+            vec!["train", "--model", m, "--data", "/", "--out", r],
+            "Is a directory",
+        ),
+        (
+            vec![
+                "eval",
+                "mc",
+                "--model",
+                m,
+                "--tasks",
+                q,
+                "--out",
+                o,
+                "--batch-size",
+                "0",
+            ],
+            "--batch-size",
+        ),
+        (
+            vec![
+                "eval",
+                "gen",
+                "--model",
+                m,
+                "--prompts",
+                p,
+                "--out",
+                o,
+                "--batch-size",
+                "0",
+            ],
+            "--batch-size",
+        ),
+        (
+            vec![
+                "eval",
+                "gen",
+                "--model",
+                m,
+                "--prompts",
+                p,
+                "--out",
+                o,
+                "--temperature",
+                "NaN",
+            ],
+            "temperature",
+        ),
+        (
+            vec!["export", "--run", "/nonexistent/run", "--out", o],
+            "no such run",
+        ),
+        (
+            vec!["serve", "--host", "0.0.0.0", "--token", "", "--workdir", o],
+            "--token",
+        ),
         (vec!["serve", "--token", " ", "--workdir", o], "--token"),
-        (vec!["serve", "--device", "wgpu:7", "--workdir", o], "adapters found"),
-        (vec!["serve", "--max-generations", "0", "--workdir", o], "--max-generations"),
-        (vec!["train", "--model", m, "--data", q, "--out", r, "--batch-size=-3"], "invalid value"),
+        (
+            vec!["serve", "--device", "wgpu:7", "--workdir", o],
+            "adapters found",
+        ),
+        (
+            vec!["serve", "--max-generations", "0", "--workdir", o],
+            "--max-generations",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                m,
+                "--data",
+                q,
+                "--out",
+                r,
+                "--batch-size=-3",
+            ],
+            "invalid value",
+        ),
         (vec!["generate", "--model", m], "--prompt"),
     ];
     for (args, expect) in &cases {
         let msg = refused(&clo(args));
-        assert!(msg.contains(expect), "clo {}: expected {expect:?} in:\n{msg}", args.join(" "));
+        assert!(
+            msg.contains(expect),
+            "clo {}: expected {expect:?} in:\n{msg}",
+            args.join(" ")
+        );
         assert_eq!(
             msg.matches("(os error").count().min(1),
             msg.matches("(os error").count(),

@@ -711,7 +711,9 @@ pub fn train(
 fn first_logged_loss(path: &std::path::Path) -> Option<f64> {
     let mut lines = crate::jsonl::Lines::open(path, "run metrics").ok()?;
     let (_, line) = lines.next_line()?.ok()?;
-    serde_json::from_str::<StepMetrics>(line).ok().map(|m| m.loss)
+    serde_json::from_str::<StepMetrics>(line)
+        .ok()
+        .map(|m| m.loss)
 }
 
 /// Entries a run directory may hold: what `clo train` writes, what `clo serve` adds, and the

@@ -261,11 +261,12 @@ pub async fn completions(
         (text, stop, n)
     });
     if stream {
-        let events = futures_util::stream::once(async move { first })
-            .chain(futures_util::stream::poll_fn(move |cx| {
+        let events = futures_util::stream::once(async move { first }).chain(
+            futures_util::stream::poll_fn(move |cx| {
                 let _held = &guard;
                 rx.poll_recv(cx)
-            }));
+            }),
+        );
         let events = events.map(|data| Ok::<_, Infallible>(Event::default().data(data)));
         return Ok(Sse::new(events).into_response());
     }

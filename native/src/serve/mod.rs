@@ -15,9 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{
-    DefaultBodyLimit, FromRequest, Path as UrlPath, Query, Request, State,
-};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -212,7 +210,9 @@ async fn hide_paths(State(state): State<Shared>, req: Request, next: Next) -> Re
         let escaped = escaped.trim_matches('"');
         for form in [root.as_str(), escaped] {
             if !form.is_empty() {
-                text = text.replace(&format!("{form}/"), &shown).replace(form, &shown);
+                text = text
+                    .replace(&format!("{form}/"), &shown)
+                    .replace(form, &shown);
             }
         }
     }
@@ -265,7 +265,9 @@ impl AppState {
         limits: GenLimits,
     ) -> anyhow::Result<Shared> {
         if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
-            bail!("--token is empty: give a non-empty secret (or leave --token and CLO_TOKEN unset on loopback)");
+            bail!(
+                "--token is empty: give a non-empty secret (or leave --token and CLO_TOKEN unset on loopback)"
+            );
         }
         if limits.max_generations == 0 {
             bail!("--max-generations must be at least 1");
@@ -878,7 +880,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn errors_keep_their_shape_and_bounds_hold_at_the_edge() {
         let (dir, app) = app(None);
-        let (status, body) = call(&app, Request::delete("/api/models").body(Body::empty()).unwrap()).await;
+        let (status, body) = call(
+            &app,
+            Request::delete("/api/models").body(Body::empty()).unwrap(),
+        )
+        .await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
         assert_eq!(body["error"]["type"], "method_not_allowed", "{body}");
         let work = dir.path().join("work");
@@ -890,34 +896,57 @@ mod tests {
         .unwrap();
         let (status, body) = call(&app, get("/api/datasets/q?limit=-1")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-        assert!(body["error"]["message"].as_str().unwrap().contains("limit"), "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("limit"),
+            "{body}"
+        );
 
         // A run whose layers do not fit the model: refused now, not once it starts.
         let (status, body) = call(&app, post("/api/runs", serde_json::json!({"model": "qwen2", "dataset": "q", "config": {"layers": [0, 99]}}))).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-        assert!(body["error"]["message"].as_str().unwrap().contains("layers"), "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("layers"),
+            "{body}"
+        );
 
         // A broken model in the work directory: the error names it without server paths.
         let broken = work.join("models/broken");
         std::fs::create_dir_all(&broken).unwrap();
         std::fs::write(broken.join("config.json"), "{").unwrap();
         let (status, body) = call(&app, get("/api/models/broken")).await;
-        assert!(status.is_client_error() || status.is_server_error(), "{body}");
+        assert!(
+            status.is_client_error() || status.is_server_error(),
+            "{body}"
+        );
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains("models/broken/config.json"), "{message}");
         let abs = std::path::absolute(&work).unwrap().display().to_string();
-        assert!(!message.contains(&abs) && !message.contains(&*dir.path().display().to_string()), "{message}");
+        assert!(
+            !message.contains(&abs) && !message.contains(&*dir.path().display().to_string()),
+            "{message}"
+        );
 
         // A prompt beyond the context: 400 with the numbers, before any generation.
         let long = "habari ".repeat(3000);
         let (status, body) = call(&app, post("/v1/chat/completions", serde_json::json!({"model": "qwen2", "messages": [{"role": "user", "content": long}]}))).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         let message = body["error"]["message"].as_str().unwrap();
-        assert!(message.contains("tokens exceed the limit of") && message.contains("context"), "{message}");
+        assert!(
+            message.contains("tokens exceed the limit of") && message.contains("context"),
+            "{message}"
+        );
         let (_, health) = call(&app, get("/api/health")).await;
         assert_eq!(health["tokens_generated"], 0, "{health}");
 
-        let chat = || post("/v1/chat/completions", serde_json::json!({"model": "qwen2", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}));
+        let chat = || {
+            post(
+                "/v1/chat/completions",
+                serde_json::json!({"model": "qwen2", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}),
+            )
+        };
         let (_, a) = call(&app, chat()).await;
         let (_, b) = call(&app, chat()).await;
         assert!(a["id"].as_str().is_some() && a["id"] != b["id"], "{a} {b}");
@@ -962,10 +991,16 @@ mod tests {
             let (_, h) = call(&app, get("/api/health")).await;
             if h["generations_running"] == 0 {
                 let generated = h["tokens_generated"].as_u64().unwrap() - before;
-                assert!(generated < full, "{generated} of {full} tokens generated after the client left");
+                assert!(
+                    generated < full,
+                    "{generated} of {full} tokens generated after the client left"
+                );
                 break;
             }
-            assert!(left.elapsed() < std::time::Duration::from_secs(1), "still generating 1 s after the client left: {h}");
+            assert!(
+                left.elapsed() < std::time::Duration::from_secs(1),
+                "still generating 1 s after the client left: {h}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
@@ -975,10 +1010,26 @@ mod tests {
     async fn a_full_queue_answers_503_with_retry_after() {
         let dir = tempfile::tempdir().unwrap();
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen2");
-        let limits = GenLimits { max_generations: 1, queue: 1, max_prompt_tokens: None };
-        let state = AppState::new(dir.path().join("work"), &[model], None, Device::flex(), limits).unwrap();
+        let limits = GenLimits {
+            max_generations: 1,
+            queue: 1,
+            max_prompt_tokens: None,
+        };
+        let state = AppState::new(
+            dir.path().join("work"),
+            &[model],
+            None,
+            Device::flex(),
+            limits,
+        )
+        .unwrap();
         let app = router(state, None);
-        let req = || post("/v1/chat/completions", serde_json::json!({"model": "qwen2", "temperature": 1.0, "max_tokens": 300, "messages": [{"role": "user", "content": "x"}]}));
+        let req = || {
+            post(
+                "/v1/chat/completions",
+                serde_json::json!({"model": "qwen2", "temperature": 1.0, "max_tokens": 300, "messages": [{"role": "user", "content": "x"}]}),
+            )
+        };
         // Load the model first, so that all requests meet at the slots.
         call(&app, post("/v1/chat/completions", serde_json::json!({"model": "qwen2", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}))).await;
         let tasks: Vec<_> = (0..6)
@@ -996,7 +1047,10 @@ mod tests {
             statuses.push(res.status());
         }
         let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
-        let busy = statuses.iter().filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE).count();
+        let busy = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE)
+            .count();
         assert!(ok >= 2 && busy >= 1 && ok + busy == 6, "{statuses:?}");
     }
 
