@@ -156,6 +156,15 @@ fn process_alive(pid: u32) -> bool {
     proc.join(pid.to_string()).exists()
 }
 
+/// Removes a file, or a directory with what it holds.
+fn remove_path(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
 /// Removes the temporaries (`.NAME.tmpPID`, `.NAME.oldPID`) that writers killed mid-write left
 /// in `dir`. With `owned` (the caller holds `dir`'s lock), every temporary but this process's
 /// own is stale; without it, only those whose process has ended. Returns what was removed.
@@ -174,12 +183,7 @@ pub fn remove_stale_temps(dir: &Path, owned: bool) -> Vec<PathBuf> {
             continue;
         }
         let path = entry.path();
-        let gone = if path.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
-        match gone {
+        match remove_path(&path) {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "removed a killed writer's temporary");
                 removed.push(path);
@@ -214,12 +218,7 @@ pub fn remove_stale_temps_beside(path: &Path) -> Vec<PathBuf> {
             continue;
         }
         let p = entry.path();
-        let gone = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-        if gone.is_ok() {
+        if remove_path(&p).is_ok() {
             tracing::info!(path = %p.display(), "removed a killed writer's temporary");
             removed.push(p);
         }

@@ -312,15 +312,7 @@ fn judge(args: JudgeArgs) -> anyhow::Result<()> {
             .map(|p| p.join("judge"))
             .context("--a has no parent directory; pass --out")?,
     };
-    if args.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
-    }
-    if !(args.rate_limit >= 0.0 && args.rate_limit.is_finite()) {
-        bail!(
-            "--rate-limit {}: must be >= 0 (0 is no limit)",
-            args.rate_limit
-        );
-    }
+    crate::prepare_cmd::check_requests(args.concurrency, args.rate_limit)?;
     if !(args.temperature.is_finite() && (0.0..=2.0).contains(&args.temperature)) {
         bail!(
             "--temperature {}: must be a number in [0, 2]",

@@ -87,20 +87,24 @@ fn translator(args: &PrepareArgs) -> anyhow::Result<Box<dyn Translator>> {
     bail!("--translator {spec}: expected openai:BASE_URL#MODEL, columns or model:DIR")
 }
 
+/// The settings of requests to an endpoint (translator, judge): at least one in flight, a
+/// rate of 0 (no limit) or more.
+pub fn check_requests(concurrency: usize, rate_limit: f64) -> anyhow::Result<()> {
+    if concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if !(rate_limit >= 0.0 && rate_limit.is_finite()) {
+        bail!("--rate-limit {rate_limit}: must be >= 0 (0 is no limit)");
+    }
+    Ok(())
+}
+
 pub fn run_prepare(args: PrepareArgs) -> anyhow::Result<()> {
     let format: Format = args.format.parse()?;
     if !(0.0..1.0).contains(&args.val_fraction) {
         bail!("--val-fraction {} must be in [0, 1)", args.val_fraction);
     }
-    if args.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
-    }
-    if !(args.rate_limit >= 0.0 && args.rate_limit.is_finite()) {
-        bail!(
-            "--rate-limit {}: must be >= 0 (0 is no limit)",
-            args.rate_limit
-        );
-    }
+    check_requests(args.concurrency, args.rate_limit)?;
     if args.limit == Some(0) || args.subsets.contains(&0) {
         bail!("--limit and --subsets sizes must be at least 1");
     }
