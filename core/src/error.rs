@@ -52,10 +52,6 @@ pub enum CoreError {
         hint: &'static str,
     },
 
-    /// A device (GPU adapter) that was asked for does not exist or cannot start.
-    #[error("{0}")]
-    Device(String),
-
     /// A JSON file does not parse, or lacks a field.
     #[error("{path}{location}: {message}\nHINT: {hint}")]
     Json {
@@ -150,12 +146,6 @@ impl CoreError {
             path: path.to_path_buf(),
             cause,
         }
-    }
-
-    /// True for errors caused by the request or input (bad values, missing or malformed
-    /// files, too long), false for failures of the machine or of clo itself.
-    pub fn is_user_error(&self) -> bool {
-        !matches!(self, CoreError::Io { .. } | CoreError::Endpoint { .. })
     }
 
     pub(crate) fn json(path: &Path, err: &serde_json::Error, hint: &'static str) -> Self {

@@ -129,18 +129,32 @@ impl DirLock {
     }
 }
 
-/// The PID in a temporary name written by this module (`.NAME.tmpPID`, `.NAME.oldPID`).
-fn temp_owner(name: &str) -> Option<u32> {
-    if !name.starts_with('.') {
+/// The parts of a temporary name written by this module, `.NAME.tmpPID` or `.NAME.oldPID`:
+/// `NAME` and the writer's PID.
+fn temp_name(name: &str) -> Option<(&str, u32)> {
+    let rest = name.strip_prefix('.')?;
+    let (target, pid) = rest
+        .rsplit_once(".tmp")
+        .or_else(|| rest.rsplit_once(".old"))?;
+    if target.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let digits = name
-        .rsplit_once(".tmp")
-        .or_else(|| name.rsplit_once(".old"))?
-        .1;
-    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())
-        .flatten()
+    Some((target, pid.parse().ok()?))
+}
+
+/// Whether `name` is a temporary of an atomic write (`.NAME.tmpPID`, `.NAME.oldPID`).
+pub fn is_temp_name(name: &str) -> bool {
+    temp_name(name).is_some()
+}
+
+/// Whether every entry of `dir` has a name that `allowed` accepts (temporaries always are).
+pub fn holds_only(dir: &Path, allowed: impl Fn(&str) -> bool) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().all(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            is_temp_name(&name) || allowed(&name)
+        })
+    })
 }
 
 /// Whether process `pid` still runs. Where that cannot be told (no `/proc`), every other
@@ -156,34 +170,21 @@ fn process_alive(pid: u32) -> bool {
     proc.join(pid.to_string()).exists()
 }
 
-/// Removes a file, or a directory with what it holds.
-fn remove_path(path: &Path) -> std::io::Result<()> {
-    if path.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    }
-}
-
-/// Removes the temporaries (`.NAME.tmpPID`, `.NAME.oldPID`) that writers killed mid-write left
-/// in `dir`. With `owned` (the caller holds `dir`'s lock), every temporary but this process's
-/// own is stale; without it, only those whose process has ended. Returns what was removed.
-pub fn remove_stale_temps(dir: &Path, owned: bool) -> Vec<PathBuf> {
+/// Removes the temporaries in `dir` for which `stale(NAME, PID)` holds; returns what went.
+fn remove_temps(dir: &Path, stale: impl Fn(&str, u32) -> bool) -> Vec<PathBuf> {
     let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return removed;
-    };
-    for entry in entries.flatten() {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = temp_owner(&name) else {
-            continue;
-        };
-        let stale = pid != std::process::id() && (owned || !process_alive(pid));
-        if !stale {
+        if !temp_name(&name).is_some_and(|(target, pid)| stale(target, pid)) {
             continue;
         }
         let path = entry.path();
-        match remove_path(&path) {
+        let gone = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match gone {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "removed a killed writer's temporary");
                 removed.push(path);
@@ -196,6 +197,14 @@ pub fn remove_stale_temps(dir: &Path, owned: bool) -> Vec<PathBuf> {
     removed
 }
 
+/// Removes the temporaries that writers killed mid-write left in `dir`. With `owned` (the
+/// caller holds `dir`'s lock), every temporary but this process's own is stale; without it,
+/// only those whose process has ended.
+pub fn remove_stale_temps(dir: &Path, owned: bool) -> Vec<PathBuf> {
+    let me = std::process::id();
+    remove_temps(dir, |_, pid| pid != me && (owned || !process_alive(pid)))
+}
+
 /// Removes the temporaries of `path` itself (`.NAME.tmpPID`, `.NAME.oldPID` beside it) that
 /// a writer killed mid-write left; a live writer's are kept.
 pub fn remove_stale_temps_beside(path: &Path) -> Vec<PathBuf> {
@@ -206,24 +215,7 @@ pub fn remove_stale_temps_beside(path: &Path) -> Vec<PathBuf> {
     let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return Vec::new();
     };
-    let mut removed = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let entry_name = entry.file_name().to_string_lossy().into_owned();
-        let ours = [".tmp", ".old"].iter().any(|kind| {
-            entry_name
-                .strip_prefix(&format!(".{name}{kind}"))
-                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-        });
-        if !ours || temp_owner(&entry_name).is_none_or(process_alive) {
-            continue;
-        }
-        let p = entry.path();
-        if remove_path(&p).is_ok() {
-            tracing::info!(path = %p.display(), "removed a killed writer's temporary");
-            removed.push(p);
-        }
-    }
-    removed
+    remove_temps(dir, |target, pid| target == name && !process_alive(pid))
 }
 
 /// A training run directory: `config.toml` with `metrics.jsonl` or `checkpoints/`.

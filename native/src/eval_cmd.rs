@@ -161,15 +161,8 @@ pub fn run_eval(cmd: EvalCommand) -> anyhow::Result<()> {
 
 /// Files an eval output directory holds when clo eval wrote it.
 fn is_eval_output(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.flatten().all(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            matches!(
-                name.as_str(),
-                "results.json" | "responses.jsonl" | "report.md"
-            ) || name.ends_with(".svg")
-                || (name.starts_with('.') && (name.contains(".tmp") || name.contains(".old")))
-        })
+    clo_core::fsutil::holds_only(dir, |name| {
+        matches!(name, "results.json" | "responses.jsonl" | "report.md") || name.ends_with(".svg")
     })
 }
 

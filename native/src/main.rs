@@ -344,12 +344,6 @@ fn score(job: &ScoreJob, device: &str) -> anyhow::Result<()> {
             message,
             hint: "prompt_ids and response_ids must be token ids of this model's vocabulary",
         };
-        let too_long = |message: String| CoreError::Input {
-            path: input.to_path_buf(),
-            line: *line,
-            message,
-            hint: "shorten or drop the record; nothing was scored",
-        };
         let pair = match record {
             ScoreRecord::Text { prompt, response } => Pair {
                 prompt: lm.tokenizer.prompt_ids(prompt, chat)?,
@@ -381,25 +375,23 @@ fn score(job: &ScoreJob, device: &str) -> anyhow::Result<()> {
             )
             .into());
         }
-        // Refused before any forward pass: the prompt's own limit, then the whole record
-        // against the model's context.
-        let context = lm.context();
-        let total = pair.prompt.len() + pair.response.len();
-        if let Some(limit) = max_prompt_tokens
-            && pair.prompt.len() > limit
-        {
-            return Err(too_long(format!(
-                "the prompt has {} tokens, more than --max-prompt-tokens {limit}",
-                pair.prompt.len()
-            ))
-            .into());
-        }
-        if total > context {
-            return Err(too_long(format!(
-                "prompt and response have {total} tokens ({} + {}), more than the model's context of {context} (max_position_embeddings)",
-                pair.prompt.len(),
-                pair.response.len()
-            ))
+        // Refused before any forward pass, by the rule generation uses: the prompt within its
+        // limit, and the response within what the context leaves after it.
+        let fits = clo_core::generate::fit_to_context(
+            &format!("{}:{line}: the prompt", input.display()),
+            pair.prompt.len(),
+            pair.response.len(),
+            lm.context(),
+            max_prompt_tokens,
+        )?;
+        if fits < pair.response.len() {
+            return Err(CoreError::TooLong {
+                what: format!("{}:{line}: prompt and response", input.display()),
+                tokens: pair.prompt.len() + pair.response.len(),
+                limit: lm.context(),
+                why: "the model's context, max_position_embeddings".into(),
+                hint: "shorten or drop the record; nothing was scored",
+            }
             .into());
         }
         pairs.push(pair);

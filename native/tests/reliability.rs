@@ -298,8 +298,9 @@ fn prompts_beyond_the_context_and_overlong_lines_are_refused_before_any_work() {
     std::fs::write(
         &input,
         format!(
-            "{{\"prompt_ids\": [5, 6], \"response_ids\": [7]}}\n{{\"prompt_ids\": [{}], \"response_ids\": [7, 8]}}\n",
-            ids(context)
+            "{{\"prompt_ids\": [5, 6], \"response_ids\": [7]}}\n{{\"prompt_ids\": [{}], \"response_ids\": [{}]}}\n",
+            ids(context - 10),
+            ids(20)
         ),
     )
     .unwrap();
@@ -318,14 +319,18 @@ fn prompts_beyond_the_context_and_overlong_lines_are_refused_before_any_work() {
     };
     let msg = refused(&score(&[], &[]));
     assert!(
-        msg.contains("in.jsonl:2") && msg.contains(&format!("context of {context}")),
+        msg.contains("in.jsonl:2: prompt and response")
+            && msg.contains(&format!(
+                "{} tokens exceed the limit of {context}",
+                context + 10
+            )),
         "{msg}"
     );
     assert!(!output.exists(), "nothing written");
 
     let msg = refused(&score(&["--max-prompt-tokens", "10"], &[]));
     assert!(
-        msg.contains("in.jsonl:2") && msg.contains("--max-prompt-tokens 10"),
+        msg.contains("in.jsonl:2") && msg.contains("max_prompt_tokens is 10"),
         "{msg}"
     );
 

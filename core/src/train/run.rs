@@ -28,8 +28,8 @@ use super::reference::{
 use crate::Pretrained;
 use crate::error::{CoreError, Result};
 use crate::fsutil::{
-    Claim, DirLock, claim_output, refuse_run_dir_output, remove_stale_temps, write_atomically,
-    write_json_atomically,
+    Claim, DirLock, claim_output, holds_only, refuse_run_dir_output, remove_stale_temps,
+    write_atomically, write_json_atomically,
 };
 use crate::models::{CausalLm, RopeConfig};
 use crate::score::{batch_logps, collate};
@@ -716,8 +716,7 @@ fn first_logged_loss(path: &std::path::Path) -> Option<f64> {
         .map(|m| m.loss)
 }
 
-/// Entries a run directory may hold: what `clo train` writes, what `clo serve` adds, and the
-/// temporaries of atomic writes.
+/// Entries a run directory may hold: what `clo train` writes and what `clo serve` adds.
 fn is_run_entry(name: &str) -> bool {
     matches!(
         name,
@@ -731,7 +730,6 @@ fn is_run_entry(name: &str) -> bool {
             | "request.json"
             | "status.json"
     ) || (name.starts_with("reference-") && name.ends_with(".json"))
-        || (name.starts_with('.') && (name.contains(".tmp") || name.contains(".old")))
 }
 
 /// Takes the run directory's lock, removes what killed writers left, and creates the run
@@ -759,12 +757,7 @@ fn prepare_run_dir(
             )));
         }
         let claim = claim_output(&run.root, "clo train", opts.force, |dir| {
-            !holds_run
-                && std::fs::read_dir(dir).is_ok_and(|entries| {
-                    entries
-                        .flatten()
-                        .all(|e| is_run_entry(&e.file_name().to_string_lossy()))
-                })
+            !holds_run && holds_only(dir, is_run_entry)
         })?;
         if let Claim::MovedAside(old) = claim {
             tracing::warn!(old = %old.display(), "the old contents of the run directory were moved aside");

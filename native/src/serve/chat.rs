@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -26,7 +26,6 @@ pub struct Generations {
     limits: super::GenLimits,
     slots: Arc<tokio::sync::Semaphore>,
     waiting: AtomicUsize,
-    running: Arc<AtomicUsize>,
     tokens: Arc<AtomicU64>,
     next_id: AtomicU64,
 }
@@ -37,7 +36,6 @@ impl Generations {
             slots: Arc::new(tokio::sync::Semaphore::new(limits.max_generations)),
             limits,
             waiting: AtomicUsize::new(0),
-            running: Arc::new(AtomicUsize::new(0)),
             tokens: Arc::new(AtomicU64::new(0)),
             next_id: AtomicU64::new(0),
         }
@@ -84,26 +82,17 @@ impl Generations {
     }
 }
 
-/// Sets its flag when dropped: held by a request (or its event stream), so that a client that
-/// goes away stops its generation.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
 /// `GET /api/health`: the server answers, and how busy its generation slots are.
 pub async fn health(State(s): State<Shared>) -> Json<serde_json::Value> {
     let g = &s.gens;
     Json(json!({
         "status": "ok",
-        "generations_running": g.running.load(Ordering::SeqCst),
+        // A slot is held from its request's turn until its generation has ended.
+        "generations_running": g.limits.max_generations - g.slots.available_permits(),
         "generations_waiting": g.waiting.load(Ordering::SeqCst),
         "max_generations": g.limits.max_generations,
         "generation_queue": g.limits.queue,
-        "tokens_generated": g.tokens.load(Ordering::SeqCst),
+        "tokens_generated": g.tokens.load(Ordering::Relaxed),
     }))
 }
 
@@ -221,21 +210,12 @@ pub async fn completions(
     let first = chunk(json!({"role": "assistant", "content": ""}), None);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let stream = req.stream;
-    // Dropped with this request's future (a whole answer) or its event stream (streaming): a
-    // client that goes away stops the generation at the next token.
-    let cancelled = Arc::new(AtomicBool::new(false));
-    let guard = CancelOnDrop(cancelled.clone());
-    let (running, tokens) = (s.gens.running.clone(), s.gens.tokens.clone());
+    // The channel is the cancel signal: its receiver lives in this request's future (a whole
+    // answer) or its event stream (streaming), so a client that goes away closes it, and the
+    // generation stops at the next token.
+    let tokens = s.gens.tokens.clone();
     let answer = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        running.fetch_add(1, Ordering::SeqCst);
-        let keep_going = || {
-            if cancelled.load(Ordering::SeqCst) || (stream && tx.is_closed()) {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        };
+        let _slot = permit;
         let (text, stop, n) = answer(
             &lm,
             &prompt,
@@ -247,11 +227,14 @@ pub async fn completions(
                 }
             },
             || {
-                tokens.fetch_add(1, Ordering::SeqCst);
-                keep_going()
+                tokens.fetch_add(1, Ordering::Relaxed);
+                if tx.is_closed() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
             },
         );
-        running.fetch_sub(1, Ordering::SeqCst);
         if stop == StopReason::Cancelled {
             tracing::info!("chat completion stopped: the client went away");
         } else if stream {
@@ -261,17 +244,13 @@ pub async fn completions(
         (text, stop, n)
     });
     if stream {
-        let events = futures_util::stream::once(async move { first }).chain(
-            futures_util::stream::poll_fn(move |cx| {
-                let _held = &guard;
-                rx.poll_recv(cx)
-            }),
-        );
+        let events = futures_util::stream::once(async move { first })
+            .chain(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
         let events = events.map(|data| Ok::<_, Infallible>(Event::default().data(data)));
         return Ok(Sse::new(events).into_response());
     }
     let (text, stop, n) = answer.await.map_err(ApiError::internal)?;
-    drop(guard);
+    drop(rx);
     Ok(Json(json!({
         "id": id, "object": "chat.completion", "created": 0, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
