@@ -19,12 +19,13 @@ use crate::train::checkpoint::{RunDir, load_trained};
 use crate::train::{RunConfig, TrainableKind};
 
 /// Files of a model directory that describe the tokenizer and generation, copied as they are.
-const TOKENIZER_FILES: [&str; 5] = [
+const TOKENIZER_FILES: [&str; 6] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "generation_config.json",
     "chat_template.jinja",
+    "chat_template.json",
 ];
 
 /// Which weights of a run to export: `best` (lowest validation loss, else the last checkpoint),
@@ -126,7 +127,7 @@ pub fn export_merged(
         hf_config["dtype"] = json!("float32");
     }
     replace_dir_atomically(out, |tmp| {
-        save_safetensors(&model, &tmp.join("model.safetensors"))?;
+        save_safetensors(&model, &lm.config.decoder, &tmp.join("model.safetensors"))?;
         write_json_atomically(&tmp.join("config.json"), &hf_config)?;
         write_marker(tmp, run, &weights, "merged")?;
         copy_tokenizer_files(&config.model, tmp)
@@ -135,8 +136,20 @@ pub fn export_merged(
     Ok(weights)
 }
 
-/// Writes a model's weights as `model.safetensors` with Hugging Face tensor names and layouts.
-pub fn save_safetensors(model: &crate::models::CausalLm, path: &Path) -> Result<()> {
+/// Writes a model's weights as `model.safetensors` with Hugging Face tensor names and layouts
+/// (Gemma's norm weights back to `w - 1` when `config` says so).
+pub fn save_safetensors(
+    model: &crate::models::CausalLm,
+    config: &crate::models::DecoderConfig,
+    path: &Path,
+) -> Result<()> {
+    let shifted;
+    let model = if config.options.norm_weight_offset {
+        shifted = model.clone().shift_norm_weights(-1.0);
+        &shifted
+    } else {
+        model
+    };
     let mut store = SafetensorsStore::from_file(path)
         .with_to_adapter(BurnToPyTorchAdapter)
         .metadata("format", "pt")

@@ -163,6 +163,7 @@ impl PretrainConfig {
             mlp_bias: false,
             tie_word_embeddings: true,
             sliding_windows: vec![None; self.num_layers],
+            options: Default::default(),
         }
     }
 }
@@ -356,7 +357,7 @@ pub fn write_model_dir(
         .map_err(|e| CoreError::Invalid(format!("tokenizer: {e}")))?;
     let model = model.clone().valid();
     replace_dir_atomically(out, |tmp| {
-        crate::export::save_safetensors(&model, &tmp.join("model.safetensors"))?;
+        crate::export::save_safetensors(&model, &d, &tmp.join("model.safetensors"))?;
         write_json_atomically(&tmp.join("config.json"), &hf)?;
         write_json_atomically(&tmp.join("tokenizer_config.json"), &tok_config)?;
         write_json_atomically(&tmp.join("generation_config.json"), &generation)?;

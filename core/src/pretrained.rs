@@ -45,6 +45,9 @@ pub struct Summary {
     pub qkv_bias: bool,
     pub max_position_embeddings: usize,
     pub chat_template: bool,
+    /// The file the chat template came from (chat_template.jinja, chat_template.json or
+    /// tokenizer_config.json).
+    pub chat_template_file: Option<PathBuf>,
     pub eos_token_ids: Vec<u32>,
     pub checkpoint_files: Vec<PathBuf>,
 }
@@ -129,6 +132,7 @@ impl Pretrained {
             qkv_bias: d.qkv_bias,
             max_position_embeddings: d.max_position_embeddings,
             chat_template: tokenizer.has_chat_template(),
+            chat_template_file: tokenizer.template_path().map(Path::to_path_buf),
             eos_token_ids: tokenizer.eos_ids().to_vec(),
             checkpoint_files: files,
         })

@@ -1,5 +1,9 @@
 //! The model's tokenizer (`tokenizer.json`, through the `tokenizers` crate) and its chat
-//! template (`tokenizer_config.json` `chat_template`, Jinja, rendered with `minijinja`).
+//! template (Jinja, rendered with `minijinja`), found where transformers 5 looks for it:
+//! `chat_template.jinja`, then `chat_template.json`, then `tokenizer_config.json`'s
+//! `chat_template` (a string, or a list of named templates of which `default` is used).
+//! Special tokens come from `tokenizer_config.json`, else `special_tokens_map.json`; EOS ids
+//! also from `generation_config.json` and `config.json`.
 //!
 //! Sequences are built as `method.md` section 2 fixes: prompt and response are tokenized
 //! separately and concatenated, the response ends with EOS.
@@ -21,6 +25,8 @@ pub struct ChatTokenizer {
     tokenizer: tokenizers::Tokenizer,
     config_path: PathBuf,
     chat_template: Option<String>,
+    /// The file the chat template was read from.
+    template_path: Option<PathBuf>,
     bos_token: Option<String>,
     eos_token: Option<String>,
     eos_ids: Vec<u32>,
@@ -36,12 +42,51 @@ impl std::fmt::Debug for ChatTokenizer {
     }
 }
 
-/// The parts of `tokenizer_config.json` clo reads.
+/// The parts of `tokenizer_config.json` (and `special_tokens_map.json`) clo reads.
 #[derive(Debug, Default, Deserialize)]
 struct TokenizerConfig {
     chat_template: Option<Value>,
     bos_token: Option<Value>,
     eos_token: Option<Value>,
+}
+
+/// Reads an optional JSON file of the model directory (`None` when absent).
+fn read_optional_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &'static str,
+    hint: &'static str,
+) -> Result<Option<T>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = read_to_string(path, what)?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| CoreError::json(path, &e, hint))
+}
+
+/// The chat template of a model directory and the file it came from, looked up in the order
+/// transformers 5 uses: `chat_template.jinja`, `chat_template.json` (`{"chat_template": ...}`),
+/// then `tokenizer_config.json`'s `chat_template`.
+fn find_chat_template(dir: &Path, config: &TokenizerConfig) -> Result<Option<(String, PathBuf)>> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        return Ok(Some((read_to_string(&jinja, "chat template")?, jinja)));
+    }
+    let json = dir.join("chat_template.json");
+    #[derive(Deserialize)]
+    struct TemplateFile {
+        chat_template: Option<Value>,
+    }
+    if let Some(file) = read_optional_json::<TemplateFile>(
+        &json,
+        "chat template",
+        "chat_template.json must be an object with a `chat_template` string",
+    )? && let Some(text) = template_text(&file.chat_template)
+    {
+        return Ok(Some((text, json)));
+    }
+    Ok(template_text(&config.chat_template).map(|t| (t, dir.join("tokenizer_config.json"))))
 }
 
 /// A special token is a string or an `AddedToken` object with `content`.
@@ -78,20 +123,37 @@ impl ChatTokenizer {
             }
         })?;
         let config_path = dir.join("tokenizer_config.json");
-        let config: TokenizerConfig = if config_path.exists() {
-            let text = read_to_string(&config_path, "tokenizer config")?;
-            serde_json::from_str(&text).map_err(|e| {
-                CoreError::json(
-                    &config_path,
-                    &e,
-                    "tokenizer_config.json must be a JSON object",
-                )
-            })?
-        } else {
-            tracing::warn!(path = %config_path.display(), "no tokenizer_config.json: no chat template, EOS from config.json");
+        let config: TokenizerConfig = read_optional_json(
+            &config_path,
+            "tokenizer config",
+            "tokenizer_config.json must be a JSON object",
+        )?
+        .unwrap_or_else(|| {
+            tracing::warn!(path = %config_path.display(), "no tokenizer_config.json: special tokens from special_tokens_map.json, EOS from config.json");
             TokenizerConfig::default()
-        };
-        let eos_token = token_text(&config.eos_token);
+        });
+        // Older checkpoints keep their special tokens in special_tokens_map.json only.
+        let map: TokenizerConfig = read_optional_json(
+            &dir.join("special_tokens_map.json"),
+            "special tokens map",
+            "special_tokens_map.json must be a JSON object",
+        )?
+        .unwrap_or_default();
+        let template = find_chat_template(dir, &config)?;
+        #[derive(Deserialize)]
+        struct GenerationConfig {
+            eos_token_id: Option<crate::models::TokenIds>,
+        }
+        let generation_eos = read_optional_json::<GenerationConfig>(
+            &dir.join("generation_config.json"),
+            "generation config",
+            "generation_config.json must be a JSON object",
+        )?
+        .and_then(|g| g.eos_token_id)
+        .map(|ids| ids.to_vec())
+        .unwrap_or_default();
+        let eos_token = token_text(&config.eos_token).or_else(|| token_text(&map.eos_token));
+        let bos_token = token_text(&config.bos_token).or_else(|| token_text(&map.bos_token));
         // The tokenizer's own EOS ends responses (Llama 3 Instruct: <|eot_id|>, while
         // config.json lists <|end_of_text|> first); config.json's ids also stop generation.
         let mut eos_ids: Vec<u32> = eos_token
@@ -99,16 +161,18 @@ impl ChatTokenizer {
             .and_then(|t| tokenizer.token_to_id(t))
             .into_iter()
             .collect();
-        for id in config_eos {
+        for id in config_eos.iter().chain(&generation_eos) {
             if !eos_ids.contains(id) {
                 eos_ids.push(*id);
             }
         }
+        let (chat_template, template_path) = template.unzip();
         Ok(Self {
             tokenizer,
             config_path,
-            chat_template: template_text(&config.chat_template),
-            bos_token: token_text(&config.bos_token),
+            chat_template,
+            template_path,
+            bos_token,
             eos_token,
             eos_ids,
         })
@@ -131,6 +195,11 @@ impl ChatTokenizer {
 
     pub fn has_chat_template(&self) -> bool {
         self.chat_template.is_some()
+    }
+
+    /// The file the chat template was read from (`None`: the model has none).
+    pub fn template_path(&self) -> Option<&Path> {
+        self.template_path.as_deref()
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
@@ -168,7 +237,10 @@ impl ChatTokenizer {
             return Ok(PLAIN_TEMPLATE.replace("{prompt}", &text.join("\n\n")));
         };
         let template_err = |e: minijinja::Error, hint| CoreError::Template {
-            path: self.config_path.clone(),
+            path: self
+                .template_path
+                .clone()
+                .unwrap_or_else(|| self.config_path.clone()),
             message: format!("{e:#}"),
             hint,
         };
@@ -180,12 +252,8 @@ impl ChatTokenizer {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
-        env.add_template("chat", template).map_err(|e| {
-            template_err(
-                e,
-                "the chat_template of tokenizer_config.json is not valid Jinja",
-            )
-        })?;
+        env.add_template("chat", template)
+            .map_err(|e| template_err(e, "the chat template is not valid Jinja"))?;
         env.get_template("chat")
             .and_then(|t| {
                 t.render(context! {

@@ -57,8 +57,16 @@ pub fn checkpoint_table(c: &DecoderConfig) -> Vec<TensorSpec> {
                 table.push(spec(format!("{p}.{name}.bias"), &[out]));
             }
         }
+        if c.options.qk_norm {
+            table.push(spec(format!("{p}.self_attn.q_norm.weight"), &[c.head_dim]));
+            table.push(spec(format!("{p}.self_attn.k_norm.weight"), &[c.head_dim]));
+        }
         table.push(spec(format!("{p}.input_layernorm.weight"), &[h]));
         table.push(spec(format!("{p}.post_attention_layernorm.weight"), &[h]));
+        if c.options.sandwich_norms {
+            table.push(spec(format!("{p}.pre_feedforward_layernorm.weight"), &[h]));
+            table.push(spec(format!("{p}.post_feedforward_layernorm.weight"), &[h]));
+        }
     }
     table.push(spec("model.norm.weight".into(), &[h]));
     if !c.tie_word_embeddings {
@@ -222,6 +230,9 @@ pub fn load_weights(model: &mut CausalLm, dir: &Path, config: &DecoderConfig) ->
             tracing::debug!(file = %file.display(), unused = ?result.unused, "tensors not used by the model");
         }
         tracing::debug!(file = %file.display(), applied = result.applied.len(), "loaded shard");
+    }
+    if config.options.norm_weight_offset {
+        *model = model.clone().shift_norm_weights(1.0);
     }
     Ok(())
 }

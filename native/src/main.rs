@@ -192,6 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.validate()?;
             let device = parse_device(&device)?;
             let lm = Pretrained::load(&model, &device)?;
+            warn_if_no_template(&lm, chat_template);
             let prompt_ids = lm.tokenizer.prompt_ids(&prompt, chat_template)?;
             config.max_new_tokens = clo_core::generate::fit_to_context(
                 "--prompt",
@@ -286,14 +287,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     s.tie_word_embeddings, s.qkv_bias
                 );
                 println!("context:      {}", s.max_position_embeddings);
-                println!(
-                    "chat:         {}",
-                    if s.chat_template {
-                        "chat template"
-                    } else {
-                        "no chat template (plain fallback)"
-                    }
-                );
+                match &s.chat_template_file {
+                    Some(file) => println!("chat:         chat template from {}", file.display()),
+                    None => println!("chat:         no chat template (plain fallback)"),
+                }
                 println!("eos ids:      {:?}", s.eos_token_ids);
                 println!(
                     "files:        {}",
@@ -320,6 +317,19 @@ struct ScoreJob<'a> {
     max_prompt_tokens: Option<usize>,
 }
 
+/// `--chat-template` on a model that has none: say so on stderr, where a user sees it, instead
+/// of falling back silently.
+pub(crate) fn warn_if_no_template(lm: &Pretrained, chat_template: bool) {
+    if chat_template && !lm.tokenizer.has_chat_template() {
+        eprintln!(
+            "warning: --chat-template was given but {} has no chat template \
+             (no chat_template.jinja, chat_template.json or tokenizer_config.json `chat_template`); \
+             prompts use the plain fallback \"### Instruction: ... ### Response:\"",
+            lm.dir.display()
+        );
+    }
+}
+
 fn score(job: &ScoreJob, device: &str) -> anyhow::Result<()> {
     let ScoreJob {
         model,
@@ -335,6 +345,7 @@ fn score(job: &ScoreJob, device: &str) -> anyhow::Result<()> {
     let device = &parse_device(device)?;
     let records = read_score_input(input)?;
     let lm = Pretrained::load(model, device)?;
+    warn_if_no_template(&lm, job.chat);
     let vocab = lm.config.decoder.vocab_size;
     let mut pairs = Vec::with_capacity(records.len());
     for (line, record) in &records {

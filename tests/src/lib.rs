@@ -7,7 +7,17 @@ use burn::prelude::*;
 use serde::Deserialize;
 
 /// The fixture model directories, one per family and storage variant.
-pub const FAMILIES: [&str; 5] = ["llama", "llama3", "mistral", "qwen2", "qwen2-bf16"];
+pub const FAMILIES: [&str; 9] = [
+    "llama",
+    "llama3",
+    "mistral",
+    "qwen2",
+    "qwen2-bf16",
+    "qwen3",
+    "gemma2",
+    "gemma3_text",
+    "llama-t5",
+];
 
 pub fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

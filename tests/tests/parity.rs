@@ -4,7 +4,11 @@
 //! (transformers 5.23, torch 2.15, CPU, float32, eager attention): tiny random checkpoints of
 //! Llama 2 (sharded), Llama 3 (llama3 RoPE scaling, GQA 4:1), Mistral (sliding window 7 over
 //! 47-token sequences, head_dim 24 != hidden/heads, f16 weights), Qwen2 (QKV bias, tied
-//! embeddings, padded vocab) and Qwen2 stored in bf16. Run the script to regenerate them.
+//! embeddings, padded vocab), Qwen2 stored in bf16, Qwen3 (q/k head norms, head_dim 24),
+//! Gemma 2 (GeGLU, sandwich norms, soft caps 3 and 5, sliding window), Gemma 3 text (q/k norms,
+//! local RoPE base on sliding layers, linear scaling on the global one) and a Llama saved in
+//! transformers 5's layout (chat_template.jinja, rope_parameters, generation_config.json). Run
+//! the script to regenerate them (`make_fixtures.py NAME` for one).
 
 use burn::prelude::*;
 use clo_core::Pretrained;
@@ -212,8 +216,38 @@ fn chat_templates_render_like_transformers() {
         }
     }
     assert!(
-        checked >= 6,
-        "templates of llama3, mistral and qwen2 are covered"
+        checked >= 14,
+        "templates of llama3, mistral, qwen2, qwen3, gemma2, gemma3_text and llama-t5 are covered"
+    );
+}
+
+/// A checkpoint saved by transformers 5 keeps its template in chat_template.jinja and its EOS
+/// in generation_config.json; clo finds both and says where the template came from.
+#[test]
+fn transformers5_layout_finds_template_file_and_eos() {
+    let dir = fixture_dir("llama-t5");
+    let tok_config = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap();
+    assert!(
+        !tok_config.contains("chat_template"),
+        "the fixture keeps the template out"
+    );
+    let summary = Pretrained::summarize(&dir).unwrap();
+    assert!(summary.chat_template);
+    assert_eq!(
+        summary.chat_template_file.as_deref(),
+        Some(dir.join("chat_template.jinja").as_path())
+    );
+    let lm = Pretrained::load(&dir, &Device::flex()).unwrap();
+    let rendered = lm.tokenizer.render_prompt("Hi").unwrap();
+    assert!(
+        rendered.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"),
+        "{rendered}"
+    );
+    // generation_config.json's eos_token_id (2) is among the stop ids.
+    assert!(
+        lm.tokenizer.eos_ids().contains(&2),
+        "{:?}",
+        lm.tokenizer.eos_ids()
     );
 }
 

@@ -1,9 +1,11 @@
 //! Model families and their Hugging Face configs. Each family file mirrors its `config.json`
 //! in a serde struct and turns it into the shared [`DecoderConfig`] (`into_config`).
 
+pub mod gemma;
 pub mod llama;
 pub mod mistral;
 pub mod qwen2;
+pub mod qwen3;
 pub mod rope;
 pub mod transformer;
 
@@ -14,7 +16,7 @@ use serde_json::Value;
 
 use crate::error::{CoreError, Result, read_to_string};
 pub use rope::{RopeConfig, RopeScaling};
-pub use transformer::{CausalLm, DecoderConfig, KvCache};
+pub use transformer::{Activation, ArchOptions, CausalLm, DecoderConfig, KvCache};
 
 /// The architectures clo implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,18 +25,34 @@ pub enum Family {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
+    Gemma2,
+    #[serde(rename = "gemma3_text")]
+    Gemma3Text,
 }
 
 impl Family {
     /// `model_type` values of config.json, as transformers names them.
-    pub const MODEL_TYPES: &'static str = "model_type \"llama\", \"mistral\", \"qwen2\"";
+    pub const MODEL_TYPES: &'static str =
+        "model_type \"llama\", \"mistral\", \"qwen2\", \"qwen3\", \"gemma2\", \"gemma3_text\"";
 
     pub fn model_type(self) -> &'static str {
         match self {
             Family::Llama => "llama",
             Family::Mistral => "mistral",
             Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Gemma2 => "gemma2",
+            Family::Gemma3Text => "gemma3_text",
         }
+    }
+
+    /// The modules attention-only training updates (method.md section 5), by their names in
+    /// this family's checkpoints. Every supported family names its attention projections as
+    /// Llama does; Qwen3's and Gemma 3's `q_norm` / `k_norm` stay frozen, as the paper trains
+    /// the projections only.
+    pub fn attention_targets(self) -> [&'static str; 4] {
+        ["q_proj", "k_proj", "v_proj", "o_proj"]
     }
 }
 
@@ -71,6 +89,8 @@ pub struct HfCommon {
     pub rms_norm_eps: f64,
     #[serde(default = "silu")]
     pub hidden_act: String,
+    /// Gemma's name for the activation (preferred over `hidden_act` when present).
+    pub hidden_activation: Option<String>,
     pub rope_theta: Option<f64>,
     /// Classic `rope_scaling` object (`rope_type` or the older `type`).
     pub rope_scaling: Option<Value>,
@@ -98,13 +118,21 @@ impl HfCommon {
             value,
             supported,
         };
-        if self.hidden_act != "silu" {
-            return Err(unsupported(
-                "hidden_act",
-                format!("{:?}", self.hidden_act),
-                "hidden_act \"silu\" (SwiGLU)",
-            ));
-        }
+        let (act_field, act) = match &self.hidden_activation {
+            Some(a) => ("hidden_activation", a),
+            None => ("hidden_act", &self.hidden_act),
+        };
+        let activation = match act.as_str() {
+            "silu" => Activation::Silu,
+            "gelu_pytorch_tanh" => Activation::GeluTanh,
+            _ => {
+                return Err(unsupported(
+                    act_field,
+                    format!("{act:?}"),
+                    "hidden_act \"silu\" (SwiGLU) or \"gelu_pytorch_tanh\" (GeGLU)",
+                ));
+            }
+        };
         let heads = self.num_attention_heads;
         let kv_heads = self.num_key_value_heads.unwrap_or(heads);
         if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
@@ -142,6 +170,10 @@ impl HfCommon {
             mlp_bias: false,
             tie_word_embeddings: self.tie_word_embeddings,
             sliding_windows: vec![None; self.num_hidden_layers],
+            options: ArchOptions {
+                activation,
+                ..ArchOptions::default()
+            },
         })
     }
 
@@ -175,6 +207,9 @@ impl HfCommon {
         };
         match kind {
             "default" => Ok(RopeScaling::Default),
+            "linear" => Ok(RopeScaling::Linear {
+                factor: num("factor")?,
+            }),
             "llama3" => Ok(RopeScaling::Llama3 {
                 factor: num("factor")?,
                 low_freq_factor: num("low_freq_factor")?,
@@ -185,7 +220,7 @@ impl HfCommon {
                 path: path.to_path_buf(),
                 field: "rope_scaling.rope_type",
                 value: format!("{other:?}"),
-                supported: "rope_type \"default\" and \"llama3\" (not yet linear, dynamic, yarn or longrope)",
+                supported: "rope_type \"default\", \"linear\" and \"llama3\" (not yet dynamic, yarn or longrope)",
             }),
         }
     }
@@ -238,6 +273,22 @@ impl ModelConfig {
             "qwen2" => {
                 let c: qwen2::Qwen2Config = serde_json::from_value(value).map_err(parse_err)?;
                 (Family::Qwen2, c.common.clone(), c.into_config(path)?)
+            }
+            "qwen3" => {
+                let c: qwen3::Qwen3Config = serde_json::from_value(value).map_err(parse_err)?;
+                (Family::Qwen3, c.common.clone(), c.into_config(path)?)
+            }
+            "gemma2" => {
+                let c: gemma::GemmaConfig = serde_json::from_value(value).map_err(parse_err)?;
+                (Family::Gemma2, c.common.clone(), c.into_config(path, 2)?)
+            }
+            "gemma3_text" => {
+                let c: gemma::GemmaConfig = serde_json::from_value(value).map_err(parse_err)?;
+                (
+                    Family::Gemma3Text,
+                    c.common.clone(),
+                    c.into_config(path, 6)?,
+                )
             }
             other => {
                 return Err(CoreError::UnsupportedConfig {

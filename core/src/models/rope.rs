@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub enum RopeScaling {
     /// Plain RoPE (`rope_type = "default"` or no `rope_scaling`).
     Default,
+    /// Positions divided by `factor` (`rope_type = "linear"`, Gemma 3's global layers).
+    Linear { factor: f64 },
     /// Llama 3.1 style: low frequencies divided by `factor`, a smooth ramp in between.
     Llama3 {
         factor: f64,
@@ -40,6 +42,7 @@ impl RopeConfig {
             .collect();
         match self.scaling {
             RopeScaling::Default => base,
+            RopeScaling::Linear { factor } => base.into_iter().map(|f| f / factor).collect(),
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,

@@ -1,7 +1,7 @@
-//! The decoder shared by the Llama family (Llama 2/3, Mistral, Qwen2/2.5): pre-norm blocks of
-//! grouped-query attention with RoPE and a SwiGLU MLP, RMSNorm, and a language-model head that
-//! may be tied to the embeddings. The families differ only in [`DecoderConfig`], which each
-//! family's file builds from its `config.json`.
+//! The decoder shared by the Llama family (Llama 2/3, Mistral, Qwen2/2.5/3, Gemma 2/3): pre-norm
+//! blocks of grouped-query attention with RoPE and a gated MLP, RMSNorm, and a language-model head
+//! that may be tied to the embeddings. The families differ only in [`DecoderConfig`] (and its
+//! [`ArchOptions`]), which each family's file builds from its `config.json`.
 //!
 //! Module paths mirror Hugging Face's tensor names (`model.layers.0.self_attn.q_proj`), so
 //! LoRA targets and freezing patterns read like PEFT's.
@@ -9,7 +9,7 @@
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::{silu, softmax, tanh};
 use serde::{Deserialize, Serialize};
 
 use super::rope::{RopeConfig, apply_rotary};
@@ -35,8 +35,48 @@ pub struct DecoderConfig {
     pub mlp_bias: bool,
     /// The LM head reuses the embedding matrix.
     pub tie_word_embeddings: bool,
-    /// Per layer: attend only to this many most recent positions (Mistral, Qwen2 SWA).
+    /// Per layer: attend only to this many most recent positions (Mistral, Qwen2 SWA, Gemma).
     pub sliding_windows: Vec<Option<usize>>,
+    /// What Qwen3 and Gemma add to the Llama block (all off for Llama, Mistral, Qwen2).
+    #[serde(default)]
+    pub options: ArchOptions,
+}
+
+/// The MLP's gate activation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// SwiGLU (`hidden_act = "silu"`).
+    #[default]
+    Silu,
+    /// GeGLU with the tanh approximation of GELU (`gelu_pytorch_tanh`, Gemma).
+    GeluTanh,
+}
+
+/// Departures from the Llama block, each named after what it does.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ArchOptions {
+    pub activation: Activation,
+    /// RMSNorm over each query and key head before RoPE (`q_norm`, `k_norm`: Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Gemma's four norms per layer: `post_attention_layernorm` normalises the attention output
+    /// before the residual, and `pre_feedforward_layernorm` / `post_feedforward_layernorm`
+    /// wrap the MLP.
+    pub sandwich_norms: bool,
+    /// Checkpoints store RMSNorm weights as `w - 1` (Gemma: `x * (1 + w)`). clo adds 1 on load
+    /// and subtracts it on save, so the module computes `x * gamma` like every other family.
+    pub norm_weight_offset: bool,
+    /// Embeddings are multiplied by this (Gemma: `sqrt(hidden_size)`).
+    pub embed_scale: Option<f64>,
+    /// Attention scores are scaled by `query_pre_attn_scalar^-0.5` instead of `head_dim^-0.5`.
+    pub query_pre_attn_scalar: Option<f64>,
+    /// `cap * tanh(scores / cap)` on attention scores (Gemma 2).
+    pub attn_logit_softcap: Option<f64>,
+    /// `cap * tanh(logits / cap)` on the final logits (Gemma 2).
+    pub final_logit_softcap: Option<f64>,
+    /// RoPE base of the sliding-window layers, when it differs (Gemma 3's `rope_local_base_freq`).
+    pub local_rope_theta: Option<f64>,
 }
 
 impl DecoderConfig {
@@ -44,11 +84,15 @@ impl DecoderConfig {
     pub fn init(&self, device: &Device) -> CausalLm {
         let linear =
             |d_in, d_out, bias| LinearConfig::new(d_in, d_out).with_bias(bias).init(device);
-        let norm = || {
-            RmsNormConfig::new(self.hidden_size)
+        let norm_of = |dim| {
+            RmsNormConfig::new(dim)
                 .with_epsilon(self.rms_norm_eps)
                 .init(device)
         };
+        let norm = || norm_of(self.hidden_size);
+        let opts = &self.options;
+        let head_norm = || opts.qk_norm.then(|| norm_of(self.head_dim));
+        let sandwich = || opts.sandwich_norms.then(norm);
         let (h, q_dim, kv_dim) = (
             self.hidden_size,
             self.num_heads * self.head_dim,
@@ -65,14 +109,26 @@ impl DecoderConfig {
                     num_kv_heads: self.num_kv_heads,
                     head_dim: self.head_dim,
                     sliding_window: self.sliding_windows[i].unwrap_or(0),
+                    q_norm: head_norm(),
+                    k_norm: head_norm(),
+                    scale: opts
+                        .query_pre_attn_scalar
+                        .unwrap_or(self.head_dim as f64)
+                        .powf(-0.5),
+                    softcap: opts.attn_logit_softcap.unwrap_or(0.0),
+                    local_rope: self.sliding_windows[i].is_some()
+                        && opts.local_rope_theta.is_some(),
                 },
                 mlp: Mlp {
                     gate_proj: linear(h, self.intermediate_size, self.mlp_bias),
                     up_proj: linear(h, self.intermediate_size, self.mlp_bias),
                     down_proj: linear(self.intermediate_size, h, self.mlp_bias),
+                    gelu_tanh: opts.activation == Activation::GeluTanh,
                 },
                 input_layernorm: norm(),
                 post_attention_layernorm: norm(),
+                pre_feedforward_layernorm: sandwich(),
+                post_feedforward_layernorm: sandwich(),
             })
             .collect();
         CausalLm {
@@ -82,7 +138,19 @@ impl DecoderConfig {
                 norm: norm(),
             },
             lm_head: (!self.tie_word_embeddings).then(|| linear(h, self.vocab_size, false)),
+            embed_scale: opts.embed_scale.unwrap_or(1.0),
+            final_softcap: opts.final_logit_softcap.unwrap_or(0.0),
+            local_rope_theta: opts.local_rope_theta.unwrap_or(0.0),
         }
+    }
+
+    /// The RoPE of layers with a sliding window, when it differs from [`Self::rope`].
+    pub fn local_rope(&self) -> Option<RopeConfig> {
+        self.options.local_rope_theta.map(|theta| RopeConfig {
+            theta,
+            head_dim: self.head_dim,
+            scaling: super::rope::RopeScaling::Default,
+        })
     }
 
     /// Number of parameters, counting tied embeddings once.
@@ -98,7 +166,13 @@ impl DecoderConfig {
             + if self.qkv_bias { q + 2 * kv } else { 0 }
             + if self.o_bias { h } else { 0 };
         let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
-        let layer = attn + mlp + 2 * h;
+        let head_norms = if self.options.qk_norm {
+            2 * self.head_dim
+        } else {
+            0
+        };
+        let norms = if self.options.sandwich_norms { 4 } else { 2 } * h;
+        let layer = attn + head_norms + mlp + norms;
         let head = if self.tie_word_embeddings { 0 } else { h * v };
         v * h + self.num_layers * layer + h + head
     }
@@ -157,6 +231,15 @@ pub struct Attention {
     head_dim: usize,
     /// 0 for full causal attention.
     sliding_window: usize,
+    /// Per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3).
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    /// Factor of `q k^T` (`head_dim^-0.5`, or Gemma's `query_pre_attn_scalar^-0.5`).
+    scale: f64,
+    /// Soft cap of the scores (0: none).
+    softcap: f64,
+    /// This layer uses the model's local RoPE tables (Gemma 3 sliding layers).
+    local_rope: bool,
 }
 
 impl Attention {
@@ -175,8 +258,14 @@ impl Attention {
         let [batch, seq, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, hd]).swap_dims(1, 2);
-        let q = apply_rotary(heads(self.q_proj.forward(x.clone()), nh), cos, sin); // [b, nh, seq, hd]
-        let k = apply_rotary(heads(self.k_proj.forward(x.clone()), nkv), cos, sin); // [b, nkv, seq, hd]
+        let normed = |t: Tensor<4>, norm: &Option<RmsNorm>| match norm {
+            Some(norm) => norm.forward(t),
+            None => t,
+        };
+        let q = heads(self.q_proj.forward(x.clone()), nh);
+        let k = heads(self.k_proj.forward(x.clone()), nkv);
+        let q = apply_rotary(normed(q, &self.q_norm), cos, sin); // [b, nh, seq, hd]
+        let k = apply_rotary(normed(k, &self.k_norm), cos, sin); // [b, nkv, seq, hd]
         let v = heads(self.v_proj.forward(x), nkv);
 
         let (k, v) = match cache.take() {
@@ -187,13 +276,28 @@ impl Attention {
 
         let k = repeat_kv(k, nh / nkv); // [b, nh, total, hd]
         let v = repeat_kv(v, nh / nkv);
-        let scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt(); // [b, nh, seq, total]
+        let mut scores = q.matmul(k.swap_dims(2, 3)) * self.scale; // [b, nh, seq, total]
+        if self.softcap > 0.0 {
+            scores = soft_cap(scores, self.softcap);
+        }
         let mask = (mask.clone()).unsqueeze_dim::<4>(1).expand(scores.dims()); // [b, nh, seq, total]
         let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
         let out = softmax(scores, 3).matmul(v); // [b, nh, seq, hd]
         let out = out.swap_dims(1, 2).reshape([batch, seq, nh * hd]);
         self.o_proj.forward(out)
     }
+}
+
+/// `cap * tanh(x / cap)`: Gemma 2's soft capping of attention scores and logits.
+fn soft_cap<const D: usize>(x: Tensor<D>, cap: f64) -> Tensor<D> {
+    tanh(x / cap) * cap
+}
+
+/// The tanh approximation of GELU, as PyTorch's `gelu(approximate="tanh")`.
+fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715) * c;
+    x * (tanh(inner) + 1.0) * 0.5
 }
 
 /// Repeats each key/value head for the query heads that share it, as HF's `repeat_kv`.
@@ -248,12 +352,20 @@ pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+    /// GeGLU (Gemma) instead of SwiGLU.
+    gelu_tanh: bool,
 }
 
 impl Mlp {
-    /// SwiGLU: `down(silu(gate(x)) * up(x))`; `[.., hidden] -> [.., hidden]`.
+    /// SwiGLU `down(silu(gate(x)) * up(x))`, or GeGLU with GELU for SiLU;
+    /// `[.., hidden] -> [.., hidden]`.
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
+        let gate = self.gate_proj.forward(x.clone());
+        let gate = if self.gelu_tanh {
+            gelu_tanh(gate)
+        } else {
+            silu(gate)
+        };
         self.down_proj.forward(gate * self.up_proj.forward(x))
     }
 }
@@ -263,7 +375,44 @@ pub struct DecoderLayer {
     pub self_attn: Attention,
     pub mlp: Mlp,
     pub input_layernorm: RmsNorm,
+    /// Llama: the norm before the MLP. Gemma: the norm of the attention output.
     pub post_attention_layernorm: RmsNorm,
+    /// Gemma only: the norms before and after the MLP.
+    pub pre_feedforward_layernorm: Option<RmsNorm>,
+    pub post_feedforward_layernorm: Option<RmsNorm>,
+}
+
+impl DecoderLayer {
+    /// One block: attention and MLP with their residuals.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &Tensor<3, Bool>,
+        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+    ) -> Tensor<3> {
+        let attn = (self.self_attn).forward(
+            self.input_layernorm.forward(x.clone()),
+            cos,
+            sin,
+            mask,
+            cache,
+        );
+        match (
+            &self.pre_feedforward_layernorm,
+            &self.post_feedforward_layernorm,
+        ) {
+            (Some(pre), Some(post)) => {
+                let x = x + self.post_attention_layernorm.forward(attn);
+                x.clone() + post.forward(self.mlp.forward(pre.forward(x)))
+            }
+            _ => {
+                let x = x + attn;
+                x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+            }
+        }
+    }
 }
 
 #[derive(Module, Debug)]
@@ -279,9 +428,39 @@ pub struct CausalLm {
     pub model: DecoderStack,
     /// `None` when tied to `model.embed_tokens`.
     pub lm_head: Option<Linear>,
+    /// Factor of the embeddings (1: none; Gemma: `sqrt(hidden)`).
+    embed_scale: f64,
+    /// Soft cap of the logits (0: none).
+    final_softcap: f64,
+    /// RoPE base of the layers marked `local_rope` (0: none).
+    local_rope_theta: f64,
 }
 
 impl CausalLm {
+    /// Adds `delta` to every RMSNorm weight: +1 turns Gemma's stored `w` (used as `1 + w`) into
+    /// the `gamma` this module multiplies by, -1 turns it back for saving.
+    pub fn shift_norm_weights(mut self, delta: f64) -> Self {
+        fn shift(norm: &mut RmsNorm, delta: f64) {
+            norm.gamma = norm.gamma.clone().map(|g| g.add_scalar(delta));
+        }
+        for layer in &mut self.model.layers {
+            shift(&mut layer.input_layernorm, delta);
+            shift(&mut layer.post_attention_layernorm, delta);
+            let attn = &mut layer.self_attn;
+            let extra = [
+                &mut layer.pre_feedforward_layernorm,
+                &mut layer.post_feedforward_layernorm,
+                &mut attn.q_norm,
+                &mut attn.k_norm,
+            ];
+            for norm in extra.into_iter().flatten() {
+                shift(norm, delta);
+            }
+        }
+        shift(&mut self.model.norm, delta);
+        self
+    }
+
     /// Logits of every position. With a cache, `ids` continue the cached positions and the
     /// cache is extended.
     ///
@@ -319,25 +498,22 @@ impl CausalLm {
             }
         };
         let start = cache.len();
-        let (cos, sin) = if cache.padding.is_empty() {
-            let (cos, sin) = rope.cos_sin(start, seq, &device);
-            (cos.unsqueeze::<4>(), sin.unsqueeze::<4>()) // [1, 1, seq, hd]
-        } else {
-            // Each row's positions count from its first real token.
-            let positions: Vec<usize> = (cache.padding.iter())
-                .flat_map(|&pad| (start..start + seq).map(move |p| p.saturating_sub(pad)))
-                .collect();
-            let (cos, sin) = rope.cos_sin_at(&positions, &device);
-            let [_, hd] = cos.dims();
-            let rows = cache.padding.len();
-            (
-                cos.reshape([rows, 1, seq, hd]),
-                sin.reshape([rows, 1, seq, hd]),
-            )
-        };
+        let (cos, sin) = rope_tables(rope, start, seq, &cache.padding, &device);
+        let local = (self.local_rope_theta > 0.0).then(|| {
+            let local = RopeConfig {
+                theta: self.local_rope_theta,
+                head_dim: rope.head_dim,
+                scaling: super::rope::RopeScaling::Default,
+            };
+            rope_tables(&local, start, seq, &cache.padding, &device)
+        });
         // One mask per distinct sliding window, shared by the layers that use it.
         let mut masks: Vec<(usize, Tensor<3, Bool>)> = Vec::new();
         let mut x = self.model.embed_tokens.forward(ids); // [b, seq, hidden]
+        if self.embed_scale != 1.0 {
+            // Gemma rounds the factor to the weights' dtype; f32 here.
+            x = x * (self.embed_scale as f32) as f64;
+        }
         for (layer, slot) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
             let window = layer.self_attn.sliding_window;
             let mask = match masks.iter().find(|(w, _)| *w == window) {
@@ -348,22 +524,59 @@ impl CausalLm {
                     m
                 }
             };
-            let attn = layer.self_attn.forward(
-                layer.input_layernorm.forward(x.clone()),
-                &cos,
-                &sin,
-                &mask,
-                slot,
-            );
-            x = x + attn;
-            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+            let (cos, sin) = match (&local, layer.self_attn.local_rope) {
+                (Some((cos, sin)), true) => (cos, sin),
+                _ => (&cos, &sin),
+            };
+            x = layer.forward(x, cos, sin, &mask, slot);
         }
         self.model.norm.forward(x)
     }
+}
 
+/// RoPE tables for positions `start .. start + seq`, per row when rows are left-padded.
+///
+/// # Shapes
+/// - output: `[rows or 1, 1, seq, head_dim]` each
+fn rope_tables(
+    rope: &RopeConfig,
+    start: usize,
+    seq: usize,
+    padding: &[usize],
+    device: &Device,
+) -> (Tensor<4>, Tensor<4>) {
+    if padding.is_empty() {
+        let (cos, sin) = rope.cos_sin(start, seq, device);
+        (cos.unsqueeze::<4>(), sin.unsqueeze::<4>()) // [1, 1, seq, hd]
+    } else {
+        // Each row's positions count from its first real token.
+        let positions: Vec<usize> = padding
+            .iter()
+            .flat_map(|&pad| (start..start + seq).map(move |p| p.saturating_sub(pad)))
+            .collect();
+        let (cos, sin) = rope.cos_sin_at(&positions, device);
+        let [_, hd] = cos.dims();
+        let rows = padding.len();
+        (
+            cos.reshape([rows, 1, seq, hd]),
+            sin.reshape([rows, 1, seq, hd]),
+        )
+    }
+}
+
+impl CausalLm {
     /// # Shapes
     /// - hidden: `[batch, seq, hidden]` -> `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let logits = self.raw_logits(hidden);
+        if self.final_softcap > 0.0 {
+            soft_cap(logits, self.final_softcap)
+        } else {
+            logits
+        }
+    }
+
+    fn raw_logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
