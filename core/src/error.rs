@@ -77,6 +77,12 @@ pub enum CoreError {
     )]
     Safetensors { path: PathBuf, message: String },
 
+    /// A GGUF file is malformed or holds something clo does not read.
+    #[error(
+        "{path}: {message}\nHINT: check that the file is a complete GGUF model (llama.cpp, Ollama and LM Studio write them), or pass a Hugging Face model directory"
+    )]
+    Gguf { path: PathBuf, message: String },
+
     /// The checkpoint's tensors do not fit the architecture of config.json.
     #[error(
         "{path}: the checkpoint does not match config.json:\n  {}\nHINT: check that config.json belongs to these weights (hidden_size, num_key_value_heads, head_dim, vocab_size)",

@@ -143,13 +143,8 @@ pub fn save_safetensors(
     config: &crate::models::DecoderConfig,
     path: &Path,
 ) -> Result<()> {
-    let shifted;
-    let model = if config.options.norm_weight_offset {
-        shifted = model.clone().shift_norm_weights(-1.0);
-        &shifted
-    } else {
-        model
-    };
+    let shifted = shift_for_saving(model, config);
+    let model = shifted.as_ref().unwrap_or(model);
     let mut store = SafetensorsStore::from_file(path)
         .with_to_adapter(BurnToPyTorchAdapter)
         .metadata("format", "pt")
@@ -160,6 +155,33 @@ pub fn save_safetensors(
             path.display()
         ))
     })
+}
+
+/// Gemma's norm weights back to the `w - 1` its checkpoints store (`None`: nothing to change).
+fn shift_for_saving(
+    model: &crate::models::CausalLm,
+    config: &crate::models::DecoderConfig,
+) -> Option<crate::models::CausalLm> {
+    config
+        .options
+        .norm_weight_offset
+        .then(|| model.clone().shift_norm_weights(-1.0))
+}
+
+/// The bytes of [`save_safetensors`]'s file, built in memory (f32 tensors).
+pub fn safetensors_bytes(
+    model: &crate::models::CausalLm,
+    config: &crate::models::DecoderConfig,
+) -> Result<Vec<u8>> {
+    let shifted = shift_for_saving(model, config);
+    let model = shifted.as_ref().unwrap_or(model);
+    let mut store = SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter);
+    let fail = |e: &dyn std::fmt::Display| CoreError::Safetensors {
+        path: PathBuf::from("(in memory)"),
+        message: e.to_string(),
+    };
+    model.save_into(&mut store).map_err(|e| fail(&e))?;
+    store.get_bytes().map_err(|e| fail(&e))
 }
 
 fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {

@@ -20,14 +20,25 @@ pub fn temp_beside(path: &Path) -> PathBuf {
 
 /// Writes to a temporary file beside `path`, syncs it, then renames it over `path`.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically_with(path, |w| w.write_all(bytes))
+}
+
+/// Writes a file atomically through `fill` (a buffered writer on a temporary file beside
+/// `path`, synced, then renamed over `path`).
+pub fn write_atomically_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<()> {
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| CoreError::io("create", dir, e))?;
     }
     let tmp = temp_beside(path);
     let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        fill(&mut file)?;
+        file.flush()?;
+        file.get_ref().sync_all()?;
+        drop(file);
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| {

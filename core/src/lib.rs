@@ -20,6 +20,7 @@ pub mod eval;
 pub mod export;
 pub mod fsutil;
 pub mod generate;
+pub mod gguf;
 pub mod jsonl;
 pub mod models;
 #[cfg(feature = "net")]

@@ -54,6 +54,10 @@ pub struct Summary {
 
 /// Reads config and tokenizer and checks that they agree; no weights are read.
 fn config_and_tokenizer(dir: &Path) -> Result<(ModelConfig, ChatTokenizer)> {
+    if crate::gguf::is_gguf(dir) && dir.is_file() {
+        let (_, config, tokenizer) = crate::gguf::read_config_and_tokenizer(dir)?;
+        return Ok((config, tokenizer));
+    }
     if !dir.is_dir() {
         return Err(CoreError::MissingFile {
             path: dir.to_path_buf(),
@@ -78,8 +82,18 @@ impl Pretrained {
         self.config.decoder.max_position_embeddings
     }
 
-    /// Loads a model directory onto `device`.
+    /// Loads a model directory, or a GGUF file, onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        if crate::gguf::is_gguf(dir) && dir.is_file() {
+            let (config, model, tokenizer) = crate::gguf::load(dir, device)?;
+            return Ok(Self {
+                dir: dir.to_path_buf(),
+                config,
+                model,
+                tokenizer,
+                device: device.clone(),
+            });
+        }
         let (config, tokenizer) = config_and_tokenizer(dir)?;
         let mut model = config.decoder.init(device);
         load_weights(&mut model, dir, &config.decoder)?;
@@ -95,17 +109,24 @@ impl Pretrained {
 
     /// Describes a model directory from its files, without loading the weights.
     pub fn summarize(dir: &Path) -> Result<Summary> {
-        let (config, tokenizer) = config_and_tokenizer(dir)?;
-        let files = checkpoint_files(dir)?;
-        let mut dtypes = Vec::new();
-        for file in &files {
-            for (dtype, _) in read_header(file)?.into_values() {
-                if !dtypes.contains(&dtype) {
-                    dtypes.push(dtype);
+        let (config, tokenizer, files, dtypes) = if crate::gguf::is_gguf(dir) && dir.is_file() {
+            let (file, config, tokenizer) = crate::gguf::read_config_and_tokenizer(dir)?;
+            let types = crate::gguf::tensor_types(&file);
+            (config, tokenizer, vec![dir.to_path_buf()], types)
+        } else {
+            let (config, tokenizer) = config_and_tokenizer(dir)?;
+            let files = checkpoint_files(dir)?;
+            let mut dtypes = Vec::new();
+            for file in &files {
+                for (dtype, _) in read_header(file)?.into_values() {
+                    if !dtypes.contains(&dtype) {
+                        dtypes.push(dtype);
+                    }
                 }
             }
-        }
-        dtypes.sort();
+            dtypes.sort();
+            (config, tokenizer, files, dtypes)
+        };
         let d = &config.decoder;
         Ok(Summary {
             dir: dir.to_path_buf(),

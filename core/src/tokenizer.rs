@@ -178,6 +178,36 @@ impl ChatTokenizer {
         })
     }
 
+    /// A tokenizer built elsewhere (from a GGUF file's metadata); `source` names it in errors.
+    pub fn from_parts(
+        tokenizer: tokenizers::Tokenizer,
+        source: &Path,
+        chat_template: Option<String>,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+        eos_ids: Vec<u32>,
+    ) -> Self {
+        Self {
+            tokenizer,
+            config_path: source.to_path_buf(),
+            template_path: chat_template.as_ref().map(|_| source.to_path_buf()),
+            chat_template,
+            bos_token,
+            eos_token,
+            eos_ids,
+        }
+    }
+
+    /// The underlying `tokenizers` tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The BOS and EOS token texts of the tokenizer config.
+    pub fn special_tokens(&self) -> (Option<&str>, Option<&str>) {
+        (self.bos_token.as_deref(), self.eos_token.as_deref())
+    }
+
     /// Number of token ids the tokenizer can produce, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)

@@ -243,6 +243,11 @@ impl ModelConfig {
         let text = read_to_string(path, "model config")?;
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| CoreError::json(path, &e, "config.json must be a JSON object"))?;
+        Self::from_value(path, value)
+    }
+
+    /// Validates a config in config.json's form; `path` names its source in errors.
+    pub fn from_value(path: &Path, value: Value) -> Result<Self> {
         let model_type = value
             .get("model_type")
             .and_then(Value::as_str)

@@ -1,0 +1,307 @@
+//! Tokenizers to and from GGUF metadata (`tokenizer.ggml.*`).
+//!
+//! In: a byte-level BPE (`tokenizer.ggml.model = "gpt2"`: Llama 3, Qwen, SmolLM, Mistral Nemo) is
+//! rebuilt as transformers' GGUF loader rebuilds it (`integrations/gguf/gguf_tokenizer_mapping`):
+//! vocabulary and merges from the file, control tokens (type 3) as special added tokens,
+//! user-defined ones (type 4) as plain added tokens, the pre-tokenizer split chosen by
+//! `tokenizer.ggml.pre`, BOS added when `tokenizer.ggml.add_bos_token` says so. SentencePiece
+//! vocabularies (`"llama"`: Llama 2, Mistral 7B, Gemma) are not rebuilt yet and are refused by
+//! name.
+//!
+//! Out: a byte-level BPE `tokenizer.json` becomes the same keys, with the `pre` name that
+//! llama.cpp knows for its split.
+
+use std::path::Path;
+
+use serde_json::{Value as Json, json};
+
+use super::file::{GgufFile, Value};
+use crate::error::{CoreError, Result};
+
+/// llama.cpp's token types.
+const NORMAL: i32 = 1;
+const CONTROL: i32 = 3;
+const USER_DEFINED: i32 = 4;
+
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The split regex of a `tokenizer.ggml.pre` name (transformers' `GGUF_PRE_TOKENIZER_SPLITS`,
+/// the ones clo reads).
+fn split_of(pre: &str) -> Option<&'static str> {
+    match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" => {
+            Some(LLAMA3_SPLIT)
+        }
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2_SPLIT),
+        _ => None,
+    }
+}
+
+/// GPT-2's byte-to-character table (`bytes_to_unicode`).
+fn byte_chars() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut extra = 0u32;
+    for b in 0..=255u8 {
+        let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+        table[b as usize] = if printable {
+            b as char
+        } else {
+            extra += 1;
+            char::from_u32(255 + extra).expect("valid code point")
+        };
+    }
+    table
+}
+
+fn strings(file: &GgufFile, key: &str) -> Result<Option<Vec<String>>> {
+    let Some(v) = file.get(key) else {
+        return Ok(None);
+    };
+    let items = v
+        .as_array()
+        .ok_or_else(|| bad(file, format!("`{key}` is not an array")))?;
+    items
+        .iter()
+        .map(|i| {
+            i.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| bad(file, format!("`{key}` holds a non-string")))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+fn bad(file: &GgufFile, message: String) -> CoreError {
+    CoreError::Gguf {
+        path: file.path.clone(),
+        message,
+    }
+}
+
+/// The file's tokenizer, as transformers builds it from the same metadata.
+pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
+    let model = file
+        .get("tokenizer.ggml.model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            bad(
+                file,
+                "no `tokenizer.ggml.model`: the file carries no tokenizer".into(),
+            )
+        })?;
+    if model != "gpt2" {
+        return Err(bad(
+            file,
+            format!(
+                "`tokenizer.ggml.model` = {model:?}: clo rebuilds byte-level BPE vocabularies (\"gpt2\": Llama 3, Qwen, SmolLM) from GGUF, not yet SentencePiece ones (\"llama\": Llama 2, Mistral 7B, Gemma); use the model's Hugging Face directory"
+            ),
+        ));
+    }
+    let tokens = strings(file, "tokenizer.ggml.tokens")?
+        .ok_or_else(|| bad(file, "no `tokenizer.ggml.tokens`".into()))?;
+    let merges = strings(file, "tokenizer.ggml.merges")?.ok_or_else(|| {
+        bad(
+            file,
+            "no `tokenizer.ggml.merges` in a BPE vocabulary".into(),
+        )
+    })?;
+    let types: Vec<i32> = match file
+        .get("tokenizer.ggml.token_type")
+        .and_then(Value::as_array)
+    {
+        Some(items) => items
+            .iter()
+            .map(|v| v.as_u64().map_or(NORMAL, |t| t as i32))
+            .collect(),
+        None => vec![NORMAL; tokens.len()],
+    };
+    let table = byte_chars();
+    let alphabet: std::collections::HashSet<char> = table.iter().copied().collect();
+    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (id, token) in tokens.iter().enumerate() {
+        let spelled = if in_alphabet(token) {
+            token.clone()
+        } else {
+            token.bytes().map(|b| table[b as usize]).collect()
+        };
+        vocab.insert(spelled, json!(id));
+        let ty = types.get(id).copied().unwrap_or(NORMAL);
+        let special = ty == CONTROL && in_alphabet(token);
+        if special || ty == USER_DEFINED {
+            added.push(
+                json!({"id": id, "content": token, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": !special, "special": special}),
+            );
+        }
+    }
+    let merges: Vec<Json> = merges
+        .iter()
+        .map(|m| match m.split_once(' ') {
+            Some((a, b)) => Ok(json!([a, b])),
+            None => Err(bad(file, format!("merge {m:?} is not two tokens"))),
+        })
+        .collect::<Result<_>>()?;
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let pre = file
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let pre_tokenizer = match split_of(pre) {
+        Some(split) => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": split}, "behavior": "Isolated", "invert": false},
+            byte_level(false)]}),
+        None => byte_level(true),
+    };
+    let add_bos = file
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let bos = file
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(Value::as_u64)
+        .and_then(|id| Some((tokens.get(id as usize)?.clone(), id)));
+    let post_processor = match (add_bos, bos) {
+        (true, Some((bos, id))) => json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos.clone(): {"id": bos, "ids": [id], "tokens": [bos]}}}),
+        _ => Json::Null,
+    };
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": post_processor,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": false, "vocab": vocab, "merges": merges},
+    });
+    tokenizers::Tokenizer::from_bytes(tokenizer.to_string().as_bytes()).map_err(|e| {
+        bad(
+            file,
+            format!("the tokenizer built from tokenizer.ggml.* is invalid: {e}"),
+        )
+    })
+}
+
+/// The `tokenizer.ggml.*` metadata of a byte-level BPE tokenizer (`tokenizer.json` form).
+pub fn gguf_from_tokenizer(
+    tokenizer: &tokenizers::Tokenizer,
+    source: &Path,
+) -> Result<Vec<(String, Value)>> {
+    let unsupported = |what: String| CoreError::Tokenizer {
+        path: source.to_path_buf(),
+        message: format!(
+            "{what}; clo writes byte-level BPE vocabularies (Llama 3, Qwen, SmolLM and clo's own) to GGUF, not yet SentencePiece ones"
+        ),
+    };
+    let value: Json = serde_json::from_str(
+        &tokenizer
+            .to_string(false)
+            .map_err(|e| unsupported(format!("cannot serialise the tokenizer: {e}")))?,
+    )
+    .map_err(|e| unsupported(format!("tokenizer JSON: {e}")))?;
+    let model = &value["model"];
+    if model["type"] != "BPE" || model["byte_fallback"] == true {
+        return Err(unsupported(format!(
+            "the tokenizer model is {}",
+            model["type"]
+        )));
+    }
+    let pre = pre_name(&value["pre_tokenizer"]).ok_or_else(|| {
+        unsupported(format!(
+            "the pre-tokenizer {} is not byte-level",
+            value["pre_tokenizer"]
+        ))
+    })?;
+    let size = tokenizer.get_vocab_size(true);
+    let mut tokens = vec![String::new(); size];
+    let mut types = vec![NORMAL; size];
+    for (token, id) in tokenizer.get_vocab(false) {
+        if let Some(slot) = tokens.get_mut(id as usize) {
+            *slot = token;
+        }
+    }
+    for (id, added) in tokenizer.get_added_tokens_decoder() {
+        if let Some(slot) = tokens.get_mut(id as usize) {
+            slot.clone_from(&added.content);
+            types[id as usize] = if added.special { CONTROL } else { USER_DEFINED };
+        }
+    }
+    if let Some(hole) = tokens.iter().position(String::is_empty) {
+        return Err(unsupported(format!("token id {hole} has no token")));
+    }
+    let merges: Vec<Value> = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            Json::Array(pair) => Value::String(format!(
+                "{} {}",
+                pair[0].as_str().unwrap_or_default(),
+                pair[1].as_str().unwrap_or_default()
+            )),
+            other => Value::String(other.as_str().unwrap_or_default().to_owned()),
+        })
+        .collect();
+    let adds_bos = value["post_processor"]["type"] == "TemplateProcessing"
+        && value["post_processor"]["single"][0]
+            .get("SpecialToken")
+            .is_some();
+    Ok(vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
+        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(adds_bos)),
+    ])
+}
+
+/// llama.cpp's `tokenizer.ggml.pre` name for a byte-level pre-tokenizer, `None` if it is not one.
+fn pre_name(pre: &Json) -> Option<&'static str> {
+    let byte_level = |p: &Json| p["type"] == "ByteLevel";
+    if byte_level(pre) {
+        // GPT-2's own split, which llama.cpp calls "gpt-2".
+        return (pre["use_regex"] != false).then_some("gpt-2");
+    }
+    let parts = pre["pretokenizers"].as_array()?;
+    let last = parts.last()?;
+    if !byte_level(last) {
+        return None;
+    }
+    match &parts[..parts.len() - 1] {
+        [] => Some("gpt-2"),
+        [split] if split["type"] == "Split" => match split["pattern"]["Regex"].as_str()? {
+            LLAMA3_SPLIT => Some("llama-bpe"),
+            QWEN2_SPLIT => Some("qwen2"),
+            _ => None,
+        },
+        // SmolLM: single digits, then GPT-2's split.
+        [digits] if digits["type"] == "Digits" => Some("smollm"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_table_is_gpt2s() {
+        let t = byte_chars();
+        assert_eq!(t[b'a' as usize], 'a');
+        assert_eq!(t[b' ' as usize], 'Ġ');
+        assert_eq!(t[b'\n' as usize], 'Ċ');
+        assert_eq!(t[0], 'Ā');
+    }
+}
