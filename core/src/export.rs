@@ -71,6 +71,13 @@ pub const EXPORT_MARKER: &str = ".clo-export.json";
 /// file or a directory of other files (unless `force`, which moves it aside), and removes what
 /// an export killed mid-write left beside it.
 fn claim_export_out(run: &Path, out: &Path, force: bool) -> Result<Claim> {
+    check_export_paths(run, out)?;
+    claim_output(out, "clo export", force, |dir| {
+        dir.join(EXPORT_MARKER).is_file()
+    })
+}
+
+fn check_export_paths(run: &Path, out: &Path) -> Result<()> {
     refuse_run_dir_output(out, None)?;
     if !RunDir::new(run).config().is_file() {
         return Err(CoreError::MissingFile {
@@ -79,9 +86,99 @@ fn claim_export_out(run: &Path, out: &Path, force: bool) -> Result<Claim> {
         });
     }
     remove_stale_temps_beside(out);
-    claim_output(out, "clo export", force, |dir| {
-        dir.join(EXPORT_MARKER).is_file()
+    Ok(())
+}
+
+/// Metadata key naming the run a GGUF export came from (its marker, as `.clo-export.json` is
+/// for directories).
+pub const GGUF_EXPORT_KEY: &str = "clo.export.run";
+
+/// A GGUF output file may be replaced only when an earlier `clo export` wrote it.
+fn claim_gguf_out(run: &Path, out: &Path, force: bool) -> Result<Claim> {
+    check_export_paths(run, out)?;
+    claim_output(out, "clo export", force, |file| {
+        file.is_file()
+            && crate::gguf::GgufFile::read_metadata(file)
+                .is_ok_and(|f| f.get(GGUF_EXPORT_KEY).is_some())
     })
+}
+
+fn gguf_marker(run: &Path, weights: &Path) -> Vec<(String, crate::gguf::Value)> {
+    use crate::gguf::Value::String as S;
+    vec![
+        (GGUF_EXPORT_KEY.into(), S(run.display().to_string())),
+        (
+            "clo.export.weights".into(),
+            S(weights.display().to_string()),
+        ),
+    ]
+}
+
+fn run_name(run: &Path) -> String {
+    std::path::absolute(run)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "clo".into())
+}
+
+/// Writes the run's model (LoRA merged) as one GGUF v3 file for llama.cpp, Ollama and
+/// LM Studio, its 2-D tensors in `ty`, with the tokenizer, chat template and EOS.
+pub fn export_gguf(
+    run: &Path,
+    which: &str,
+    out: &Path,
+    ty: crate::gguf::ExportType,
+    device: &Device,
+    force: bool,
+) -> Result<PathBuf> {
+    claim_gguf_out(run, out, force)?;
+    let config = run_config(run)?;
+    let weights = resolve_weights(run, which)?;
+    let lm = load_trained(&config, &weights, device)?;
+    let model = lm.model.valid().materialize();
+    crate::gguf::write_model(
+        out,
+        &model,
+        &lm.config,
+        &lm.tokenizer,
+        ty,
+        &run_name(run),
+        gguf_marker(run, &weights),
+    )?;
+    tracing::info!(out = %out.display(), from = %weights.display(), "GGUF exported");
+    Ok(weights)
+}
+
+/// Writes a LoRA run's adapter as a llama.cpp LoRA GGUF (`llama-cli -m BASE.gguf --lora OUT`).
+pub fn export_gguf_lora(
+    run: &Path,
+    which: &str,
+    out: &Path,
+    device: &Device,
+    force: bool,
+) -> Result<PathBuf> {
+    claim_gguf_out(run, out, force)?;
+    let config = run_config(run)?;
+    if config.trainable != TrainableKind::Lora {
+        return Err(CoreError::Invalid(format!(
+            "{}: --gguf-lora needs a LoRA run, this one trained `{:?}`\nHINT: use --gguf",
+            run.display(),
+            config.trainable
+        )));
+    }
+    let weights = resolve_weights(run, which)?;
+    let lm = load_trained(&config, &weights, device)?;
+    let tensors = lora_tensors(&lm.model, &weights)?;
+    crate::gguf::write_lora(
+        out,
+        &lm.config,
+        config.lora_alpha,
+        &tensors,
+        &run_name(run),
+        gguf_marker(run, &weights),
+    )?;
+    tracing::info!(out = %out.display(), from = %weights.display(), "GGUF LoRA adapter exported");
+    Ok(weights)
 }
 
 fn write_marker(dir: &Path, run: &Path, weights: &Path, kind: &str) -> Result<()> {
@@ -111,17 +208,22 @@ pub fn export_merged(
     let weights = resolve_weights(run, which)?;
     let lm = load_trained(&config, &weights, device)?;
     let model = lm.model.valid().materialize();
-    let mut hf_config: Value = serde_json::from_str(&crate::error::read_to_string(
-        &config.model.join("config.json"),
-        "model config",
-    )?)
-    .map_err(|e| {
-        CoreError::json(
+    let from_gguf = crate::gguf::is_gguf(&config.model);
+    let mut hf_config: Value = if from_gguf {
+        crate::gguf::config_json(&config.model)?
+    } else {
+        serde_json::from_str(&crate::error::read_to_string(
             &config.model.join("config.json"),
-            &e,
-            "config.json must be JSON",
-        )
-    })?;
+            "model config",
+        )?)
+        .map_err(|e| {
+            CoreError::json(
+                &config.model.join("config.json"),
+                &e,
+                "config.json must be JSON",
+            )
+        })?
+    };
     hf_config["torch_dtype"] = json!("float32");
     if hf_config.get("dtype").is_some() {
         hf_config["dtype"] = json!("float32");
@@ -130,7 +232,7 @@ pub fn export_merged(
         save_safetensors(&model, &lm.config.decoder, &tmp.join("model.safetensors"))?;
         write_json_atomically(&tmp.join("config.json"), &hf_config)?;
         write_marker(tmp, run, &weights, "merged")?;
-        copy_tokenizer_files(&config.model, tmp)
+        tokenizer_files(&config.model, &lm.tokenizer, tmp)
     })?;
     tracing::info!(out = %out.display(), from = %weights.display(), "merged model exported");
     Ok(weights)
@@ -184,6 +286,41 @@ pub fn safetensors_bytes(
     store.get_bytes().map_err(|e| fail(&e))
 }
 
+/// tokenizer.json, tokenizer_config.json (special tokens, template) and chat_template.jinja of
+/// a tokenizer built from a GGUF file, as transformers 5 writes them.
+fn write_tokenizer_files(tok: &crate::tokenizer::ChatTokenizer, to: &Path) -> Result<()> {
+    let text = tok
+        .inner()
+        .to_string(true)
+        .map_err(|e| CoreError::Tokenizer {
+            path: to.join("tokenizer.json"),
+            message: e.to_string(),
+        })?;
+    write_atomically(&to.join("tokenizer.json"), text.as_bytes())?;
+    let (bos, eos) = tok.special_tokens();
+    write_json_atomically(
+        &to.join("tokenizer_config.json"),
+        &json!({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos}),
+    )?;
+    if tok.has_chat_template() {
+        write_atomically(
+            &to.join("chat_template.jinja"),
+            tok.template_source().as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The tokenizer files of the run's model: copied from its directory, or written from the
+/// tokenizer built from its GGUF file.
+fn tokenizer_files(model: &Path, tok: &crate::tokenizer::ChatTokenizer, to: &Path) -> Result<()> {
+    if crate::gguf::is_gguf(model) {
+        write_tokenizer_files(tok, to)
+    } else {
+        copy_tokenizer_files(model, to)
+    }
+}
+
 fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
     for name in TOKENIZER_FILES {
         let src = from.join(name);
@@ -192,6 +329,48 @@ fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The LoRA factors of a model in PEFT's names (`model.layers.0.self_attn.q_proj.lora_A`,
+/// without `.weight`) and layouts (`lora_A: [r, in]`, `lora_B: [out, r]`), f32.
+pub fn lora_tensors(
+    model: &crate::models::CausalLm,
+    weights: &Path,
+) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+    let mut tensors = BTreeMap::new();
+    for t in model.valid().collect(None, None, false) {
+        let Some((base, factor)) = t
+            .name
+            .strip_suffix(".lora.a")
+            .map(|b| (b, "lora_A"))
+            .or_else(|| t.name.strip_suffix(".lora.b").map(|b| (b, "lora_B")))
+        else {
+            continue;
+        };
+        let module = base.strip_suffix(".weight").unwrap_or(base);
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let bytes = t
+            .to_bytes()
+            .map_err(|e| CoreError::Invalid(format!("{}: {e}", t.name)))?;
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let mut transposed = vec![0f32; values.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                transposed[c * rows + r] = values[r * cols + c];
+            }
+        }
+        tensors.insert(format!("{module}.{factor}"), (vec![cols, rows], transposed));
+    }
+    if tensors.is_empty() {
+        return Err(CoreError::Invalid(format!(
+            "{}: no LoRA adapter tensors found",
+            weights.display()
+        )));
+    }
+    Ok(tensors)
 }
 
 /// Writes a PEFT LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`) of a LoRA run.
@@ -219,46 +398,15 @@ pub fn export_peft(
     }
     let weights = resolve_weights(run, which)?;
     let lm = load_trained(&config, &weights, device)?;
-    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
-    for t in lm.model.valid().collect(None, None, false) {
-        let Some((base, factor)) = t
-            .name
-            .strip_suffix(".lora.a")
-            .map(|b| (b, "lora_A"))
-            .or_else(|| t.name.strip_suffix(".lora.b").map(|b| (b, "lora_B")))
-        else {
-            continue;
-        };
-        let module = base.strip_suffix(".weight").unwrap_or(base);
-        let name = format!("base_model.model.{module}.{factor}.weight");
-        let (rows, cols) = (t.shape[0], t.shape[1]);
-        let bytes = t
-            .to_bytes()
-            .map_err(|e| CoreError::Invalid(format!("{}: {e}", t.name)))?;
-        let values: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        let mut transposed = vec![0f32; values.len()];
-        for r in 0..rows {
-            for c in 0..cols {
-                transposed[c * rows + r] = values[r * cols + c];
-            }
-        }
-        tensors.insert(
-            name,
+    let tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = lora_tensors(&lm.model, &weights)?
+        .into_iter()
+        .map(|(name, (shape, values))| {
             (
-                vec![cols, rows],
-                transposed.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ),
-        );
-    }
-    if tensors.is_empty() {
-        return Err(CoreError::Invalid(format!(
-            "{}: no LoRA adapter tensors found",
-            weights.display()
-        )));
-    }
+                format!("base_model.model.{name}.weight"),
+                (shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            )
+        })
+        .collect();
     let adapter_config = json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -298,7 +446,7 @@ pub fn export_peft(
         write_atomically(&path, &bytes)?;
         write_json_atomically(&tmp.join("adapter_config.json"), &adapter_config)?;
         write_marker(tmp, run, &weights, "peft")?;
-        copy_tokenizer_files(&config.model, tmp)
+        tokenizer_files(&config.model, &lm.tokenizer, tmp)
     })?;
     tracing::info!(out = %out.display(), from = %weights.display(), "PEFT adapter exported");
     Ok(weights)

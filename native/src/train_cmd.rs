@@ -303,8 +303,19 @@ pub struct ExportArgs {
     run: PathBuf,
     /// Output directory: created, or replaced atomically when an earlier export wrote it.
     /// Anything else there is refused (see --force); a run directory never is an output.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present_any = ["gguf", "gguf_lora"])]
+    out: Option<PathBuf>,
+    /// Write one GGUF file (llama.cpp, Ollama, LM Studio) with the adapters merged, the
+    /// tokenizer, chat template and EOS; 2-D tensors in --quant.
+    #[arg(long, value_name = "OUT.gguf", conflicts_with_all = ["out", "gguf_lora", "peft", "merged"])]
+    gguf: Option<PathBuf>,
+    /// Tensor type of --gguf: f16, q8_0, q4_0 (or f32). Norms stay f32; rows that do not fill
+    /// whole 32-value blocks fall back to f16.
+    #[arg(long, default_value = "f16", requires = "gguf")]
+    quant: String,
+    /// Write a LoRA run's adapter as a llama.cpp LoRA GGUF (`llama-cli -m BASE.gguf --lora`).
+    #[arg(long, value_name = "OUT.gguf", conflicts_with_all = ["out", "peft", "merged"])]
+    gguf_lora: Option<PathBuf>,
     /// Replace an --out that clo export did not write: it is moved aside (OUT.replaced-TIME),
     /// never deleted.
     #[arg(long)]
@@ -325,21 +336,34 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
     if !args.run.is_dir() {
         bail!("{}: no such run directory", args.run.display());
     }
-    let from = if args.peft {
-        clo_core::export::export_peft(&args.run, &args.from, &args.out, &device, args.force)
+    use clo_core::export;
+    let (from, what, out) = if let Some(out) = &args.gguf {
+        let Some(ty) = clo_core::gguf::ExportType::parse(&args.quant) else {
+            bail!(
+                "--quant {}: not a GGUF export type; use one of {}",
+                args.quant,
+                clo_core::gguf::ExportType::NAMES
+            );
+        };
+        let from = export::export_gguf(&args.run, &args.from, out, ty, &device, args.force);
+        (from, format!("GGUF, {}", args.quant.to_lowercase()), out)
+    } else if let Some(out) = &args.gguf_lora {
+        let from = export::export_gguf_lora(&args.run, &args.from, out, &device, args.force);
+        (from, "llama.cpp LoRA adapter".into(), out)
     } else {
-        clo_core::export::export_merged(&args.run, &args.from, &args.out, &device, args.force)
-    }
-    .with_context(|| format!("export of {}", args.run.display()))?;
-    println!(
-        "exported {} ({}) to {}",
-        from.display(),
+        let out = args
+            .out
+            .as_ref()
+            .expect("clap requires --out without --gguf");
         if args.peft {
-            "PEFT adapter"
+            let from = export::export_peft(&args.run, &args.from, out, &device, args.force);
+            (from, "PEFT adapter".into(), out)
         } else {
-            "merged model"
-        },
-        args.out.display()
-    );
+            let from = export::export_merged(&args.run, &args.from, out, &device, args.force);
+            (from, "merged model".into(), out)
+        }
+    };
+    let from = from.with_context(|| format!("export of {}", args.run.display()))?;
+    println!("exported {} ({what}) to {}", from.display(), out.display());
     Ok(())
 }

@@ -68,9 +68,11 @@ impl Value {
         }
     }
 
+    /// A number as f64; an f32 becomes the shortest decimal that rounds to it (1e-5, not
+    /// 9.99999974e-6), as the f64 it was written from most likely was.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
-            Value::F32(v) => Some(v.into()),
+            Value::F32(v) => v.to_string().parse().ok(),
             Value::F64(v) => Some(v),
             _ => self.as_u64().map(|v| v as f64),
         }
@@ -224,8 +226,24 @@ impl GgufFile {
         Self::parse(path, bytes)
     }
 
+    /// Reads metadata and tensor descriptors only (the first 256 MiB of the file at most);
+    /// tensor data is neither read nor checked.
+    pub fn read_metadata(path: &Path) -> Result<Self> {
+        use std::io::Read;
+        let file = std::fs::File::open(path).map_err(|e| CoreError::io("open", path, e))?;
+        let mut bytes = Vec::new();
+        file.take(256 << 20)
+            .read_to_end(&mut bytes)
+            .map_err(|e| CoreError::io("read", path, e))?;
+        Self::parse_with(path, bytes, false)
+    }
+
     /// Parses GGUF bytes; `path` names them in errors.
     pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse_with(path, bytes, true)
+    }
+
+    fn parse_with(path: &Path, bytes: Vec<u8>, check_data: bool) -> Result<Self> {
         let mut r = Reader {
             bytes: &bytes,
             pos: 0,
@@ -297,9 +315,10 @@ impl GgufFile {
                             t.ty
                         ),
                     })?;
-            if t.offset
-                .checked_add(size)
-                .is_none_or(|end| end > data.len() as u64)
+            if check_data
+                && t.offset
+                    .checked_add(size)
+                    .is_none_or(|end| end > data.len() as u64)
             {
                 return Err(CoreError::Gguf {
                     path: path.to_path_buf(),
@@ -330,12 +349,12 @@ impl GgufFile {
 
     /// The raw bytes of a tensor (checked in [`Self::parse`]).
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
-        let size = info.ty.bytes_for(info.elements()).unwrap_or(0);
+        let size = info.ty.bytes_for(info.elements()).unwrap_or(0) as usize;
         let start = self.data_start + info.offset as usize;
-        &self.bytes[start..start + size as usize]
+        self.bytes.get(start..start + size).unwrap_or_default()
     }
 
-    /// A tensor as f32 values in PyTorch order (dequantized).
+    /// A tensor as f32 values in PyTorch order (dequantized). Needs a file read by [`Self::read`].
     pub fn tensor_f32(&self, info: &TensorInfo) -> Result<Vec<f32>> {
         super::quant::dequantize(info.ty, self.tensor_bytes(info), info.elements() as usize)
             .map_err(|message| CoreError::Gguf {

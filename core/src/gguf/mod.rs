@@ -215,7 +215,10 @@ fn hf_config(file: &GgufFile) -> Result<Json> {
         // llama.cpp scales scores by 1/sqrt(hidden / heads) for the 27B models (46 and 62
         // layers) and by 1/sqrt(head_dim) otherwise; the file does not state it.
         let big = (arch == "gemma2" && layers == 46) || (arch == "gemma3" && layers == 62);
-        c["query_pre_attn_scalar"] = json!(if big { hidden / heads } else { head_dim });
+        let derived = if big { hidden / heads } else { head_dim };
+        // clo's own key, written by clo export for a model whose scalar differs.
+        c["query_pre_attn_scalar"] =
+            json!(key("attention.query_pre_attn_scalar").unwrap_or(derived as f64));
         if arch == "gemma2" {
             c["attn_logit_softcapping"] = json!(key("attn_logit_softcapping"));
             c["final_logit_softcapping"] = json!(key("final_logit_softcapping"));
@@ -228,9 +231,27 @@ fn hf_config(file: &GgufFile) -> Result<Json> {
     Ok(c)
 }
 
-/// Config, tokenizer and the file itself; no weights are decoded.
+/// The model config of a GGUF file (its metadata only is read).
+pub fn model_config(path: &Path) -> Result<ModelConfig> {
+    let file = GgufFile::read_metadata(path)?;
+    ModelConfig::from_value(path, hf_config(&file)?)
+}
+
+/// The config.json a Hugging Face directory of this GGUF model would hold.
+pub fn config_json(path: &Path) -> Result<Json> {
+    let mut config = hf_config(&GgufFile::read_metadata(path)?)?;
+    config["torch_dtype"] = json!("float32");
+    Ok(config)
+}
+
+/// Config and tokenizer from the metadata (tensor data is not read).
 pub fn read_config_and_tokenizer(path: &Path) -> Result<(GgufFile, ModelConfig, ChatTokenizer)> {
-    let file = GgufFile::read(path)?;
+    config_and_tokenizer_of(GgufFile::read_metadata(path)?)
+}
+
+fn config_and_tokenizer_of(file: GgufFile) -> Result<(GgufFile, ModelConfig, ChatTokenizer)> {
+    let path = file.path.clone();
+    let path = path.as_path();
     let config = ModelConfig::from_value(path, hf_config(&file)?)?;
     let tokenizer = vocab::tokenizer_from_gguf(&file)?;
     let token = |key: &str| {
@@ -347,7 +368,7 @@ fn bytemuck_f32(data: &[f32]) -> &[u8] {
 
 /// Loads a GGUF model onto `device` (weights dequantized to f32).
 pub fn load(path: &Path, device: &Device) -> Result<(ModelConfig, CausalLm, ChatTokenizer)> {
-    let (file, config, tokenizer) = read_config_and_tokenizer(path)?;
+    let (file, config, tokenizer) = config_and_tokenizer_of(GgufFile::read(path)?)?;
     let tensors = hf_tensors(&file, &config)?;
     drop(file);
     let mut model = config.decoder.init(device);
@@ -465,6 +486,12 @@ pub fn model_metadata(
     }
     if let Some(cap) = opts.final_logit_softcap {
         m.push((k("final_logit_softcapping"), Value::F32(cap as f32)));
+    }
+    if let Some(scalar) = opts.query_pre_attn_scalar {
+        m.push((
+            k("attention.query_pre_attn_scalar"),
+            Value::F32(scalar as f32),
+        ));
     }
     if config.family == Family::Gemma3Text {
         // clo's own keys for what llama.cpp fixes in code (pattern 6, local base 10000).
@@ -598,6 +625,59 @@ fn tensor_order(name: &str) -> (usize, usize, String) {
         return (1, n.parse().unwrap_or(usize::MAX), tail.into());
     }
     (2, 0, name.into())
+}
+
+/// Writes LoRA factors (PEFT names and layouts, see [`crate::export::lora_tensors`]) as a
+/// llama.cpp LoRA adapter: `general.type = "adapter"`, `adapter.type = "lora"`,
+/// `adapter.lora.alpha`, tensors `blk.N.attn_q.weight.lora_a` / `.lora_b` in f32, B's rows
+/// permuted as the base weight's are for the `llama` architecture.
+pub fn write_lora(
+    out: &Path,
+    config: &ModelConfig,
+    alpha: f64,
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    name: &str,
+    extra: Vec<(String, Value)>,
+) -> Result<()> {
+    let mut metadata = vec![
+        (
+            "general.architecture".to_string(),
+            Value::String(arch_of(config.family).into()),
+        ),
+        ("general.type".into(), Value::String("adapter".into())),
+        ("general.name".into(), Value::String(name.into())),
+        ("adapter.type".into(), Value::String("lora".into())),
+        ("adapter.lora.alpha".into(), Value::F32(alpha as f32)),
+    ];
+    metadata.extend(extra);
+    let sandwich = config.decoder.options.sandwich_norms;
+    let mut out_tensors = Vec::new();
+    for (peft, (shape, data)) in tensors {
+        let (module, factor) = peft.rsplit_once('.').unwrap_or((peft, ""));
+        let hf = format!("{module}.weight");
+        let base = gguf_name(&hf, sandwich).ok_or_else(|| CoreError::Gguf {
+            path: out.to_path_buf(),
+            message: format!("no GGUF name for the LoRA target `{module}`"),
+        })?;
+        let (suffix, data) = match factor {
+            "lora_A" => ("lora_a", data.clone()),
+            _ => (
+                "lora_b",
+                match permuted_heads(&hf, config) {
+                    Some(heads) => permute_rows(data, shape[0], heads, true),
+                    None => data.clone(),
+                },
+            ),
+        };
+        out_tensors.push(TensorOut {
+            name: format!("{base}.{suffix}"),
+            dims: shape.iter().rev().map(|&d| d as u64).collect(),
+            ty: GgmlType::F32,
+            bytes: quant::quantize(GgmlType::F32, &data),
+        });
+    }
+    out_tensors.sort_by_key(|t| tensor_order(&t.name));
+    write_file(out, &metadata, &out_tensors)
 }
 
 /// Writes a GGUF file atomically (temporary file, then rename).

@@ -246,6 +246,15 @@ impl ModelConfig {
         Self::from_value(path, value)
     }
 
+    /// The config of a model directory (its config.json) or of a GGUF file (its metadata).
+    pub fn of_model(model: &Path) -> Result<Self> {
+        if crate::gguf::is_gguf(model) && model.is_file() {
+            crate::gguf::model_config(model)
+        } else {
+            Self::from_file(&model.join("config.json"))
+        }
+    }
+
     /// Validates a config in config.json's form; `path` names its source in errors.
     pub fn from_value(path: &Path, value: Value) -> Result<Self> {
         let model_type = value
