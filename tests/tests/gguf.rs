@@ -424,7 +424,8 @@ mod export {
                 String::from_utf8_lossy(&out.stderr)
             );
             assert!(out.status.success(), "{family}: {text}");
-            eprintln!("{family}: {}", text.lines().last().unwrap_or_default());
+            let report = String::from_utf8_lossy(&out.stdout);
+            eprintln!("{family}: {}", report.lines().last().unwrap_or_default());
         }
     }
 }
