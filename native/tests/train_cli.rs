@@ -274,3 +274,125 @@ fn config_file_sets_values_and_flags_override_it() {
     );
     assert!(saved.contains("method = \"clo\""), "{saved}");
 }
+
+/// GGUF as a user meets it: a run exported with `--gguf` is a model `clo inspect`, `clo train`
+/// and `clo generate` accept; a run trained from that GGUF exports to a Hugging Face directory
+/// with tokenizer files; bad `--quant` and `--gguf-lora` on a non-LoRA run are refused.
+#[test]
+fn gguf_export_is_a_model_clo_trains_on_and_exports_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let run = dir.path().join("run");
+    ok(clo(&train_args(&run, &cache, "2")
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()));
+    let gguf = dir.path().join("adapted.gguf");
+    let said = ok(clo(&[
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--gguf",
+        gguf.to_str().unwrap(),
+        "--quant",
+        "q8_0",
+    ]));
+    assert!(said.contains("GGUF, q8_0"), "{said}");
+    let inspect = ok(clo(&["inspect", "--model", gguf.to_str().unwrap()]));
+    assert!(
+        inspect.contains("model_type:   qwen2") && inspect.contains("Q8_0"),
+        "{inspect}"
+    );
+    assert!(inspect.contains("chat template from"), "{inspect}");
+
+    let mut args = train_args(&dir.path().join("run2"), &cache, "2");
+    let i = args.iter().position(|a| a == "--model").unwrap();
+    args[i + 1] = gguf.to_str().unwrap().into();
+    ok(clo(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let merged = dir.path().join("merged");
+    ok(clo(&[
+        "export",
+        "--run",
+        dir.path().join("run2").to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]));
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "chat_template.jinja",
+    ] {
+        assert!(merged.join(f).is_file(), "{f}");
+    }
+    let from_merged = ok(clo(&[
+        "generate",
+        "--model",
+        merged.to_str().unwrap(),
+        "--prompt",
+        "Habari?",
+        "--chat-template",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]));
+    let from_gguf = ok(clo(&[
+        "generate",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--prompt",
+        "Habari?",
+        "--chat-template",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]));
+    let prompt =
+        |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["prompt_ids"].clone();
+    assert_eq!(
+        prompt(&from_merged),
+        prompt(&from_gguf),
+        "same tokenizer and template"
+    );
+
+    let bad = err(clo(&[
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--gguf",
+        gguf.to_str().unwrap(),
+        "--quant",
+        "q5_k",
+    ]));
+    assert!(
+        bad.contains("--quant q5_k") && bad.contains("q4_0"),
+        "{bad}"
+    );
+    let lora = err(clo(&[
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--gguf-lora",
+        dir.path().join("l.gguf").to_str().unwrap(),
+    ]));
+    assert!(lora.contains("needs a LoRA run"), "{lora}");
+    // A file clo did not write is not replaced.
+    let foreign = dir.path().join("notes.gguf");
+    std::fs::write(&foreign, "mine").unwrap();
+    let refused = err(clo(&[
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--gguf",
+        foreign.to_str().unwrap(),
+    ]));
+    assert!(
+        refused.contains("was not written by clo export"),
+        "{refused}"
+    );
+    assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "mine");
+}

@@ -278,13 +278,18 @@ impl AppState {
         }
         let mut models = BTreeMap::new();
         for dir in model_dirs {
-            let name = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .with_context(|| format!("--model {}: not a directory name", dir.display()))?;
-            if !dir.join("config.json").is_file() {
+            let gguf = clo_core::gguf::is_gguf(dir) && dir.is_file();
+            // A GGUF file is served under its name without the extension.
+            let name = if gguf {
+                dir.file_stem()
+            } else {
+                dir.file_name()
+            }
+            .map(|n| n.to_string_lossy().into_owned())
+            .with_context(|| format!("--model {}: not a directory name", dir.display()))?;
+            if !gguf && !dir.join("config.json").is_file() {
                 bail!(
-                    "--model {}: no config.json; give a Hugging Face model directory",
+                    "--model {}: no config.json; give a Hugging Face model directory or a .gguf file",
                     dir.display()
                 );
             }
@@ -343,8 +348,11 @@ impl AppState {
         }
         check_name("model", name)?;
         let d = self.workdir.join("models").join(name);
+        let file = self.workdir.join("models").join(format!("{name}.gguf"));
         if d.join("config.json").is_file() {
             Ok(d)
+        } else if file.is_file() {
+            Ok(file)
         } else {
             Err(ApiError::not_found(format!(
                 "no model {name:?}; GET /api/models lists them"
@@ -413,9 +421,16 @@ async fn list_models(State(s): State<Shared>) -> ApiResult<Vec<ModelInfo>> {
     let mut dirs: Vec<(String, PathBuf)> = s.models.clone().into_iter().collect();
     if let Ok(rd) = std::fs::read_dir(s.workdir.join("models")) {
         for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if e.path().join("config.json").is_file() && !s.models.contains_key(&name) {
-                dirs.push((name, e.path()));
+            let path = e.path();
+            let (name, model) = if clo_core::gguf::is_gguf(&path) && path.is_file() {
+                let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+                (stem.into_owned(), true)
+            } else {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, path.join("config.json").is_file())
+            };
+            if model && !s.models.contains_key(&name) {
+                dirs.push((name, path));
             }
         }
     }
