@@ -45,6 +45,8 @@ pub struct Summary {
     pub qkv_bias: bool,
     pub max_position_embeddings: usize,
     pub chat_template: bool,
+    /// What attention-only training updates in this family.
+    pub attention_targets: Vec<&'static str>,
     /// The file the chat template came from (chat_template.jinja, chat_template.json or
     /// tokenizer_config.json).
     pub chat_template_file: Option<PathBuf>,
@@ -153,6 +155,7 @@ impl Pretrained {
             qkv_bias: d.qkv_bias,
             max_position_embeddings: d.max_position_embeddings,
             chat_template: tokenizer.has_chat_template(),
+            attention_targets: config.family.attention_targets().to_vec(),
             chat_template_file: tokenizer.template_path().map(Path::to_path_buf),
             eos_token_ids: tokenizer.eos_ids().to_vec(),
             checkpoint_files: files,

@@ -292,6 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     None => println!("chat:         no chat template (plain fallback)"),
                 }
                 println!("eos ids:      {:?}", s.eos_token_ids);
+                println!("attention-only trains: {}", s.attention_targets.join(", "));
                 println!(
                     "files:        {}",
                     s.checkpoint_files
