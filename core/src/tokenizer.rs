@@ -322,3 +322,104 @@ impl ChatTokenizer {
         Ok(ids)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model directory with the llama fixture's tokenizer.json and the given extra files.
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/llama");
+        std::fs::copy(
+            fixture.join("tokenizer.json"),
+            dir.path().join("tokenizer.json"),
+        )
+        .unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn template_is_found_where_transformers_5_looks() {
+        let config =
+            r#"{"chat_template": "from config {{ messages[0].content }}", "eos_token": "</s>"}"#;
+        // tokenizer_config.json alone.
+        let d = dir_with(&[("tokenizer_config.json", config)]);
+        let t = ChatTokenizer::from_dir(d.path(), &[]).unwrap();
+        assert_eq!(t.render_prompt("x").unwrap(), "from config x");
+        assert_eq!(
+            t.template_path(),
+            Some(d.path().join("tokenizer_config.json").as_path())
+        );
+        // chat_template.json wins over tokenizer_config.json.
+        let d = dir_with(&[
+            ("tokenizer_config.json", config),
+            (
+                "chat_template.json",
+                r#"{"chat_template": "from json {{ messages[0].content }}"}"#,
+            ),
+        ]);
+        let t = ChatTokenizer::from_dir(d.path(), &[]).unwrap();
+        assert_eq!(t.render_prompt("x").unwrap(), "from json x");
+        // chat_template.jinja wins over both.
+        let d = dir_with(&[
+            ("tokenizer_config.json", config),
+            ("chat_template.json", r#"{"chat_template": "from json"}"#),
+            (
+                "chat_template.jinja",
+                "from jinja {{ messages[0].content }}",
+            ),
+        ]);
+        let t = ChatTokenizer::from_dir(d.path(), &[]).unwrap();
+        assert_eq!(t.render_prompt("x").unwrap(), "from jinja x");
+        assert_eq!(
+            t.template_path(),
+            Some(d.path().join("chat_template.jinja").as_path())
+        );
+        // A list of named templates: "default" is used, not "tool_use".
+        let d = dir_with(&[(
+            "tokenizer_config.json",
+            r#"{"chat_template": [{"name": "tool_use", "template": "tools"},
+                {"name": "default", "template": "default {{ messages[0].content }}"}]}"#,
+        )]);
+        let t = ChatTokenizer::from_dir(d.path(), &[]).unwrap();
+        assert_eq!(t.render_prompt("x").unwrap(), "default x");
+        // No template anywhere: the plain fallback, and no template file.
+        let d = dir_with(&[]);
+        let t = ChatTokenizer::from_dir(d.path(), &[]).unwrap();
+        assert!(!t.has_chat_template() && t.template_path().is_none());
+    }
+
+    #[test]
+    fn special_tokens_and_eos_come_from_every_file_that_states_them() {
+        // special_tokens_map.json fills what tokenizer_config.json lacks; generation_config.json
+        // adds stop ids (a list too).
+        let d = dir_with(&[
+            (
+                "tokenizer_config.json",
+                r#"{"chat_template": "{{ bos_token }}|{{ eos_token }}"}"#,
+            ),
+            (
+                "special_tokens_map.json",
+                r#"{"bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>"}"#,
+            ),
+            ("generation_config.json", r#"{"eos_token_id": [0, 2]}"#),
+        ]);
+        let t = ChatTokenizer::from_dir(d.path(), &[1]).unwrap();
+        assert_eq!(t.render_prompt("x").unwrap(), "<s>|</s>");
+        let eos = t.tokenizer.token_to_id("</s>").unwrap();
+        assert_eq!(t.eos_ids()[0], eos, "the tokenizer's own EOS first");
+        for id in [1, 0, 2] {
+            assert!(t.eos_ids().contains(&id), "{:?}", t.eos_ids());
+        }
+        // A broken optional file is an error naming it, not silently skipped.
+        let d = dir_with(&[("generation_config.json", "{")]);
+        let err = ChatTokenizer::from_dir(d.path(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("generation_config.json"), "{err}");
+    }
+}

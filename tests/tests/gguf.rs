@@ -127,7 +127,7 @@ fn real_gguf_model_equals_transformers_on_the_same_file() {
     let last: Vec<f32> = logits
         .slice([0..1, seq - 1..seq, 0..vocab])
         .into_data()
-        .to_vec()
+        .try_to_vec()
         .unwrap();
     let top = &want["last_logits_top20"];
     for (id, value) in top["ids"]
@@ -176,6 +176,75 @@ fn real_gguf_model_equals_transformers_on_the_same_file() {
         greedy.pop();
     }
     assert_eq!(out.ids, greedy);
+}
+
+/// Tiny models with SentencePiece vocabularies (`tokenizer.ggml.model = "llama"`, no merges),
+/// as llama.cpp writes Llama 2, Mistral 7B and Gemma: clo's tokens, decoded text, logits and
+/// greedy ids equal transformers' on the same files.
+#[test]
+fn sentencepiece_gguf_models_equal_transformers() {
+    for arch in ["llama", "gemma2"] {
+        let dir = fixture_dir("../gguf");
+        let want: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("spm-{arch}.json"))).unwrap(),
+        )
+        .unwrap();
+        let device = Device::flex();
+        let lm = Pretrained::load(&dir.join(format!("spm-{arch}.gguf")), &device).unwrap();
+        for case in want["encoded"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            assert_eq!(
+                lm.tokenizer.encode(text, true).unwrap(),
+                ids,
+                "{arch}: {text:?}"
+            );
+            assert_eq!(
+                lm.tokenizer.decode(&ids, true).unwrap(),
+                case["decoded"].as_str().unwrap(),
+                "{arch}: decode {text:?}"
+            );
+        }
+        let ids: Vec<u32> = serde_json::from_value(want["ids"].clone()).unwrap();
+        let input = Tensor::<2, Int>::from_data(
+            TensorData::new(ids.iter().map(|&t| t as i64).collect(), [1, ids.len()]),
+            &device,
+        );
+        let got: Vec<f32> = lm
+            .model
+            .forward(input, &lm.config.decoder.rope, None)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let expected: Vec<f32> = want["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+            })
+            .collect();
+        let diff = clo_tests::max_abs_diff(&got, &expected);
+        assert!(diff < 1e-4, "{arch}: max |logit diff| {diff}");
+        let out = generate(
+            &lm.model,
+            &lm.config.decoder.rope,
+            &ids,
+            lm.tokenizer.eos_ids(),
+            &SamplingConfig {
+                temperature: 0.0,
+                max_new_tokens: 8,
+                ..SamplingConfig::default()
+            },
+            &device,
+            |_| {},
+        );
+        let greedy: Vec<u32> = serde_json::from_value(want["greedy_ids"].clone()).unwrap();
+        assert_eq!(out.ids, greedy, "{arch}");
+    }
 }
 
 #[test]

@@ -4,9 +4,11 @@
 //! rebuilt as transformers' GGUF loader rebuilds it (`integrations/gguf/gguf_tokenizer_mapping`):
 //! vocabulary and merges from the file, control tokens (type 3) as special added tokens,
 //! user-defined ones (type 4) as plain added tokens, the pre-tokenizer split chosen by
-//! `tokenizer.ggml.pre`, BOS added when `tokenizer.ggml.add_bos_token` says so. SentencePiece
-//! vocabularies (`"llama"`: Llama 2, Mistral 7B, Gemma) are not rebuilt yet and are refused by
-//! name.
+//! `tokenizer.ggml.pre`, BOS added when `tokenizer.ggml.add_bos_token` says so. A SentencePiece
+//! vocabulary (`"llama"`: Llama 2, Mistral 7B, Gemma) becomes the BPE with byte fallback that
+//! transformers' `LlamaTokenizer` (or, for Gemma architectures, `GemmaTokenizer`) builds, its
+//! merges recovered from the token scores (Gemma: from the token order) as transformers'
+//! `generate_merges` recovers them.
 //!
 //! Out: a byte-level BPE `tokenizer.json` becomes the same keys, with the `pre` name that
 //! llama.cpp knows for its split.
@@ -90,11 +92,14 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
                 "no `tokenizer.ggml.model`: the file carries no tokenizer".into(),
             )
         })?;
+    if model == "llama" {
+        return sentencepiece_from_gguf(file);
+    }
     if model != "gpt2" {
         return Err(bad(
             file,
             format!(
-                "`tokenizer.ggml.model` = {model:?}: clo rebuilds byte-level BPE vocabularies (\"gpt2\": Llama 3, Qwen, SmolLM) from GGUF, not yet SentencePiece ones (\"llama\": Llama 2, Mistral 7B, Gemma); use the model's Hugging Face directory"
+                "`tokenizer.ggml.model` = {model:?}: clo rebuilds byte-level BPE (\"gpt2\") and SentencePiece (\"llama\") vocabularies from GGUF; use the model's Hugging Face directory"
             ),
         ));
     }
@@ -159,18 +164,7 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
         .get("tokenizer.ggml.add_bos_token")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let bos = file
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(Value::as_u64)
-        .and_then(|id| Some((tokens.get(id as usize)?.clone(), id)));
-    let post_processor = match (add_bos, bos) {
-        (true, Some((bos, id))) => json!({"type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {bos.clone(): {"id": bos, "ids": [id], "tokens": [bos]}}}),
-        _ => Json::Null,
-    };
+    let post_processor = bos_processor(file, &tokens, add_bos);
     let tokenizer = json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
         "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": post_processor,
@@ -185,6 +179,188 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
             format!("the tokenizer built from tokenizer.ggml.* is invalid: {e}"),
         )
     })
+}
+
+fn token_types(file: &GgufFile, n: usize) -> Vec<i32> {
+    match file
+        .get("tokenizer.ggml.token_type")
+        .and_then(Value::as_array)
+    {
+        Some(items) => items
+            .iter()
+            .map(|v| match v {
+                Value::I32(t) => *t,
+                other => other.as_u64().map_or(NORMAL, |t| t as i32),
+            })
+            .collect(),
+        None => vec![NORMAL; n],
+    }
+}
+
+/// transformers' `generate_merges(vocab, vocab_scores)`: every split of every token into two
+/// tokens of the vocabulary, best score first (ties: shorter left piece, then shorter right).
+fn generate_merges(tokens: &[String], scores: &[f64]) -> Vec<(String, String)> {
+    let index: std::collections::HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i)) // a duplicated token keeps its last id, as in Python
+        .collect();
+    // A Python dict of token -> score keeps the first position and the last score of a token.
+    let mut order: Vec<usize> = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    for (i, t) in tokens.iter().enumerate() {
+        match seen.get(t.as_str()) {
+            Some(&slot) => order[slot] = i,
+            None => {
+                seen.insert(t.as_str(), order.len());
+                order.push(i);
+            }
+        }
+    }
+    let mut merges: Vec<(String, String, f64)> = Vec::new();
+    for i in order {
+        let token = &tokens[i];
+        let bounds: Vec<usize> = token.char_indices().map(|(b, _)| b).skip(1).collect();
+        let mut local: Vec<(&str, &str)> = bounds
+            .iter()
+            .map(|&b| (&token[..b], &token[b..]))
+            .filter(|(l, r)| index.contains_key(l) && index.contains_key(r))
+            .collect();
+        local.sort_by_key(|(l, r)| (index[l], index[r]));
+        merges.extend(
+            local
+                .into_iter()
+                .map(|(l, r)| (l.to_owned(), r.to_owned(), scores[i])),
+        );
+    }
+    // Python's sorted(..., reverse=True) is stable: equal keys keep their order.
+    merges.sort_by(|a, b| {
+        let key = |m: &(String, String, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
+        let (ka, kb) = (key(a), key(b));
+        kb.0.total_cmp(&ka.0)
+            .then(kb.1.cmp(&ka.1))
+            .then(kb.2.cmp(&ka.2))
+    });
+    merges.into_iter().map(|(l, r, _)| (l, r)).collect()
+}
+
+/// A SentencePiece vocabulary (`tokenizer.ggml.model = "llama"`) as transformers rebuilds it:
+/// `LlamaTokenizer` (Metaspace, prefix space on the first word, byte fallback), or for the
+/// Gemma architectures `GemmaTokenizer` (spaces as `▁`, no prefix space, multi-space tokens
+/// respelled, merges in token order).
+fn sentencepiece_from_gguf(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
+    let mut tokens = strings(file, "tokenizer.ggml.tokens")?
+        .ok_or_else(|| bad(file, "no `tokenizer.ggml.tokens`".into()))?;
+    let arch = file
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let gemma = matches!(arch, "gemma" | "gemma2" | "gemma3");
+    let scores: Vec<f64> = if gemma {
+        tokens.iter_mut().for_each(|t| {
+            if t.contains(' ') && t.trim().is_empty() {
+                *t = "▁".repeat(t.chars().count());
+            }
+        });
+        (0..tokens.len()).map(|i| -(i as f64)).collect()
+    } else {
+        match file.get("tokenizer.ggml.scores").and_then(Value::as_array) {
+            Some(items) => items.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect(),
+            None => {
+                return Err(bad(
+                    file,
+                    "no `tokenizer.ggml.scores` in a SentencePiece vocabulary".into(),
+                ));
+            }
+        }
+    };
+    if scores.len() != tokens.len() {
+        return Err(bad(
+            file,
+            format!("{} scores for {} tokens", scores.len(), tokens.len()),
+        ));
+    }
+    let merges: Vec<Json> = match strings(file, "tokenizer.ggml.merges")? {
+        Some(list) => list
+            .iter()
+            .map(|m| match m.split_once(' ') {
+                Some((a, b)) => Ok(json!([a, b])),
+                None => Err(bad(file, format!("merge {m:?} is not two tokens"))),
+            })
+            .collect::<Result<_>>()?,
+        None => generate_merges(&tokens, &scores)
+            .into_iter()
+            .map(|(l, r)| json!([l, r]))
+            .collect(),
+    };
+    let types = token_types(file, tokens.len());
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (id, token) in tokens.iter().enumerate() {
+        vocab.insert(token.clone(), json!(id));
+        let ty = types.get(id).copied().unwrap_or(NORMAL);
+        if ty == CONTROL || ty == USER_DEFINED {
+            let special = ty == CONTROL;
+            added.push(
+                json!({"id": id, "content": token, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": !special, "special": special}),
+            );
+        }
+    }
+    let unk = "<unk>";
+    let (normalizer, pre_tokenizer, decoder) = if gemma {
+        (
+            json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}),
+            json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}),
+            json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"}]}),
+        )
+    } else {
+        (
+            Json::Null,
+            json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false}),
+            json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}),
+        )
+    };
+    let add_bos = file
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
+        "post_processor": bos_processor(file, &tokens, add_bos),
+        "decoder": decoder,
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+            "ignore_merges": false, "vocab": vocab, "merges": merges},
+    });
+    tokenizers::Tokenizer::from_bytes(tokenizer.to_string().as_bytes()).map_err(|e| {
+        bad(
+            file,
+            format!("the tokenizer built from tokenizer.ggml.* is invalid: {e}"),
+        )
+    })
+}
+
+/// A post-processor that puts BOS first when `add_bos` (and the file names a BOS), else none.
+fn bos_processor(file: &GgufFile, tokens: &[String], add_bos: bool) -> Json {
+    let bos = file
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(Value::as_u64)
+        .and_then(|id| Some((tokens.get(id as usize)?.clone(), id)));
+    match (add_bos, bos) {
+        (true, Some((bos, id))) => json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos.clone(): {"id": bos, "ids": [id], "tokens": [bos]}}}),
+        _ => Json::Null,
+    }
 }
 
 /// The `tokenizer.ggml.*` metadata of a byte-level BPE tokenizer (`tokenizer.json` form).
