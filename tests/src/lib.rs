@@ -7,7 +7,7 @@ use burn::prelude::*;
 use serde::Deserialize;
 
 /// The fixture model directories, one per family and storage variant.
-pub const FAMILIES: [&str; 9] = [
+pub const FAMILIES: [&str; 10] = [
     "llama",
     "llama3",
     "mistral",
@@ -17,6 +17,7 @@ pub const FAMILIES: [&str; 9] = [
     "gemma2",
     "gemma3_text",
     "llama-t5",
+    "mistral-spm",
 ];
 
 pub fn fixture_dir(name: &str) -> PathBuf {

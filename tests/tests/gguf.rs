@@ -447,7 +447,7 @@ mod export {
         // The other fixtures use shapes transformers' GGUF loader does not read from the file
         // (it takes Qwen3's head_dim as 128 and Gemma's query_pre_attn_scalar as 256, as in every
         // released checkpoint; the fixtures differ on purpose), so clo alone checks those.
-        for family in ["llama", "qwen2"] {
+        for family in ["llama", "qwen2", "mistral-spm"] {
             let dir = tempfile::tempdir().unwrap();
             let (config, run) = trained_run(family, TrainableKind::Attention, dir.path());
             let want = run_logits(&config, &run);

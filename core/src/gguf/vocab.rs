@@ -371,7 +371,7 @@ pub fn gguf_from_tokenizer(
     let unsupported = |what: String| CoreError::Tokenizer {
         path: source.to_path_buf(),
         message: format!(
-            "{what}; clo writes byte-level BPE vocabularies (Llama 3, Qwen, SmolLM and clo's own) to GGUF, not yet SentencePiece ones"
+            "{what}; clo writes BPE vocabularies to GGUF: byte-level (Llama 3, Qwen, SmolLM, clo's own) or SentencePiece-style with byte fallback (Llama 2, Mistral, Gemma), not WordPiece or Unigram ones"
         ),
     };
     let value: Json = serde_json::from_str(
@@ -381,7 +381,10 @@ pub fn gguf_from_tokenizer(
     )
     .map_err(|e| unsupported(format!("tokenizer JSON: {e}")))?;
     let model = &value["model"];
-    if model["type"] != "BPE" || model["byte_fallback"] == true {
+    if model["type"] == "BPE" && model["byte_fallback"] == true {
+        return Ok(sentencepiece_to_gguf(tokenizer, &value));
+    }
+    if model["type"] != "BPE" {
         return Err(unsupported(format!(
             "the tokenizer model is {}",
             model["type"]
@@ -441,6 +444,90 @@ pub fn gguf_from_tokenizer(
         ("tokenizer.ggml.merges".into(), Value::Array(merges)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(adds_bos)),
     ])
+}
+
+/// llama.cpp's BYTE and UNKNOWN token types.
+const UNKNOWN: i32 = 2;
+const BYTE: i32 = 6;
+
+/// A SentencePiece-style BPE (`byte_fallback`, `▁` for spaces: Llama 2, Mistral, Gemma) as
+/// llama.cpp's `"llama"` vocabulary: tokens by id, types (`<0xNN>` bytes, `<unk>`, special
+/// added tokens as control), and scores. `tokenizer.json` has no scores; a token made by the
+/// merge of rank `r` gets `-r` (SentencePiece's own BPE scores are exactly that), others
+/// `-1e9`, so that llama.cpp's highest-score-first merging, and transformers' merges rebuilt
+/// from scores, follow the original merge order.
+fn sentencepiece_to_gguf(tokenizer: &tokenizers::Tokenizer, value: &Json) -> Vec<(String, Value)> {
+    let size = tokenizer.get_vocab_size(true);
+    let mut tokens = vec![String::new(); size];
+    for (token, id) in tokenizer.get_vocab(true) {
+        if let Some(slot) = tokens.get_mut(id as usize) {
+            *slot = token;
+        }
+    }
+    let mut rank: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (r, m) in value["model"]["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let merged = match m {
+            Json::Array(pair) => format!(
+                "{}{}",
+                pair[0].as_str().unwrap_or_default(),
+                pair[1].as_str().unwrap_or_default()
+            ),
+            other => other.as_str().unwrap_or_default().replacen(' ', "", 1),
+        };
+        rank.entry(merged).or_insert(r);
+    }
+    let added = tokenizer.get_added_tokens_decoder();
+    let unk = value["model"]["unk_token"].as_str();
+    let mut scores = Vec::with_capacity(size);
+    let mut types = Vec::with_capacity(size);
+    for (id, token) in tokens.iter().enumerate() {
+        scores.push(Value::F32(rank.get(token).map_or(-1e9, |&r| -(r as f32))));
+        let is_byte = token.len() == 6 && token.starts_with("<0x") && token.ends_with('>');
+        types.push(Value::I32(match added.get(&(id as u32)) {
+            _ if Some(token.as_str()) == unk => UNKNOWN,
+            Some(a) if a.special => CONTROL,
+            Some(_) => USER_DEFINED,
+            None if is_byte => BYTE,
+            None => NORMAL,
+        }));
+    }
+    let adds_bos = value["post_processor"]["type"] == "TemplateProcessing"
+        && value["post_processor"]["single"][0]
+            .get("SpecialToken")
+            .is_some();
+    // A Metaspace that prepends, or a normalizer that prepends "▁" (older Llama 2 files).
+    let prefix = value["pre_tokenizer"]["prepend_scheme"]
+        .as_str()
+        .is_some_and(|s| s != "never")
+        || value["normalizer"].to_string().contains("Prepend");
+    let unk_id = unk.and_then(|u| tokenizer.token_to_id(u)).map(|id| {
+        (
+            "tokenizer.ggml.unknown_token_id".to_string(),
+            Value::U32(id),
+        )
+    });
+    let mut keys = vec![
+        ("tokenizer.ggml.model".into(), Value::String("llama".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("default".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        ("tokenizer.ggml.scores".into(), Value::Array(scores)),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(adds_bos)),
+        (
+            "tokenizer.ggml.add_space_prefix".into(),
+            Value::Bool(prefix),
+        ),
+    ];
+    keys.extend(unk_id);
+    keys
 }
 
 /// llama.cpp's `tokenizer.ggml.pre` name for a byte-level pre-tokenizer, `None` if it is not one.
