@@ -336,7 +336,7 @@ fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
 pub fn lora_tensors(
     model: &crate::models::CausalLm,
     weights: &Path,
-) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+) -> Result<crate::gguf::HfTensors> {
     let mut tensors = BTreeMap::new();
     for t in model.valid().collect(None, None, false) {
         let Some((base, factor)) = t

@@ -210,3 +210,65 @@ fn missing_model_dir_fails_clearly() {
         "{err}"
     );
 }
+
+/// `clo inspect` names the file the chat template came from (transformers 5 keeps it in
+/// chat_template.jinja); `--chat-template` on a base model without one warns on stderr.
+#[test]
+fn template_source_is_named_and_a_missing_template_is_said() {
+    let t5 = fixture("llama-t5");
+    let out = clo(&["inspect", "--model", t5.to_str().unwrap()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("chat template from") && text.contains("chat_template.jinja"),
+        "{text}"
+    );
+    let v: Value = serde_json::from_slice(
+        &clo(&["inspect", "--model", t5.to_str().unwrap(), "--json"]).stdout,
+    )
+    .unwrap();
+    assert!(
+        v["chat_template_file"]
+            .as_str()
+            .unwrap()
+            .ends_with("chat_template.jinja")
+    );
+
+    let base = fixture("llama");
+    let out = clo(&[
+        "generate",
+        "--model",
+        base.to_str().unwrap(),
+        "--prompt",
+        "Hi",
+        "--chat-template",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: --chat-template was given but") && err.contains("plain fallback"),
+        "{err}"
+    );
+    let out = clo(&[
+        "generate",
+        "--model",
+        t5.to_str().unwrap(),
+        "--prompt",
+        "Hi",
+        "--chat-template",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        !stderr(&out).contains("warning: --chat-template"),
+        "{}",
+        stderr(&out)
+    );
+}

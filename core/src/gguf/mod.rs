@@ -29,6 +29,9 @@ use crate::models::{CausalLm, Family, ModelConfig};
 use crate::tokenizer::ChatTokenizer;
 use crate::weights::checkpoint_table;
 
+/// f32 tensors by Hugging Face name: PyTorch shape and values.
+pub type HfTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// True when `path` names a GGUF file (by its extension).
 pub fn is_gguf(path: &Path) -> bool {
     path.extension()
@@ -282,10 +285,7 @@ fn config_and_tokenizer_of(file: GgufFile) -> Result<(GgufFile, ModelConfig, Cha
 
 /// Every tensor of the model, dequantized to f32 in Hugging Face's names and layouts
 /// (q/k un-permuted); checked against the architecture first.
-pub fn hf_tensors(
-    file: &GgufFile,
-    config: &ModelConfig,
-) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+pub fn hf_tensors(file: &GgufFile, config: &ModelConfig) -> Result<HfTensors> {
     let sandwich = config.decoder.options.sandwich_norms;
     let mut problems = Vec::new();
     let mut found = Vec::new();
@@ -322,11 +322,7 @@ pub fn hf_tensors(
 }
 
 /// Fills `model` from f32 tensors in Hugging Face's names and layouts.
-pub fn load_hf_tensors(
-    model: &mut CausalLm,
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    source: &Path,
-) -> Result<()> {
+pub fn load_hf_tensors(model: &mut CausalLm, tensors: &HfTensors, source: &Path) -> Result<()> {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(name, (shape, data))| {
@@ -567,25 +563,21 @@ pub fn encode_tensor(
 
 /// A model's tensors in Hugging Face's names and layouts, f32 (Gemma norms as stored in
 /// safetensors, `w`, not `1 + w`).
-pub fn model_tensors(
-    model: &CausalLm,
-    config: &ModelConfig,
-) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn model_tensors(model: &CausalLm, config: &ModelConfig) -> Result<HfTensors> {
     let bytes = crate::export::safetensors_bytes(model, &config.decoder)?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CoreError::Safetensors {
         path: PathBuf::from("(in memory)"),
         message: e.to_string(),
     })?;
-    let mut out = Vec::new();
+    let mut out = HfTensors::new();
     for (name, view) in st.tensors() {
         let data: Vec<f32> = view
             .data()
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
             .collect();
-        out.push((name, view.shape().to_vec(), data));
+        out.insert(name, (view.shape().to_vec(), data));
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
@@ -603,7 +595,7 @@ pub fn write_model(
     metadata.extend(extra);
     let gemma = config.decoder.options.norm_weight_offset;
     let mut tensors = Vec::new();
-    for (hf, shape, mut data) in model_tensors(model, config)? {
+    for (hf, (shape, mut data)) in model_tensors(model, config)? {
         if gemma && hf.ends_with("norm.weight") {
             data.iter_mut().for_each(|w| *w += 1.0);
         }
@@ -635,7 +627,7 @@ pub fn write_lora(
     out: &Path,
     config: &ModelConfig,
     alpha: f64,
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: &HfTensors,
     name: &str,
     extra: Vec<(String, Value)>,
 ) -> Result<()> {

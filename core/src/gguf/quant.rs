@@ -272,13 +272,18 @@ mod tests {
         let x: Vec<f32> = (0..64)
             .map(|i| ((i * 37 % 64) as f32 - 31.5) / 10.0)
             .collect();
-        for (ty, step) in [(GgmlType::Q8_0, 3.2 / 127.0), (GgmlType::Q4_0, 3.2 / 8.0)] {
+        // Q8_0 rounds to half a step; Q4_0's codes span -8..7 steps, so the value of largest
+        // magnitude (mapped to -8) may leave its opposite a whole step short at +7.
+        for (ty, bound) in [
+            (GgmlType::Q8_0, 3.2 / 127.0 * 0.51),
+            (GgmlType::Q4_0, 3.2 / 8.0),
+        ] {
             let y = dequantize(ty, &quantize(ty, &x), x.len()).unwrap();
             let err = x
                 .iter()
                 .zip(&y)
                 .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err <= step * 0.51 + 1e-3, "{ty:?}: {err}");
+            assert!(err <= bound + 1e-3, "{ty:?}: {err}");
         }
         let zeros = dequantize(GgmlType::Q4_0, &quantize(GgmlType::Q4_0, &[0.0; 32]), 32).unwrap();
         assert_eq!(zeros, vec![0.0; 32]);
