@@ -158,16 +158,7 @@ pub fn export_gguf_lora(
     force: bool,
 ) -> Result<PathBuf> {
     claim_gguf_out(run, out, force)?;
-    let config = run_config(run)?;
-    if config.trainable != TrainableKind::Lora {
-        return Err(CoreError::Invalid(format!(
-            "{}: --gguf-lora needs a LoRA run, this one trained `{:?}`\nHINT: use --gguf",
-            run.display(),
-            config.trainable
-        )));
-    }
-    let weights = resolve_weights(run, which)?;
-    let lm = load_trained(&config, &weights, device)?;
+    let (config, weights, lm) = load_lora_run(run, which, device, "--gguf-lora", "--gguf")?;
     let tensors = lora_tensors(&lm.model, &weights)?;
     crate::gguf::write_lora(
         out,
@@ -331,6 +322,28 @@ fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A LoRA run's config, the weights `which` names, and the model with its adapters; any other
+/// run is refused, naming `flag` and the export to use instead.
+fn load_lora_run(
+    run: &Path,
+    which: &str,
+    device: &Device,
+    flag: &str,
+    instead: &str,
+) -> Result<(RunConfig, PathBuf, crate::Pretrained)> {
+    let config = run_config(run)?;
+    if config.trainable != TrainableKind::Lora {
+        return Err(CoreError::Invalid(format!(
+            "{}: {flag} needs a LoRA run, this one trained `{:?}`\nHINT: use {instead}",
+            run.display(),
+            config.trainable
+        )));
+    }
+    let weights = resolve_weights(run, which)?;
+    let lm = load_trained(&config, &weights, device)?;
+    Ok((config, weights, lm))
+}
+
 /// The LoRA factors of a model in PEFT's names (`model.layers.0.self_attn.q_proj.lora_A`,
 /// without `.weight`) and layouts (`lora_A: [r, in]`, `lora_B: [out, r]`), f32.
 pub fn lora_tensors(
@@ -388,16 +401,7 @@ pub fn export_peft(
     force: bool,
 ) -> Result<PathBuf> {
     claim_export_out(run, out, force)?;
-    let config = run_config(run)?;
-    if config.trainable != TrainableKind::Lora {
-        return Err(CoreError::Invalid(format!(
-            "{}: --peft needs a LoRA run, this one trained `{:?}`\nHINT: use --merged",
-            run.display(),
-            config.trainable
-        )));
-    }
-    let weights = resolve_weights(run, which)?;
-    let lm = load_trained(&config, &weights, device)?;
+    let (config, weights, lm) = load_lora_run(run, which, device, "--peft", "--merged")?;
     let tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = lora_tensors(&lm.model, &weights)?
         .into_iter()
         .map(|(name, (shape, values))| {

@@ -233,42 +233,28 @@ fn template_source_is_named_and_a_missing_template_is_said() {
             .ends_with("chat_template.jinja")
     );
 
-    let base = fixture("llama");
-    let out = clo(&[
-        "generate",
-        "--model",
-        base.to_str().unwrap(),
-        "--prompt",
-        "Hi",
-        "--chat-template",
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "2",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let err = stderr(&out);
+    let chat_stderr = |model: &Path| {
+        let out = clo(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "Hi",
+            "--chat-template",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "2",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let err = chat_stderr(&fixture("llama"));
     assert!(
         err.contains("warning: --chat-template was given but") && err.contains("plain fallback"),
         "{err}"
     );
-    let out = clo(&[
-        "generate",
-        "--model",
-        t5.to_str().unwrap(),
-        "--prompt",
-        "Hi",
-        "--chat-template",
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "2",
-        "--json",
-    ]);
-    assert!(
-        !stderr(&out).contains("warning: --chat-template"),
-        "{}",
-        stderr(&out)
-    );
+    let err = chat_stderr(&t5);
+    assert!(!err.contains("warning: --chat-template"), "{err}");
 }

@@ -325,37 +325,25 @@ fn gguf_export_is_a_model_clo_trains_on_and_exports_again() {
     ] {
         assert!(merged.join(f).is_file(), "{f}");
     }
-    let from_merged = ok(clo(&[
-        "generate",
-        "--model",
-        merged.to_str().unwrap(),
-        "--prompt",
-        "Habari?",
-        "--chat-template",
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "4",
-        "--json",
-    ]));
-    let from_gguf = ok(clo(&[
-        "generate",
-        "--model",
-        gguf.to_str().unwrap(),
-        "--prompt",
-        "Habari?",
-        "--chat-template",
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "4",
-        "--json",
-    ]));
-    let prompt =
-        |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["prompt_ids"].clone();
+    let prompt_ids = |model: &Path| {
+        let out = ok(clo(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "Habari?",
+            "--chat-template",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "4",
+            "--json",
+        ]));
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["prompt_ids"].clone()
+    };
     assert_eq!(
-        prompt(&from_merged),
-        prompt(&from_gguf),
+        prompt_ids(&merged),
+        prompt_ids(&gguf),
         "same tokenizer and template"
     );
 

@@ -142,13 +142,7 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
             );
         }
     }
-    let merges: Vec<Json> = merges
-        .iter()
-        .map(|m| match m.split_once(' ') {
-            Some((a, b)) => Ok(json!([a, b])),
-            None => Err(bad(file, format!("merge {m:?} is not two tokens"))),
-        })
-        .collect::<Result<_>>()?;
+    let merges = merge_pairs(file, &merges)?;
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let pre = file
         .get("tokenizer.ggml.pre")
@@ -164,14 +158,42 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
         .get("tokenizer.ggml.add_bos_token")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let post_processor = bos_processor(file, &tokens, add_bos);
+    assemble(
+        file,
+        Parts {
+            added,
+            normalizer: Json::Null,
+            pre_tokenizer,
+            post_processor: bos_processor(file, &tokens, add_bos),
+            decoder: json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+            model: json!({"unk_token": null, "fuse_unk": false, "byte_fallback": false,
+                "vocab": vocab, "merges": merges}),
+        },
+    )
+}
+
+/// The pieces of a `tokenizer.json` that differ between vocabulary kinds.
+struct Parts {
+    added: Vec<Json>,
+    normalizer: Json,
+    pre_tokenizer: Json,
+    post_processor: Json,
+    decoder: Json,
+    /// BPE fields: unk_token, fuse_unk, byte_fallback, vocab, merges.
+    model: Json,
+}
+
+/// A `tokenizers` tokenizer from its parts (a BPE model).
+fn assemble(file: &GgufFile, parts: Parts) -> Result<tokenizers::Tokenizer> {
+    let mut model = json!({"type": "BPE", "dropout": null, "continuing_subword_prefix": null,
+        "end_of_word_suffix": null, "ignore_merges": false});
+    if let (Some(m), Some(extra)) = (model.as_object_mut(), parts.model.as_object()) {
+        m.extend(extra.clone());
+    }
     let tokenizer = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": post_processor,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": false, "vocab": vocab, "merges": merges},
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": parts.added,
+        "normalizer": parts.normalizer, "pre_tokenizer": parts.pre_tokenizer,
+        "post_processor": parts.post_processor, "decoder": parts.decoder, "model": model,
     });
     tokenizers::Tokenizer::from_bytes(tokenizer.to_string().as_bytes()).map_err(|e| {
         bad(
@@ -179,6 +201,17 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
             format!("the tokenizer built from tokenizer.ggml.* is invalid: {e}"),
         )
     })
+}
+
+/// `tokenizer.ggml.merges` ("a b" strings) as tokenizer.json pairs.
+fn merge_pairs(file: &GgufFile, merges: &[String]) -> Result<Vec<Json>> {
+    merges
+        .iter()
+        .map(|m| match m.split_once(' ') {
+            Some((a, b)) => Ok(json!([a, b])),
+            None => Err(bad(file, format!("merge {m:?} is not two tokens"))),
+        })
+        .collect()
 }
 
 fn token_types(file: &GgufFile, n: usize) -> Vec<i32> {
@@ -281,13 +314,7 @@ fn sentencepiece_from_gguf(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
         ));
     }
     let merges: Vec<Json> = match strings(file, "tokenizer.ggml.merges")? {
-        Some(list) => list
-            .iter()
-            .map(|m| match m.split_once(' ') {
-                Some((a, b)) => Ok(json!([a, b])),
-                None => Err(bad(file, format!("merge {m:?} is not two tokens"))),
-            })
-            .collect::<Result<_>>()?,
+        Some(list) => merge_pairs(file, &list)?,
         None => generate_merges(&tokens, &scores)
             .into_iter()
             .map(|(l, r)| json!([l, r]))
@@ -330,21 +357,18 @@ fn sentencepiece_from_gguf(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
         .get("tokenizer.ggml.add_bos_token")
         .and_then(Value::as_bool)
         .unwrap_or(true);
-    let tokenizer = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": normalizer, "pre_tokenizer": pre_tokenizer,
-        "post_processor": bos_processor(file, &tokens, add_bos),
-        "decoder": decoder,
-        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
-            "ignore_merges": false, "vocab": vocab, "merges": merges},
-    });
-    tokenizers::Tokenizer::from_bytes(tokenizer.to_string().as_bytes()).map_err(|e| {
-        bad(
-            file,
-            format!("the tokenizer built from tokenizer.ggml.* is invalid: {e}"),
-        )
-    })
+    assemble(
+        file,
+        Parts {
+            added,
+            normalizer,
+            pre_tokenizer,
+            post_processor: bos_processor(file, &tokens, add_bos),
+            decoder,
+            model: json!({"unk_token": unk, "fuse_unk": true, "byte_fallback": true,
+                "vocab": vocab, "merges": merges}),
+        },
+    )
 }
 
 /// A post-processor that puts BOS first when `add_bos` (and the file names a BOS), else none.
