@@ -132,10 +132,7 @@ pub fn export_gguf(
     force: bool,
 ) -> Result<PathBuf> {
     claim_gguf_out(run, out, force)?;
-    let config = run_config(run)?;
-    let weights = resolve_weights(run, which)?;
-    let lm = load_trained(&config, &weights, device)?;
-    let model = lm.model.valid().materialize();
+    let (_, weights, lm, model) = load_merged(run, which, device)?;
     crate::gguf::write_model(
         out,
         &model,
@@ -195,10 +192,7 @@ pub fn export_merged(
     force: bool,
 ) -> Result<PathBuf> {
     claim_export_out(run, out, force)?;
-    let config = run_config(run)?;
-    let weights = resolve_weights(run, which)?;
-    let lm = load_trained(&config, &weights, device)?;
-    let model = lm.model.valid().materialize();
+    let (config, weights, lm, model) = load_merged(run, which, device)?;
     let from_gguf = crate::gguf::is_gguf(&config.model);
     let mut hf_config: Value = if from_gguf {
         crate::gguf::config_json(&config.model)?
@@ -320,6 +314,25 @@ fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A run's config, the weights `which` names, the loaded model and its inference copy with
+/// LoRA folded in.
+fn load_merged(
+    run: &Path,
+    which: &str,
+    device: &Device,
+) -> Result<(
+    RunConfig,
+    PathBuf,
+    crate::Pretrained,
+    crate::models::CausalLm,
+)> {
+    let config = run_config(run)?;
+    let weights = resolve_weights(run, which)?;
+    let lm = load_trained(&config, &weights, device)?;
+    let model = lm.model.valid().materialize();
+    Ok((config, weights, lm, model))
 }
 
 /// A LoRA run's config, the weights `which` names, and the model with its adapters; any other
