@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::models::{CausalLm, KvCache, RopeConfig};
+use crate::models::{CausalLm, KvCache};
 
 /// How tokens are chosen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,14 +107,13 @@ pub struct Generation {
 /// Continues `prompt` token by token; `on_token` sees each new token as it is chosen.
 pub fn generate(
     model: &CausalLm,
-    rope: &RopeConfig,
     prompt: &[u32],
     eos_ids: &[u32],
     config: &SamplingConfig,
     device: &Device,
     mut on_token: impl FnMut(u32),
 ) -> Generation {
-    generate_until(model, rope, prompt, eos_ids, config, device, |t| {
+    generate_until(model, prompt, eos_ids, config, device, |t| {
         on_token(t);
         ControlFlow::Continue(())
     })
@@ -123,7 +122,6 @@ pub fn generate(
 /// [`generate`], stopping early (with [`StopReason::Cancelled`]) when `on_token` breaks.
 pub fn generate_until(
     model: &CausalLm,
-    rope: &RopeConfig,
     prompt: &[u32],
     eos_ids: &[u32],
     config: &SamplingConfig,
@@ -132,7 +130,7 @@ pub fn generate_until(
 ) -> Generation {
     let prompts = [prompt.to_vec()];
     let configs = [config.clone()];
-    let mut out = generate_batch_until(model, rope, &prompts, eos_ids, &configs, device, |_, t| {
+    let mut out = generate_batch_until(model, &prompts, eos_ids, &configs, device, |_, t| {
         on_token(t)
     });
     out.pop().unwrap_or(Generation {
@@ -146,14 +144,13 @@ pub fn generate_until(
 /// does not depend on which other rows share its batch. `on_token(row, id)` sees each new token.
 pub fn generate_batch(
     model: &CausalLm,
-    rope: &RopeConfig,
     prompts: &[Vec<u32>],
     eos_ids: &[u32],
     configs: &[SamplingConfig],
     device: &Device,
     mut on_token: impl FnMut(usize, u32),
 ) -> Vec<Generation> {
-    generate_batch_until(model, rope, prompts, eos_ids, configs, device, |row, t| {
+    generate_batch_until(model, prompts, eos_ids, configs, device, |row, t| {
         on_token(row, t);
         ControlFlow::Continue(())
     })
@@ -163,7 +160,6 @@ pub fn generate_batch(
 /// breaks.
 pub fn generate_batch_until(
     model: &CausalLm,
-    rope: &RopeConfig,
     prompts: &[Vec<u32>],
     eos_ids: &[u32],
     configs: &[SamplingConfig],
@@ -204,7 +200,7 @@ pub fn generate_batch_until(
     let mut len = width;
     for _ in 0..steps {
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(input, [rows, len]), device);
-        let logits = model.forward(tokens, rope, Some(&mut cache)); // [rows, len, vocab]
+        let logits = model.forward(tokens, Some(&mut cache)); // [rows, len, vocab]
         let [_, _, vocab] = logits.dims();
         let last: Vec<f32> = logits
             .slice(s![.., len - 1..len, ..])

@@ -8,7 +8,7 @@
 //! let device = Device::default();
 //! let lm = Pretrained::load("path/to/model".as_ref(), &device)?;
 //! let prompt = lm.tokenizer.prompt_ids("Habari?", true)?;
-//! let out = generate(&lm.model, &lm.config.decoder.rope, &prompt, lm.tokenizer.eos_ids(),
+//! let out = generate(&lm.model, &prompt, lm.tokenizer.eos_ids(),
 //!     &SamplingConfig::default(), &device, |_| {});
 //! println!("{}", lm.tokenizer.decode(&out.ids, true)?);
 //! # Ok(()) }

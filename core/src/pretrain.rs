@@ -497,7 +497,6 @@ pub fn pretrain(
         warmup_steps: config.warmup_steps,
         total_steps: config.steps,
     };
-    let rope = decoder.rope.clone();
     let per_epoch = seqs.len().div_ceil(config.batch_size);
     let started = Instant::now();
     progress(PretrainProgress::Started {
@@ -529,7 +528,7 @@ pub fn pretrain(
             .collect();
         let tokens: usize = pairs.iter().map(|p| p.response.len()).sum();
         let batch = collate(&pairs, &ad);
-        let logits = model.forward(batch.inputs.clone(), &rope, None);
+        let logits = model.forward(batch.inputs.clone(), None);
         let (sums, _) = sequence_logps(logits, batch.labels, batch.mask);
         let loss = -sums.sum() / tokens.max(1) as f64;
         let loss_value = loss.clone().into_scalar::<f32>() as f64;

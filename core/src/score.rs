@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
-use crate::models::{CausalLm, RopeConfig};
+use crate::models::CausalLm;
 
 /// Per-token and summed log-probabilities of `labels` under `logits`, counting only positions
 /// where `mask` is 1. Logits at position t must already predict `labels[t]` (shifted by the
@@ -104,12 +104,8 @@ pub fn collate(pairs: &[Pair], device: &Device) -> Collated {
 ///
 /// # Shapes
 /// - output: (`[rows]`, `[rows, width]`)
-pub fn batch_logps(
-    model: &CausalLm,
-    rope: &RopeConfig,
-    batch: &Collated,
-) -> (Tensor<1>, Tensor<2>) {
-    let logits = model.forward(batch.inputs.clone(), rope, None); // [rows, width, vocab]
+pub fn batch_logps(model: &CausalLm, batch: &Collated) -> (Tensor<1>, Tensor<2>) {
+    let logits = model.forward(batch.inputs.clone(), None); // [rows, width, vocab]
     sequence_logps(logits, batch.labels.clone(), batch.mask.clone())
 }
 
@@ -117,12 +113,7 @@ pub fn batch_logps(
 ///
 /// # Panics
 /// If a pair has an empty prompt (callers validate input; `clo score` reports the line).
-pub fn score_batch(
-    model: &CausalLm,
-    rope: &RopeConfig,
-    pairs: &[Pair],
-    device: &Device,
-) -> Vec<Score> {
+pub fn score_batch(model: &CausalLm, pairs: &[Pair], device: &Device) -> Vec<Score> {
     assert!(
         pairs.iter().all(|p| !p.prompt.is_empty()),
         "score_batch needs a prompt token before each response"
@@ -132,7 +123,7 @@ pub fn score_batch(
     }
     let batch = collate(pairs, device);
     let width = batch.inputs.dims()[1];
-    let (_, per_token) = batch_logps(model, rope, &batch);
+    let (_, per_token) = batch_logps(model, &batch);
     let values: Vec<f32> = per_token
         .into_data()
         .try_into_vec_as::<f32>()

@@ -247,7 +247,6 @@ fn generation(args: GenArgs) -> anyhow::Result<()> {
     let progress = bar(records.len(), "gen");
     let items = eval_gen(
         &lm.model,
-        &lm.config.decoder.rope,
         &lm.tokenizer,
         &records,
         &langid,
@@ -376,7 +375,6 @@ fn mc(args: McArgs) -> anyhow::Result<()> {
     let progress = bar(records.len(), "mc");
     let items = eval_mc(
         &lm.model,
-        &lm.config.decoder.rope,
         &lm.tokenizer,
         &records,
         args.chat_template,

@@ -206,7 +206,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut so_far = Vec::new();
             let out = generate(
                 &lm.model,
-                &lm.config.decoder.rope,
                 &prompt_ids,
                 lm.tokenizer.eos_ids(),
                 &config,
@@ -415,7 +414,7 @@ fn score(job: &ScoreJob, device: &str) -> anyhow::Result<()> {
     );
     let mut lines = String::new();
     for chunk in pairs.chunks(batch_size) {
-        for score in score_batch(&lm.model, &lm.config.decoder.rope, chunk, device) {
+        for score in score_batch(&lm.model, chunk, device) {
             lines.push_str(&serde_json::to_string(&score)?);
             lines.push('\n');
         }

@@ -122,7 +122,7 @@ fn real_gguf_model_equals_transformers_on_the_same_file() {
 
     let ids: Vec<i64> = prompt_ids.iter().map(|&t| t as i64).collect();
     let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, prompt_ids.len()]), &device);
-    let logits = lm.model.forward(input, &lm.config.decoder.rope, None);
+    let logits = lm.model.forward(input, None);
     let [_, seq, vocab] = logits.dims();
     let last: Vec<f32> = logits
         .slice([0..1, seq - 1..seq, 0..vocab])
@@ -160,7 +160,6 @@ fn real_gguf_model_equals_transformers_on_the_same_file() {
     };
     let out = generate(
         &lm.model,
-        &lm.config.decoder.rope,
         &prompt_ids,
         lm.tokenizer.eos_ids(),
         &config,
@@ -212,7 +211,7 @@ fn sentencepiece_gguf_models_equal_transformers() {
         );
         let got: Vec<f32> = lm
             .model
-            .forward(input, &lm.config.decoder.rope, None)
+            .forward(input, None)
             .into_data()
             .try_to_vec()
             .unwrap();
@@ -231,7 +230,6 @@ fn sentencepiece_gguf_models_equal_transformers() {
         assert!(diff < 1e-4, "{arch}: max |logit diff| {diff}");
         let out = generate(
             &lm.model,
-            &lm.config.decoder.rope,
             &ids,
             lm.tokenizer.eos_ids(),
             &SamplingConfig {
@@ -300,11 +298,11 @@ mod export {
 
     pub const IDS: [[i64; 6]; 2] = [[5, 17, 42, 7, 99, 3], [250, 1, 64, 64, 12, 200]];
 
-    pub fn logits(model: &CausalLm, lm: &Pretrained) -> Vec<f32> {
+    pub fn logits(model: &CausalLm) -> Vec<f32> {
         let ids =
             Tensor::<2, Int>::from_data(TensorData::new(IDS.concat(), [2, 6]), &Device::flex());
         model
-            .forward(ids, &lm.config.decoder.rope, None)
+            .forward(ids, None)
             .into_data()
             .try_into_vec_as()
             .unwrap()
@@ -313,7 +311,7 @@ mod export {
     pub fn run_logits(config: &RunConfig, run: &Path) -> Vec<f32> {
         let last = RunDir::new(run).latest_checkpoint().unwrap();
         let lm = load_trained(config, &last, &Device::flex()).unwrap();
-        logits(&lm.model.valid(), &lm)
+        logits(&lm.model.valid())
     }
 
     /// Each export type's tolerance (max |logit diff| against the trained run) on these tiny
@@ -348,7 +346,7 @@ mod export {
                 let out = dir.path().join(format!("{family}-{name}.gguf"));
                 export_gguf(&run, "best", &out, ty, &Device::flex(), false).unwrap();
                 let lm = Pretrained::load(&out, &Device::flex()).unwrap();
-                let diff = max_abs_diff(&logits(&lm.model, &lm), &want);
+                let diff = max_abs_diff(&logits(&lm.model), &want);
                 eprintln!("{family} {name}: max |logit diff| {diff}");
                 assert!(diff <= tolerance, "{family} {name}: {diff} > {tolerance}");
                 for text in [
@@ -459,7 +457,7 @@ mod export {
                 export_gguf(&run, "best", &out, ty, &Device::flex(), false).unwrap();
                 let file = GgufFile::read(&out).unwrap();
                 let on_file = Pretrained::load(&out, &Device::flex()).unwrap();
-                let file_logits = logits(&on_file.model, &on_file);
+                let file_logits = logits(&on_file.model);
                 let tensors: serde_json::Map<String, serde_json::Value> = file
                     .tensors
                     .iter()

@@ -175,8 +175,8 @@ fn clo_loss_from_quadruples_matches_pytorch() {
     }
 
     let batch = collate(&rows, &device);
-    let (pi, _) = batch_logps(&policy.model, &policy.config.decoder.rope, &batch);
-    let (rf, _) = batch_logps(&reference.model, &reference.config.decoder.rope, &batch);
+    let (pi, _) = batch_logps(&policy.model, &batch);
+    let (rf, _) = batch_logps(&reference.model, &batch);
     for (got, want) in vec1(pi.clone()).iter().zip(floats(&fx["policy_logps"])) {
         close(*got as f64, want as f64, 2e-4, "policy logp");
     }

@@ -26,7 +26,7 @@ fn logits_parity(device: &Device) {
             let ids: Vec<i64> = seq.ids.iter().map(|&t| t as i64).collect();
             let input =
                 Tensor::<2, Int>::from_data(TensorData::new(ids, [1, seq.ids.len()]), device);
-            let logits = lm.model.forward(input, &lm.config.decoder.rope, None);
+            let logits = lm.model.forward(input, None);
             let got: Vec<f32> = logits.into_data().try_into_vec_as::<f32>().unwrap();
             let (shape, want) = expected_logits(name, i);
             assert_eq!(shape, vec![seq.ids.len(), lm.config.decoder.vocab_size]);
@@ -63,9 +63,7 @@ fn kv_cache_matches_full_pass() {
             let ids: Vec<i64> = piece.iter().map(|&t| t as i64).collect();
             let input =
                 Tensor::<2, Int>::from_data(TensorData::new(ids, [1, piece.len()]), &device);
-            let logits = lm
-                .model
-                .forward(input, &lm.config.decoder.rope, Some(&mut cache));
+            let logits = lm.model.forward(input, Some(&mut cache));
             got.extend(logits.into_data().try_into_vec_as::<f32>().unwrap());
         }
         assert_eq!(cache.len(), want_shape[0]);
@@ -97,7 +95,6 @@ fn greedy_generation_equals_transformers() {
             };
             let out = generate(
                 &lm.model,
-                &lm.config.decoder.rope,
                 &prompt,
                 lm.tokenizer.eos_ids(),
                 &config,
@@ -142,15 +139,7 @@ fn batched_greedy_generation_equals_transformers() {
             prompts.len()
         ];
         let eos = lm.tokenizer.eos_ids();
-        let outs = generate_batch(
-            &lm.model,
-            &lm.config.decoder.rope,
-            &prompts,
-            eos,
-            &configs,
-            &device,
-            |_, _| {},
-        );
+        let outs = generate_batch(&lm.model, &prompts, eos, &configs, &device, |_, _| {});
         for (case, out) in cases.iter().zip(outs) {
             let mut got = out.ids.clone();
             if out.stop == StopReason::Eos {
@@ -186,7 +175,7 @@ fn scores_match_transformers() {
             })
             .collect();
         // One padded batch: padding must not change any score.
-        let scores = score_batch(&lm.model, &lm.config.decoder.rope, &pairs, &device);
+        let scores = score_batch(&lm.model, &pairs, &device);
         for (got, want) in scores.iter().zip(&cases) {
             assert_eq!(got.n_tokens, want.n_tokens);
             for (g, w) in got.token_logps.iter().zip(&want.token_logps) {

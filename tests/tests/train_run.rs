@@ -206,7 +206,7 @@ fn step_zero_is_the_first_batch_before_any_update() {
     let (tok, _) = tokenize_quads(&lm.tokenizer, &quads[..4], c.max_len).unwrap();
     let refs: Vec<&TokenizedQuad> = tok.iter().collect();
     let batch = collate(&clo_rows(&refs, c.max_len), &device);
-    let (logps, _) = batch_logps(&lm.model, &lm.config.decoder.rope, &batch);
+    let (logps, _) = batch_logps(&lm.model, &batch);
     let counts: Vec<f32> = batch.n_tokens[8..12].iter().map(|&t| t as f32).collect();
     let terms = clo_loss(
         logps.clone(),
@@ -298,18 +298,8 @@ fn lora_with_adapters_off_reproduces_the_reference() {
     let quads = read_quadruples(&c.data).unwrap();
     let (tok, _) = tokenize_quads(&lm.tokenizer, &quads, c.max_len).unwrap();
     let examples = Examples::for_method(Method::Clo, &tok, c.max_len);
-    let rope = lm.config.decoder.rope.clone();
-    let score = |model: &CausalLm| {
-        reference_logps(
-            model,
-            &rope,
-            &examples,
-            4,
-            c.max_len,
-            &device,
-            &mut |_, _| {},
-        )
-    };
+    let score =
+        |model: &CausalLm| reference_logps(model, &examples, 4, c.max_len, &device, &mut |_, _| {});
     let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
         a.iter()
             .flatten()

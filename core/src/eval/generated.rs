@@ -18,7 +18,7 @@ use super::lang::{Language, language};
 use super::langid::{LanguageIdentifier, s_index};
 use crate::error::{CoreError, Result};
 use crate::generate::{SamplingConfig, StopReason, generate_batch};
-use crate::models::{CausalLm, RopeConfig};
+use crate::models::CausalLm;
 use crate::tokenizer::ChatTokenizer;
 
 /// Regenerations allowed when no answer can be extracted (paper appendix D).
@@ -230,7 +230,6 @@ type Answered = (String, StopReason, usize, Option<usize>);
 #[allow(clippy::too_many_arguments)]
 pub fn eval_gen(
     model: &CausalLm,
-    rope: &RopeConfig,
     tok: &ChatTokenizer,
     records: &[GenRecord],
     langid: &dyn LanguageIdentifier,
@@ -263,15 +262,7 @@ pub fn eval_gen(
                     ..config.sampling.clone()
                 })
                 .collect();
-            let outs = generate_batch(
-                model,
-                rope,
-                &prompts,
-                tok.eos_ids(),
-                &configs,
-                device,
-                |_, _| {},
-            );
+            let outs = generate_batch(model, &prompts, tok.eos_ids(), &configs, device, |_, _| {});
             let mut again = Vec::new();
             for (&i, out) in pending.iter().zip(outs) {
                 attempts[i] += 1;

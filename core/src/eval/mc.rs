@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::Accuracy;
 use super::lang::{Language, language};
 use crate::error::{CoreError, Result};
-use crate::models::{CausalLm, RopeConfig};
+use crate::models::CausalLm;
 use crate::score::{Pair, score_batch};
 use crate::tokenizer::ChatTokenizer;
 
@@ -109,7 +109,6 @@ pub struct McItem {
 #[allow(clippy::too_many_arguments)]
 pub fn eval_mc(
     model: &CausalLm,
-    rope: &RopeConfig,
     tok: &ChatTokenizer,
     records: &[(usize, McRecord)],
     chat_template: bool,
@@ -130,7 +129,7 @@ pub fn eval_mc(
                 });
             }
         }
-        let scores = score_batch(model, rope, &pairs, device);
+        let scores = score_batch(model, &pairs, device);
         for ((line, r), s) in chunk.iter().zip(scores.chunks(4)) {
             let logps = [s[0].logp, s[1].logp, s[2].logp, s[3].logp];
             // The first of equal maxima, as numpy's argmax.

@@ -140,7 +140,8 @@ impl DecoderConfig {
             lm_head: (!self.tie_word_embeddings).then(|| linear(h, self.vocab_size, false)),
             embed_scale: opts.embed_scale.unwrap_or(1.0),
             final_softcap: opts.final_logit_softcap.unwrap_or(0.0),
-            local_rope_theta: opts.local_rope_theta.unwrap_or(0.0),
+            rope: self.rope.clone(),
+            local_rope: self.local_rope(),
         }
     }
 
@@ -316,7 +317,8 @@ fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
 
 /// True where a query may not look: the future, (with a window) the too-distant past, and a
 /// row's leading padding. Queries are the last `seq` of `total` positions. A padding query sees
-/// only itself, so its (unused) state stays finite instead of a softmax over nothing.
+/// only itself, so its (unused) state stays finite instead of a softmax over nothing. Built on
+/// the device from position comparisons.
 ///
 /// # Shapes
 /// - output: `[padding.len() or 1, seq, total]`
@@ -327,24 +329,34 @@ fn attention_mask(
     padding: &[usize],
     device: &Device,
 ) -> Tensor<3, Bool> {
-    let offset = total - seq;
-    let rows: &[usize] = if padding.is_empty() { &[0] } else { padding };
-    let mut masked = Vec::with_capacity(rows.len() * seq * total);
-    for &pad in rows {
-        for q in 0..seq {
-            let pos = offset + q;
-            for key in 0..total {
-                // HF: a key is visible when key <= pos and pos - key < window.
-                let hidden = key > pos || (window > 0 && pos - key >= window);
-                masked.push(if pos < pad {
-                    key != pos
-                } else {
-                    hidden || key < pad
-                });
-            }
-        }
+    let rows = padding.len().max(1);
+    let shape = [rows, seq, total];
+    let query = Tensor::<1, Int>::arange((total - seq) as i64..total as i64, device)
+        .reshape([1, seq, 1])
+        .expand(shape);
+    let key = Tensor::<1, Int>::arange(0..total as i64, device)
+        .reshape([1, 1, total])
+        .expand(shape);
+    // HF: a key is visible when key <= pos and pos - key < window.
+    let mut hidden = key.clone().greater(query.clone());
+    if window > 0 {
+        let far = (query.clone() - key.clone()).greater_equal_elem(window as i64);
+        hidden = hidden.bool_or(far);
     }
-    Tensor::from_data(TensorData::new(masked, [rows.len(), seq, total]), device)
+    if padding.is_empty() {
+        return hidden;
+    }
+    let pads: Vec<i64> = padding.iter().map(|&p| p as i64).collect();
+    let pads =
+        Tensor::<3, Int>::from_data(TensorData::new(pads, [rows, 1, 1]), device).expand(shape);
+    let padding_query = query.clone().lower(pads.clone());
+    let padding_key = key.clone().lower(pads);
+    let not_itself = key.not_equal(query);
+    padding_query.clone().bool_and(not_itself).bool_or(
+        padding_query
+            .bool_not()
+            .bool_and(hidden.bool_or(padding_key)),
+    )
 }
 
 #[derive(Module, Debug)]
@@ -432,8 +444,12 @@ pub struct CausalLm {
     embed_scale: f64,
     /// Soft cap of the logits (0: none).
     final_softcap: f64,
-    /// RoPE base of the layers marked `local_rope` (0: none).
-    local_rope_theta: f64,
+    /// The model's RoPE; its tables are built on the device, once per forward pass.
+    #[module(skip)]
+    rope: RopeConfig,
+    /// The RoPE of layers marked `local_rope`, when it differs (Gemma 3).
+    #[module(skip)]
+    local_rope: Option<RopeConfig>,
 }
 
 impl CausalLm {
@@ -467,26 +483,21 @@ impl CausalLm {
     /// # Shapes
     /// - ids: `[batch, seq]`
     /// - output: `[batch, seq, vocab]`
-    pub fn forward(
-        &self,
-        ids: Tensor<2, Int>,
-        rope: &RopeConfig,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
-        let hidden = self.hidden_states(ids, rope, cache);
+    pub fn forward(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        let hidden = self.hidden_states(ids, cache);
         self.logits(hidden)
+    }
+
+    /// The model's RoPE parameters.
+    pub fn rope(&self) -> &RopeConfig {
+        &self.rope
     }
 
     /// Final hidden states after the last norm.
     ///
     /// # Shapes
     /// - ids: `[batch, seq]` -> `[batch, seq, hidden]`
-    pub fn hidden_states(
-        &self,
-        ids: Tensor<2, Int>,
-        rope: &RopeConfig,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor<3> {
+    pub fn hidden_states(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         let [_, seq] = ids.dims();
         let device = ids.device();
         let mut scratch;
@@ -498,15 +509,9 @@ impl CausalLm {
             }
         };
         let start = cache.len();
-        let (cos, sin) = rope_tables(rope, start, seq, &cache.padding, &device);
-        let local = (self.local_rope_theta > 0.0).then(|| {
-            let local = RopeConfig {
-                theta: self.local_rope_theta,
-                head_dim: rope.head_dim,
-                scaling: super::rope::RopeScaling::Default,
-            };
-            rope_tables(&local, start, seq, &cache.padding, &device)
-        });
+        let (cos, sin) = rope_tables(&self.rope, start, seq, &cache.padding, &device);
+        let local = (self.local_rope.as_ref())
+            .map(|local| rope_tables(local, start, seq, &cache.padding, &device));
         // One mask per distinct sliding window, shared by the layers that use it.
         let mut masks: Vec<(usize, Tensor<3, Bool>)> = Vec::new();
         let mut x = self.model.embed_tokens.forward(ids); // [b, seq, hidden]
@@ -534,7 +539,9 @@ impl CausalLm {
     }
 }
 
-/// RoPE tables for positions `start .. start + seq`, per row when rows are left-padded.
+/// RoPE tables for positions `start .. start + seq` (each row's counted from its first real
+/// token when rows are left-padded), built on the device: `positions x inv_freq` in f32, as
+/// Hugging Face computes them, then cos and sin.
 ///
 /// # Shapes
 /// - output: `[rows or 1, 1, seq, head_dim]` each
@@ -545,23 +552,30 @@ fn rope_tables(
     padding: &[usize],
     device: &Device,
 ) -> (Tensor<4>, Tensor<4>) {
-    if padding.is_empty() {
-        let (cos, sin) = rope.cos_sin(start, seq, device);
-        (cos.unsqueeze::<4>(), sin.unsqueeze::<4>()) // [1, 1, seq, hd]
+    let inv_freq: Vec<f32> = rope.inv_freq().into_iter().map(|f| f as f32).collect();
+    let half = inv_freq.len();
+    let inv_freq = Tensor::<2>::from_data(TensorData::new(inv_freq, [1, half]), device);
+    let rows = padding.len().max(1);
+    let positions = Tensor::<1, Int>::arange(start as i64..(start + seq) as i64, device)
+        .float()
+        .reshape([1, seq]);
+    let positions = if padding.is_empty() {
+        positions
     } else {
-        // Each row's positions count from its first real token.
-        let positions: Vec<usize> = padding
-            .iter()
-            .flat_map(|&pad| (start..start + seq).map(move |p| p.saturating_sub(pad)))
-            .collect();
-        let (cos, sin) = rope.cos_sin_at(&positions, device);
-        let [_, hd] = cos.dims();
-        let rows = padding.len();
-        (
-            cos.reshape([rows, 1, seq, hd]),
-            sin.reshape([rows, 1, seq, hd]),
-        )
-    }
+        let pads: Vec<f32> = padding.iter().map(|&p| p as f32).collect();
+        let pads = Tensor::<2>::from_data(TensorData::new(pads, [rows, 1]), device);
+        (positions.expand([rows, seq]) - pads.expand([rows, seq])).clamp_min(0.0)
+    };
+    let angles = positions
+        .reshape([rows * seq, 1])
+        .expand([rows * seq, half])
+        * inv_freq.expand([rows * seq, half]); // [rows * seq, half]
+    let angles = Tensor::cat(vec![angles.clone(), angles], 1); // HF's cat((freqs, freqs))
+    let shape = [rows, 1, seq, 2 * half];
+    (
+        angles.clone().cos().reshape(shape),
+        angles.sin().reshape(shape),
+    )
 }
 
 impl CausalLm {

@@ -25,7 +25,7 @@ use crate::eval::langid::{LanguageIdentifier, s_index};
 use crate::eval::report::{Estimate, Grid, bar_chart, line_chart, pooled};
 use crate::fsutil::{write_atomically, write_json_atomically};
 use crate::generate::{SamplingConfig, StopReason, generate_batch};
-use crate::models::{CausalLm, RopeConfig};
+use crate::models::CausalLm;
 use crate::tokenizer::ChatTokenizer;
 use crate::train::{Method, Outcome, Progress, RunConfig, TrainOptions, TrainableKind, train};
 
@@ -137,7 +137,6 @@ pub struct ToyResults {
 #[allow(clippy::too_many_arguments)]
 pub fn eval_toy(
     model: &CausalLm,
-    rope: &RopeConfig,
     tok: &ChatTokenizer,
     questions: &[EvalQuestion],
     max_new_tokens: usize,
@@ -166,15 +165,7 @@ pub fn eval_toy(
             };
             chunk.len()
         ];
-        let outs = generate_batch(
-            model,
-            rope,
-            &ids,
-            tok.eos_ids(),
-            &configs,
-            device,
-            |_, _| {},
-        );
+        let outs = generate_batch(model, &ids, tok.eos_ids(), &configs, device, |_, _| {});
         for (((q, lang), prompt), out) in chunk.iter().zip(prompts).zip(outs) {
             let response = tok.decode(&out.ids, true)?.trim().to_string();
             let expected = render(&q.answer, *lang);
@@ -333,7 +324,6 @@ pub fn quickstart(
         let mut done = 0;
         let items = eval_toy(
             &lm.model,
-            &lm.config.decoder.rope,
             &lm.tokenizer,
             &questions,
             config.max_new_tokens,

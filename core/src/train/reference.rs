@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::examples::Examples;
 use crate::error::{CoreError, Result};
-use crate::models::{CausalLm, RopeConfig};
+use crate::models::CausalLm;
 use crate::score::{batch_logps, collate};
 
 /// SHA-256 of every tensor of a model (name, shape and f32 bytes, in name order).
@@ -58,7 +58,6 @@ pub fn cache_key(weights: &str, template: &str, max_len: usize, examples: &[&Exa
 /// model): `values[i][k]` is block `k` of example `i`. `on_batch(done, total)` reports progress.
 pub fn reference_logps(
     model: &CausalLm,
-    rope: &RopeConfig,
     examples: &Examples,
     batch_size: usize,
     max_len: usize,
@@ -72,7 +71,7 @@ pub fn reference_logps(
     for chunk in all.chunks(batch_size.max(1)) {
         let rows = examples.rows(chunk, max_len);
         let batch = collate(&rows, device);
-        let (sums, _) = batch_logps(model, rope, &batch);
+        let (sums, _) = batch_logps(model, &batch);
         let sums: Vec<f32> = sums.into_data().try_into_vec_as().expect("f32 log-probs");
         // Rows come in blocks of `chunk.len()` (see `Examples::rows`).
         for (r, v) in sums.into_iter().enumerate() {

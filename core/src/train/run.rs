@@ -31,7 +31,7 @@ use crate::fsutil::{
     Claim, DirLock, claim_output, holds_only, refuse_run_dir_output, remove_stale_temps,
     write_atomically, write_json_atomically,
 };
-use crate::models::{CausalLm, RopeConfig};
+use crate::models::CausalLm;
 use crate::score::{batch_logps, collate};
 use crate::tokenizer::ChatTokenizer;
 
@@ -188,7 +188,6 @@ fn scalar(t: &Tensor<1>) -> f64 {
 #[allow(clippy::too_many_arguments)]
 fn batch_loss(
     model: &CausalLm,
-    rope: &RopeConfig,
     examples: &Examples,
     refs: &[Vec<f32>],
     idx: &[usize],
@@ -198,7 +197,7 @@ fn batch_loss(
     let rows = examples.rows(idx, config.max_len);
     let tokens = rows.iter().map(|r| r.prompt.len() + r.response.len()).sum();
     let batch = collate(&rows, device);
-    let (policy, _) = batch_logps(model, rope, &batch);
+    let (policy, _) = batch_logps(model, &batch);
     let n = idx.len();
     // Reference values in the same block layout as the rows.
     let reference = |width: usize| {
@@ -299,7 +298,6 @@ fn direction_stats(pairs: &[(bool, f64, f64)], english: bool) -> [Option<f64>; 4
 /// Mean loss over a whole example set (validation), batch by batch, weighted by batch size.
 fn evaluate(
     model: &CausalLm,
-    rope: &RopeConfig,
     examples: &Examples,
     refs: &[Vec<f32>],
     config: &RunConfig,
@@ -308,7 +306,7 @@ fn evaluate(
     let all: Vec<usize> = (0..examples.len()).collect();
     let mut total = 0.0;
     for chunk in all.chunks(config.batch_size) {
-        let (_, stats) = batch_loss(model, rope, examples, refs, chunk, config, device);
+        let (_, stats) = batch_loss(model, examples, refs, chunk, config, device);
         total += stats.loss * chunk.len() as f64;
     }
     total / examples.len().max(1) as f64
@@ -340,7 +338,6 @@ type StageReference = (Vec<Vec<f32>>, Vec<Vec<f32>>, bool);
 #[allow(clippy::too_many_arguments)]
 fn stage_reference(
     tokenizer: &ChatTokenizer,
-    rope: &RopeConfig,
     model: &CausalLm,
     stage: Method,
     train: &Examples,
@@ -390,7 +387,6 @@ fn stage_reference(
                 };
                 sets.push(reference_logps(
                     &reference,
-                    rope,
                     set,
                     config.batch_size,
                     config.max_len,
@@ -473,7 +469,6 @@ pub fn train(
     let Pretrained {
         model: base,
         tokenizer,
-        config: model_config,
         ..
     } = Pretrained::load(&config.model, &ad)?;
     let (tokenized, dropped) = tokenize_quads(&tokenizer, &quads, config.max_len)?;
@@ -490,7 +485,6 @@ pub fn train(
         val: data.val.len(),
         dropped,
     });
-    let rope = model_config.decoder.rope.clone();
     let mut model = config.trainable_set().apply(base)?;
     if let Some(dir) = &resume_from {
         load_trainable(&mut model, &dir.join("trainable.bpk"))?;
@@ -507,8 +501,7 @@ pub fn train(
         let val_ex = Examples::for_method(stage, &data.val, config.max_len);
         let (train_refs, val_refs) = if stage.needs_reference() {
             let (t, v, cached) = stage_reference(
-                &tokenizer, &rope, &model, stage, &train_ex, &val_ex, config, opts, &run, device,
-                progress,
+                &tokenizer, &model, stage, &train_ex, &val_ex, config, opts, &run, device, progress,
             )?;
             reference_cached.push(cached);
             (t, v)
@@ -565,8 +558,7 @@ pub fn train(
             for k in 0..config.grad_accum {
                 let (e, idx) = micro_batch(step * config.grad_accum + k, train_ex.len(), config, s);
                 epoch = e;
-                let (loss, st) =
-                    batch_loss(&model, &rope, &train_ex, &train_refs, &idx, config, &ad);
+                let (loss, st) = batch_loss(&model, &train_ex, &train_refs, &idx, config, &ad);
                 let loss = if config.grad_accum > 1 {
                     loss / config.grad_accum as f64
                 } else {
@@ -611,8 +603,8 @@ pub fn train(
             state.wall_s = wall_before + started.elapsed().as_secs_f64();
             let done = state.stage_step;
             let validate = !val_ex.is_empty() && (done % eval_every == 0 || done == total);
-            let val_loss = validate
-                .then(|| evaluate(&model.valid(), &rope, &val_ex, &val_refs, config, device));
+            let val_loss =
+                validate.then(|| evaluate(&model.valid(), &val_ex, &val_refs, config, device));
             let line = StepMetrics {
                 step: state.global_step,
                 stage: stage.name().into(),

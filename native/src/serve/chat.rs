@@ -276,7 +276,6 @@ fn answer(
     let mut sent = String::new();
     let out = generate_until(
         &lm.model,
-        &lm.config.decoder.rope,
         prompt,
         lm.tokenizer.eos_ids(),
         config,
