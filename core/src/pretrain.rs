@@ -381,20 +381,27 @@ pub fn read_corpus(path: &Path) -> Result<Vec<Doc>> {
     .collect())
 }
 
-/// Pretrains a model on `docs` and writes it to `out`, with `extra` JSON files beside the
-/// model's own. With `resume`, continues from the checkpoint in `OUT.work/` (the corpus and
-/// config must be those it was started with).
-#[allow(clippy::too_many_arguments)]
+/// Where [`pretrain`] writes: the model directory `out` (with `extra` JSON files beside its own),
+/// and whether to continue from `OUT.work/`.
+#[derive(Clone, Copy)]
+pub struct PretrainTarget<'a> {
+    pub out: &'a Path,
+    pub resume: bool,
+    pub extra: &'a [(&'a str, serde_json::Value)],
+}
+
+/// Pretrains a model on `docs` and writes it to `target.out`, with `target.extra` JSON files
+/// beside the model's own. With `target.resume`, continues from the checkpoint in `OUT.work/`
+/// (the corpus and config must be those it was started with).
 pub fn pretrain(
     docs: &[Doc],
     corpus: serde_json::Value,
     config: &PretrainConfig,
-    out: &Path,
-    resume: bool,
-    extra: &[(&str, serde_json::Value)],
+    target: PretrainTarget<'_>,
     device: &Device,
     progress: &mut dyn FnMut(PretrainProgress),
 ) -> Result<PretrainSummary> {
+    let PretrainTarget { out, resume, extra } = target;
     config.validate()?;
     if docs.is_empty() {
         return Err(CoreError::Invalid("the pretraining corpus is empty".into()));
@@ -667,9 +674,11 @@ mod tests {
             &docs(),
             json!("test"),
             &config,
-            &out,
-            false,
-            &[],
+            PretrainTarget {
+                out: &out,
+                resume: false,
+                extra: &[],
+            },
             &device,
             &mut |_| {},
         )
@@ -717,9 +726,11 @@ mod tests {
             &docs(),
             json!("t"),
             &config,
-            &whole,
-            false,
-            &[],
+            PretrainTarget {
+                out: &whole,
+                resume: false,
+                extra: &[],
+            },
             &device,
             &mut |_| {},
         )
@@ -731,9 +742,11 @@ mod tests {
                 &docs(),
                 json!("t"),
                 &config,
-                &cut,
-                false,
-                &[],
+                PretrainTarget {
+                    out: &cut,
+                    resume: false,
+                    extra: &[],
+                },
                 &device,
                 &mut |p| {
                     if let PretrainProgress::Step(s) = p {
@@ -753,9 +766,11 @@ mod tests {
             &docs(),
             json!("t"),
             &other,
-            &cut,
-            true,
-            &[],
+            PretrainTarget {
+                out: &cut,
+                resume: true,
+                extra: &[],
+            },
             &device,
             &mut |_| {},
         )
@@ -768,9 +783,11 @@ mod tests {
             &docs(),
             json!("t"),
             &config,
-            &cut,
-            true,
-            &[],
+            PretrainTarget {
+                out: &cut,
+                resume: true,
+                extra: &[],
+            },
             &device,
             &mut |p| {
                 if let PretrainProgress::Started { step, .. } = p {

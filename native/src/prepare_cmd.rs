@@ -7,8 +7,8 @@ use clap::Args;
 use clo_core::eval::langid::{LanguageIdentifier, Lingua};
 use clo_core::openai::{ChatClient, ClientOptions, EndpointSpec};
 use clo_core::prepare::{
-    Checks, Columns, Format, OpenAiTranslator, PrepareConfig, Translator, ingest, journal_path,
-    prepare, sibling,
+    Checks, Columns, Format, OpenAiTranslator, PrepareConfig, Translator, Workers, ingest,
+    journal_path, prepare, sibling,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -166,16 +166,14 @@ pub fn run_prepare(args: PrepareArgs) -> anyhow::Result<()> {
         ProgressStyle::with_template("prepare {bar:30} {pos}/{len} records {per_sec} eta {eta}")
             .expect("valid template"),
     );
-    let summary = prepare(
-        &args.out,
-        &config,
-        &pairs,
-        stats,
-        translator.as_ref(),
-        langid.as_ref().map(|l| l as &dyn LanguageIdentifier),
-        args.concurrency,
-        &|n| bar.inc(n as u64),
-    );
+    let workers = Workers {
+        translator: translator.as_ref(),
+        langid: langid.as_ref().map(|l| l as &dyn LanguageIdentifier),
+        concurrency: args.concurrency,
+    };
+    let summary = prepare(&args.out, &config, (&pairs, stats), workers, &|n| {
+        bar.inc(n as u64)
+    });
     bar.finish_and_clear();
     let summary = summary.map_err(|e| {
         anyhow::anyhow!(

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use clo_core::pretrain::{PretrainConfig, PretrainProgress, pretrain, read_corpus};
+use clo_core::pretrain::{PretrainConfig, PretrainProgress, PretrainTarget, pretrain, read_corpus};
 use clo_core::toy::data::{CorpusConfig, pretrain_corpus};
 use clo_core::toy::world::World;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -126,9 +126,11 @@ pub fn run_pretrain(args: PretrainArgs) -> anyhow::Result<()> {
         &docs,
         corpus,
         &config,
-        &args.out,
-        args.resume,
-        &extra,
+        PretrainTarget {
+            out: &args.out,
+            resume: args.resume,
+            extra: &extra,
+        },
         &device,
         &mut report,
     )

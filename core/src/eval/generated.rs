@@ -227,7 +227,6 @@ type Answered = (String, StopReason, usize, Option<usize>);
 
 /// Answers every record (batched), regenerating multiple-choice answers that cannot be
 /// extracted, then identifies each response's language. `on_done(n)` reports finished records.
-#[allow(clippy::too_many_arguments)]
 pub fn eval_gen(
     model: &CausalLm,
     tok: &ChatTokenizer,

@@ -106,7 +106,6 @@ pub struct McItem {
 }
 
 /// Scores every record; `records_per_batch` records (4 rows each) per forward pass.
-#[allow(clippy::too_many_arguments)]
 pub fn eval_mc(
     model: &CausalLm,
     tok: &ChatTokenizer,

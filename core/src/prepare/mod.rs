@@ -319,19 +319,29 @@ fn hash64(text: &str) -> u64 {
     u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Who does the work of [`prepare`]: the translator, the language identifier of the checks
+/// (none: the language check is skipped), and how many records are translated at once.
+#[derive(Clone, Copy)]
+pub struct Workers<'a> {
+    pub translator: &'a dyn Translator,
+    pub langid: Option<&'a dyn LanguageIdentifier>,
+    pub concurrency: usize,
+}
+
 /// Translates (resuming from the journal), checks and writes the outputs.
 /// `on_done(n)` reports records finished in this invocation.
 pub fn prepare(
     out: &Path,
     config: &PrepareConfig,
-    pairs: &[SourcePair],
-    ingest_stats: IngestStats,
-    translator: &dyn Translator,
-    langid: Option<&dyn LanguageIdentifier>,
-    concurrency: usize,
+    (pairs, ingest_stats): (&[SourcePair], IngestStats),
+    workers: Workers<'_>,
     on_done: &(dyn Fn(usize) + Sync),
 ) -> Result<PrepareSummary> {
+    let Workers {
+        translator,
+        langid,
+        concurrency,
+    } = workers;
     translator.validate(pairs, &config.tgt_lang)?;
     let journal = journal_path(out);
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -134,7 +134,6 @@ pub struct ToyResults {
 }
 
 /// Answers every held-out question in both languages (greedy) and checks each response.
-#[allow(clippy::too_many_arguments)]
 pub fn eval_toy(
     model: &CausalLm,
     tok: &ChatTokenizer,

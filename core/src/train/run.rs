@@ -185,7 +185,6 @@ fn scalar(t: &Tensor<1>) -> f64 {
 }
 
 /// The loss of a batch of `idx` examples under `model`, with what is logged of it.
-#[allow(clippy::too_many_arguments)]
 fn batch_loss(
     model: &CausalLm,
     examples: &Examples,
@@ -329,25 +328,35 @@ fn micro_batch(m: usize, n: usize, config: &RunConfig, stage: usize) -> (usize, 
     (epoch, order[b * config.batch_size..end].to_vec())
 }
 
+/// What a run's parts share: its settings, options, directory and (plain) device.
+#[derive(Clone, Copy)]
+struct RunContext<'a> {
+    config: &'a RunConfig,
+    opts: &'a TrainOptions,
+    run: &'a RunDir,
+    device: &'a Device,
+}
+
 /// Reference log-probs of a stage: `[example][block]` for the training and validation sets, and
 /// whether they came from a cache.
 type StageReference = (Vec<Vec<f32>>, Vec<Vec<f32>>, bool);
 
 /// Reference log-probs of a stage for (train, val): from the run directory when resuming, else
 /// from the shared cache, else computed now.
-#[allow(clippy::too_many_arguments)]
 fn stage_reference(
     tokenizer: &ChatTokenizer,
     model: &CausalLm,
     stage: Method,
-    train: &Examples,
-    val: &Examples,
-    config: &RunConfig,
-    opts: &TrainOptions,
-    run: &RunDir,
-    device: &Device,
+    [train, val]: [&Examples; 2],
+    ctx: &RunContext<'_>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<StageReference> {
+    let RunContext {
+        config,
+        opts,
+        run,
+        device,
+    } = *ctx;
     let run_file = run.reference(stage.name());
     if opts.resume && run_file.exists() {
         let (train, val) = read_run_reference(&run_file)?.into_train_val();
@@ -500,8 +509,19 @@ pub fn train(
         let train_ex = Examples::for_method(stage, &data.train, config.max_len);
         let val_ex = Examples::for_method(stage, &data.val, config.max_len);
         let (train_refs, val_refs) = if stage.needs_reference() {
+            let ctx = RunContext {
+                config,
+                opts,
+                run: &run,
+                device,
+            };
             let (t, v, cached) = stage_reference(
-                &tokenizer, &model, stage, &train_ex, &val_ex, config, opts, &run, device, progress,
+                &tokenizer,
+                &model,
+                stage,
+                [&train_ex, &val_ex],
+                &ctx,
+                progress,
             )?;
             reference_cached.push(cached);
             (t, v)
