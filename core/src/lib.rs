@@ -14,26 +14,32 @@
 //! # Ok(()) }
 //! ```
 
-pub mod api;
-pub mod error;
+// The pipeline, stage by stage: load a model, prepare data, train, run, evaluate, export.
+pub mod data;
 pub mod eval;
 pub mod export;
+pub mod infer;
+pub mod load;
+/// The toy world, its shipped model and the quickstart (a cargo feature: the browser build
+/// leaves the 3 MB model out unless asked).
+#[cfg(feature = "toy")]
+pub mod toy;
+pub mod train;
+
+// Shared by the stages.
+pub mod api;
+pub mod error;
 pub mod fsutil;
-pub mod generate;
-pub mod gguf;
-pub mod jsonl;
-pub mod models;
 #[cfg(feature = "net")]
 pub mod openai;
 pub mod parallel;
-pub mod prepare;
-pub mod pretrain;
-pub mod pretrained;
-pub mod score;
-pub mod tokenizer;
-pub mod toy;
-pub mod train;
-pub mod weights;
+
+// The paths these modules had before the stages were folders, kept for the binary, the tests
+// and other users of the library.
+pub use data::{jsonl, prepare};
+pub use infer::{generate, score};
+pub use load::{gguf, models, pretrained, tokenizer, weights};
+pub use train::pretrain;
 
 pub use error::{CoreError, Result};
 pub use pretrained::{Pretrained, Summary};

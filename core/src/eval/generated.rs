@@ -17,9 +17,9 @@ use super::Accuracy;
 use super::lang::{Language, language};
 use super::langid::{LanguageIdentifier, s_index};
 use crate::error::{CoreError, Result};
-use crate::generate::{SamplingConfig, StopReason, generate_batch};
-use crate::models::CausalLm;
-use crate::tokenizer::ChatTokenizer;
+use crate::infer::generate::{SamplingConfig, StopReason, generate_batch};
+use crate::load::models::CausalLm;
+use crate::load::tokenizer::ChatTokenizer;
 
 /// Regenerations allowed when no answer can be extracted (paper appendix D).
 pub const MAX_REGENERATIONS: usize = 3;
@@ -64,7 +64,7 @@ fn parse_record(line: usize, v: &Value) -> std::result::Result<GenRecord, String
     }
     let lang = string_field(v, "lang")?.ok_or("missing field `lang`")?;
     language(&lang).map_err(|e| e.to_string())?;
-    let id = crate::jsonl::record_id(v, line);
+    let id = crate::data::jsonl::record_id(v, line);
     let open = match string_field(v, "prompt")? {
         Some(p) => Some(p),
         None => string_field(v, "instruction")?,
@@ -136,7 +136,7 @@ pub fn read_gen_prompts(path: &Path) -> Result<Vec<GenRecord>> {
     };
     let mut out: Vec<GenRecord> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for (line, v) in crate::jsonl::read_jsonl::<Value>(path, "generation prompts", HINT)? {
+    for (line, v) in crate::data::jsonl::read_jsonl::<Value>(path, "generation prompts", HINT)? {
         let r = parse_record(line, &v).map_err(|m| bad(line, m))?;
         if let Some(prev) = seen.insert(r.id.clone(), line) {
             return Err(bad(

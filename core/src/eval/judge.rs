@@ -111,7 +111,7 @@ fn read_responses(path: &Path) -> Result<Vec<Response>> {
         hint: HINT,
     };
     let mut out = Vec::new();
-    for (line, v) in crate::jsonl::read_jsonl::<Value>(path, "responses", HINT)? {
+    for (line, v) in crate::data::jsonl::read_jsonl::<Value>(path, "responses", HINT)? {
         let text_field = |keys: [&str; 2]| {
             keys.iter()
                 .find_map(|k| v.get(*k).and_then(Value::as_str).map(str::to_string))
@@ -124,7 +124,7 @@ fn read_responses(path: &Path) -> Result<Vec<Response>> {
         };
         out.push(Response {
             line,
-            id: crate::jsonl::record_id(&v, line),
+            id: crate::data::jsonl::record_id(&v, line),
             lang: v.get("lang").and_then(Value::as_str).map(str::to_string),
             instruction: text_field(["prompt", "instruction"])?,
             response: text_field(["response", "output"])?,

@@ -22,9 +22,9 @@ use serde_json::Value;
 use super::Accuracy;
 use super::lang::{Language, language};
 use crate::error::{CoreError, Result};
-use crate::models::CausalLm;
-use crate::score::{Pair, score_batch};
-use crate::tokenizer::ChatTokenizer;
+use crate::infer::score::{Pair, score_batch};
+use crate::load::models::CausalLm;
+use crate::load::tokenizer::ChatTokenizer;
 
 /// One task record. `answer` is the 0-based index of the correct option.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,7 +43,7 @@ const HINT: &str = "each line is {\"passage\": str, \"question\": str, \"options
 /// Reads and checks a task file: four options, an answer in range, a known language.
 pub fn read_mc_tasks(path: &Path) -> Result<Vec<(usize, McRecord)>> {
     let records: Vec<(usize, McRecord)> =
-        crate::jsonl::read_jsonl(path, "multiple-choice tasks", HINT)?;
+        crate::data::jsonl::read_jsonl(path, "multiple-choice tasks", HINT)?;
     let bad = |line: usize, message: String| CoreError::Input {
         path: path.to_path_buf(),
         line,

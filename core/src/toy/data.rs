@@ -18,8 +18,8 @@ use super::world::{
     Frame, Lang, MAX_OPERAND, NAMES, QUESTION_KINDS, World, random_question, random_statement,
     render,
 };
-use crate::pretrain::Doc;
 use crate::train::data::Quadruple;
+use crate::train::pretrain::Doc;
 
 /// How many people (the last ones) are held out of the quadruples.
 pub const EVAL_PEOPLE: usize = 6;

@@ -24,9 +24,9 @@ use crate::eval::Accuracy;
 use crate::eval::langid::{LanguageIdentifier, s_index};
 use crate::eval::report::{Estimate, Grid, bar_chart, line_chart, pooled};
 use crate::fsutil::{write_atomically, write_json_atomically};
-use crate::generate::{SamplingConfig, StopReason, generate_batch};
-use crate::models::CausalLm;
-use crate::tokenizer::ChatTokenizer;
+use crate::infer::generate::{SamplingConfig, StopReason, generate_batch};
+use crate::load::models::CausalLm;
+use crate::load::tokenizer::ChatTokenizer;
 use crate::train::{Method, Outcome, Progress, RunConfig, TrainOptions, TrainableKind, train};
 
 /// Settings of a quickstart. The training settings are the paper's except the learning rate

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::data::Quadruple;
 use crate::error::Result;
-use crate::score::Pair;
-use crate::tokenizer::ChatTokenizer;
+use crate::infer::score::Pair;
+use crate::load::tokenizer::ChatTokenizer;
 
 /// A quadruple as token ids.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

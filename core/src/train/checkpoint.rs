@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::config::RunConfig;
 use crate::error::{CoreError, Result};
 use crate::fsutil::{replace_dir_atomically, write_atomically, write_json_atomically};
-use crate::models::CausalLm;
+use crate::load::models::CausalLm;
 
 /// Where a run is in its schedule when a checkpoint is taken.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

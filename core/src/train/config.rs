@@ -303,7 +303,7 @@ impl RunConfig {
     /// the layer range must fit the model's layers.
     pub fn validate_for_model(&self) -> Result<()> {
         self.validate()?;
-        let model = crate::models::ModelConfig::of_model(&self.model)?;
+        let model = crate::load::models::ModelConfig::of_model(&self.model)?;
         let n = model.decoder.num_layers;
         if let Some([from, to]) = self.layers
             && to > n

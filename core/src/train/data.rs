@@ -34,7 +34,7 @@ pub fn read_quadruples(path: &Path) -> Result<Vec<Quadruple>> {
         hint: HINT,
     };
     let mut out = Vec::new();
-    for (line, value) in crate::jsonl::read_jsonl::<Value>(path, "quadruple data", HINT)? {
+    for (line, value) in crate::data::jsonl::read_jsonl::<Value>(path, "quadruple data", HINT)? {
         let Some(obj) = value.as_object() else {
             return Err(bad(line, "not a JSON object".into()));
         };

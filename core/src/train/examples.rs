@@ -5,7 +5,7 @@ use super::batch::{
     PreferencePair, SftPairs, TokenizedQuad, clo_rows, dpo_pairs, dpo_rows, sft_pairs,
 };
 use super::config::Method;
-use crate::score::Pair;
+use crate::infer::score::Pair;
 
 /// The examples one stage trains on.
 #[derive(Debug, Clone)]

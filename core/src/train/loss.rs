@@ -1,5 +1,5 @@
 //! The training objectives of method.md section 3, as pure functions of `[batch]` sequence
-//! log-prob tensors (summed over response tokens, see [`crate::score::sequence_logps`]).
+//! log-prob tensors (summed over response tokens, see [`crate::infer::score::sequence_logps`]).
 
 use burn::prelude::*;
 use burn::tensor::activation::log_sigmoid;

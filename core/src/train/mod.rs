@@ -1,4 +1,5 @@
-//! Training: quadruple data, the batcher, the losses, reference log-probs, and the loop.
+//! Training: quadruple data, the batcher, the losses, reference log-probs, the run loop, and
+//! pretraining a model from scratch.
 
 pub mod batch;
 pub mod checkpoint;
@@ -7,6 +8,7 @@ pub mod data;
 pub mod examples;
 pub mod loss;
 pub mod optim;
+pub mod pretrain;
 pub mod reference;
 pub mod run;
 pub mod trainable;

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 
 use super::examples::Examples;
 use crate::error::{CoreError, Result};
-use crate::models::CausalLm;
-use crate::score::{batch_logps, collate};
+use crate::infer::score::{batch_logps, collate};
+use crate::load::models::CausalLm;
 
 /// SHA-256 of every tensor of a model (name, shape and f32 bytes, in name order).
 pub fn weights_digest(model: &CausalLm) -> String {

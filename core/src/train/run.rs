@@ -31,9 +31,9 @@ use crate::fsutil::{
     Claim, DirLock, claim_output, holds_only, refuse_run_dir_output, remove_stale_temps,
     write_atomically, write_json_atomically,
 };
-use crate::models::CausalLm;
-use crate::score::{batch_logps, collate};
-use crate::tokenizer::ChatTokenizer;
+use crate::infer::score::{batch_logps, collate};
+use crate::load::models::CausalLm;
+use crate::load::tokenizer::ChatTokenizer;
 
 /// How a run is driven (not part of its config).
 #[derive(Debug, Clone)]
@@ -721,7 +721,7 @@ pub fn train(
 
 /// The `loss` of the first line of `metrics.jsonl`.
 fn first_logged_loss(path: &std::path::Path) -> Option<f64> {
-    let mut lines = crate::jsonl::Lines::open(path, "run metrics").ok()?;
+    let mut lines = crate::data::jsonl::Lines::open(path, "run metrics").ok()?;
     let (_, line) = lines.next_line()?.ok()?;
     serde_json::from_str::<StepMetrics>(line)
         .ok()

@@ -5,7 +5,7 @@ use burn::module::{Lora, Module, ParamGroup};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
-use crate::models::CausalLm;
+use crate::load::models::CausalLm;
 
 /// Module names LoRA may adapt, as in PEFT's `target_modules`.
 pub const LORA_TARGETS: [&str; 7] = [

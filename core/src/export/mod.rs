@@ -98,13 +98,13 @@ fn claim_gguf_out(run: &Path, out: &Path, force: bool) -> Result<Claim> {
     check_export_paths(run, out)?;
     claim_output(out, "clo export", force, |file| {
         file.is_file()
-            && crate::gguf::GgufFile::read_metadata(file)
+            && crate::load::gguf::GgufFile::read_metadata(file)
                 .is_ok_and(|f| f.get(GGUF_EXPORT_KEY).is_some())
     })
 }
 
-fn gguf_marker(run: &Path, weights: &Path) -> Vec<(String, crate::gguf::Value)> {
-    use crate::gguf::Value::String as S;
+fn gguf_marker(run: &Path, weights: &Path) -> Vec<(String, crate::load::gguf::Value)> {
+    use crate::load::gguf::Value::String as S;
     vec![
         (GGUF_EXPORT_KEY.into(), S(run.display().to_string())),
         (
@@ -127,13 +127,13 @@ pub fn export_gguf(
     run: &Path,
     which: &str,
     out: &Path,
-    ty: crate::gguf::ExportType,
+    ty: crate::load::gguf::ExportType,
     device: &Device,
     force: bool,
 ) -> Result<PathBuf> {
     claim_gguf_out(run, out, force)?;
     let (_, weights, lm, model) = load_merged(run, which, device)?;
-    crate::gguf::write_model(
+    crate::load::gguf::write_model(
         out,
         &model,
         &lm.config,
@@ -157,7 +157,7 @@ pub fn export_gguf_lora(
     claim_gguf_out(run, out, force)?;
     let (config, weights, lm) = load_lora_run(run, which, device, "--gguf-lora", "--gguf")?;
     let tensors = lora_tensors(&lm.model, &weights)?;
-    crate::gguf::write_lora(
+    crate::load::gguf::write_lora(
         out,
         &lm.config,
         config.lora_alpha,
@@ -193,9 +193,9 @@ pub fn export_merged(
 ) -> Result<PathBuf> {
     claim_export_out(run, out, force)?;
     let (config, weights, lm, model) = load_merged(run, which, device)?;
-    let from_gguf = crate::gguf::is_gguf(&config.model);
+    let from_gguf = crate::load::gguf::is_gguf(&config.model);
     let mut hf_config: Value = if from_gguf {
-        crate::gguf::config_json(&config.model)?
+        crate::load::gguf::config_json(&config.model)?
     } else {
         serde_json::from_str(&crate::error::read_to_string(
             &config.model.join("config.json"),
@@ -226,8 +226,8 @@ pub fn export_merged(
 /// Writes a model's weights as `model.safetensors` with Hugging Face tensor names and layouts
 /// (Gemma's norm weights back to `w - 1` when `config` says so).
 pub fn save_safetensors(
-    model: &crate::models::CausalLm,
-    config: &crate::models::DecoderConfig,
+    model: &crate::load::models::CausalLm,
+    config: &crate::load::models::DecoderConfig,
     path: &Path,
 ) -> Result<()> {
     let shifted = shift_for_saving(model, config);
@@ -246,9 +246,9 @@ pub fn save_safetensors(
 
 /// Gemma's norm weights back to the `w - 1` its checkpoints store (`None`: nothing to change).
 fn shift_for_saving(
-    model: &crate::models::CausalLm,
-    config: &crate::models::DecoderConfig,
-) -> Option<crate::models::CausalLm> {
+    model: &crate::load::models::CausalLm,
+    config: &crate::load::models::DecoderConfig,
+) -> Option<crate::load::models::CausalLm> {
     config
         .options
         .norm_weight_offset
@@ -257,8 +257,8 @@ fn shift_for_saving(
 
 /// The bytes of [`save_safetensors`]'s file, built in memory (f32 tensors).
 pub fn safetensors_bytes(
-    model: &crate::models::CausalLm,
-    config: &crate::models::DecoderConfig,
+    model: &crate::load::models::CausalLm,
+    config: &crate::load::models::DecoderConfig,
 ) -> Result<Vec<u8>> {
     let shifted = shift_for_saving(model, config);
     let model = shifted.as_ref().unwrap_or(model);
@@ -273,7 +273,7 @@ pub fn safetensors_bytes(
 
 /// tokenizer.json, tokenizer_config.json (special tokens, template) and chat_template.jinja of
 /// a tokenizer built from a GGUF file, as transformers 5 writes them.
-fn write_tokenizer_files(tok: &crate::tokenizer::ChatTokenizer, to: &Path) -> Result<()> {
+fn write_tokenizer_files(tok: &crate::load::tokenizer::ChatTokenizer, to: &Path) -> Result<()> {
     let text = tok
         .inner()
         .to_string(true)
@@ -298,8 +298,12 @@ fn write_tokenizer_files(tok: &crate::tokenizer::ChatTokenizer, to: &Path) -> Re
 
 /// The tokenizer files of the run's model: copied from its directory, or written from the
 /// tokenizer built from its GGUF file.
-fn tokenizer_files(model: &Path, tok: &crate::tokenizer::ChatTokenizer, to: &Path) -> Result<()> {
-    if crate::gguf::is_gguf(model) {
+fn tokenizer_files(
+    model: &Path,
+    tok: &crate::load::tokenizer::ChatTokenizer,
+    to: &Path,
+) -> Result<()> {
+    if crate::load::gguf::is_gguf(model) {
         write_tokenizer_files(tok, to)
     } else {
         copy_tokenizer_files(model, to)
@@ -326,7 +330,7 @@ fn load_merged(
     RunConfig,
     PathBuf,
     crate::Pretrained,
-    crate::models::CausalLm,
+    crate::load::models::CausalLm,
 )> {
     let config = run_config(run)?;
     let weights = resolve_weights(run, which)?;
@@ -360,9 +364,9 @@ fn load_lora_run(
 /// The LoRA factors of a model in PEFT's names (`model.layers.0.self_attn.q_proj.lora_A`,
 /// without `.weight`) and layouts (`lora_A: [r, in]`, `lora_B: [out, r]`), f32.
 pub fn lora_tensors(
-    model: &crate::models::CausalLm,
+    model: &crate::load::models::CausalLm,
     weights: &Path,
-) -> Result<crate::gguf::HfTensors> {
+) -> Result<crate::load::gguf::HfTensors> {
     let mut tensors = BTreeMap::new();
     for t in model.valid().collect(None, None, false) {
         let Some((base, factor)) = t

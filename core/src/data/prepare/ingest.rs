@@ -123,7 +123,7 @@ fn records(path: &Path, skip_bad: bool, stats: &mut IngestStats) -> Result<Vec<R
             .map(|(i, value)| Record { line: i + 1, value })
             .collect());
     }
-    let mut lines = crate::jsonl::Lines::open(path, "input data")?;
+    let mut lines = crate::data::jsonl::Lines::open(path, "input data")?;
     let mut out = Vec::new();
     let mut any = false;
     while let Some(next) = lines.next_line() {
@@ -195,7 +195,7 @@ fn alpaca(v: &Value, line: usize, tgt: &str) -> std::result::Result<SourcePair, 
         format!("{instruction}\n\n{input}")
     };
     Ok(SourcePair {
-        source_id: crate::jsonl::record_id(v, line),
+        source_id: crate::data::jsonl::record_id(v, line),
         prompt,
         response: text(v, "output")?,
         given: given(v, tgt),
@@ -204,7 +204,7 @@ fn alpaca(v: &Value, line: usize, tgt: &str) -> std::result::Result<SourcePair, 
 
 fn pairs(v: &Value, line: usize, tgt: &str) -> std::result::Result<SourcePair, String> {
     Ok(SourcePair {
-        source_id: crate::jsonl::record_id(v, line),
+        source_id: crate::data::jsonl::record_id(v, line),
         prompt: text(v, "prompt")?,
         response: text(v, "response")?,
         given: given(v, tgt),
@@ -233,7 +233,7 @@ fn sharegpt(v: &Value, line: usize, tgt: &str) -> std::result::Result<SourcePair
         .filter(|t| matches!(role(t).as_str(), "gpt" | "assistant" | "chatgpt" | "bot"))
         .ok_or("the first user turn has no assistant reply after it")?;
     Ok(SourcePair {
-        source_id: crate::jsonl::record_id(v, line),
+        source_id: crate::data::jsonl::record_id(v, line),
         prompt: text(&turns[user], text_key)?,
         response: text(reply, text_key)?,
         given: given(v, tgt),

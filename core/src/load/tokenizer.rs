@@ -142,7 +142,7 @@ impl ChatTokenizer {
         let template = find_chat_template(dir, &config)?;
         #[derive(Deserialize)]
         struct GenerationConfig {
-            eos_token_id: Option<crate::models::TokenIds>,
+            eos_token_id: Option<crate::load::models::TokenIds>,
         }
         let generation_eos = read_optional_json::<GenerationConfig>(
             &dir.join("generation_config.json"),

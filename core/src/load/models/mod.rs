@@ -248,8 +248,8 @@ impl ModelConfig {
 
     /// The config of a model directory (its config.json) or of a GGUF file (its metadata).
     pub fn of_model(model: &Path) -> Result<Self> {
-        if crate::gguf::is_gguf(model) && model.is_file() {
-            crate::gguf::model_config(model)
+        if crate::load::gguf::is_gguf(model) && model.is_file() {
+            crate::load::gguf::model_config(model)
         } else {
             Self::from_file(&model.join("config.json"))
         }

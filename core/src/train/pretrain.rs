@@ -25,9 +25,9 @@ use tokenizers::{AddedToken, TokenizerBuilder};
 
 use crate::error::{CoreError, Result};
 use crate::fsutil::{replace_dir_atomically, write_atomically, write_json_atomically};
-use crate::models::{CausalLm, DecoderConfig, RopeConfig, RopeScaling};
-use crate::score::{Pair, collate, sequence_logps};
-use crate::tokenizer::ChatTokenizer;
+use crate::infer::score::{Pair, collate, sequence_logps};
+use crate::load::models::{CausalLm, DecoderConfig, RopeConfig, RopeScaling};
+use crate::load::tokenizer::ChatTokenizer;
 use crate::train::checkpoint::{load_trainable, save_trainable};
 use crate::train::optim::{Schedule, clip_global_norm};
 
@@ -371,7 +371,7 @@ pub fn write_model_dir(
 
 /// Reads a corpus file: JSONL of `{"text"}` or `{"prompt", "response"}` lines.
 pub fn read_corpus(path: &Path) -> Result<Vec<Doc>> {
-    Ok(crate::jsonl::read_jsonl::<Doc>(
+    Ok(crate::data::jsonl::read_jsonl::<Doc>(
         path,
         "pretraining documents",
         "each line is {\"text\": str} or {\"prompt\": str, \"response\": str}",

@@ -21,7 +21,7 @@ use burn::tensor::DType;
 use serde::Deserialize;
 
 use crate::error::{CoreError, Result};
-use crate::models::{CausalLm, DecoderConfig};
+use crate::load::models::{CausalLm, DecoderConfig};
 
 /// One tensor of a checkpoint, in HF's naming and layout.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,9 +25,9 @@ pub use file::{GgufFile, TensorInfo, TensorOut, Value, write_gguf};
 pub use quant::GgmlType;
 
 use crate::error::{CoreError, Result};
-use crate::models::{CausalLm, Family, ModelConfig};
-use crate::tokenizer::ChatTokenizer;
-use crate::weights::checkpoint_table;
+use crate::load::models::{CausalLm, Family, ModelConfig};
+use crate::load::tokenizer::ChatTokenizer;
+use crate::load::weights::checkpoint_table;
 
 /// f32 tensors by Hugging Face name: PyTorch shape and values.
 pub type HfTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
@@ -461,12 +461,12 @@ pub fn model_metadata(
         ),
     ]);
     match d.rope.scaling {
-        crate::models::RopeScaling::Default => {}
-        crate::models::RopeScaling::Linear { factor } => {
+        crate::load::models::RopeScaling::Default => {}
+        crate::load::models::RopeScaling::Linear { factor } => {
             m.push((k("rope.scaling.type"), Value::String("linear".into())));
             m.push((k("rope.scaling.factor"), Value::F32(factor as f32)));
         }
-        crate::models::RopeScaling::Llama3 { .. } => {
+        crate::load::models::RopeScaling::Llama3 { .. } => {
             return Err(CoreError::Gguf {
                 path: source.to_path_buf(),
                 message: "Llama 3.1 RoPE scaling is written by llama.cpp as a rope_freqs tensor, which clo does not write yet".into(),

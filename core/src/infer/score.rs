@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
-use crate::models::CausalLm;
+use crate::load::models::CausalLm;
 
 /// Per-token and summed log-probabilities of `labels` under `logits`, counting only positions
 /// where `mask` is 1. Logits at position t must already predict `labels[t]` (shifted by the
@@ -194,7 +194,7 @@ pub enum ScoreRecord {
 /// Returns the records with their line numbers.
 pub fn read_score_input(path: &std::path::Path) -> crate::Result<Vec<(usize, ScoreRecord)>> {
     use crate::CoreError;
-    let mut lines = crate::jsonl::Lines::open(path, "score input")?;
+    let mut lines = crate::data::jsonl::Lines::open(path, "score input")?;
     let mut records = Vec::new();
     while let Some(next) = lines.next_line() {
         let (n, line) = next?;

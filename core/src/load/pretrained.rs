@@ -6,9 +6,9 @@ use burn::prelude::*;
 use serde::Serialize;
 
 use crate::error::{CoreError, Result};
-use crate::models::{CausalLm, ModelConfig};
-use crate::tokenizer::ChatTokenizer;
-use crate::weights::{checkpoint_files, load_weights, read_header};
+use crate::load::models::{CausalLm, ModelConfig};
+use crate::load::tokenizer::ChatTokenizer;
+use crate::load::weights::{checkpoint_files, load_weights, read_header};
 
 /// A loaded model: architecture, weights on a device, tokenizer.
 #[derive(Debug)]
@@ -56,8 +56,8 @@ pub struct Summary {
 
 /// Reads config and tokenizer and checks that they agree; no weights are read.
 fn config_and_tokenizer(dir: &Path) -> Result<(ModelConfig, ChatTokenizer)> {
-    if crate::gguf::is_gguf(dir) && dir.is_file() {
-        let (_, config, tokenizer) = crate::gguf::read_config_and_tokenizer(dir)?;
+    if crate::load::gguf::is_gguf(dir) && dir.is_file() {
+        let (_, config, tokenizer) = crate::load::gguf::read_config_and_tokenizer(dir)?;
         return Ok((config, tokenizer));
     }
     if !dir.is_dir() {
@@ -86,8 +86,8 @@ impl Pretrained {
 
     /// Loads a model directory, or a GGUF file, onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        if crate::gguf::is_gguf(dir) && dir.is_file() {
-            let (config, model, tokenizer) = crate::gguf::load(dir, device)?;
+        if crate::load::gguf::is_gguf(dir) && dir.is_file() {
+            let (config, model, tokenizer) = crate::load::gguf::load(dir, device)?;
             return Ok(Self {
                 dir: dir.to_path_buf(),
                 config,
@@ -111,9 +111,10 @@ impl Pretrained {
 
     /// Describes a model directory from its files, without loading the weights.
     pub fn summarize(dir: &Path) -> Result<Summary> {
-        let (config, tokenizer, files, dtypes) = if crate::gguf::is_gguf(dir) && dir.is_file() {
-            let (file, config, tokenizer) = crate::gguf::read_config_and_tokenizer(dir)?;
-            let types = crate::gguf::tensor_types(&file);
+        let (config, tokenizer, files, dtypes) = if crate::load::gguf::is_gguf(dir) && dir.is_file()
+        {
+            let (file, config, tokenizer) = crate::load::gguf::read_config_and_tokenizer(dir)?;
+            let types = crate::load::gguf::tensor_types(&file);
             (config, tokenizer, vec![dir.to_path_buf()], types)
         } else {
             let (config, tokenizer) = config_and_tokenizer(dir)?;

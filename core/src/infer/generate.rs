@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::models::{CausalLm, KvCache};
+use crate::load::models::{CausalLm, KvCache};
 
 /// How tokens are chosen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,5 @@
+//! Data before training: bounded JSONL reading (`jsonl`) and English SFT data turned into
+//! quadruples (`prepare`).
+
+pub mod jsonl;
+pub mod prepare;
