@@ -15,8 +15,8 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub message: String,
-    /// `invalid_request`, `unauthorized`, `not_found`, `conflict`, `payload_too_large`,
-    /// `internal`.
+    /// `invalid_request`, `unauthorized`, `not_found`, `conflict`, `unsupported`,
+    /// `payload_too_large`, `method_not_allowed`, `unavailable`, `internal`.
     #[serde(rename = "type")]
     pub kind: String,
 }

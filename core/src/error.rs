@@ -3,6 +3,23 @@
 
 use std::path::{Path, PathBuf};
 
+/// What kind of failure an error is, for callers that map errors to outcomes (the server's
+/// HTTP statuses, exit codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Something named does not exist (a model, a file, a checkpoint).
+    NotFound,
+    /// The input is malformed or inconsistent; the message names where.
+    InvalidInput,
+    /// Well-formed, but clo does not support it (a model type, a tensor type, a scaling).
+    Unsupported,
+    /// Busy or exhausted: a lock held by another process, a full disk, an endpoint that failed.
+    Resource,
+    /// A failure of clo or the system that the input does not explain.
+    Internal,
+}
+
 /// Errors of the core library.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
@@ -169,6 +186,39 @@ impl CoreError {
     }
 }
 
+impl CoreError {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        use std::io::ErrorKind as Io;
+        match self {
+            CoreError::MissingFile { .. } => ErrorKind::NotFound,
+            CoreError::Io { cause, .. } => match cause.kind() {
+                Io::NotFound => ErrorKind::NotFound,
+                Io::StorageFull | Io::QuotaExceeded | Io::OutOfMemory | Io::ResourceBusy => {
+                    ErrorKind::Resource
+                }
+                Io::InvalidData | Io::InvalidInput | Io::UnexpectedEof => ErrorKind::InvalidInput,
+                _ => ErrorKind::Internal,
+            },
+            CoreError::Locked { .. } | CoreError::Endpoint { .. } => ErrorKind::Resource,
+            CoreError::UnsupportedConfig { .. } => ErrorKind::Unsupported,
+            CoreError::NonFinite { .. } => ErrorKind::Internal,
+            CoreError::OutputExists { .. }
+            | CoreError::OutputInRun { .. }
+            | CoreError::TooLong { .. }
+            | CoreError::Json { .. }
+            | CoreError::Safetensors { .. }
+            | CoreError::Gguf { .. }
+            | CoreError::Weights { .. }
+            | CoreError::VocabMismatch { .. }
+            | CoreError::Tokenizer { .. }
+            | CoreError::Template { .. }
+            | CoreError::Input { .. }
+            | CoreError::Invalid(_) => ErrorKind::InvalidInput,
+        }
+    }
+}
+
 /// The next step for a missing file: model files get the model directory's layout, everything
 /// else a plain check of the path.
 fn missing_hint(what: &str) -> &'static str {
@@ -201,4 +251,31 @@ pub(crate) fn read_to_string(path: &Path, what: &'static str) -> Result<String> 
         });
     }
     std::fs::read_to_string(path).map_err(|e| CoreError::io("read", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_have_kinds() {
+        let missing = CoreError::MissingFile {
+            path: "m".into(),
+            what: "model config",
+        };
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        assert_eq!(
+            CoreError::Invalid("x".into()).kind(),
+            ErrorKind::InvalidInput
+        );
+        let locked = CoreError::Locked {
+            path: "r".into(),
+            pid: "1".into(),
+        };
+        assert_eq!(locked.kind(), ErrorKind::Resource);
+        let io = |k| CoreError::io("read", Path::new("f"), std::io::Error::from(k)).kind();
+        assert_eq!(io(std::io::ErrorKind::NotFound), ErrorKind::NotFound);
+        assert_eq!(io(std::io::ErrorKind::StorageFull), ErrorKind::Resource);
+        assert_eq!(io(std::io::ErrorKind::Other), ErrorKind::Internal);
+    }
 }

@@ -112,12 +112,10 @@ fn load(s: &Shared, name: &str) -> Result<Arc<Pretrained>, ApiError> {
         let dir = s.workdir.join("runs").join(run);
         let config = clo_core::train::RunConfig::from_file(&dir.join("config.toml"))
             .map_err(|_| ApiError::not_found(format!("no trained run {run:?}")))?;
-        let weights = clo_core::export::resolve_weights(&dir, "best")
-            .map_err(|e| ApiError::bad(e.to_string()))?;
-        clo_core::train::checkpoint::load_trained(&config, &weights, &s.device)
-            .map_err(ApiError::internal)?
+        let weights = clo_core::export::resolve_weights(&dir, "best")?;
+        clo_core::train::checkpoint::load_trained(&config, &weights, &s.device)?
     } else {
-        Pretrained::load(&s.model_dir(name)?, &s.device).map_err(ApiError::internal)?
+        Pretrained::load(&s.model_dir(name)?, &s.device)?
     };
     let lm = Arc::new(lm);
     s.chat
@@ -145,7 +143,7 @@ fn sampling(req: &ChatRequest) -> Result<SamplingConfig, ApiError> {
         seed: req.seed.unwrap_or(0),
         max_new_tokens: req.max_tokens.unwrap_or(256),
     };
-    c.validate().map_err(|e| ApiError::bad(e.to_string()))?;
+    c.validate()?;
     if c.max_new_tokens > 4096 {
         return Err(ApiError::bad("max_tokens must be 1..=4096"));
     }
@@ -182,10 +180,7 @@ pub async fn completions(
         .iter()
         .map(|m| (m.role.as_str(), m.content.as_str()))
         .collect();
-    let prompt = lm
-        .tokenizer
-        .chat_ids(&conversation)
-        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let prompt = lm.tokenizer.chat_ids(&conversation)?;
     // Refused before any forward pass; the answer is capped to what the context leaves.
     config.max_new_tokens = fit_to_context(
         "messages",
@@ -193,8 +188,7 @@ pub async fn completions(
         config.max_new_tokens,
         lm.context(),
         s.gens.limits.max_prompt_tokens,
-    )
-    .map_err(|e| ApiError::bad(e.to_string()))?;
+    )?;
     let permit = s.gens.slot().await?;
     let id = s.gens.id();
     let model = req.model.clone();

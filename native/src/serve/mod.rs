@@ -125,6 +125,26 @@ impl ApiError {
     }
 }
 
+/// A core error answers with the status of its kind: not found 404, invalid input 400,
+/// unsupported 422, a lock held elsewhere 409, another busy or exhausted resource 503 (with
+/// Retry-After), internal 500.
+impl From<clo_core::CoreError> for ApiError {
+    fn from(e: clo_core::CoreError) -> Self {
+        use clo_core::error::ErrorKind;
+        let status = match e.kind() {
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+            ErrorKind::Unsupported => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Resource if matches!(e, clo_core::CoreError::Locked { .. }) => {
+                StatusCode::CONFLICT
+            }
+            ErrorKind::Resource => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let kind = match self.0 {
@@ -132,6 +152,7 @@ impl IntoResponse for ApiError {
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::CONFLICT => "conflict",
+            StatusCode::UNPROCESSABLE_ENTITY => "unsupported",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
@@ -462,7 +483,7 @@ async fn inspect_model(
     let dir = s.model_dir(&name)?;
     clo_core::Pretrained::summarize(&dir)
         .map(Json)
-        .map_err(ApiError::internal)
+        .map_err(ApiError::from)
 }
 
 fn count_lines(path: &Path) -> usize {
@@ -527,8 +548,7 @@ async fn dataset_page(
     if q.limit == 0 || q.limit > 500 {
         return Err(ApiError::bad("limit must be 1..=500"));
     }
-    let quads =
-        clo_core::train::data::read_quadruples(&path).map_err(|e| ApiError::bad(e.to_string()))?;
+    let quads = clo_core::train::data::read_quadruples(&path).map_err(ApiError::from)?;
     let langs: Vec<String> = {
         let mut l: Vec<String> = quads.iter().map(|q| q.lang.clone()).collect();
         l.push("en".into());
@@ -727,6 +747,75 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    /// Each kind of core error answers with its own status and error kind in the body.
+    #[tokio::test]
+    async fn core_error_kinds_map_to_statuses() {
+        use clo_core::CoreError;
+        let io = |kind| CoreError::Io {
+            action: "read",
+            path: "x".into(),
+            cause: std::io::Error::from(kind),
+        };
+        let cases = [
+            (
+                CoreError::MissingFile {
+                    path: "m".into(),
+                    what: "model config",
+                },
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                io(std::io::ErrorKind::NotFound),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                CoreError::Invalid("bad".into()),
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                CoreError::UnsupportedConfig {
+                    path: "c".into(),
+                    field: "model_type",
+                    value: "\"gpt2\"".into(),
+                    supported: "llama",
+                },
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported",
+            ),
+            (
+                CoreError::Locked {
+                    path: "r".into(),
+                    pid: "7".into(),
+                },
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                io(std::io::ErrorKind::StorageFull),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+            (
+                io(std::io::ErrorKind::PermissionDenied),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+        ];
+        for (err, status, kind) in cases {
+            let message = err.to_string();
+            let res = ApiError::from(err).into_response();
+            assert_eq!(res.status(), status, "{message}");
+            let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["type"], kind, "{message}: {v}");
+        }
+    }
 
     fn app(token: Option<&str>) -> (tempfile::TempDir, Router) {
         let dir = tempfile::tempdir().unwrap();

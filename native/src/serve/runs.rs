@@ -210,9 +210,7 @@ fn resolve(s: &Shared, req: &RunRequest) -> Result<RunConfig, ApiError> {
     config.data = s.dataset_path(&req.dataset)?;
     // Checked now, not when the run starts: the settings and what needs the model's config.json
     // (the layer range).
-    config
-        .validate_for_model()
-        .map_err(|e| ApiError::bad(e.to_string()))?;
+    config.validate_for_model()?;
     Ok(config)
 }
 
@@ -403,8 +401,7 @@ pub async fn export(
         )
     })
     .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| ApiError::bad(e.to_string()))?;
+    .map_err(ApiError::internal)??;
     Ok(Json(ExportResponse {
         model,
         from: weights.display().to_string(),
