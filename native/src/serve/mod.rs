@@ -404,6 +404,7 @@ pub fn router(state: Shared, web_dir: Option<&Path>) -> Router {
         .route("/api/runs", get(runs::list).post(runs::create))
         .route("/api/runs/{name}", get(runs::status))
         .route("/api/runs/{name}/cancel", post(runs::cancel))
+        .route("/api/runs/{name}/resume", post(runs::resume))
         .route("/api/runs/{name}/metrics", get(runs::metrics))
         .route("/api/runs/{name}/checkpoints", get(runs::checkpoints))
         .route("/api/runs/{name}/export", post(runs::export))
@@ -1454,6 +1455,97 @@ mod tests {
         assert_eq!(info["steps_done"], 2);
         let (_, info) = call(&restarted, get("/api/runs/crashed")).await;
         assert!(info["error"].as_str().unwrap().contains("server stopped"));
+    }
+
+    /// A run cut short by a server stop (its status left `running`, checkpoints on disk) is
+    /// `interrupted` after a restart, resumes through `POST /api/runs/NAME/resume`, and ends with
+    /// the weights of the same run trained without a stop. A finished run does not resume.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_interrupted_run_resumes_to_the_uninterrupted_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data/quads.jsonl");
+        std::fs::create_dir_all(work.join("datasets")).unwrap();
+        std::fs::copy(&data, work.join("datasets/quads.jsonl")).unwrap();
+        let app = router(state_in(&work), None);
+        let new_run = |name: &str| {
+            post(
+                "/api/runs",
+                serde_json::json!({"name": name, "model": "qwen2", "dataset": "quads",
+                                   "config": {"steps": 6, "batch_size": 2, "save_every": 1}}),
+            )
+        };
+        let (status, _) = call(&app, new_run("whole")).await;
+        assert_eq!(status, StatusCode::CREATED);
+        wait_for_state(&app, "whole", "finished").await;
+        let (status, body) =
+            call(&app, post("/api/runs/whole/resume", serde_json::json!({}))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+        let (status, _) = call(&app, new_run("cut")).await;
+        assert_eq!(status, StatusCode::CREATED);
+        // Stop it after two steps, then leave it as a crash would: `running` on disk.
+        loop {
+            let (_, info) = call(&app, get("/api/runs/cut")).await;
+            if info["steps_done"].as_u64().unwrap() >= 2 || info["state"] == "finished" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        call(&app, post("/api/runs/cut/cancel", serde_json::json!({}))).await;
+        let info = wait_for_state(&app, "cut", "cancelled").await;
+        let done = info["steps_done"].as_u64().unwrap();
+        assert!((2..6).contains(&done), "stopped after {done} steps");
+        std::fs::write(
+            work.join("runs/cut/status.json"),
+            r#"{"state": "running", "error": null}"#,
+        )
+        .unwrap();
+
+        let restarted = router(state_in(&work), None);
+        let (_, info) = call(&restarted, get("/api/runs/cut")).await;
+        assert_eq!(info["state"], "interrupted");
+        let (status, info) = call(
+            &restarted,
+            post("/api/runs/cut/resume", serde_json::json!({})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{info}");
+        let info = wait_for_state(&restarted, "cut", "finished").await;
+        assert_eq!(info["steps_done"], 6);
+        // The trained tensors of each run's last checkpoint.
+        let weights = |run: &str| {
+            let dir = work.join("runs").join(run);
+            let config = clo_core::train::RunConfig::from_file(&dir.join("config.toml")).unwrap();
+            let last = clo_core::train::checkpoint::RunDir::new(&dir)
+                .latest_checkpoint()
+                .unwrap();
+            let lm =
+                clo_core::train::checkpoint::load_trained(&config, &last, &Device::flex()).unwrap();
+            let mut out = Vec::new();
+            for t in burn::store::ModuleSnapshot::collect(&lm.model, None, None, false) {
+                if t.name.contains("self_attn") {
+                    out.push((t.name.clone(), t.to_bytes().unwrap()));
+                }
+            }
+            (last, out)
+        };
+        let ((cut_at, cut), (whole_at, whole)) = (weights("cut"), weights("whole"));
+        assert_eq!(cut.len(), whole.len());
+        for ((name, a), (_, b)) in cut.iter().zip(&whole) {
+            assert!(
+                a == b,
+                "{name} differs: {} vs {}",
+                cut_at.display(),
+                whole_at.display()
+            );
+        }
+        let (status, _) = call(
+            &restarted,
+            post("/api/runs/ghost/resume", serde_json::json!({})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
     /// The `openai:` specs of `clo prepare` and `clo eval judge` work against `clo serve`:

@@ -279,6 +279,40 @@ pub async fn cancel(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> 
     info(&s, &name).map(Json)
 }
 
+/// `POST /api/runs/NAME/resume`: queues an interrupted, cancelled or failed run again; it
+/// continues from its newest checkpoint (as `clo train --resume` does), so it ends with the
+/// weights an uninterrupted run would have. A queued, running or finished run answers 409.
+pub async fn resume(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> ApiResult<RunInfo> {
+    let current = info(&s, &name)?;
+    if !matches!(
+        current.state,
+        RunState::Interrupted | RunState::Cancelled | RunState::Failed
+    ) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "run {name:?} is {:?}; only an interrupted, cancelled or failed run resumes",
+                current.state
+            )
+            .to_lowercase(),
+        ));
+    }
+    let dir = run_dir(&s, &name);
+    {
+        let mut inner = s.jobs.inner.lock().expect("jobs lock");
+        if inner.queue.contains(&name) || inner.cancel.contains_key(&name) {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("run {name:?} is already queued or running"),
+            ));
+        }
+        write_status(&dir, RunState::Queued, None);
+        inner.queue.push_back(name.clone());
+    }
+    s.jobs.wake.notify_all();
+    info(&s, &name).map(Json)
+}
+
 /// Server-Sent Events: every line of `metrics.jsonl` as a `metric` event (from the first, then
 /// as they are written), and an `end` event with the final state.
 pub async fn metrics(
