@@ -1,6 +1,6 @@
 // The web UI in a real browser (Debian's chromium through playwright-core) against a real
 // `clo serve --toy --token T` on loopback: the token, a short run created from the form with
-// its chart fed live over SSE, the data page, a streamed playground reply, two models side by
+// its chart fed live over SSE, a cancelled run resumed from its page, the data page, a streamed playground reply, two models side by
 // side, and the evals report. Screenshots go to CLO_E2E_ARTIFACTS.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -96,6 +96,28 @@ test('a finished run exports a model', async () => {
   assert.equal(await page.inputValue('input[name=model_name]'), `${RUN}-hf`);
   await page.getByRole('button', { name: 'Export', exact: true }).click();
   await page.getByText(`as model ${RUN}-hf`).waitFor();
+});
+
+test('a cancelled run resumes from its page', async () => {
+  const api = (path, body) => page.evaluate(async ([path, body, token]) => {
+    const res = await fetch(path, { method: 'POST', body: JSON.stringify(body),
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` } });
+    return { status: res.status, body: await res.json() };
+  }, [path, body, token]);
+  const created = await api('/api/runs', { name: 'e2e-resume', model: 'toy', dataset: 'toy',
+    config: { steps: 5000, batch_size: 2, save_every: 1 } });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  await api('/api/runs/e2e-resume/cancel', {});
+  await page.goto(`${base}/runs/e2e-resume`);
+  await page.waitForFunction(() =>
+    document.querySelector('[data-testid=state]')?.textContent === 'cancelled', null, { timeout: 120_000 });
+  await page.getByRole('button', { name: 'Resume', exact: true }).click();
+  await page.waitForFunction(() =>
+    ['queued', 'running'].includes(document.querySelector('[data-testid=state]')?.textContent), null,
+    { timeout: 30_000 });
+  await shot('run-resumed');
+  // Stop it again so that it does not slow the tests that follow.
+  await api('/api/runs/e2e-resume/cancel', {});
 });
 
 test('the data page shows quadruples side by side with language flags', async () => {

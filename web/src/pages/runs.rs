@@ -297,8 +297,11 @@ pub fn RunPage() -> impl IntoView {
     let streaming = RwSignal::new(false);
 
     // The metrics arrive as Server-Sent Events: every step so far, then each new one.
+    // Bumped by Resume, so that the metrics stream starts over for the resumed run.
+    let resumed = RwSignal::new(0u32);
     Effect::new(move |_| {
         let n = name.get();
+        resumed.track();
         points.set(Vec::new());
         stream_error.set(None);
         let controller = web_sys::AbortController::new().ok();
@@ -353,6 +356,17 @@ pub fn RunPage() -> impl IntoView {
         });
     };
 
+    let resume = move |_| {
+        let n = name.get_untracked();
+        spawn_local(async move {
+            let path = format!("/api/runs/{}/resume", seg(&n));
+            match api::post::<_, RunInfo>(&path, &()).await {
+                Ok(_) => resumed.update(|r| *r += 1),
+                Err(e) => action_error.set(Some(e)),
+            }
+        });
+    };
+
     view! {
         <h1>"Run " <code>{move || name.get()}</code></h1>
         {move || match info.get() {
@@ -371,6 +385,10 @@ pub fn RunPage() -> impl IntoView {
                     </dl>
                     {run.error.clone().map(|e| view! { <p class="error">{e}</p> })}
                     {active.then(|| view! { <button class="danger" on:click=cancel>"Cancel run"</button> })}
+                    {matches!(run.state, RunState::Interrupted | RunState::Cancelled | RunState::Failed)
+                        .then(|| view! {
+                            <button on:click=resume title="Continue from the newest checkpoint">"Resume"</button>
+                        })}
                     {run.summary.clone().map(|s| view! {
                         <details><summary>"Summary"</summary>
                             <pre>{serde_json::to_string_pretty(&s).unwrap_or_default()}</pre>
