@@ -1457,6 +1457,67 @@ mod tests {
         assert!(info["error"].as_str().unwrap().contains("server stopped"));
     }
 
+    /// A subscriber gets the steps already in metrics.jsonl, then the steps the run announces on
+    /// its in-process channel as they happen (a step in both is sent once), then `end`.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn run_metrics_stream_from_the_channel_after_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let state = state_in(&work);
+        let app = router(state.clone(), None);
+        // A run the worker does not know (not queued): its channel is fed by hand.
+        let run = work.join("runs/live");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(
+            run.join("status.json"),
+            r#"{"state": "running", "error": null}"#,
+        )
+        .unwrap();
+        let line = |step: usize| format!(r#"{{"step":{step},"stage":"clo","loss":{step}.5}}"#);
+        std::fs::write(
+            run.join("metrics.jsonl"),
+            format!("{}\n{}\n", line(0), line(1)),
+        )
+        .unwrap();
+        let tx = state.jobs.channel("live");
+        let res = app
+            .clone()
+            .oneshot(get("/api/runs/live/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = tokio::spawn(axum::body::to_bytes(res.into_body(), 1 << 20));
+        // Step 1 again (the file has it), then two new ones that no file holds, then the end.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        for step in [1, 2, 3] {
+            tx.send(runs::Live::Metric(line(step))).unwrap();
+        }
+        tx.send(runs::Live::End(clo_core::api::RunState::Finished))
+            .unwrap();
+        let body = tokio::time::timeout(std::time::Duration::from_secs(10), body)
+            .await
+            .expect("the stream ends after `end`")
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let data: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(
+            data,
+            vec![
+                line(0).as_str(),
+                line(1).as_str(),
+                line(2).as_str(),
+                line(3).as_str(),
+                "\"finished\""
+            ],
+            "{text}"
+        );
+        assert!(text.contains("event: end"), "{text}");
+    }
+
     /// A run cut short by a server stop (its status left `running`, checkpoints on disk) is
     /// `interrupted` after a restart, resumes through `POST /api/runs/NAME/resume`, and ends with
     /// the weights of the same run trained without a stop. A finished run does not resume.

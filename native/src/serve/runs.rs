@@ -7,7 +7,6 @@ use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path as UrlPath, State};
@@ -15,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use clo_core::api::{CheckpointInfo, ExportRequest, ExportResponse, RunInfo, RunRequest, RunState};
 use clo_core::train::checkpoint::RunDir;
-use clo_core::train::{Outcome, RunConfig, TrainOptions, train};
+use clo_core::train::{Outcome, Progress, RunConfig, TrainOptions, train};
 use futures_util::stream::Stream;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +24,42 @@ use super::{ApiError, ApiResult, JsonBody, Shared, check_name};
 pub struct Jobs {
     inner: Mutex<Inner>,
     wake: Condvar,
+    /// Per queued or running run, the channel its steps are announced on as they happen.
+    live: Mutex<HashMap<String, tokio::sync::broadcast::Sender<Live>>>,
+}
+
+/// What a run announces to its SSE subscribers.
+#[derive(Debug, Clone)]
+pub enum Live {
+    /// A `metrics.jsonl` line (without its newline), sent once it is written.
+    Metric(String),
+    /// The run ended (finished, cancelled, failed).
+    End(RunState),
+}
+
+impl Jobs {
+    /// The channel of a queued or running run (made on first use).
+    pub fn channel(&self, name: &str) -> tokio::sync::broadcast::Sender<Live> {
+        self.live
+            .lock()
+            .expect("live lock")
+            .entry(name.to_string())
+            .or_insert_with(|| tokio::sync::broadcast::channel(4096).0)
+            .clone()
+    }
+
+    /// A subscription to a run's channel, when the run is queued or running.
+    fn subscribe(&self, name: &str) -> Option<tokio::sync::broadcast::Receiver<Live>> {
+        let live = self.live.lock().expect("live lock");
+        live.get(name).map(|tx| tx.subscribe())
+    }
+
+    /// Announces the end of a run and closes its channel.
+    fn end(&self, name: &str, state: RunState) {
+        if let Some(tx) = self.live.lock().expect("live lock").remove(name) {
+            let _ = tx.send(Live::End(state));
+        }
+    }
 }
 
 #[derive(Default)]
@@ -65,7 +100,10 @@ pub fn start(s: &Shared) -> anyhow::Result<()> {
         for name in names {
             let dir = run_dir(s, &name);
             match read_status(&dir).map(|st| st.state) {
-                Some(RunState::Queued) => inner.queue.push_back(name),
+                Some(RunState::Queued) => {
+                    s.jobs.channel(&name);
+                    inner.queue.push_back(name)
+                }
                 Some(RunState::Running) => write_status(
                     &dir,
                     RunState::Interrupted,
@@ -94,24 +132,38 @@ fn worker(s: Shared) {
             (name, flag)
         };
         let dir = run_dir(&s, &name);
+        let live = s.jobs.channel(&name);
         let result = (|| -> anyhow::Result<RunState> {
             let config = RunConfig::from_file(&dir.join("run.toml"))?;
             write_status(&dir, RunState::Running, None);
             let mut opts = TrainOptions::new(&dir, s.workdir.join("cache"));
             opts.cancel = Some(cancel);
             opts.resume = dir.join("config.toml").exists();
-            Ok(match train(&config, &opts, &s.device, &mut |_| {})? {
+            // Each step goes to the subscribers as soon as metrics.jsonl has it.
+            let mut announce = |p: Progress| {
+                if let Progress::Step(m) = p
+                    && let Ok(line) = serde_json::to_string(m)
+                {
+                    let _ = live.send(Live::Metric(line));
+                }
+            };
+            Ok(match train(&config, &opts, &s.device, &mut announce)? {
                 Outcome::Finished(_) => RunState::Finished,
                 Outcome::Cancelled { .. } => RunState::Cancelled,
             })
         })();
-        match result {
-            Ok(state) => write_status(&dir, state, None),
+        let state = match result {
+            Ok(state) => {
+                write_status(&dir, state, None);
+                state
+            }
             Err(e) => {
                 tracing::warn!(run = %name, "run failed: {e:#}");
                 write_status(&dir, RunState::Failed, Some(format!("{e:#}")));
+                RunState::Failed
             }
-        }
+        };
+        s.jobs.end(&name, state);
         s.jobs.inner.lock().expect("jobs lock").cancel.remove(&name);
     }
 }
@@ -253,6 +305,7 @@ pub async fn create(
     write_status(&dir, RunState::Queued, None);
     {
         let mut inner = s.jobs.inner.lock().expect("jobs lock");
+        s.jobs.channel(&name);
         inner.queue.push_back(name.clone());
         s.jobs.wake.notify_one();
     }
@@ -266,6 +319,7 @@ pub async fn cancel(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> 
     if let Some(pos) = inner.queue.iter().position(|n| *n == name) {
         inner.queue.remove(pos);
         write_status(&dir, RunState::Cancelled, None);
+        s.jobs.end(&name, RunState::Cancelled);
     } else if let Some(flag) = inner.cancel.get(&name) {
         // The run stops after its current step, with a checkpoint.
         flag.store(true, Ordering::Relaxed);
@@ -307,49 +361,102 @@ pub async fn resume(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> 
             ));
         }
         write_status(&dir, RunState::Queued, None);
+        s.jobs.channel(&name);
         inner.queue.push_back(name.clone());
     }
     s.jobs.wake.notify_all();
     info(&s, &name).map(Json)
 }
 
-/// Server-Sent Events: every line of `metrics.jsonl` as a `metric` event (from the first, then
-/// as they are written), and an `end` event with the final state.
+/// Server-Sent Events: every line of `metrics.jsonl` as a `metric` event, and an `end` event
+/// with the final state. A subscriber first gets the lines already written (the file is the
+/// replay log), then the run's steps from its in-process channel as they happen; steps it has
+/// seen in the file are not sent twice. A subscriber that falls behind the channel catches up
+/// from the file.
 pub async fn metrics(
     State(s): State<Shared>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     info(&s, &name)?;
     let dir = run_dir(&s, &name);
-    // State: the run directory, bytes of metrics.jsonl already sent, whether `end` was sent.
+    // Subscribed before the file is read, so that no step falls between the two.
+    let live = s.jobs.subscribe(&name);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
+    tokio::spawn(async move {
+        let metric = |line: &str| Event::default().event("metric").data(line);
+        let mut seen: Option<usize> = None; // the last step sent
+        let mut offset = 0u64;
+        // Sends the whole lines of metrics.jsonl from `offset` whose step is new.
+        let replay = async |offset: &mut u64, seen: &mut Option<usize>| -> bool {
+            let fresh = read_from(&dir.join("metrics.jsonl"), *offset);
+            let Some(end) = fresh.rfind('\n') else {
+                return true;
+            };
+            *offset += end as u64 + 1;
+            for line in fresh[..end].lines() {
+                let step = step_of(line);
+                if step.is_some() && step <= *seen {
+                    continue;
+                }
+                *seen = step.or(*seen);
+                if tx.send(metric(line)).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        if !replay(&mut offset, &mut seen).await {
+            return;
+        }
+        let final_state = match live {
+            Some(mut rx) => loop {
+                match rx.recv().await {
+                    Ok(Live::Metric(line)) => {
+                        let step = step_of(&line);
+                        if step.is_some() && step <= seen {
+                            continue;
+                        }
+                        seen = step.or(seen);
+                        if tx.send(metric(&line)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Live::End(state)) => break Some(state),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if !replay(&mut offset, &mut seen).await {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break None,
+                }
+            },
+            None => None,
+        };
+        // Lines written after the last announcement (or by a run with no channel) and the end.
+        if !replay(&mut offset, &mut seen).await {
+            return;
+        }
+        let state = final_state.or_else(|| read_status(&dir).map(|st| st.state));
+        if state.is_some_and(RunState::is_done) {
+            let data = serde_json::to_string(&state).unwrap_or_default();
+            let _ = tx.send(Event::default().event("end").data(data)).await;
+        }
+    });
     let stream =
-        futures_util::stream::unfold((dir, 0u64, false), |(dir, offset, ended)| async move {
-            if ended {
-                return None;
-            }
-            loop {
-                let done = read_status(&dir).is_some_and(|st| st.state.is_done());
-                let fresh = read_from(&dir.join("metrics.jsonl"), offset);
-                // Only whole lines: a line being written has no newline yet.
-                if let Some(end) = fresh.rfind('\n') {
-                    let events: Vec<Result<Event, Infallible>> = fresh[..end]
-                        .lines()
-                        .map(|l| Ok(Event::default().event("metric").data(l)))
-                        .collect();
-                    let offset = offset + end as u64 + 1;
-                    return Some((futures_util::stream::iter(events), (dir, offset, false)));
-                }
-                if done {
-                    let state = read_status(&dir).map(|st| st.state);
-                    let data = serde_json::to_string(&state).unwrap_or_default();
-                    let end = vec![Ok(Event::default().event("end").data(data))];
-                    return Some((futures_util::stream::iter(end), (dir, offset, true)));
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        });
-    use futures_util::StreamExt;
-    Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+        );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The `step` of a metrics line.
+fn step_of(line: &str) -> Option<usize> {
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()?
+        .get("step")?
+        .as_u64()
+        .map(|s| s as usize)
 }
 
 /// The text of a file from byte `offset` on (empty when missing or shorter).
