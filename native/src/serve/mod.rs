@@ -326,7 +326,6 @@ impl AppState {
             token,
             device,
         });
-        runs::start(&state)?;
         Ok(state)
     }
 
@@ -438,7 +437,22 @@ pub fn router(state: Shared, web_dir: Option<&Path>) -> Router {
     }
 }
 
+/// Runs file, model and language-ID work on tokio's blocking pool, off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(ApiError::internal)?
+        .map(Json)
+}
+
 async fn list_models(State(s): State<Shared>) -> ApiResult<Vec<ModelInfo>> {
+    blocking(move || Ok(models_of(&s))).await
+}
+
+/// The models of `--model`, `WORKDIR/models/` and the finished runs (reads their headers).
+fn models_of(s: &Shared) -> Vec<ModelInfo> {
     let mut out = Vec::new();
     let mut dirs: Vec<(String, PathBuf)> = s.models.clone().into_iter().collect();
     if let Ok(rd) = std::fs::read_dir(s.workdir.join("models")) {
@@ -466,7 +480,7 @@ async fn list_models(State(s): State<Shared>) -> ApiResult<Vec<ModelInfo>> {
             num_parameters: summary.map(|s| s.num_parameters),
         });
     }
-    for run in runs::finished_runs(&s) {
+    for run in runs::finished_runs(s) {
         out.push(ModelInfo {
             name: format!("run:{run}"),
             source: "run".into(),
@@ -474,7 +488,7 @@ async fn list_models(State(s): State<Shared>) -> ApiResult<Vec<ModelInfo>> {
             num_parameters: None,
         });
     }
-    Ok(Json(out))
+    out
 }
 
 async fn inspect_model(
@@ -482,9 +496,7 @@ async fn inspect_model(
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<clo_core::Summary> {
     let dir = s.model_dir(&name)?;
-    clo_core::Pretrained::summarize(&dir)
-        .map(Json)
-        .map_err(ApiError::from)
+    blocking(move || clo_core::Pretrained::summarize(&dir).map_err(ApiError::from)).await
 }
 
 fn count_lines(path: &Path) -> usize {
@@ -494,6 +506,11 @@ fn count_lines(path: &Path) -> usize {
 }
 
 async fn list_datasets(State(s): State<Shared>) -> ApiResult<Vec<DatasetInfo>> {
+    blocking(move || datasets_of(&s)).await
+}
+
+/// The quadruple files of `WORKDIR/datasets/` (counts their lines).
+fn datasets_of(s: &Shared) -> Result<Vec<DatasetInfo>, ApiError> {
     let mut out = Vec::new();
     let dir = s.workdir.join("datasets");
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -525,7 +542,7 @@ async fn list_datasets(State(s): State<Shared>) -> ApiResult<Vec<DatasetInfo>> {
             summary,
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 #[derive(Deserialize)]
@@ -549,7 +566,13 @@ async fn dataset_page(
     if q.limit == 0 || q.limit > 500 {
         return Err(ApiError::bad("limit must be 1..=500"));
     }
-    let quads = clo_core::train::data::read_quadruples(&path).map_err(ApiError::from)?;
+    blocking(move || page_of(&s, name, &path, &q)).await
+}
+
+/// One page of a dataset, each side with its detected language (reads the file, builds the
+/// language identifier on first use).
+fn page_of(s: &Shared, name: String, path: &Path, q: &PageQuery) -> Result<DatasetPage, ApiError> {
+    let quads = clo_core::train::data::read_quadruples(path).map_err(ApiError::from)?;
     let langs: Vec<String> = {
         let mut l: Vec<String> = quads.iter().map(|q| q.lang.clone()).collect();
         l.push("en".into());
@@ -581,12 +604,12 @@ async fn dataset_page(
             y_tgt: r.y_tgt.clone(),
         })
         .collect();
-    Ok(Json(DatasetPage {
+    Ok(DatasetPage {
         name,
         offset: q.offset,
         total: quads.len(),
         records,
-    }))
+    })
 }
 
 /// The language identifier for a dataset's languages: the toy world's lexicons, lingua for the
@@ -601,6 +624,11 @@ fn langid_for(langs: &[String]) -> Option<Arc<dyn LanguageIdentifier>> {
 }
 
 async fn list_evals(State(s): State<Shared>) -> ApiResult<Vec<EvalInfo>> {
+    blocking(move || Ok(evals_of(&s))).await
+}
+
+/// Every `results.json` under `WORKDIR/runs`.
+fn evals_of(s: &Shared) -> Vec<EvalInfo> {
     let mut out = Vec::new();
     let runs_dir = s.workdir.join("runs");
     for entry in walk(&runs_dir, 3) {
@@ -618,7 +646,7 @@ async fn list_evals(State(s): State<Shared>) -> ApiResult<Vec<EvalInfo>> {
             });
         }
     }
-    Ok(Json(out))
+    out
 }
 
 /// `clo eval report` over every eval under `WORKDIR/runs` and `WORKDIR/evals`.
@@ -628,16 +656,19 @@ async fn eval_report(State(s): State<Shared>) -> ApiResult<EvalReport> {
         .map(|d| s.workdir.join(d))
         .filter(|d| d.is_dir())
         .collect();
-    Ok(Json(match clo_core::eval::report::collect(&dirs) {
-        Ok(entries) => EvalReport {
-            files: clo_core::eval::report::render(&entries),
-            message: None,
-        },
-        Err(e) => EvalReport {
-            files: BTreeMap::new(),
-            message: Some(e.to_string()),
-        },
-    }))
+    blocking(move || {
+        Ok(match clo_core::eval::report::collect(&dirs) {
+            Ok(entries) => EvalReport {
+                files: clo_core::eval::report::render(&entries),
+                message: None,
+            },
+            Err(e) => EvalReport {
+                files: BTreeMap::new(),
+                message: Some(e.to_string()),
+            },
+        })
+    })
+    .await
 }
 
 /// The language of a text: the toy world's lexicons when they say `toy`, else lingua over
@@ -710,6 +741,8 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             max_prompt_tokens: args.max_prompt_tokens,
         },
     )?;
+    // The training worker: re-queues queued runs, marks interrupted ones, trains in order.
+    runs::start(&state)?;
     let web = args
         .web
         .join("index.html")
@@ -829,6 +862,7 @@ mod tests {
             GenLimits::default(),
         )
         .unwrap();
+        runs::start(&state).unwrap();
         (dir, router(state, None))
     }
 
@@ -1128,6 +1162,7 @@ mod tests {
             limits,
         )
         .unwrap();
+        runs::start(&state).unwrap();
         let app = router(state, None);
         let req = || {
             post(
@@ -1209,14 +1244,16 @@ mod tests {
 
     fn state_in(work: &Path) -> Shared {
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen2");
-        AppState::new(
+        let state = AppState::new(
             work.to_path_buf(),
             &[model],
             None,
             Device::flex(),
             GenLimits::default(),
         )
-        .unwrap()
+        .unwrap();
+        runs::start(&state).unwrap();
+        state
     }
 
     /// The web UI's run form offers only settings a run takes (its choices parse), and the
