@@ -9,7 +9,8 @@ use clo_core::eval::generated::{GenConfig, eval_gen, gen_stats, read_gen_prompts
 use clo_core::eval::judge::{judge_pair, read_pairs, win_rates};
 use clo_core::eval::langid::{LanguageIdentifier, Lingua};
 use clo_core::eval::mc::{eval_mc, mc_accuracy, read_mc_tasks};
-use clo_core::fsutil::{Claim, claim_output, write_atomically, write_json_atomically};
+use clo_core::eval::{EvalResults, ModelRef};
+use clo_core::fsutil::{Claim, claim_output, write_atomically};
 use clo_core::generate::SamplingConfig;
 use clo_core::openai::{ChatClient, ChatMessage, ClientOptions, EndpointSpec, map_concurrent};
 use clo_core::train::reference::weights_digest;
@@ -256,21 +257,23 @@ fn generation(args: GenArgs) -> anyhow::Result<()> {
     )?;
     progress.finish_and_clear();
     let (per_language, overall) = gen_stats(&items);
-    let results = json!({
-        "task": "gen",
-        "model": {"dir": args.model, "weights_sha256": weights_digest(&lm.model)},
-        "config": {
+    let results = EvalResults::Gen {
+        model: ModelRef {
+            dir: args.model.clone(),
+            weights_sha256: weights_digest(&lm.model),
+        },
+        config: json!({
             "prompts": args.prompts,
             "generation": config,
             "language_id": {"identifier": "lingua", "languages": langid.languages()},
             "fidelity": "share of responses identified as the prompt's language",
             "s_index": "language switches / (labelled words - 1), per response",
-        },
-        "per_language": per_language,
-        "overall": overall,
-    });
+        }),
+        per_language: per_language.clone(),
+        overall: overall.clone(),
+    };
     write_jsonl(&args.out.join("responses.jsonl"), &items)?;
-    write_json_atomically(&args.out.join("results.json"), &results)?;
+    results.write(&args.out.join("results.json"))?;
     println!(
         "{:<6} {:>5} {:>9} {:>8} {:>8} {:>9}",
         "lang", "n", "fidelity", "stderr", "s_index", "choice"
@@ -333,23 +336,22 @@ fn judge(args: JudgeArgs) -> anyhow::Result<()> {
     progress.finish_and_clear();
     let items = results.into_iter().collect::<Result<Vec<_>, _>>()?;
     let (per_language, overall) = win_rates(&items);
-    let results = json!({
-        "task": "judge",
-        "a": args.a,
-        "b": args.b,
-        "judge": spec.to_spec(),
-        "config": {
+    let results = EvalResults::Judge {
+        a: args.a.clone(),
+        b: args.b.clone(),
+        judge: spec.to_spec(),
+        config: json!({
             "prompt": "paper appendix C (AlpacaEval ranking), language clause for non-English",
             "orders": "both (A as model m, then B as model m)",
             "retries": args.retries,
             "temperature": args.temperature,
             "scoring": "per pair: mean over orders of 1 (A first) / 0 (B first) / 0.5 (invalid)",
-        },
-        "per_language": per_language,
-        "overall": overall,
-    });
+        }),
+        per_language: per_language.clone(),
+        overall: overall.clone(),
+    };
     write_jsonl(&out.join("responses.jsonl"), &items)?;
-    write_json_atomically(&out.join("results.json"), &results)?;
+    results.write(&out.join("results.json"))?;
     println!(
         "{:<8} {:>5} {:>5} {:>5} {:>6} {:>8} {:>8} {:>8}",
         "lang", "n", "wins", "ties", "losses", "invalid", "win_rate", "stderr"
@@ -384,15 +386,17 @@ fn mc(args: McArgs) -> anyhow::Result<()> {
     )?;
     progress.finish_and_clear();
     let (per_language, overall) = mc_accuracy(&items);
-    let results = json!({
-        "task": "mc",
-        "model": {"dir": args.model, "weights_sha256": weights_digest(&lm.model)},
-        "config": {"tasks": args.tasks, "chat_template": args.chat_template, "scoring": "log p(\" \" + label | prompt), argmax"},
-        "per_language": per_language,
-        "overall": overall,
-    });
+    let results = EvalResults::Mc {
+        model: ModelRef {
+            dir: args.model.clone(),
+            weights_sha256: weights_digest(&lm.model),
+        },
+        config: json!({"tasks": args.tasks, "chat_template": args.chat_template, "scoring": "log p(\" \" + label | prompt), argmax"}),
+        per_language: per_language.clone(),
+        overall,
+    };
     write_jsonl(&args.out.join("responses.jsonl"), &items)?;
-    write_json_atomically(&args.out.join("results.json"), &results)?;
+    results.write(&args.out.join("results.json"))?;
     println!("{:<6} {:>5} {:>9} {:>8}", "lang", "n", "accuracy", "stderr");
     for (lang, a) in per_language.iter().chain([(&"all".to_string(), &overall)]) {
         println!("{lang:<6} {:>5} {:>9.4} {:>8.4}", a.n, a.accuracy, a.stderr);

@@ -7,6 +7,9 @@ pub mod lang;
 pub mod langid;
 pub mod mc;
 pub mod report;
+pub mod results;
+
+pub use results::{EvalResults, ModelRef};
 
 use serde::{Deserialize, Serialize};
 

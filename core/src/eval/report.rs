@@ -101,57 +101,63 @@ fn system_of(path: &Path) -> System {
     }
 }
 
-fn estimates(per_language: &Value, key: Option<&str>, value: &str) -> BTreeMap<String, Estimate> {
-    let mut out = BTreeMap::new();
-    if let Some(map) = per_language.as_object() {
-        for (lang, v) in map {
-            let v = match key {
-                Some(k) => &v[k],
-                None => v,
-            };
-            if let (Some(value), Some(stderr)) = (v[value].as_f64(), v["stderr"].as_f64()) {
-                out.insert(lang.clone(), Estimate { value, stderr });
-            }
-        }
+/// Per-language estimates picked out of typed stats.
+fn estimates<T>(
+    per_language: &BTreeMap<String, T>,
+    pick: impl Fn(&T) -> Option<Estimate>,
+) -> BTreeMap<String, Estimate> {
+    per_language
+        .iter()
+        .filter_map(|(lang, stats)| pick(stats).map(|e| (lang.clone(), e)))
+        .collect()
+}
+
+fn accuracy(a: &super::Accuracy) -> Estimate {
+    Estimate {
+        value: a.accuracy,
+        stderr: a.stderr,
     }
-    out
 }
 
 fn read_entry(path: &Path) -> Result<Option<Entry>> {
-    let bad = |message: String| CoreError::Input {
-        path: path.to_path_buf(),
-        line: 1,
-        message,
-        hint: "results.json as `clo eval mc|gen|judge` writes it",
+    let Some(results) = super::EvalResults::read(path)? else {
+        return Ok(None); // not an eval result
     };
-    let text = crate::error::read_to_string(path, "eval results")?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let per = &v["per_language"];
-    let result = match v["task"].as_str() {
-        Some("mc") => EvalResult::Mc {
-            accuracy: estimates(per, None, "accuracy"),
-        },
-        Some("gen") => EvalResult::Gen {
-            fidelity: estimates(per, Some("fidelity"), "accuracy"),
-            s_index: (per.as_object().into_iter().flatten())
-                .filter_map(|(l, s)| s["s_index_mean"].as_f64().map(|x| (l.clone(), x)))
-                .collect(),
-            choice: estimates(per, Some("choice_accuracy"), "accuracy"),
-        },
-        Some("judge") => {
-            let b = v["b"]
-                .as_str()
-                .ok_or_else(|| bad("a judge result without `b`".into()))?;
+    let (result, judged) = match results {
+        super::EvalResults::Mc { per_language, .. } => (
+            EvalResult::Mc {
+                accuracy: estimates(&per_language, |a| Some(accuracy(a))),
+            },
+            None,
+        ),
+        super::EvalResults::Gen { per_language, .. } => (
+            EvalResult::Gen {
+                fidelity: estimates(&per_language, |s| Some(accuracy(&s.fidelity))),
+                s_index: (per_language.iter())
+                    .filter_map(|(l, s)| s.s_index_mean.map(|x| (l.clone(), x)))
+                    .collect(),
+                choice: estimates(&per_language, |s| s.choice_accuracy.as_ref().map(accuracy)),
+            },
+            None,
+        ),
+        super::EvalResults::Judge {
+            a, b, per_language, ..
+        } => (
             EvalResult::Judge {
-                b: system_of(Path::new(b)),
-                win_rate: estimates(per, None, "win_rate"),
-            }
-        }
-        _ => return Ok(None), // not an eval result
+                b: system_of(&b),
+                win_rate: estimates(&per_language, |w| {
+                    Some(Estimate {
+                        value: w.win_rate,
+                        stderr: w.stderr,
+                    })
+                }),
+            },
+            Some(a),
+        ),
     };
-    let system = match (&result, v["a"].as_str()) {
-        (EvalResult::Judge { .. }, Some(a)) => system_of(Path::new(a)),
-        _ => system_of(path.parent().unwrap_or(path)),
+    let system = match &judged {
+        Some(a) => system_of(a),
+        None => system_of(path.parent().unwrap_or(path)),
     };
     Ok(Some(Entry {
         system,
@@ -586,11 +592,38 @@ mod tests {
         std::fs::write(path, v.to_string()).unwrap();
     }
 
+    /// A `clo eval gen` result (as the type writes it) with these fidelities and stderrs.
     fn gen_result(fid_sw: f64, fid_en: f64) -> Value {
-        json!({"task": "gen", "per_language": {
-            "sw": {"fidelity": {"n": 10, "correct": 0, "accuracy": fid_sw, "stderr": 0.1}, "s_index_mean": 0.2},
-            "en": {"fidelity": {"n": 10, "correct": 0, "accuracy": fid_en, "stderr": 0.05}},
-        }})
+        let stats =
+            |accuracy: f64, stderr: f64, s_index: Option<f64>| super::super::generated::GenStats {
+                n: 10,
+                fidelity: super::super::Accuracy {
+                    n: 10,
+                    correct: 0,
+                    accuracy,
+                    stderr,
+                },
+                detected: BTreeMap::new(),
+                s_index_mean: s_index,
+                s_index_n: 10,
+                code_switched: None,
+                choice_accuracy: None,
+                unextracted: None,
+            };
+        let per_language = BTreeMap::from([
+            ("sw".to_string(), stats(fid_sw, 0.1, Some(0.2))),
+            ("en".to_string(), stats(fid_en, 0.05, None)),
+        ]);
+        serde_json::to_value(super::super::EvalResults::Gen {
+            model: super::super::ModelRef {
+                dir: "m".into(),
+                weights_sha256: "00".into(),
+            },
+            config: json!({}),
+            per_language,
+            overall: stats(0.5, 0.1, None),
+        })
+        .unwrap()
     }
 
     /// Two methods at two sizes, two seeds at one of them; a base-model eval; a judge result.
@@ -614,10 +647,27 @@ mod tests {
         run("sft-200", "sft", 200, 0.3);
         run("sft-400", "sft", 400, 0.5);
         write(&r.join("base/gen/results.json"), &gen_result(0.1, 1.0));
+        let win = super::super::judge::WinRate {
+            n: 4,
+            wins: 3,
+            ties: 0,
+            losses: 1,
+            invalid_judgements: 0,
+            order_disagreements: 0,
+            win_rate: 0.75,
+            stderr: 0.1,
+        };
         write(
             &r.join("judge/results.json"),
-            &json!({"task": "judge", "a": r.join("clo-400/eval/gen/responses.jsonl"), "b": r.join("sft-400/eval/gen/responses.jsonl"),
-                    "per_language": {"sw": {"win_rate": 0.75, "stderr": 0.1}}}),
+            &serde_json::to_value(super::super::EvalResults::Judge {
+                a: r.join("clo-400/eval/gen/responses.jsonl"),
+                b: r.join("sft-400/eval/gen/responses.jsonl"),
+                judge: "openai:http://127.0.0.1/v1#judge".into(),
+                config: json!({}),
+                per_language: BTreeMap::from([("sw".to_string(), win.clone())]),
+                overall: win,
+            })
+            .unwrap(),
         );
         write(&r.join("other.json"), &json!({"not": "an eval"}));
         let entries = collect(&[r.to_path_buf()]).unwrap();

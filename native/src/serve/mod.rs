@@ -627,14 +627,14 @@ async fn list_evals(State(s): State<Shared>) -> ApiResult<Vec<EvalInfo>> {
     blocking(move || Ok(evals_of(&s))).await
 }
 
-/// Every `results.json` under `WORKDIR/runs`.
+/// Every eval result (`results.json` of `clo eval mc|gen|judge`) under `WORKDIR/runs`.
 fn evals_of(s: &Shared) -> Vec<EvalInfo> {
     let mut out = Vec::new();
     let runs_dir = s.workdir.join("runs");
     for entry in walk(&runs_dir, 3) {
         if entry.file_name().is_some_and(|n| n == "results.json")
-            && let Ok(text) = std::fs::read_to_string(&entry)
-            && let Ok(results) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Ok(Some(results)) = clo_core::eval::EvalResults::read(&entry)
+            && let Ok(results) = serde_json::to_value(results)
         {
             out.push(EvalInfo {
                 path: entry
@@ -1376,12 +1376,37 @@ mod tests {
             r#"{"method": "clo", "train_quadruples": 40}"#,
         )
         .unwrap();
-        std::fs::write(
-            run.join("eval/gen/results.json"),
-            r#"{"task": "gen", "per_language": {"sw": {"fidelity": {"n": 10, "correct": 7, "accuracy": 0.7, "stderr": 0.14}}}}"#,
-        )
+        let stats = clo_core::eval::generated::GenStats {
+            n: 10,
+            fidelity: clo_core::eval::Accuracy {
+                n: 10,
+                correct: 7,
+                accuracy: 0.7,
+                stderr: 0.14,
+            },
+            detected: BTreeMap::from([("sw".to_string(), 7), ("en".to_string(), 3)]),
+            s_index_mean: Some(0.1),
+            s_index_n: 10,
+            code_switched: Some(0.2),
+            choice_accuracy: None,
+            unextracted: None,
+        };
+        clo_core::eval::EvalResults::Gen {
+            model: clo_core::eval::ModelRef {
+                dir: "models/m".into(),
+                weights_sha256: "00".into(),
+            },
+            config: serde_json::json!({}),
+            per_language: BTreeMap::from([("sw".to_string(), stats.clone())]),
+            overall: stats,
+        }
+        .write(&run.join("eval/gen/results.json"))
         .unwrap();
+        // Another JSON file named results.json (the quickstart's table) is not an eval result.
+        std::fs::create_dir_all(run.join("other")).unwrap();
+        std::fs::write(run.join("other/results.json"), r#"{"rows": []}"#).unwrap();
         let (_, evals) = call(&app, get("/api/evals")).await;
+        assert_eq!(evals.as_array().unwrap().len(), 1, "{evals}");
         assert_eq!(evals[0]["path"], "runs/r1/eval/gen/results.json", "{evals}");
         assert_eq!(evals[0]["results"]["task"], "gen");
         let (_, report) = call(&app, get("/api/evals/report")).await;
