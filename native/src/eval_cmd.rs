@@ -246,15 +246,9 @@ fn generation(args: GenArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
     };
     let progress = bar(records.len(), "gen");
-    let items = eval_gen(
-        &lm.model,
-        &lm.tokenizer,
-        &records,
-        &langid,
-        &config,
-        &device,
-        &mut |n| progress.inc(n as u64),
-    )?;
+    let items = eval_gen(&lm, &records, &langid, &config, &mut |n| {
+        progress.inc(n as u64)
+    })?;
     progress.finish_and_clear();
     let (per_language, overall) = gen_stats(&items);
     let results = EvalResults::Gen {
@@ -376,12 +370,10 @@ fn mc(args: McArgs) -> anyhow::Result<()> {
     let lm = Pretrained::load(&args.model, &device)?;
     let progress = bar(records.len(), "mc");
     let items = eval_mc(
-        &lm.model,
-        &lm.tokenizer,
+        &lm,
         &records,
         args.chat_template,
         args.batch_size,
-        &device,
         &mut |n| progress.inc(n as u64),
     )?;
     progress.finish_and_clear();

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use burn::prelude::*;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -18,8 +17,6 @@ use super::lang::{Language, language};
 use super::langid::{LanguageIdentifier, s_index};
 use crate::error::{CoreError, Result};
 use crate::infer::generate::{SamplingConfig, StopReason, generate_batch};
-use crate::load::models::CausalLm;
-use crate::load::tokenizer::ChatTokenizer;
 
 /// Regenerations allowed when no answer can be extracted (paper appendix D).
 pub const MAX_REGENERATIONS: usize = 3;
@@ -228,14 +225,13 @@ type Answered = (String, StopReason, usize, Option<usize>);
 /// Answers every record (batched), regenerating multiple-choice answers that cannot be
 /// extracted, then identifies each response's language. `on_done(n)` reports finished records.
 pub fn eval_gen(
-    model: &CausalLm,
-    tok: &ChatTokenizer,
+    lm: &crate::Pretrained,
     records: &[GenRecord],
     langid: &dyn LanguageIdentifier,
     config: &GenConfig,
-    device: &Device,
     on_done: &mut dyn FnMut(usize),
 ) -> Result<Vec<GenItem>> {
+    let (model, tok, device) = (&lm.model, &lm.tokenizer, &lm.device);
     let mut items = Vec::with_capacity(records.len());
     for chunk in records.chunks(config.batch_size.max(1)) {
         let langs: Vec<&Language> = chunk

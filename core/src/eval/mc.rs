@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -23,8 +22,6 @@ use super::Accuracy;
 use super::lang::{Language, language};
 use crate::error::{CoreError, Result};
 use crate::infer::score::{Pair, score_batch};
-use crate::load::models::CausalLm;
-use crate::load::tokenizer::ChatTokenizer;
 
 /// One task record. `answer` is the 0-based index of the correct option.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,14 +104,13 @@ pub struct McItem {
 
 /// Scores every record; `records_per_batch` records (4 rows each) per forward pass.
 pub fn eval_mc(
-    model: &CausalLm,
-    tok: &ChatTokenizer,
+    lm: &crate::Pretrained,
     records: &[(usize, McRecord)],
     chat_template: bool,
     records_per_batch: usize,
-    device: &Device,
     on_batch: &mut dyn FnMut(usize),
 ) -> Result<Vec<McItem>> {
+    let (model, tok, device) = (&lm.model, &lm.tokenizer, &lm.device);
     let mut items = Vec::with_capacity(records.len());
     for chunk in records.chunks(records_per_batch.max(1)) {
         let mut pairs = Vec::with_capacity(4 * chunk.len());

@@ -25,8 +25,6 @@ use crate::eval::langid::{LanguageIdentifier, s_index};
 use crate::eval::report::{Estimate, Grid, bar_chart, line_chart, pooled};
 use crate::fsutil::{write_atomically, write_json_atomically};
 use crate::infer::generate::{SamplingConfig, StopReason, generate_batch};
-use crate::load::models::CausalLm;
-use crate::load::tokenizer::ChatTokenizer;
 use crate::train::{Method, Outcome, Progress, RunConfig, TrainOptions, TrainableKind, train};
 
 /// Settings of a quickstart. The training settings are the paper's except the learning rate
@@ -135,14 +133,13 @@ pub struct ToyResults {
 
 /// Answers every held-out question in both languages (greedy) and checks each response.
 pub fn eval_toy(
-    model: &CausalLm,
-    tok: &ChatTokenizer,
+    lm: &Pretrained,
     questions: &[EvalQuestion],
     max_new_tokens: usize,
     batch: usize,
-    device: &Device,
     on_done: &mut dyn FnMut(usize),
 ) -> Result<Vec<ToyItem>> {
+    let (model, tok, device) = (&lm.model, &lm.tokenizer, &lm.device);
     let langid = ToyLangId;
     let jobs: Vec<(&EvalQuestion, Lang)> = Lang::BOTH
         .iter()
@@ -322,12 +319,10 @@ pub fn quickstart(
         });
         let mut done = 0;
         let items = eval_toy(
-            &lm.model,
-            &lm.tokenizer,
+            &lm,
             &questions,
             config.max_new_tokens,
             config.eval_batch,
-            device,
             &mut |n| {
                 done += n;
                 progress(QuickProgress::Eval {
