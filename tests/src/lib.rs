@@ -117,3 +117,30 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
     }
     dir
 }
+
+/// Runs `tests/fixtures/SCRIPT` with `python` on `spec` (written as JSON beside it in `dir`) and
+/// returns its stdout; a failing script fails the test with its whole output.
+pub fn run_python_check(
+    python: &str,
+    script: &str,
+    spec: &serde_json::Value,
+    dir: &Path,
+) -> String {
+    let path = dir.join(format!("{script}.spec.json"));
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(script);
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

@@ -178,19 +178,6 @@ fn export_matches_transformers() {
     let spec = serde_json::json!({
         "base": config.model, "merged": merged, "peft": peft, "ids": IDS, "logits": logits,
     });
-    let path = dir.path().join("clo_logits.json");
-    std::fs::write(&path, spec.to_string()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/check_export.py");
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    eprintln!("{text}");
+    let report = clo_tests::run_python_check(&python, "check_export.py", &spec, dir.path());
+    eprintln!("{report}");
 }

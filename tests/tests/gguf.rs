@@ -477,21 +477,7 @@ mod export {
                 .collect();
             let spec =
                 serde_json::json!({"ids": IDS, "logits": logits, "texts": texts, "files": files});
-            let path = dir.path().join("spec.json");
-            std::fs::write(&path, spec.to_string()).unwrap();
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/check_gguf.py");
-            let out = std::process::Command::new(&python)
-                .arg(script)
-                .arg(&path)
-                .output()
-                .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(out.status.success(), "{family}: {text}");
-            let report = String::from_utf8_lossy(&out.stdout);
+            let report = clo_tests::run_python_check(&python, "check_gguf.py", &spec, dir.path());
             eprintln!("{family}: {}", report.lines().last().unwrap_or_default());
         }
     }

@@ -1242,6 +1242,16 @@ mod tests {
         );
     }
 
+    /// A temporary directory with a work directory whose datasets hold `quads`.
+    fn work_with_quads() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data/quads.jsonl");
+        std::fs::create_dir_all(work.join("datasets")).unwrap();
+        std::fs::copy(&data, work.join("datasets/quads.jsonl")).unwrap();
+        (dir, work)
+    }
+
     fn state_in(work: &Path) -> Shared {
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen2");
         let state = AppState::new(
@@ -1440,11 +1450,7 @@ mod tests {
     /// running as interrupted and trains the queued one.
     #[tokio::test(flavor = "multi_thread")]
     async fn runs_cancel_and_survive_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let work = dir.path().join("work");
-        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data/quads.jsonl");
-        std::fs::create_dir_all(work.join("datasets")).unwrap();
-        std::fs::copy(&data, work.join("datasets/quads.jsonl")).unwrap();
+        let (_dir, work) = work_with_quads();
         let app = router(state_in(&work), None);
         let new_run = |name: &str, steps: usize| {
             post(
@@ -1585,11 +1591,7 @@ mod tests {
     /// the weights of the same run trained without a stop. A finished run does not resume.
     #[tokio::test(flavor = "multi_thread")]
     async fn an_interrupted_run_resumes_to_the_uninterrupted_weights() {
-        let dir = tempfile::tempdir().unwrap();
-        let work = dir.path().join("work");
-        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data/quads.jsonl");
-        std::fs::create_dir_all(work.join("datasets")).unwrap();
-        std::fs::copy(&data, work.join("datasets/quads.jsonl")).unwrap();
+        let (_dir, work) = work_with_quads();
         let app = router(state_in(&work), None);
         let new_run = |name: &str| {
             post(

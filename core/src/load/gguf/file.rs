@@ -2,8 +2,8 @@
 //! Python package define it: a header, typed metadata, tensor descriptors, aligned tensor data.
 //!
 //! Reading checks every length and offset against the file and names the key or tensor that is
-//! wrong; nothing here panics on a malformed file. (The `ggus` crate was tried first: it aborts
-//! with `todo!()` on some tensor types and assumes a well-formed file.)
+//! wrong; nothing here panics on a malformed file. (The `ggus` crate was tried first: it panics
+//! on tensor types it leaves unimplemented and assumes a well-formed file.)
 
 use std::collections::BTreeMap;
 use std::io::Write;
