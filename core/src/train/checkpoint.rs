@@ -22,6 +22,7 @@ use burn::store::{BurnpackStore, ModuleSnapshot, PathFilter};
 use serde::{Deserialize, Serialize};
 
 use super::config::RunConfig;
+use super::step::Trainer;
 use crate::error::{CoreError, Result};
 use crate::fsutil::{replace_dir_atomically, write_atomically, write_json_atomically};
 use crate::load::models::CausalLm;
@@ -179,14 +180,7 @@ impl RunDir {
             .join(format!("step-{:08}", state.global_step));
         std::fs::create_dir_all(self.checkpoints())
             .map_err(|e| CoreError::io("create", &self.checkpoints(), e))?;
-        replace_dir_atomically(&dir, |tmp| {
-            save_trainable(model, &tmp.join("trainable.bpk"))?;
-            let path = tmp.join("optimizer.bpk");
-            optim
-                .save(&path)
-                .map_err(|e| store_error(&path, e, "check free disk space"))?;
-            write_state(tmp, config, state)
-        })?;
+        write_checkpoint(&dir, model, optim, |tmp| write_state(tmp, config, state))?;
         let all = self.list_checkpoints();
         for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
             let _ = std::fs::remove_dir_all(old);
@@ -202,6 +196,40 @@ impl RunDir {
             write_state(tmp, config, state)
         })
     }
+}
+
+/// Writes a resumable checkpoint directory, atomically (filled under a temporary name, then
+/// renamed): the trainable tensors (`trainable.bpk`), AdamW's state (`optimizer.bpk`) and what
+/// `fill` adds (the caller's `state.json`). Every training (`clo train`, `clo pretrain`)
+/// checkpoints in this format.
+pub fn write_checkpoint(
+    dir: &Path,
+    model: &CausalLm,
+    optim: &ModuleOptimizer,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    replace_dir_atomically(dir, |tmp| {
+        save_trainable(model, &tmp.join("trainable.bpk"))?;
+        let path = tmp.join("optimizer.bpk");
+        optim
+            .save(&path)
+            .map_err(|e| store_error(&path, e, "check free disk space"))?;
+        fill(tmp)
+    })
+}
+
+/// Loads AdamW's state of a checkpoint written by [`write_checkpoint`] into `trainer`.
+pub fn load_optimizer(dir: &Path, trainer: &mut Trainer) -> Result<()> {
+    let path = dir.join("optimizer.bpk");
+    let optim = trainer.fresh_optimizer().load(&path).map_err(|e| {
+        store_error(
+            &path,
+            e,
+            "the checkpoint is damaged; delete it to resume from the one before",
+        )
+    })?;
+    trainer.set_optimizer(optim);
+    Ok(())
 }
 
 fn write_state(dir: &Path, config: &RunConfig, state: &RunState) -> Result<()> {

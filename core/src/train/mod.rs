@@ -5,13 +5,16 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod driver;
 pub mod examples;
 pub mod loss;
 pub mod optim;
 pub mod pretrain;
 pub mod reference;
 pub mod run;
+pub mod step;
 pub mod trainable;
 
 pub use config::{Method, RunConfig, TrainableKind};
 pub use run::{Outcome, Progress, RunSummary, StepMetrics, TrainOptions, train};
+pub use step::{MicroBatch, Objective, OptimizerSettings, StepReport, Trainer};

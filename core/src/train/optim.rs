@@ -60,31 +60,43 @@ impl ModuleVisitor for Scale<'_> {
     }
 }
 
-/// Scales all gradients together so that their global L2 norm is at most `max_norm` (as
-/// PyTorch's `clip_grad_norm_`); returns the norm before clipping.
-pub fn clip_global_norm<M: Module>(
+/// The squared global L2 norm of `grads` over `module`'s float parameters, as a `[1]` tensor on
+/// the device (`None` when no parameter has a gradient). Nothing is read back.
+pub fn squared_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
+    let mut norm = SquaredNorm { grads, sum: None };
+    module.visit(&mut norm);
+    norm.sum
+}
+
+/// Scales the gradients so that their global norm `norm` (computed by the caller, e.g. from
+/// [`squared_grad_norm`]) is at most `max_norm`, as PyTorch's `clip_grad_norm_` (which adds 1e-6
+/// to the norm in the divisor). `max_norm <= 0` disables clipping.
+pub fn clip_to<M: Module>(
     module: &M,
     mut grads: GradientsParams,
+    norm: f64,
     max_norm: f64,
-) -> (GradientsParams, f64) {
-    let mut norm = SquaredNorm {
-        grads: &grads,
-        sum: None,
-    };
-    module.visit(&mut norm);
-    // One read back per step, not one per parameter.
-    let total = norm
-        .sum
-        .map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt());
-    if max_norm > 0.0 && total > max_norm {
-        // PyTorch adds 1e-6 to the norm in the divisor.
+) -> GradientsParams {
+    if max_norm > 0.0 && norm > max_norm {
         let mut scale = Scale {
             grads: &mut grads,
-            factor: max_norm / (total + 1e-6),
+            factor: max_norm / (norm + 1e-6),
         };
         module.visit(&mut scale);
     }
-    (grads, total)
+    grads
+}
+
+/// Scales all gradients together so that their global L2 norm is at most `max_norm` (as
+/// PyTorch's `clip_grad_norm_`); returns the norm before clipping. Reads one scalar back.
+pub fn clip_global_norm<M: Module>(
+    module: &M,
+    grads: GradientsParams,
+    max_norm: f64,
+) -> (GradientsParams, f64) {
+    let total =
+        squared_grad_norm(module, &grads).map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt());
+    (clip_to(module, grads, total, max_norm), total)
 }
 
 #[cfg(test)]

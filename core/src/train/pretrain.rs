@@ -6,12 +6,10 @@
 //! Work in progress lives in `OUT.work/` (resumable checkpoint, `metrics.jsonl`); `OUT` appears
 //! only when training is done, with `pretrain.json` saying how it was made.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -25,11 +23,14 @@ use tokenizers::{AddedToken, TokenizerBuilder};
 
 use crate::error::{CoreError, Result};
 use crate::fsutil::{replace_dir_atomically, write_atomically, write_json_atomically};
-use crate::infer::score::{Pair, collate, sequence_logps};
+use crate::infer::score::Pair;
 use crate::load::models::{CausalLm, DecoderConfig, RopeConfig, RopeScaling};
 use crate::load::tokenizer::ChatTokenizer;
-use crate::train::checkpoint::{load_trainable, save_trainable};
-use crate::train::optim::{Schedule, clip_global_norm};
+use crate::train::checkpoint::{load_optimizer, load_trainable, write_checkpoint};
+use crate::train::driver::{Flow, MetricsLog, StepDone, Stopped, run_steps};
+use crate::train::loss::NllReduction;
+use crate::train::optim::Schedule;
+use crate::train::step::{MicroBatch, Objective, OptimizerSettings, Trainer};
 
 /// End of a turn and of a document; the model's EOS.
 pub const END: &str = "<|end|>";
@@ -256,6 +257,7 @@ pub struct PretrainStep {
     pub loss: f64,
     pub lr: f64,
     pub grad_norm: f64,
+    /// Tokens of the step's documents (each but the first of a document is predicted).
     pub tokens: usize,
 }
 
@@ -300,13 +302,6 @@ struct State {
 pub fn work_dir(out: &Path) -> PathBuf {
     let name = out.file_name().unwrap_or_default().to_string_lossy();
     out.with_file_name(format!("{name}.work"))
-}
-
-fn store_err(path: &Path, e: impl std::fmt::Display) -> CoreError {
-    CoreError::Invalid(format!(
-        "{}: {e}\nHINT: check free disk space, or delete the directory to start over",
-        path.display()
-    ))
 }
 
 /// Writes a Hugging Face model directory (Llama architecture) of `model` and its tokenizer.
@@ -465,38 +460,27 @@ pub fn pretrain(
     let decoder = config.decoder();
     let ad = device.clone().autodiff();
     let mut model = init_weights(decoder.init(&ad), config.init_std, config.seed).unfreeze();
-    let mut optim: ModuleOptimizer = AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.95)
-        .with_epsilon(1e-8)
-        .with_weight_decay(config.weight_decay as f32)
-        .init();
+    // Next-token prediction: SFT on (first token, rest) rows, every token after the first
+    // predicted, with GPT-style AdamW betas.
+    let mut trainer = Trainer::new(
+        Objective::Sft {
+            reduction: NllReduction::TokenMean,
+        },
+        OptimizerSettings::pretraining(config.weight_decay, config.max_grad_norm),
+    );
     let mut start = 0;
     let mut seconds_before = 0.0;
     let metrics_path = work.join("metrics.jsonl");
     let mut metrics_bytes = 0u64;
     if let Some(s) = &saved {
-        load_trainable(&mut model, &ckpt.join("model.bpk"))?;
-        let path = ckpt.join("optimizer.bpk");
-        optim = optim.load(&path).map_err(|e| store_err(&path, e))?;
+        load_trainable(&mut model, &ckpt.join("trainable.bpk"))?;
+        load_optimizer(&ckpt, &mut trainer)?;
         start = s.step;
         seconds_before = s.seconds;
         metrics_bytes = s.metrics_bytes;
         tracing::info!(step = start, "pretraining resumed");
     }
-    {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| CoreError::io("open", &metrics_path, e))?;
-        f.set_len(metrics_bytes)
-            .map_err(|e| CoreError::io("truncate", &metrics_path, e))?;
-    }
-    let mut metrics = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| CoreError::io("open", &metrics_path, e))?;
+    let mut metrics = MetricsLog::open(&metrics_path, metrics_bytes)?;
 
     let schedule = Schedule {
         lr: config.lr,
@@ -519,67 +503,65 @@ pub fn pretrain(
         order
     };
     let mut order = (start / per_epoch, epoch_order(start / per_epoch));
-    for step in start..config.steps {
+    let mut plan = |step: usize| {
         let (epoch, k) = (step / per_epoch, step % per_epoch);
         if order.0 != epoch {
             order = (epoch, epoch_order(epoch));
         }
         let order = &order.1;
         let idx = &order[k * config.batch_size..((k + 1) * config.batch_size).min(seqs.len())];
-        let pairs: Vec<Pair> = idx
+        let rows = idx
             .iter()
             .map(|&i| Pair {
                 prompt: seqs[i][..1].to_vec(),
                 response: seqs[i][1..].to_vec(),
             })
             .collect();
-        let tokens: usize = pairs.iter().map(|p| p.response.len()).sum();
-        let batch = collate(&pairs, &ad);
-        let logits = model.forward(batch.inputs.clone(), None);
-        let (sums, _) = sequence_logps(logits, batch.labels, batch.mask);
-        let loss = -sums.sum() / tokens.max(1) as f64;
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let (grads, grad_norm) = clip_global_norm(&model, grads, config.max_grad_norm);
-        if !loss_value.is_finite() || !grad_norm.is_finite() {
-            return Err(CoreError::Invalid(format!(
-                "pretraining diverged at step {step} (loss {loss_value}, grad norm {grad_norm}); lower --lr and start over"
-            )));
-        }
-        let lr = schedule.lr_at(step);
-        model = optim.step(lr, model, grads);
+        (
+            epoch,
+            vec![MicroBatch {
+                rows,
+                ..MicroBatch::default()
+            }],
+        )
+    };
+    let mut after = |model: &CausalLm, trainer: &Trainer, done: StepDone| -> Result<Flow> {
         let line = PretrainStep {
-            step,
-            loss: loss_value,
-            lr,
-            grad_norm,
-            tokens,
+            step: done.step,
+            loss: done.report.loss,
+            lr: done.lr,
+            grad_norm: done.report.grad_norm,
+            tokens: done.report.tokens,
         };
-        let mut text = serde_json::to_string(&line).expect("serializes");
-        text.push('\n');
-        metrics
-            .write_all(text.as_bytes())
-            .and_then(|_| metrics.flush())
-            .map_err(|e| CoreError::io("append to", &metrics_path, e))?;
-        metrics_bytes += text.len() as u64;
+        metrics.append(&line)?;
         progress(PretrainProgress::Step(&line));
-        let done = step + 1;
-        if done % config.save_every == 0 && done < config.steps {
-            replace_dir_atomically(&ckpt, |tmp| {
-                save_trainable(&model, &tmp.join("model.bpk"))?;
-                let path = tmp.join("optimizer.bpk");
-                optim.save(&path).map_err(|e| store_err(&path, e))?;
-                write_json_atomically(
-                    &tmp.join("state.json"),
-                    &State {
-                        config: config.clone(),
-                        step: done,
-                        metrics_bytes,
-                        seconds: seconds_before + started.elapsed().as_secs_f64(),
-                    },
-                )
+        let finished = done.step + 1;
+        if finished.is_multiple_of(config.save_every) && finished < config.steps {
+            let state = State {
+                config: config.clone(),
+                step: finished,
+                metrics_bytes: metrics.bytes(),
+                seconds: seconds_before + started.elapsed().as_secs_f64(),
+            };
+            write_checkpoint(&ckpt, model, trainer.optimizer(), |tmp| {
+                write_json_atomically(&tmp.join("state.json"), &state)
             })?;
         }
+        Ok(Flow::Continue)
+    };
+    let (model, stopped) = run_steps(
+        model,
+        &mut trainer,
+        &schedule,
+        start..config.steps,
+        &mut plan,
+        &mut after,
+    )?;
+    if let Stopped::NonFinite { step, what, report } = stopped {
+        return Err(CoreError::Invalid(format!(
+            "pretraining diverged at step {step} ({what} not finite: loss {}, grad norm {}); lower --lr and start over",
+            report.loss, report.grad_norm
+        )));
     }
 
     let text = crate::error::read_to_string(&metrics_path, "pretraining metrics")?;
@@ -702,7 +684,8 @@ mod tests {
     }
 
     /// A pretraining stopped after its step-10 checkpoint (here: a panic at step 14) resumes
-    /// from step 10 and ends as the uninterrupted one does; another config is refused.
+    /// from step 10 through the shared trainer and ends bit-identical to the uninterrupted one;
+    /// another config is refused.
     #[test]
     fn interrupted_pretraining_resumes_from_its_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
@@ -797,10 +780,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(first, Some(10));
-        let (a, b) = (losses(&whole), losses(&cut));
+        // Bit-identical: the same losses and the same weights as the uninterrupted run.
+        assert_eq!(losses(&whole), losses(&cut));
+        let (a, b) = (
+            std::fs::read(whole.join("model.safetensors")).unwrap(),
+            std::fs::read(cut.join("model.safetensors")).unwrap(),
+        );
+        let (a, b) = (
+            safetensors::SafeTensors::deserialize(&a).unwrap(),
+            safetensors::SafeTensors::deserialize(&b).unwrap(),
+        );
         assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() < 1e-4, "{a:?} vs {b:?}");
+        for (name, t) in a.tensors() {
+            let u = b.tensor(&name).unwrap();
+            assert!(t.data() == u.data(), "{name}: the resumed weights differ");
         }
     }
 }

@@ -2,13 +2,11 @@
 //! grad-norm clipping, validation with a best checkpoint, atomic resumable checkpoints and
 //! `metrics.jsonl`.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -16,22 +14,22 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::batch::{TokenizedQuad, tokenize_quads};
-use super::checkpoint::{RunDir, RunState, load_trainable, read_state};
+use super::checkpoint::{RunDir, RunState, load_optimizer, load_trainable, read_state};
 use super::config::{Method, RunConfig};
 use super::data::read_quadruples;
+use super::driver::{Flow, MetricsLog, StepDone, Stopped, run_steps};
 use super::examples::Examples;
-use super::loss::{PreferenceTerms, clo_loss, dpo_loss, nll};
-use super::optim::{Schedule, clip_global_norm};
+use super::optim::Schedule;
 use super::reference::{
     CachedReference, ReferenceCache, cache_key, read_run_reference, reference_logps, weights_digest,
 };
+use super::step::{MicroBatch, Objective, OptimizerSettings, Trainer};
 use crate::Pretrained;
 use crate::error::{CoreError, Result};
 use crate::fsutil::{
     Claim, DirLock, claim_output, holds_only, refuse_run_dir_output, remove_stale_temps,
     write_atomically, write_json_atomically,
 };
-use crate::infer::score::{batch_logps, collate};
 use crate::load::models::CausalLm;
 use crate::load::tokenizer::ChatTokenizer;
 
@@ -160,155 +158,62 @@ fn split(quads: Vec<TokenizedQuad>, dropped: usize, config: &RunConfig) -> Resul
     })
 }
 
-/// Host-side numbers of one batch.
-#[derive(Default)]
-struct BatchStats {
-    loss: f64,
-    loss_sft: Option<f64>,
-    loss_cl: Option<f64>,
-    /// (english, chosen reward, rejected reward) per preference pair.
-    pairs: Vec<(bool, f64, f64)>,
-    tokens: usize,
+/// The objective a stage of `config` trains.
+fn objective(stage: Method, config: &RunConfig) -> Objective {
+    match stage {
+        Method::Clo => Objective::Clo {
+            beta: config.beta,
+            lambda: config.lambda,
+            reduction: config.nll_reduction,
+        },
+        Method::Dpo => Objective::Dpo { beta: config.beta },
+        _ => Objective::Sft {
+            reduction: config.nll_reduction,
+        },
+    }
 }
 
-fn host(t: Tensor<1>) -> Vec<f64> {
-    t.into_data()
-        .try_into_vec_as::<f32>()
-        .expect("f32 values")
-        .into_iter()
-        .map(f64::from)
-        .collect()
-}
-
-fn scalar(t: &Tensor<1>) -> f64 {
-    t.clone().into_scalar::<f32>() as f64
-}
-
-/// The loss of a batch of `idx` examples under `model`, with what is logged of it.
-fn batch_loss(
-    model: &CausalLm,
+/// The micro-batch of examples `idx`: their rows, the rows' reference log-probs (in the same
+/// block layout) and, for DPO, each pair's direction.
+fn micro_batch_of(
     examples: &Examples,
     refs: &[Vec<f32>],
     idx: &[usize],
-    config: &RunConfig,
-    device: &Device,
-) -> (Tensor<1>, BatchStats) {
-    let rows = examples.rows(idx, config.max_len);
-    let tokens = rows.iter().map(|r| r.prompt.len() + r.response.len()).sum();
-    let batch = collate(&rows, device);
-    let (policy, _) = batch_logps(model, &batch);
-    let n = idx.len();
-    // Reference values in the same block layout as the rows.
-    let reference = |width: usize| {
-        let values: Vec<f32> = (0..width)
+    max_len: usize,
+) -> MicroBatch {
+    let width = examples.ref_width();
+    let reference = if refs.is_empty() {
+        Vec::new()
+    } else {
+        (0..width)
             .flat_map(|k| idx.iter().map(move |&i| refs[i][k]))
-            .collect();
-        Tensor::<1>::from_data(TensorData::new(values, [width * n]), device)
+            .collect()
     };
-    let counts = |range: std::ops::Range<usize>| {
-        let v: Vec<f32> = batch.n_tokens[range].iter().map(|&t| t as f32).collect();
-        let len = v.len();
-        Tensor::<1>::from_data(TensorData::new(v, [len]), device)
+    let english = match examples {
+        Examples::Dpo { english, .. } => idx.iter().map(|&i| english[i]).collect(),
+        _ => Vec::new(),
     };
-    let pair_stats = |terms: &PreferenceTerms, english: &mut dyn Iterator<Item = bool>| {
-        let c = host(terms.chosen_rewards.clone());
-        let r = host(terms.rejected_rewards.clone());
-        c.into_iter()
-            .zip(r)
-            .map(|(c, r)| (english.next().expect("a direction per pair"), c, r))
-            .collect::<Vec<_>>()
-    };
-    match examples {
-        Examples::Clo(_) => {
-            let terms = clo_loss(
-                policy,
-                reference(4),
-                counts(2 * n..3 * n),
-                config.beta,
-                config.lambda,
-                config.nll_reduction,
-            );
-            let mut pairs = pair_stats(&terms.en, &mut std::iter::repeat(true));
-            pairs.extend(pair_stats(&terms.tgt, &mut std::iter::repeat(false)));
-            let stats = BatchStats {
-                loss: scalar(&terms.loss),
-                loss_sft: Some(scalar(&terms.loss_sft)),
-                loss_cl: Some(scalar(&terms.loss_cl)),
-                pairs,
-                tokens,
-            };
-            (terms.loss, stats)
-        }
-        Examples::Dpo { english, .. } => {
-            let reference = reference(2);
-            let terms = dpo_loss(
-                policy.clone().narrow(0, 0, n),
-                policy.narrow(0, n, n),
-                reference.clone().narrow(0, 0, n),
-                reference.narrow(0, n, n),
-                config.beta,
-            );
-            let loss = scalar(&terms.loss);
-            let stats = BatchStats {
-                loss,
-                loss_sft: None,
-                loss_cl: Some(loss),
-                pairs: pair_stats(&terms, &mut idx.iter().map(|&i| english[i])),
-                tokens,
-            };
-            (terms.loss, stats)
-        }
-        Examples::Sft(_) => {
-            let loss = nll(policy, counts(0..n), config.nll_reduction);
-            let value = scalar(&loss);
-            let stats = BatchStats {
-                loss: value,
-                loss_sft: Some(value),
-                tokens,
-                ..BatchStats::default()
-            };
-            (loss, stats)
-        }
+    MicroBatch {
+        rows: examples.rows(idx, max_len),
+        reference,
+        english,
     }
-}
-
-/// Per-direction reward means, margin and accuracy of preference pairs.
-fn direction_stats(pairs: &[(bool, f64, f64)], english: bool) -> [Option<f64>; 4] {
-    let sel: Vec<(f64, f64)> = pairs
-        .iter()
-        .filter(|p| p.0 == english)
-        .map(|p| (p.1, p.2))
-        .collect();
-    if sel.is_empty() {
-        return [None; 4];
-    }
-    let n = sel.len() as f64;
-    let chosen = sel.iter().map(|p| p.0).sum::<f64>() / n;
-    let rejected = sel.iter().map(|p| p.1).sum::<f64>() / n;
-    let acc = sel.iter().filter(|p| p.0 > p.1).count() as f64 / n;
-    [
-        Some(chosen),
-        Some(rejected),
-        Some(chosen - rejected),
-        Some(acc),
-    ]
 }
 
 /// Mean loss over a whole example set (validation), batch by batch, weighted by batch size.
 fn evaluate(
+    trainer: &Trainer,
     model: &CausalLm,
     examples: &Examples,
     refs: &[Vec<f32>],
     config: &RunConfig,
-    device: &Device,
-) -> f64 {
+) -> Result<f64> {
     let all: Vec<usize> = (0..examples.len()).collect();
-    let mut total = 0.0;
-    for chunk in all.chunks(config.batch_size) {
-        let (_, stats) = batch_loss(model, examples, refs, chunk, config, device);
-        total += stats.loss * chunk.len() as f64;
-    }
-    total / examples.len().max(1) as f64
+    let batches: Vec<MicroBatch> = all
+        .chunks(config.batch_size)
+        .map(|chunk| micro_batch_of(examples, refs, chunk, config.max_len))
+        .collect();
+    trainer.evaluate(model, &batches)
 }
 
 /// Example indices of micro-batch `m` of a stage: epochs are seeded permutations (or the file
@@ -452,19 +357,7 @@ pub fn train(
     let wall_before = state.wall_s;
     // Drop metrics lines written after the checkpoint we resume from.
     let metrics_path = run.metrics();
-    {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| CoreError::io("open", &metrics_path, e))?;
-        file.set_len(state.metrics_bytes)
-            .map_err(|e| CoreError::io("truncate", &metrics_path, e))?;
-    }
-    let mut metrics = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| CoreError::io("open", &metrics_path, e))?;
+    let mut metrics = MetricsLog::open(&metrics_path, state.metrics_bytes)?;
     // The run's first loss, when the steps before this resume logged it.
     let mut first_loss = if state.metrics_bytes > 0 {
         first_logged_loss(&metrics_path)
@@ -541,23 +434,15 @@ pub fn train(
         };
         let eval_every = config.eval_every.unwrap_or((total / 10).max(1));
         let save_every = config.save_every.unwrap_or(eval_every);
-        let mut optim: ModuleOptimizer = AdamWConfig::new()
-            .with_beta_1(0.9)
-            .with_beta_2(0.999)
-            .with_epsilon(1e-8)
-            .with_weight_decay(config.weight_decay as f32)
-            .init();
+        let mut trainer = Trainer::new(
+            objective(stage, config),
+            OptimizerSettings::fine_tuning(config.weight_decay, config.max_grad_norm),
+        );
         if let Some(dir) = &resume_from
             && state.stage == s
             && state.stage_step > 0
         {
-            let path = dir.join("optimizer.bpk");
-            optim = optim.load(&path).map_err(|e| {
-                CoreError::Invalid(format!(
-                    "{}: {e}\nHINT: the checkpoint is damaged; delete it to resume from the one before",
-                    path.display()
-                ))
-            })?;
+            load_optimizer(dir, &mut trainer)?;
         }
         if state.stage != s {
             state.stage = s;
@@ -569,69 +454,47 @@ pub fn train(
             done_steps: state.stage_step,
         });
 
-        while state.stage_step < total {
-            let step = state.stage_step;
-            let t0 = Instant::now();
-            let mut accumulator = GradientsAccumulator::<CausalLm>::new();
-            let mut stats = Vec::with_capacity(config.grad_accum);
+        let mut plan = |step: usize| {
             let mut epoch = 0;
-            for k in 0..config.grad_accum {
-                let (e, idx) = micro_batch(step * config.grad_accum + k, train_ex.len(), config, s);
-                epoch = e;
-                let (loss, st) = batch_loss(&model, &train_ex, &train_refs, &idx, config, &ad);
-                let loss = if config.grad_accum > 1 {
-                    loss / config.grad_accum as f64
-                } else {
-                    loss
-                };
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                accumulator.accumulate(&model, grads);
-                stats.push(st);
-            }
-            let mean = |f: &dyn Fn(&BatchStats) -> Option<f64>| -> Option<f64> {
-                let v: Vec<f64> = stats.iter().filter_map(f).collect();
-                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            let batches = (0..config.grad_accum)
+                .map(|k| {
+                    let (e, idx) =
+                        micro_batch(step * config.grad_accum + k, train_ex.len(), config, s);
+                    epoch = e;
+                    micro_batch_of(&train_ex, &train_refs, &idx, config.max_len)
+                })
+                .collect();
+            (epoch, batches)
+        };
+        let first_step = state.stage_step;
+        let mut cancelled = false;
+        let mut after = |model: &CausalLm, trainer: &Trainer, done: StepDone| -> Result<Flow> {
+            let report = &done.report;
+            let [en_c, en_r, en_m, en_a] = report.direction(true);
+            let [tg_c, tg_r, tg_m, tg_a] = report.direction(false);
+            let (loss, tokens) = (report.loss, report.tokens);
+            state.stage_step = done.step + 1;
+            state.wall_s = wall_before + started.elapsed().as_secs_f64();
+            let finished = state.stage_step;
+            let validate = !val_ex.is_empty() && (finished % eval_every == 0 || finished == total);
+            let val_loss = if validate {
+                Some(evaluate(
+                    trainer,
+                    &model.valid(),
+                    &val_ex,
+                    &val_refs,
+                    config,
+                )?)
+            } else {
+                None
             };
-            let loss = mean(&|b| Some(b.loss)).expect("one micro-batch at least");
-            let (grads, grad_norm) =
-                clip_global_norm(&model, accumulator.grads(), config.max_grad_norm);
-            state.wall_s = wall_before + started.elapsed().as_secs_f64();
-            if !loss.is_finite() || !grad_norm.is_finite() {
-                // The weights are still those before this step: keep them as the last good state.
-                let dir =
-                    run.save_checkpoint(config, &state, &model, &optim, opts.keep_checkpoints)?;
-                return Err(CoreError::NonFinite {
-                    step: state.global_step,
-                    stage: stage.name(),
-                    what: if loss.is_finite() {
-                        "gradient norm"
-                    } else {
-                        "loss"
-                    },
-                    checkpoint: dir,
-                });
-            }
-            let lr = schedule.lr_at(step);
-            model = optim.step(lr, model, grads);
-            let seconds = t0.elapsed().as_secs_f64();
-            let pairs: Vec<(bool, f64, f64)> =
-                stats.iter().flat_map(|b| b.pairs.iter().copied()).collect();
-            let [en_c, en_r, en_m, en_a] = direction_stats(&pairs, true);
-            let [tg_c, tg_r, tg_m, tg_a] = direction_stats(&pairs, false);
-            let tokens = stats.iter().map(|b| b.tokens).sum::<usize>();
-            state.stage_step += 1;
-            state.wall_s = wall_before + started.elapsed().as_secs_f64();
-            let done = state.stage_step;
-            let validate = !val_ex.is_empty() && (done % eval_every == 0 || done == total);
-            let val_loss =
-                validate.then(|| evaluate(&model.valid(), &val_ex, &val_refs, config, device));
             let line = StepMetrics {
                 step: state.global_step,
                 stage: stage.name().into(),
-                epoch,
+                epoch: done.epoch,
                 loss,
-                loss_sft: mean(&|b| b.loss_sft),
-                loss_cl: mean(&|b| b.loss_cl),
+                loss_sft: report.loss_sft,
+                loss_cl: report.loss_cl,
                 reward_en_chosen: en_c,
                 reward_en_rejected: en_r,
                 reward_tgt_chosen: tg_c,
@@ -640,21 +503,16 @@ pub fn train(
                 margin_tgt: tg_m,
                 acc_en: en_a,
                 acc_tgt: tg_a,
-                grad_norm,
-                lr,
-                tokens_per_s: tokens as f64 / seconds.max(1e-9),
+                grad_norm: report.grad_norm,
+                lr: done.lr,
+                tokens_per_s: tokens as f64 / done.seconds.max(1e-9),
                 tokens,
                 val_loss,
             };
             first_loss.get_or_insert(loss);
             last_loss = Some(loss);
-            let mut text = serde_json::to_string(&line).expect("metrics serialize");
-            text.push('\n');
-            metrics
-                .write_all(text.as_bytes())
-                .and_then(|_| metrics.flush())
-                .map_err(|e| CoreError::io("append to", &metrics_path, e))?;
-            state.metrics_bytes += text.len() as u64;
+            metrics.append(&line)?;
+            state.metrics_bytes = metrics.bytes();
             state.global_step += 1;
             progress(Progress::Step(&line));
 
@@ -664,16 +522,16 @@ pub fn train(
             {
                 state.best_val_loss = Some(v);
                 state.best_step = Some(line.step);
-                run.save_best(config, &state, &model)?;
+                run.save_best(config, &state, model)?;
             }
-            let cancelled = opts
+            cancelled = opts
                 .cancel
                 .as_ref()
                 .is_some_and(|c| c.load(Ordering::Relaxed));
-            if done % save_every == 0 || done == total || cancelled {
+            if finished % save_every == 0 || finished == total || cancelled {
                 // At the end of a stage the checkpoint points at the next one, which starts
                 // from this model with a fresh optimizer.
-                let saved = if done == total && !last_stage {
+                let saved = if finished == total && !last_stage {
                     RunState {
                         stage: s + 1,
                         stage_step: 0,
@@ -682,15 +540,55 @@ pub fn train(
                 } else {
                     state.clone()
                 };
-                let dir =
-                    run.save_checkpoint(config, &saved, &model, &optim, opts.keep_checkpoints)?;
+                let dir = run.save_checkpoint(
+                    config,
+                    &saved,
+                    model,
+                    trainer.optimizer(),
+                    opts.keep_checkpoints,
+                )?;
                 progress(Progress::Checkpoint(&dir));
                 last_checkpoint = Some(dir);
             }
-            if cancelled {
+            Ok(if cancelled {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            })
+        };
+        let (trained, stopped) = run_steps(
+            model,
+            &mut trainer,
+            &schedule,
+            first_step..total,
+            &mut plan,
+            &mut after,
+        )?;
+        model = trained;
+        match stopped {
+            Stopped::Done => {}
+            Stopped::Asked { .. } => {
                 return Ok(Outcome::Cancelled {
                     step: state.global_step,
                     checkpoint: last_checkpoint.expect("just written"),
+                });
+            }
+            Stopped::NonFinite { what, .. } => {
+                // The update was not applied: the weights are those before this step, kept as
+                // the last good state.
+                state.wall_s = wall_before + started.elapsed().as_secs_f64();
+                let dir = run.save_checkpoint(
+                    config,
+                    &state,
+                    &model,
+                    trainer.optimizer(),
+                    opts.keep_checkpoints,
+                )?;
+                return Err(CoreError::NonFinite {
+                    step: state.global_step,
+                    stage: stage.name(),
+                    what,
+                    checkpoint: dir,
                 });
             }
         }

@@ -453,6 +453,11 @@ pub struct CausalLm {
 }
 
 impl CausalLm {
+    /// The device the model's weights live on.
+    pub fn device(&self) -> Device {
+        self.model.embed_tokens.weight.device()
+    }
+
     /// Adds `delta` to every RMSNorm weight: +1 turns Gemma's stored `w` (used as `1 + w`) into
     /// the `gamma` this module multiplies by, -1 turns it back for saving.
     pub fn shift_norm_weights(mut self, delta: f64) -> Self {

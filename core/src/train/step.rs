@@ -1,0 +1,711 @@
+//! One optimizer step, apart from any run directory: forward, loss, backward (with gradient
+//! accumulation over micro-batches), global-norm clipping and the AdamW update.
+//!
+//! A step touches no file and reads back from the device once: every number it reports (the
+//! loss and its parts, the preference rewards, the gradient norm) is packed into one tensor and
+//! read in one transfer, by [`Trainer::step`] (blocking) or [`Trainer::step_async`] (for wasm,
+//! where a blocking GPU read panics). Validation ([`Trainer::evaluate`]) likewise reads once.
+//!
+//! Every objective clo trains runs through here: CLO, DPO, SFT and pretraining (next-token
+//! prediction is SFT on `(first token, rest)` rows), each with its optimizer settings
+//! ([`OptimizerSettings`]).
+
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::loss::{NllReduction, PreferenceTerms, clo_loss, dpo_loss, nll};
+use super::optim::{clip_to, squared_grad_norm};
+use crate::error::{CoreError, Result};
+use crate::infer::score::{Pair, batch_logps, collate};
+use crate::load::models::CausalLm;
+
+/// What a step optimizes (method.md section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Objective {
+    /// `lambda * NLL(y_tgt | x_tgt) + (1 - lambda) * (DPO_en + DPO_tgt)` on rows in the CLO
+    /// layout of [`super::batch`] (4 blocks per quadruple).
+    Clo {
+        beta: f64,
+        lambda: f64,
+        reduction: NllReduction,
+    },
+    /// Sigmoid DPO on rows `0..B` chosen, `B..2B` rejected.
+    Dpo { beta: f64 },
+    /// NLL of the responses (SFT, and pretraining on `(first token, rest)` rows).
+    Sft { reduction: NllReduction },
+}
+
+impl Objective {
+    /// Rows per example: the width of a micro-batch's block layout.
+    pub fn rows_per_example(&self) -> usize {
+        match self {
+            Objective::Clo { .. } => 4,
+            Objective::Dpo { .. } => 2,
+            Objective::Sft { .. } => 1,
+        }
+    }
+
+    /// Whether the objective compares against a frozen reference.
+    pub fn needs_reference(&self) -> bool {
+        !matches!(self, Objective::Sft { .. })
+    }
+}
+
+/// AdamW and clipping settings, explicit per objective.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerSettings {
+    pub beta_1: f64,
+    pub beta_2: f64,
+    pub epsilon: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm clipping (PyTorch's `clip_grad_norm_`); 0 disables it.
+    pub max_grad_norm: f64,
+}
+
+impl OptimizerSettings {
+    /// Fine-tuning (`clo train`): transformers' AdamW defaults (0.9, 0.999, 1e-8).
+    pub fn fine_tuning(weight_decay: f64, max_grad_norm: f64) -> Self {
+        Self {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-8,
+            weight_decay,
+            max_grad_norm,
+        }
+    }
+
+    /// Pretraining from scratch (`clo pretrain`): beta_2 = 0.95, as GPT-style pretraining.
+    pub fn pretraining(weight_decay: f64, max_grad_norm: f64) -> Self {
+        Self {
+            beta_2: 0.95,
+            ..Self::fine_tuning(weight_decay, max_grad_norm)
+        }
+    }
+
+    fn optimizer(&self) -> ModuleOptimizer {
+        AdamWConfig::new()
+            .with_beta_1(self.beta_1 as f32)
+            .with_beta_2(self.beta_2 as f32)
+            .with_epsilon(self.epsilon as f32)
+            .with_weight_decay(self.weight_decay as f32)
+            .init()
+    }
+}
+
+/// One micro-batch: model rows in the objective's block layout (row `k * B + i` is block `k`
+/// of example `i`), the reference log-prob of every row (empty for SFT), and for DPO the
+/// direction of each pair (`true`: English prompt).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MicroBatch {
+    pub rows: Vec<Pair>,
+    pub reference: Vec<f32>,
+    pub english: Vec<bool>,
+}
+
+impl MicroBatch {
+    /// Prompt and response tokens of the rows.
+    pub fn tokens(&self) -> usize {
+        self.rows
+            .iter()
+            .map(|r| r.prompt.len() + r.response.len())
+            .sum()
+    }
+}
+
+/// A preference pair's rewards as logged: (English direction, chosen reward, rejected reward).
+pub type PairRewards = (bool, f64, f64);
+
+/// What a step reports, read back in one transfer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Mean loss of the micro-batches (before the update).
+    pub loss: f64,
+    pub loss_sft: Option<f64>,
+    pub loss_cl: Option<f64>,
+    /// Every preference pair of the step.
+    pub pairs: Vec<PairRewards>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Prompt and response tokens of the step's rows.
+    pub tokens: usize,
+    /// Whether the update was applied: a non-finite loss or gradient norm leaves the weights
+    /// and the optimizer as they were.
+    pub applied: bool,
+}
+
+impl StepReport {
+    /// Per-direction (chosen reward, rejected reward, margin, accuracy) means of the pairs.
+    pub fn direction(&self, english: bool) -> [Option<f64>; 4] {
+        let sel: Vec<(f64, f64)> = self
+            .pairs
+            .iter()
+            .filter(|p| p.0 == english)
+            .map(|p| (p.1, p.2))
+            .collect();
+        if sel.is_empty() {
+            return [None; 4];
+        }
+        let n = sel.len() as f64;
+        let chosen = sel.iter().map(|p| p.0).sum::<f64>() / n;
+        let rejected = sel.iter().map(|p| p.1).sum::<f64>() / n;
+        let acc = sel.iter().filter(|p| p.0 > p.1).count() as f64 / n;
+        [
+            Some(chosen),
+            Some(rejected),
+            Some(chosen - rejected),
+            Some(acc),
+        ]
+    }
+
+    /// What went non-finite, if anything.
+    pub fn non_finite(&self) -> Option<&'static str> {
+        if !self.loss.is_finite() {
+            Some("loss")
+        } else if !self.grad_norm.is_finite() {
+            Some("gradient norm")
+        } else {
+            None
+        }
+    }
+}
+
+/// Where each micro-batch's numbers lie in the packed read-back tensor.
+struct Packed {
+    /// Per micro-batch: (pairs per direction block, english flags for DPO).
+    layout: Vec<(usize, Vec<bool>)>,
+    values: Vec<Tensor<1>>,
+}
+
+impl Packed {
+    fn push(&mut self, t: Tensor<1>) {
+        self.values.push(t.detach());
+    }
+
+    fn push_rewards(&mut self, terms: &PreferenceTerms) {
+        self.push(terms.chosen_rewards.clone());
+        self.push(terms.rejected_rewards.clone());
+    }
+}
+
+/// The loss of a micro-batch (a graph to differentiate on an autodiff device), with what is
+/// logged of it pushed to `packed`.
+fn micro_loss(
+    model: &CausalLm,
+    objective: &Objective,
+    batch: &MicroBatch,
+    packed: &mut Packed,
+) -> Result<Tensor<1>> {
+    let device = model.device();
+    let rows = batch.rows.len();
+    let width = objective.rows_per_example();
+    if rows == 0 || !rows.is_multiple_of(width) {
+        return Err(CoreError::Invalid(format!(
+            "a micro-batch of {rows} rows does not hold whole examples of {width} rows"
+        )));
+    }
+    if objective.needs_reference() && batch.reference.len() != rows {
+        return Err(CoreError::Invalid(format!(
+            "{} reference log-probs for {rows} rows",
+            batch.reference.len()
+        )));
+    }
+    let n = rows / width;
+    let collated = collate(&batch.rows, &device);
+    let (policy, _) = batch_logps(model, &collated);
+    let reference =
+        || Tensor::<1>::from_data(TensorData::new(batch.reference.clone(), [rows]), &device);
+    let counts = |range: std::ops::Range<usize>| {
+        let v: Vec<f32> = collated.n_tokens[range].iter().map(|&t| t as f32).collect();
+        let len = v.len();
+        Tensor::<1>::from_data(TensorData::new(v, [len]), &device)
+    };
+    Ok(match *objective {
+        Objective::Clo {
+            beta,
+            lambda,
+            reduction,
+        } => {
+            let terms = clo_loss(
+                policy,
+                reference(),
+                counts(2 * n..3 * n),
+                beta,
+                lambda,
+                reduction,
+            );
+            packed.push(terms.loss.clone());
+            packed.push(terms.loss_sft);
+            packed.push(terms.loss_cl);
+            packed.push_rewards(&terms.en);
+            packed.push_rewards(&terms.tgt);
+            let english = [vec![true; n], vec![false; n]].concat();
+            packed.layout.push((n, english));
+            terms.loss
+        }
+        Objective::Dpo { beta } => {
+            if batch.english.len() != n {
+                return Err(CoreError::Invalid(format!(
+                    "{} directions for {n} preference pairs",
+                    batch.english.len()
+                )));
+            }
+            let reference = reference();
+            let terms = dpo_loss(
+                policy.clone().narrow(0, 0, n),
+                policy.narrow(0, n, n),
+                reference.clone().narrow(0, 0, n),
+                reference.narrow(0, n, n),
+                beta,
+            );
+            packed.push(terms.loss.clone());
+            packed.push_rewards(&terms);
+            packed.layout.push((n, batch.english.clone()));
+            terms.loss
+        }
+        Objective::Sft { reduction } => {
+            let loss = nll(policy, counts(0..n), reduction);
+            packed.push(loss.clone());
+            packed.layout.push((0, Vec::new()));
+            loss
+        }
+    })
+}
+
+/// A step whose gradients are computed and whose numbers await their one read-back.
+struct Pending {
+    grads: GradientsParams,
+    packed: Packed,
+    tokens: usize,
+}
+
+/// The optimizer of a training: its objective, its settings and AdamW's state.
+pub struct Trainer {
+    pub objective: Objective,
+    pub settings: OptimizerSettings,
+    optim: ModuleOptimizer,
+}
+
+impl Trainer {
+    pub fn new(objective: Objective, settings: OptimizerSettings) -> Self {
+        Self {
+            objective,
+            settings,
+            optim: settings.optimizer(),
+        }
+    }
+
+    /// AdamW's state (saved in checkpoints).
+    pub fn optimizer(&self) -> &ModuleOptimizer {
+        &self.optim
+    }
+
+    /// Replaces AdamW's state (on resume).
+    pub fn set_optimizer(&mut self, optim: ModuleOptimizer) {
+        self.optim = optim;
+    }
+
+    /// A fresh AdamW of this trainer's settings (to load saved state into).
+    pub fn fresh_optimizer(&self) -> ModuleOptimizer {
+        self.settings.optimizer()
+    }
+
+    fn forward_backward(&self, model: &CausalLm, batches: &[MicroBatch]) -> Result<Pending> {
+        if batches.is_empty() {
+            return Err(CoreError::Invalid("a step needs a micro-batch".into()));
+        }
+        let mut packed = Packed {
+            layout: Vec::new(),
+            values: Vec::new(),
+        };
+        let mut accumulator = GradientsAccumulator::<CausalLm>::new();
+        for batch in batches {
+            let loss = micro_loss(model, &self.objective, batch, &mut packed)?;
+            let loss = if batches.len() > 1 {
+                loss / batches.len() as f64
+            } else {
+                loss
+            };
+            let grads = GradientsParams::from_grads(loss.backward(), model);
+            accumulator.accumulate(model, grads);
+        }
+        let grads = accumulator.grads();
+        let norm = squared_grad_norm(model, &grads)
+            .unwrap_or_else(|| Tensor::<1>::zeros([1], &model.device()));
+        packed.push(norm);
+        Ok(Pending {
+            grads,
+            packed,
+            tokens: batches.iter().map(MicroBatch::tokens).sum(),
+        })
+    }
+
+    /// Unpacks the read-back numbers and applies the update (when they are finite).
+    fn finish(
+        &mut self,
+        model: CausalLm,
+        pending: Pending,
+        values: &[f32],
+        lr: f64,
+    ) -> (CausalLm, StepReport) {
+        let mut at = 0;
+        let mut take = |k: usize| {
+            let s: Vec<f64> = values[at..at + k].iter().map(|&v| f64::from(v)).collect();
+            at += k;
+            s
+        };
+        let (mut losses, mut sft, mut cl, mut pairs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (n, english) in &pending.packed.layout {
+            let loss = take(1)[0];
+            losses.push(loss);
+            match self.objective {
+                Objective::Clo { .. } => {
+                    sft.push(take(1)[0]);
+                    cl.push(take(1)[0]);
+                }
+                Objective::Dpo { .. } => cl.push(loss),
+                Objective::Sft { .. } => sft.push(loss),
+            }
+            // Rewards come in (chosen, rejected) blocks of n, one or two directions.
+            let mut flags = english.iter();
+            for _ in 0..english.len() / n.max(&1) {
+                let (c, r) = (take(*n), take(*n));
+                for (c, r) in c.into_iter().zip(r) {
+                    pairs.push((*flags.next().expect("a direction per pair"), c, r));
+                }
+            }
+        }
+        let grad_norm = take(1)[0].sqrt();
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        let mut report = StepReport {
+            loss: mean(&losses).expect("one micro-batch at least"),
+            loss_sft: mean(&sft),
+            loss_cl: mean(&cl),
+            pairs,
+            grad_norm,
+            tokens: pending.tokens,
+            applied: false,
+        };
+        if report.non_finite().is_some() {
+            return (model, report);
+        }
+        let grads = clip_to(
+            &model,
+            pending.grads,
+            grad_norm,
+            self.settings.max_grad_norm,
+        );
+        report.applied = true;
+        (self.optim.step(lr, model, grads), report)
+    }
+
+    /// One optimizer step over `batches` (gradient accumulation: each micro-batch's loss is
+    /// divided by their number) at learning rate `lr`. `model` must live on an autodiff device.
+    /// Reads back once, blocking; see [`Self::step_async`] for wasm.
+    pub fn step(
+        &mut self,
+        model: CausalLm,
+        batches: &[MicroBatch],
+        lr: f64,
+    ) -> Result<(CausalLm, StepReport)> {
+        let pending = self.forward_backward(&model, batches)?;
+        let values = read(Tensor::cat(pending.packed.values.clone(), 0).into_data())?;
+        Ok(self.finish(model, pending, &values, lr))
+    }
+
+    /// [`Self::step`] with an awaited read-back (what the browser needs).
+    pub async fn step_async(
+        &mut self,
+        model: CausalLm,
+        batches: &[MicroBatch],
+        lr: f64,
+    ) -> Result<(CausalLm, StepReport)> {
+        let pending = self.forward_backward(&model, batches)?;
+        let data = Tensor::cat(pending.packed.values.clone(), 0)
+            .into_data_async()
+            .await
+            .map_err(|e| CoreError::Invalid(format!("reading the step's numbers back: {e:?}")))?;
+        let values = read(data)?;
+        Ok(self.finish(model, pending, &values, lr))
+    }
+
+    /// Mean loss over `batches` weighted by their examples (validation), without gradients:
+    /// `model` is a plain (inference) model. One read-back.
+    pub fn evaluate(&self, model: &CausalLm, batches: &[MicroBatch]) -> Result<f64> {
+        let (total, examples) = self.evaluate_lazy(model, batches)?;
+        let values = read(total.into_data())?;
+        Ok(f64::from(values[0]) / examples.max(1) as f64)
+    }
+
+    /// [`Self::evaluate`] with an awaited read-back.
+    pub async fn evaluate_async(&self, model: &CausalLm, batches: &[MicroBatch]) -> Result<f64> {
+        let (total, examples) = self.evaluate_lazy(model, batches)?;
+        let data = total
+            .into_data_async()
+            .await
+            .map_err(|e| CoreError::Invalid(format!("reading the validation loss back: {e:?}")))?;
+        Ok(f64::from(read(data)?[0]) / examples.max(1) as f64)
+    }
+
+    fn evaluate_lazy(
+        &self,
+        model: &CausalLm,
+        batches: &[MicroBatch],
+    ) -> Result<(Tensor<1>, usize)> {
+        let width = self.objective.rows_per_example();
+        let mut total: Option<Tensor<1>> = None;
+        let mut examples = 0;
+        for batch in batches {
+            let mut packed = Packed {
+                layout: Vec::new(),
+                values: Vec::new(),
+            };
+            let n = batch.rows.len() / width;
+            let loss = micro_loss(model, &self.objective, batch, &mut packed)? * n as f64;
+            examples += n;
+            total = Some(match total {
+                Some(t) => t + loss,
+                None => loss,
+            });
+        }
+        let total = total.ok_or_else(|| CoreError::Invalid("nothing to evaluate".into()))?;
+        Ok((total, examples))
+    }
+}
+
+fn read(data: TensorData) -> Result<Vec<f32>> {
+    data.convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| CoreError::Invalid(format!("reading numbers back: {e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::pretrain::PretrainConfig;
+
+    fn tiny() -> CausalLm {
+        let config = PretrainConfig {
+            vocab_size: 320,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_layers: 1,
+            num_heads: 2,
+            num_kv_heads: 1,
+            ..Default::default()
+        };
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        config.decoder().init(&device).unfreeze()
+    }
+
+    fn pair(seed: u32, len: usize) -> Pair {
+        Pair {
+            prompt: vec![seed % 300, (seed * 7) % 300],
+            response: (0..len as u32).map(|t| (seed * 13 + t * 5) % 300).collect(),
+        }
+    }
+
+    fn clo_batch() -> MicroBatch {
+        // Two quadruples: 4 blocks of 2 rows.
+        MicroBatch {
+            rows: (0..8).map(|r| pair(r + 1, 2 + r as usize % 3)).collect(),
+            reference: (0..8).map(|r| -10.0 - r as f32).collect(),
+            english: Vec::new(),
+        }
+    }
+
+    fn clo() -> Objective {
+        Objective::Clo {
+            beta: 0.1,
+            lambda: 0.5,
+            reduction: NllReduction::TokenMean,
+        }
+    }
+
+    fn weights(model: &CausalLm) -> Vec<f32> {
+        model.model.layers[0]
+            .self_attn
+            .q_proj
+            .weight
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    }
+
+    /// Polls a future that never waits (the flex backend's read-back is ready at once).
+    fn ready<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    /// The step's loss and rewards are those of the loss functions on the same log-probs, and
+    /// the blocking and the async step give the same numbers and the same weights.
+    #[test]
+    fn step_reports_the_losses_and_the_async_step_matches() {
+        let batch = clo_batch();
+        let model = tiny();
+        let (policy, _) = batch_logps(
+            &model.valid(),
+            &collate(&batch.rows, &model.device().inner()),
+        );
+        let reference = Tensor::<1>::from_data(
+            TensorData::new(batch.reference.clone(), [8]),
+            &model.device().inner(),
+        );
+        let counts: Vec<f32> = batch.rows[4..6]
+            .iter()
+            .map(|r| r.response.len() as f32)
+            .collect();
+        let counts = Tensor::<1>::from_data(TensorData::new(counts, [2]), &model.device().inner());
+        let terms = clo_loss(policy, reference, counts, 0.1, 0.5, NllReduction::TokenMean);
+        let expect = terms.loss.into_scalar::<f32>() as f64;
+        let expect_en: Vec<f32> = terms
+            .en
+            .chosen_rewards
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
+            .unwrap();
+
+        let mut a = Trainer::new(clo(), OptimizerSettings::fine_tuning(0.0, 1.0));
+        let (ma, ra) = a
+            .step(model.clone(), std::slice::from_ref(&batch), 1e-3)
+            .unwrap();
+        assert!((ra.loss - expect).abs() < 1e-5, "{} vs {expect}", ra.loss);
+        assert!(ra.applied && ra.grad_norm > 0.0);
+        assert_eq!(ra.pairs.len(), 4);
+        let en: Vec<f64> = ra.pairs.iter().filter(|p| p.0).map(|p| p.1).collect();
+        for (x, y) in en.iter().zip(&expect_en) {
+            assert!((x - f64::from(*y)).abs() < 1e-5, "{en:?} vs {expect_en:?}");
+        }
+        assert_eq!(ra.tokens, batch.tokens());
+
+        let mut b = Trainer::new(clo(), OptimizerSettings::fine_tuning(0.0, 1.0));
+        let (mb, rb) =
+            ready(b.step_async(model.clone(), std::slice::from_ref(&batch), 1e-3)).unwrap();
+        assert_eq!(ra, rb);
+        assert_eq!(weights(&ma), weights(&mb));
+        assert_ne!(weights(&ma), weights(&model), "the update was applied");
+    }
+
+    /// A non-finite loss leaves the weights as they were and says so.
+    #[test]
+    fn a_non_finite_step_is_not_applied() {
+        let mut batch = clo_batch();
+        batch.reference[0] = f32::NAN;
+        let model = tiny();
+        let mut t = Trainer::new(clo(), OptimizerSettings::fine_tuning(0.0, 1.0));
+        let (after, report) = t.step(model.clone(), &[batch], 1e-2).unwrap();
+        assert!(!report.applied);
+        assert_eq!(report.non_finite(), Some("loss"));
+        assert_eq!(weights(&after), weights(&model));
+    }
+
+    /// Two micro-batches accumulate to the mean of their gradients; a malformed batch is an error.
+    #[test]
+    fn micro_batches_accumulate_and_bad_batches_are_refused() {
+        let sft = Objective::Sft {
+            reduction: NllReduction::SequenceMean,
+        };
+        let rows: Vec<Pair> = (0..4).map(|r| pair(r + 3, 3)).collect();
+        let whole = MicroBatch {
+            rows: rows.clone(),
+            ..Default::default()
+        };
+        let halves = [
+            MicroBatch {
+                rows: rows[..2].to_vec(),
+                ..Default::default()
+            },
+            MicroBatch {
+                rows: rows[2..].to_vec(),
+                ..Default::default()
+            },
+        ];
+        let model = tiny();
+        let settings = OptimizerSettings::fine_tuning(0.0, 0.0);
+        let (_, one) = Trainer::new(sft, settings)
+            .step(model.clone(), &[whole], 1e-3)
+            .unwrap();
+        let (_, two) = Trainer::new(sft, settings)
+            .step(model.clone(), &halves, 1e-3)
+            .unwrap();
+        // Equal halves: the mean of the halves' sequence means is the whole's mean.
+        assert!((one.loss - two.loss).abs() < 1e-5);
+        assert!((one.grad_norm - two.grad_norm).abs() < 1e-4 * one.grad_norm.max(1.0));
+
+        let mut t = Trainer::new(clo(), settings);
+        let err = t
+            .step(
+                model.clone(),
+                &[MicroBatch {
+                    rows: rows[..3].to_vec(),
+                    ..Default::default()
+                }],
+                1e-3,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("whole examples"), "{err}");
+        let err = t
+            .step(
+                model,
+                &[MicroBatch {
+                    rows: rows.clone(),
+                    ..Default::default()
+                }],
+                1e-3,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reference"), "{err}");
+    }
+
+    /// Validation reads one number: the example-weighted mean of the batches' losses.
+    #[test]
+    fn evaluate_weights_batches_by_examples() {
+        let sft = Objective::Sft {
+            reduction: NllReduction::SequenceMean,
+        };
+        let rows: Vec<Pair> = (0..3).map(|r| pair(r + 5, 2)).collect();
+        let model = tiny().valid();
+        let t = Trainer::new(sft, OptimizerSettings::fine_tuning(0.0, 1.0));
+        let one = |rows: &[Pair]| {
+            t.evaluate(
+                &model,
+                &[MicroBatch {
+                    rows: rows.to_vec(),
+                    ..Default::default()
+                }],
+            )
+            .unwrap()
+        };
+        let split = t
+            .evaluate(
+                &model,
+                &[
+                    MicroBatch {
+                        rows: rows[..1].to_vec(),
+                        ..Default::default()
+                    },
+                    MicroBatch {
+                        rows: rows[1..].to_vec(),
+                        ..Default::default()
+                    },
+                ],
+            )
+            .unwrap();
+        assert!((one(&rows) - split).abs() < 1e-5);
+        assert!((split - (one(&rows[..1]) + 2.0 * one(&rows[1..])) / 3.0).abs() < 1e-5);
+    }
+}
