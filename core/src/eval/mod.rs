@@ -1,6 +1,7 @@
 //! Evaluation (method.md section 7): multiple choice by log-likelihood (BELEBELE style),
 //! generation with language identification (fidelity, S-index, MMMLU-style answers).
 
+pub mod charts;
 pub mod generated;
 pub mod judge;
 pub mod lang;

@@ -693,7 +693,12 @@ mod tests {
             "accuracy_vs_size.svg",
             "en_accuracy_vs_size.svg",
         ] {
-            assert_eq!(files[f].matches("<polyline").count(), 3, "{f}");
+            // Three series: a line and a legend entry each.
+            assert_eq!(
+                crate::eval::charts::series_marks(&files[f], "polyline"),
+                2 * 3,
+                "{f}"
+            );
         }
         let md = &files["report.md"];
         assert_eq!(
