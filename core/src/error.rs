@@ -38,7 +38,7 @@ pub enum CoreError {
 
     /// An output path holds something clo did not write there; nothing was changed.
     #[error(
-        "{path} already exists and was not written by {writer}; nothing was changed\nHINT: choose another output path, or replace it with --force (the old one is moved aside, not deleted)"
+        "{path} already exists and was not written by {writer}; nothing was changed\nHINT: choose another output path, or replace it with the `force` setting (the old one is moved aside, not deleted)"
     )]
     OutputExists { path: PathBuf, writer: &'static str },
 
@@ -55,7 +55,7 @@ pub enum CoreError {
 
     /// Another process holds the run directory's lock.
     #[error(
-        "{path} is in use by process {pid} (another clo train, resume or server run)\nHINT: wait for it to finish or stop it, or choose another --out; a lock left by a killed process is taken over automatically"
+        "{path} is in use by process {pid} (another clo train, resume or server run)\nHINT: wait for it to finish or stop it, or choose another `out` setting; a lock left by a killed process is taken over automatically"
     )]
     Locked { path: PathBuf, pid: String },
 
@@ -143,7 +143,7 @@ pub enum CoreError {
 
     /// Training produced NaN or infinity; the last good state was saved.
     #[error(
-        "the {what} is not finite at step {step} ({stage}); training stopped before applying it\nHINT: the last good weights are in {}; lower --lr, raise --warmup, or check the data, then resume or restart",
+        "the {what} is not finite at step {step} ({stage}); training stopped before applying it\nHINT: the last good weights are in {}; lower the `lr` setting, raise the `warmup` setting, or check the data, then resume or restart",
         checkpoint.display()
     )]
     NonFinite {

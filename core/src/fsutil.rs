@@ -340,7 +340,7 @@ pub fn claim_output(
     }
     let aside = aside_name(path);
     std::fs::rename(path, &aside).map_err(|e| CoreError::io("move aside", path, e))?;
-    tracing::warn!(from = %path.display(), to = %aside.display(), "--force: moved the old output aside");
+    tracing::warn!(from = %path.display(), to = %aside.display(), "force: moved the old output aside");
     Ok(Claim::MovedAside(aside))
 }
 

@@ -2,6 +2,7 @@
 
 mod device;
 mod eval_cmd;
+mod hints;
 mod prepare_cmd;
 mod pretrain_cmd;
 mod quickstart_cmd;
@@ -144,7 +145,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            use clap::CommandFactory;
+            let flags = hints::long_flags(&Cli::command());
+            eprintln!("error: {}", hints::with_flags(&format!("{err:#}"), &flags));
             ExitCode::FAILURE
         }
     }

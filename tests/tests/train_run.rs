@@ -439,3 +439,30 @@ fn sft_dpo_cancelled_at_the_stage_boundary_resumes_exactly() {
         "resumed weights differ"
     );
 }
+
+/// The library names run settings (what `RUN/config.toml` and the HTTP API call them), never a
+/// command-line flag: the binary turns "the `resume` setting" into `--resume` itself.
+#[test]
+fn library_errors_name_settings_not_flags() {
+    let device = Device::flex();
+    let mut c = config(Method::Sft, TrainableKind::Attention);
+    c.steps = Some(1);
+    c.val_fraction = 0.0;
+    let cache = tempfile::tempdir().unwrap();
+    let done = run_in(&c, cache.path(), &device).unwrap();
+    let err = train(
+        &c,
+        &TrainOptions::new(&done.out, cache.path()),
+        &device,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("already holds a run")
+            && err.contains("the `resume` setting")
+            && err.contains("the `force` setting")
+            && !err.contains("--"),
+        "{err}"
+    );
+}

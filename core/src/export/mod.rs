@@ -35,8 +35,7 @@ pub fn resolve_weights(run: &Path, which: &str) -> Result<PathBuf> {
     let last = || {
         dir.latest_checkpoint().ok_or_else(|| {
             CoreError::Invalid(format!(
-                "{} holds no checkpoint\nHINT: train first (`clo train --out {}`), or check the path",
-                run.display(),
+                "{} holds no checkpoint\nHINT: train a run there first (the `out` setting of training), or check the path",
                 run.display()
             ))
         })
@@ -155,7 +154,7 @@ pub fn export_gguf_lora(
     force: bool,
 ) -> Result<PathBuf> {
     claim_gguf_out(run, out, force)?;
-    let (config, weights, lm) = load_lora_run(run, which, device, "--gguf-lora", "--gguf")?;
+    let (config, weights, lm) = load_lora_run(run, which, device, "a GGUF LoRA adapter", "gguf")?;
     let tensors = lora_tensors(&lm.model, &weights)?;
     crate::load::gguf::write_lora(
         out,
@@ -340,18 +339,18 @@ fn load_merged(
 }
 
 /// A LoRA run's config, the weights `which` names, and the model with its adapters; any other
-/// run is refused, naming `flag` and the export to use instead.
+/// run is refused, naming `what` was asked and the export setting to use instead.
 fn load_lora_run(
     run: &Path,
     which: &str,
     device: &Device,
-    flag: &str,
+    what: &str,
     instead: &str,
 ) -> Result<(RunConfig, PathBuf, crate::Pretrained)> {
     let config = run_config(run)?;
     if config.trainable != TrainableKind::Lora {
         return Err(CoreError::Invalid(format!(
-            "{}: {flag} needs a LoRA run, this one trained `{:?}`\nHINT: use {instead}",
+            "{}: {what} needs a LoRA run, this one trained `{:?}`\nHINT: export the whole model instead (the `{instead}` setting)",
             run.display(),
             config.trainable
         )));
@@ -418,7 +417,7 @@ pub fn export_peft(
     force: bool,
 ) -> Result<PathBuf> {
     claim_export_out(run, out, force)?;
-    let (config, weights, lm) = load_lora_run(run, which, device, "--peft", "--merged")?;
+    let (config, weights, lm) = load_lora_run(run, which, device, "a PEFT adapter", "merged")?;
     let tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = lora_tensors(&lm.model, &weights)?
         .into_iter()
         .map(|(name, (shape, values))| {

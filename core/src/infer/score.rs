@@ -209,7 +209,7 @@ pub fn read_score_input(path: &std::path::Path) -> crate::Result<Vec<(usize, Sco
             } else {
                 e.to_string()
             },
-            hint: "each line is one JSON object; see `clo score --help`",
+            hint: "each line is one JSON object: {\"prompt\", \"response\"} or {\"prompt_ids\", \"response_ids\"}",
         })?;
         records.push((n, record));
     }

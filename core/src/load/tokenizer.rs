@@ -296,7 +296,7 @@ impl ChatTokenizer {
                     eos_token => self.eos_token.clone().unwrap_or_default(),
                 })
             })
-            .map_err(|e| template_err(e, "the template failed on these messages; pass no --chat-template to score raw prompts"))
+            .map_err(|e| template_err(e, "the template failed on these messages; score raw prompts instead (without the `chat_template` setting)"))
     }
 
     /// Prompt tokens of a conversation under the chat template (as [`Self::prompt_ids`] with

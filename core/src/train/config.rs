@@ -201,7 +201,7 @@ impl RunConfig {
                 path: path.to_path_buf(),
                 line,
                 message: e.message().to_string(),
-                hint: "run.toml takes the keys of RUN/config.toml (`clo train --help` lists them)",
+                hint: "run.toml takes the keys of RUN/config.toml",
             }
         })
     }
@@ -229,10 +229,10 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, why: &str| Err(CoreError::Invalid(format!("{key}: {why}")));
         if self.model.as_os_str().is_empty() {
-            return bad("model", "no model directory given (--model DIR)");
+            return bad("model", "no model directory given (the `model` setting)");
         }
         if self.data.as_os_str().is_empty() {
-            return bad("data", "no quadruple file given (--data QUADS.jsonl)");
+            return bad("data", "no quadruple file given (the `data` setting)");
         }
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1");

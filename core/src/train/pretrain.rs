@@ -559,7 +559,7 @@ pub fn pretrain(
     )?;
     if let Stopped::NonFinite { step, what, report } = stopped {
         return Err(CoreError::Invalid(format!(
-            "pretraining diverged at step {step} ({what} not finite: loss {}, grad norm {}); lower --lr and start over",
+            "pretraining diverged at step {step} ({what} not finite: loss {}, grad norm {}); lower the `lr` setting and start over",
             report.loss, report.grad_norm
         )));
     }

@@ -166,7 +166,7 @@ pub fn read_run_reference(path: &Path) -> Result<CachedReference> {
         CoreError::json(
             path,
             &e,
-            "the run's reference file is damaged; delete it and run again without --resume",
+            "the run's reference file is damaged; delete it and run again without the `resume` setting",
         )
     })
 }

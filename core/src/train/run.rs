@@ -137,7 +137,7 @@ fn split(quads: Vec<TokenizedQuad>, dropped: usize, config: &RunConfig) -> Resul
     };
     if n < n_val + 1 {
         return Err(CoreError::Invalid(format!(
-            "{}: {n} usable quadruple(s) ({dropped} dropped for prompts of max_len or more) leave none for training after a validation split of {n_val}; add data or pass --val-fraction 0",
+            "{}: {n} usable quadruple(s) ({dropped} dropped for prompts of max_len or more) leave none for training after a validation split of {n_val}; add data or set the `val_fraction` setting to 0",
             config.data.display()
         )));
     }
@@ -662,7 +662,7 @@ fn prepare_run_dir(
         let holds_run = run.latest_checkpoint().is_some() || has_steps;
         if holds_run && !opts.force {
             return Err(CoreError::Invalid(format!(
-                "{} already holds a run\nHINT: pass --resume to continue it, --force to start over (the old run is moved aside), or choose another --out",
+                "{} already holds a run\nHINT: continue it with the `resume` setting, start over with the `force` setting (the old run is moved aside), or choose another `out` setting",
                 run.root.display()
             )));
         }
@@ -699,7 +699,7 @@ fn prepare_run_files(
             let previous = RunConfig::from_file(&saved)?;
             if &previous != config {
                 return Err(CoreError::Invalid(format!(
-                    "{}: --resume continues the run as configured there, and the given settings differ\nHINT: run `clo train --out {} --resume` without other settings",
+                    "{}: resuming continues the run as configured there, and the given settings differ\nHINT: resume {} with the `resume` setting and no other settings",
                     saved.display(),
                     run.root.display()
                 )));

@@ -82,7 +82,9 @@ impl Trainable {
                 targets,
             } => {
                 if *rank == 0 {
-                    return Err(CoreError::Invalid("--lora-rank must be at least 1".into()));
+                    return Err(CoreError::Invalid(
+                        "the `lora_rank` setting must be at least 1".into(),
+                    ));
                 }
                 if let Some(bad) = targets.iter().find(|t| !LORA_TARGETS.contains(&t.as_str())) {
                     return Err(CoreError::Invalid(format!(

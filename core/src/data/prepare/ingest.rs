@@ -138,7 +138,7 @@ fn records(path: &Path, skip_bad: bool, stats: &mut IngestStats) -> Result<Vec<R
             Err(e) => {
                 return Err(bad(
                     n,
-                    format!("{e} (pass --skip-bad to skip malformed lines)"),
+                    format!("{e} (the `skip_bad` setting skips malformed lines)"),
                 ));
             }
         }
@@ -356,7 +356,7 @@ pub fn ingest(
         Format::Auto => detect(&first.value).ok_or_else(|| {
             bad(
                 first.line,
-                "cannot tell the format from this record's fields; pass --format".into(),
+                "cannot tell the format from this record's fields; name it with the `format` setting".into(),
             )
         })?,
         f => f,
@@ -380,7 +380,7 @@ pub fn ingest(
                         return Err(bad(
                             r.line,
                             format!(
-                                "{e} (format {}; pass --skip-bad to skip such records)",
+                                "{e} (format {}; the `skip_bad` setting skips such records)",
                                 format.name()
                             ),
                         ));
