@@ -8,7 +8,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::sse::{SseEvent, SseParser};
-use crate::types::ErrorBody;
+use crate::types::{
+    ChatRequest, CheckpointInfo, DatasetInfo, DatasetPage, ErrorBody, EvalReport, ExportRequest,
+    ExportResponse, LangIdRequest, LangIdResponse, ModelInfo, RunInfo, RunRequest,
+};
 
 const TOKEN_KEY: &str = "clo-token";
 
@@ -53,11 +56,11 @@ async fn finish<T: DeserializeOwned>(resp: Result<Response, gloo_net::Error>) ->
         .map_err(|e| format!("an answer the UI cannot read: {e}"))
 }
 
-pub async fn get<T: DeserializeOwned>(path: &str) -> Result<T, String> {
+async fn get<T: DeserializeOwned>(path: &str) -> Result<T, String> {
     finish(authorized(Request::get(path)).send().await).await
 }
 
-pub async fn post<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> Result<T, String> {
+async fn post<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> Result<T, String> {
     let req = authorized(Request::post(path))
         .json(body)
         .map_err(|e| e.to_string())?;
@@ -66,7 +69,7 @@ pub async fn post<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> Re
 
 /// Reads a Server-Sent Events answer (GET, or POST with `body`), calling `on_event` for each
 /// event until it returns `false` or the stream ends.
-pub async fn stream<B: Serialize>(
+async fn stream<B: Serialize>(
     path: &str,
     body: Option<&B>,
     abort: Option<&web_sys::AbortSignal>,
@@ -102,6 +105,101 @@ pub async fn stream<B: Serialize>(
 }
 
 /// A path segment, percent-encoded.
-pub fn seg(s: &str) -> String {
+fn seg(s: &str) -> String {
     String::from(js_sys::encode_uri_component(s))
+}
+
+// One function per endpoint of `clo serve`: the pages build no URLs.
+
+/// `GET /api/models`.
+pub async fn models() -> Result<Vec<ModelInfo>, String> {
+    get("/api/models").await
+}
+
+/// `GET /api/datasets`.
+pub async fn datasets() -> Result<Vec<DatasetInfo>, String> {
+    get("/api/datasets").await
+}
+
+/// `GET /api/datasets/NAME?offset&limit`: a page of a dataset's quadruples.
+pub async fn dataset_page(name: &str, offset: usize, limit: usize) -> Result<DatasetPage, String> {
+    get(&format!(
+        "/api/datasets/{}?offset={offset}&limit={limit}",
+        seg(name)
+    ))
+    .await
+}
+
+/// `GET /api/run-config`: the settings a run takes, with their defaults.
+pub async fn run_defaults() -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    get("/api/run-config").await
+}
+
+/// `GET /api/runs`.
+pub async fn runs() -> Result<Vec<RunInfo>, String> {
+    get("/api/runs").await
+}
+
+/// `POST /api/runs`: creates (and queues) a run.
+pub async fn create_run(request: &RunRequest) -> Result<RunInfo, String> {
+    post("/api/runs", request).await
+}
+
+/// `GET /api/runs/NAME`.
+pub async fn run(name: &str) -> Result<RunInfo, String> {
+    get(&format!("/api/runs/{}", seg(name))).await
+}
+
+/// `POST /api/runs/NAME/cancel`.
+pub async fn cancel_run(name: &str) -> Result<RunInfo, String> {
+    post(&format!("/api/runs/{}/cancel", seg(name)), &()).await
+}
+
+/// `POST /api/runs/NAME/resume`: continues an interrupted run from its newest checkpoint.
+pub async fn resume_run(name: &str) -> Result<RunInfo, String> {
+    post(&format!("/api/runs/{}/resume", seg(name)), &()).await
+}
+
+/// `GET /api/runs/NAME/metrics` (Server-Sent Events): each metrics line, then the live ones.
+pub async fn run_metrics(
+    name: &str,
+    abort: Option<&web_sys::AbortSignal>,
+    on_event: impl FnMut(SseEvent) -> bool,
+) -> Result<(), String> {
+    stream::<()>(
+        &format!("/api/runs/{}/metrics", seg(name)),
+        None,
+        abort,
+        on_event,
+    )
+    .await
+}
+
+/// `GET /api/runs/NAME/checkpoints`.
+pub async fn checkpoints(name: &str) -> Result<Vec<CheckpointInfo>, String> {
+    get(&format!("/api/runs/{}/checkpoints", seg(name))).await
+}
+
+/// `POST /api/runs/NAME/export`.
+pub async fn export(name: &str, request: &ExportRequest) -> Result<ExportResponse, String> {
+    post(&format!("/api/runs/{}/export", seg(name)), request).await
+}
+
+/// `GET /api/evals/report`.
+pub async fn eval_report() -> Result<EvalReport, String> {
+    get("/api/evals/report").await
+}
+
+/// `POST /api/langid`.
+pub async fn langid(text: String) -> Result<LangIdResponse, String> {
+    post("/api/langid", &LangIdRequest { text }).await
+}
+
+/// `POST /v1/chat/completions` with `stream: true` (Server-Sent Events of chunks).
+pub async fn chat_stream(
+    request: &ChatRequest,
+    abort: Option<&web_sys::AbortSignal>,
+    on_event: impl FnMut(SseEvent) -> bool,
+) -> Result<(), String> {
+    stream("/v1/chat/completions", Some(request), abort, on_event).await
 }

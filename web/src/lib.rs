@@ -1,13 +1,13 @@
 //! clo's web UI: a Leptos app, client-side rendered and built by Trunk from the repository's
 //! `index.html`, served by `clo serve`.
 //!
-//! The request and response types are the server's own ([`types`], the serde-only
-//! `clo_core::api` module compiled into this crate), so the two cannot drift apart. The logic
+//! The request and response types are the server's own ([`types`] is `clo_core::api`: the
+//! web crate depends on clo-core, built for wasm32 with its `wasm` feature), so the two cannot
+//! drift apart. The logic
 //! the pages rest on (Server-Sent Events, the run form, chart series, language badges) builds
 //! natively and is unit-tested with `cargo test`; the pages themselves build for wasm32 only.
 
-#[path = "../../core/src/api.rs"]
-pub mod types;
+pub use clo_core::api as types;
 
 pub mod form;
 pub mod series;

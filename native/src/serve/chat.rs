@@ -127,7 +127,7 @@ fn load(s: &Shared, name: &str) -> Result<Arc<Pretrained>, ApiError> {
 }
 
 pub async fn v1_models(State(s): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(models) = super::list_models(State(s)).await?;
+    let Json(models) = super::models::list(State(s)).await?;
     let data: Vec<serde_json::Value> = models
         .iter()
         .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "clo"}))

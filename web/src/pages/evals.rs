@@ -38,7 +38,7 @@ fn report_html(report: &EvalReport) -> String {
 
 #[component]
 pub fn EvalsPage() -> impl IntoView {
-    let report = LocalResource::new(|| api::get::<EvalReport>("/api/evals/report"));
+    let report = LocalResource::new(api::eval_report);
     view! {
         <h1>"Evals"</h1>
         {move || match report.get() {

@@ -14,6 +14,11 @@ use std::time::Duration;
 
 use leptos::prelude::*;
 
+/// The UI's route of run `name` (`/runs/NAME`, percent-encoded).
+pub fn run_route(name: &str) -> String {
+    format!("/runs/{}", String::from(js_sys::encode_uri_component(name)))
+}
+
 /// An error line (nothing when `None`).
 pub fn error_line(error: impl Fn() -> Option<String> + Send + Sync + 'static) -> impl IntoView {
     move || {

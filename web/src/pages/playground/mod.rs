@@ -2,16 +2,19 @@
 //! prompt goes to two models (say the base model and a CLO run), each reply with a badge of the
 //! language it is in.
 
+mod chat_pane;
+
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use super::{badge, error_line};
 use crate::api;
+use crate::pages::error_line;
 use crate::sse::chat_delta;
-use crate::types::{ChatMessage, ChatRequest, LangIdRequest, LangIdResponse, ModelInfo};
+use crate::types::{ChatMessage, ChatRequest};
+use chat_pane::ChatPane;
 
 #[derive(Debug, Clone, PartialEq)]
-struct Turn {
+pub(super) struct Turn {
     role: &'static str,
     content: String,
     /// The reply's language once it is complete (`Some(None)`: undetermined).
@@ -22,7 +25,7 @@ struct Turn {
 }
 
 #[derive(Clone, Copy)]
-struct Pane {
+pub(super) struct Pane {
     model: RwSignal<String>,
     turns: RwSignal<Vec<Turn>>,
     error: RwSignal<Option<String>>,
@@ -93,24 +96,18 @@ impl Pane {
                     }
                 });
             };
-            let result =
-                api::stream(
-                    "/v1/chat/completions",
-                    Some(&request),
-                    None,
-                    |ev| match chat_delta(&ev.data) {
-                        Ok(Some(text)) => {
-                            append(&text);
-                            true
-                        }
-                        Ok(None) => false,
-                        Err(e) => {
-                            error.try_set(Some(e));
-                            false
-                        }
-                    },
-                )
-                .await;
+            let result = api::chat_stream(&request, None, |ev| match chat_delta(&ev.data) {
+                Ok(Some(text)) => {
+                    append(&text);
+                    true
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    error.try_set(Some(e));
+                    false
+                }
+            })
+            .await;
             if let Err(e) = result {
                 error.try_set(Some(e));
             }
@@ -118,10 +115,7 @@ impl Pane {
                 .try_with_untracked(|t| t.last().map(|l| l.content.clone()))
                 .flatten()
                 .unwrap_or_default();
-            let lang = api::post::<_, LangIdResponse>("/api/langid", &LangIdRequest { text })
-                .await
-                .map(|r| r.lang)
-                .unwrap_or(None);
+            let lang = api::langid(text).await.map(|r| r.lang).unwrap_or(None);
             turns.try_update(|t| {
                 if let Some(last) = t.last_mut() {
                     last.done = true;
@@ -136,46 +130,9 @@ impl Pane {
     }
 }
 
-fn model_select(which: &'static str, pane: Pane, names: Vec<String>) -> impl IntoView {
-    let options = names
-        .into_iter()
-        .map(|n| {
-            let m = n.clone();
-            view! { <option value=n.clone() prop:selected=move || pane.model.with(|v| *v == m)>{n.clone()}</option> }
-        })
-        .collect_view();
-    view! {
-        <select name=which on:change=move |ev| pane.model.set(event_target_value(&ev))>{options}</select>
-    }
-}
-
-#[component]
-fn ChatPane(which: &'static str, pane: Pane, names: Signal<Vec<String>>) -> impl IntoView {
-    view! {
-        <section class="pane" data-pane=which>
-            <header>
-                {move || model_select(which, pane, names.get())}
-                <button class="link" on:click=move |_| pane.turns.set(Vec::new())>"Clear"</button>
-            </header>
-            <ol class="turns">
-                {move || pane.turns.get().into_iter().map(|t| {
-                    let class = format!("turn {}{}", t.role, if t.done { "" } else { " streaming" });
-                    view! {
-                        <li class=class data-pieces=t.pieces>
-                            {t.lang.clone().map(|l| badge(l, None))}
-                            <span class="text">{t.content.clone()}</span>
-                        </li>
-                    }
-                }).collect_view()}
-            </ol>
-            {error_line(move || pane.error.get())}
-        </section>
-    }
-}
-
 #[component]
 pub fn PlaygroundPage() -> impl IntoView {
-    let models = LocalResource::new(|| api::get::<Vec<ModelInfo>>("/api/models"));
+    let models = LocalResource::new(api::models);
     let names = Signal::derive(move || {
         models
             .get()

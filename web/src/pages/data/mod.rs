@@ -1,17 +1,18 @@
 //! Data: a dataset's quadruples side by side (English | target), each text with the language
 //! it was identified as, and the summary `clo prepare` wrote.
 
+mod quad_table;
+
 use leptos::prelude::*;
 
-use super::badge;
-use crate::api::{self, seg};
-use crate::types::{DatasetInfo, DatasetPage, QuadView};
+use crate::api;
 
 const PAGE: usize = 20;
+use quad_table::QuadTable;
 
 #[component]
 pub fn DataPage() -> impl IntoView {
-    let datasets = LocalResource::new(|| api::get::<Vec<DatasetInfo>>("/api/datasets"));
+    let datasets = LocalResource::new(api::datasets);
     let chosen = RwSignal::new(String::new());
     let offset = RwSignal::new(0usize);
     Effect::new(move |_| {
@@ -28,8 +29,7 @@ pub fn DataPage() -> impl IntoView {
             if name.is_empty() {
                 return Ok(None);
             }
-            let path = format!("/api/datasets/{}?offset={offset}&limit={PAGE}", seg(&name));
-            api::get::<DatasetPage>(&path).await.map(Some)
+            api::dataset_page(&name, offset, PAGE).await.map(Some)
         }
     });
     let info = move || {
@@ -79,57 +79,5 @@ pub fn DataPage() -> impl IntoView {
             Some(Err(e)) => view! { <p class="error">{e}</p> }.into_any(),
             Some(Ok(Some(p))) => view! { <QuadTable page=p offset=offset /> }.into_any(),
         }}
-    }
-}
-
-fn text_cell(
-    prompt: String,
-    response: String,
-    detected: [Option<String>; 2],
-    lang: String,
-) -> impl IntoView {
-    let [dx, dy] = detected;
-    view! {
-        <td>
-            <div class="prompt">{badge(dx, Some(lang.clone()))}" "{prompt}</div>
-            <div class="response">{badge(dy, Some(lang))}" "{response}</div>
-        </td>
-    }
-}
-
-#[component]
-fn QuadTable(page: DatasetPage, offset: RwSignal<usize>) -> impl IntoView {
-    let total = page.total;
-    let start = page.offset;
-    let end = start + page.records.len();
-    let lang = page
-        .records
-        .first()
-        .map(|r| r.lang.clone())
-        .unwrap_or_default();
-    let rows = page
-        .records
-        .into_iter()
-        .map(|q: QuadView| {
-            let [a, b, c, d] = q.detected.clone();
-            view! {
-                <tr>
-                    <td class="num" title=q.id.clone()>{q.line}</td>
-                    {text_cell(q.x_en, q.y_en, [a, b], "en".into())}
-                    {text_cell(q.x_tgt, q.y_tgt, [c, d], q.lang)}
-                </tr>
-            }
-        })
-        .collect_view();
-    view! {
-        <table class="quads">
-            <thead><tr><th>"#"</th><th>"English"</th><th>{format!("Target ({lang})")}</th></tr></thead>
-            <tbody>{rows}</tbody>
-        </table>
-        <p class="pager">
-            <button disabled={start == 0} on:click=move |_| offset.set(start.saturating_sub(PAGE))>"← Previous"</button>
-            {format!(" records {}–{} of {total} ", start + 1, end)}
-            <button disabled={end >= total} on:click=move |_| offset.set(end)>"Next →"</button>
-        </p>
     }
 }
