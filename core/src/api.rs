@@ -1,5 +1,5 @@
-//! Request and response types of `clo serve`'s JSON API, shared by the server and the web UI.
-//! Serde only: nothing here touches models or files.
+//! Request and response types of `clo serve`'s JSON API, shared by the server and the web UI
+//! (which depends on clo-core). Serde only: nothing here touches models or files.
 
 use std::collections::BTreeMap;
 
@@ -76,9 +76,11 @@ pub struct RunRequest {
     pub model: String,
     /// A dataset name from `GET /api/datasets`.
     pub dataset: String,
-    /// Any key of `clo train`'s `RUN/config.toml` (method, trainable, lr, steps, beta, ...).
+    /// The run's settings, typed: any key of `clo train`'s `RUN/config.toml` (method,
+    /// trainable, lr, steps, beta, ...); omitted keys take the paper's defaults, unknown keys are
+    /// refused by name. `model` and `data` are not set here but by `model` and `dataset`.
     #[serde(default)]
-    pub config: BTreeMap<String, serde_json::Value>,
+    pub config: crate::train::RunConfig,
 }
 
 /// Where a run stands.

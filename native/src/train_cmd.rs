@@ -7,22 +7,22 @@ use clap::Args;
 use clo_core::train::{Method, Outcome, Progress, RunConfig, TrainOptions, TrainableKind, train};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use clo_core::train::config::setting_help_with_default;
+
 use crate::device::{DEVICE_HELP, parse_device};
 
 /// Settings of `clo train`. Each one overrides `--config`, which overrides the paper's defaults.
+/// The settings' help and defaults are clo-core's (`train::config::SETTINGS`), which the web form
+/// and the API share.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Hugging Face model directory to adapt.
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("model"))]
     model: Option<PathBuf>,
-    /// Quadruple JSONL: {"id","lang","x_en","y_en","x_tgt","y_tgt"} per line.
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("data"))]
     data: Option<PathBuf>,
-    /// Objective: clo | sft | sft-eng | sft-tgt | dpo | sft+dpo.
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("method"))]
     method: Option<Method>,
-    /// What trains: attention (q,k,v,o; the paper's) | lora | full.
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("trainable"))]
     trainable: Option<TrainableKind>,
     /// Run directory (config.toml, metrics.jsonl, checkpoints/, best/, summary.json).
     #[arg(long)]
@@ -30,68 +30,48 @@ pub struct TrainArgs {
     /// A run.toml with any of the keys of RUN/config.toml.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Optimizer steps per stage (default: --epochs passes over the data).
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("steps"))]
     steps: Option<usize>,
-    /// Passes over the training split [default: 1].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("epochs"))]
     epochs: Option<usize>,
-    /// Examples per micro-batch: quadruples (clo), pairs (dpo, sft) [default: 8].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("batch_size"))]
     batch_size: Option<usize>,
-    /// Micro-batches per optimizer step [default: 1].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("grad_accum"))]
     grad_accum: Option<usize>,
-    /// Peak learning rate [default: 5e-5].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("lr"))]
     lr: Option<f64>,
-    /// Learning rate at the end of the cosine decay [default: 1.1e-6].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("min_lr"))]
     min_lr: Option<f64>,
-    /// Linear warmup: a fraction of the steps if < 1, else a step count [default: 0.03].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("warmup"))]
     warmup: Option<f64>,
-    /// DPO/CLO temperature beta [default: 0.1].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("beta"))]
     beta: Option<f64>,
-    /// CLO weight of the NLL term: lambda * NLL + (1 - lambda) * L_CL [default: 0.5].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("lambda"))]
     lambda: Option<f64>,
-    /// Longest sequence in tokens; longer responses are cut, longer prompts dropped [default: 3000].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("max_len"))]
     max_len: Option<usize>,
-    /// LoRA rank [default: 8].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("lora_rank"))]
     lora_rank: Option<usize>,
-    /// LoRA alpha (scale alpha / rank) [default: 16].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("lora_alpha"))]
     lora_alpha: Option<f64>,
-    /// LoRA target modules, comma-separated [default: q_proj,k_proj,v_proj,o_proj].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', help = setting_help_with_default("lora_targets"))]
     lora_targets: Option<Vec<String>>,
-    /// With --trainable attention: only layers FROM..TO (e.g. 4,8 trains layers 4-7).
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',', num_args = 2, help = setting_help_with_default("layers"))]
     layers: Option<Vec<usize>>,
-    /// Seed of data order, split and LoRA init [default: 42].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("seed"))]
     seed: Option<u64>,
     /// Keep the file order instead of shuffling each epoch.
     #[arg(long)]
     no_shuffle: bool,
-    /// Share of quadruples held out for validation; 0 = none [default: 0.05].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("val_fraction"))]
     val_fraction: Option<f64>,
-    /// Validate every K steps (default: 10 times per stage).
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("eval_every"))]
     eval_every: Option<usize>,
-    /// Write a resumable checkpoint every K steps (default: --eval-every).
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("save_every"))]
     save_every: Option<usize>,
-    /// Global gradient-norm clip [default: 1.0].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("max_grad_norm"))]
     max_grad_norm: Option<f64>,
-    /// AdamW weight decay [default: 0].
-    #[arg(long)]
+    #[arg(long, help = setting_help_with_default("weight_decay"))]
     weight_decay: Option<f64>,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,

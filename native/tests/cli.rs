@@ -258,3 +258,24 @@ fn template_source_is_named_and_a_missing_template_is_said() {
     let err = chat_stderr(&t5);
     assert!(!err.contains("warning: --chat-template"), "{err}");
 }
+
+/// `clo train --help` shows clo-core's help of each run setting (the text the web form shows)
+/// with `RunConfig::default()`'s default.
+#[test]
+fn train_help_is_the_shared_settings_help() {
+    use clo_core::train::config::{SETTINGS, setting_help};
+    let out = clo(&["train", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout).replace('\n', " ");
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for s in SETTINGS
+        .iter()
+        .filter(|s| s.key != "shuffle" && s.key != "nll_reduction")
+    {
+        assert!(help.contains(setting_help(s.key)), "{}: {help}", s.key);
+    }
+    assert!(
+        help.contains("[default: 8]") && help.contains("[default: attention]"),
+        "{help}"
+    );
+}

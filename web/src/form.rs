@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use clo_core::train::{Method, RunConfig, TrainableKind};
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,165 +25,56 @@ pub struct Field {
     pub key: &'static str,
     pub label: &'static str,
     pub kind: Kind,
-    pub help: &'static str,
     /// Shown under "More settings".
     pub advanced: bool,
 }
 
-const fn field(
-    key: &'static str,
-    label: &'static str,
-    kind: Kind,
-    help: &'static str,
-    advanced: bool,
-) -> Field {
+impl Field {
+    /// The setting's help: clo-core's, the text `clo train --help` shows too.
+    pub fn help(&self) -> &'static str {
+        clo_core::train::config::setting_help(self.key)
+    }
+}
+
+const fn field(key: &'static str, label: &'static str, kind: Kind, advanced: bool) -> Field {
     Field {
         key,
         label,
         kind,
-        help,
         advanced,
     }
 }
 
-pub const METHODS: &[&str] = &["clo", "sft", "sft-eng", "sft-tgt", "dpo", "sft+dpo"];
-pub const TRAINABLE: &[&str] = &["attention", "lora", "full"];
+/// The methods and trainable sets, as clo-core names them.
+pub const METHODS: &[&str] = &Method::NAMES;
+pub const TRAINABLE: &[&str] = &TrainableKind::NAMES;
 
 /// The settings the form offers, in order.
 pub const FIELDS: &[Field] = &[
-    field(
-        "method",
-        "Method",
-        Kind::Choice(METHODS),
-        "clo: λ·NLL of the target response + (1−λ)·a DPO-style loss preferring the English answer to English prompts and the target answer to target prompts (the paper). sft: NLL on both languages; sft-eng / sft-tgt: on one; dpo: the preference loss alone; sft+dpo: sft, then dpo from it.",
-        false,
-    ),
+    field("method", "Method", Kind::Choice(METHODS), false),
     field(
         "trainable",
         "Trainable weights",
         Kind::Choice(TRAINABLE),
-        "attention: only the q/k/v/o projections train (the paper); lora: low-rank adapters on them; full: every weight.",
         false,
     ),
-    field(
-        "lr",
-        "Learning rate",
-        Kind::Float,
-        "Peak AdamW learning rate, reached after the warmup, then a cosine decay to the minimum. Paper: 5e-5.",
-        false,
-    ),
-    field(
-        "beta",
-        "β (DPO temperature)",
-        Kind::Float,
-        "How strongly the preference term holds the model near the frozen reference; larger β, smaller steps away from it. Paper: 0.1.",
-        false,
-    ),
-    field(
-        "lambda",
-        "λ (NLL weight)",
-        Kind::Float,
-        "Weight of the NLL term on target responses; 1−λ weighs the preference term. Paper: 0.5.",
-        false,
-    ),
-    field(
-        "epochs",
-        "Epochs",
-        Kind::Int,
-        "Passes over the training split, when Steps is empty. Paper: 1.",
-        false,
-    ),
-    field(
-        "steps",
-        "Steps",
-        Kind::OptInt,
-        "Optimizer steps per stage; empty: the epochs decide.",
-        false,
-    ),
-    field(
-        "batch_size",
-        "Batch size",
-        Kind::Int,
-        "Examples per micro-batch: quadruples (clo), preference pairs (dpo) or pairs (sft).",
-        false,
-    ),
-    field(
-        "grad_accum",
-        "Gradient accumulation",
-        Kind::Int,
-        "Micro-batches per optimizer step.",
-        true,
-    ),
-    field(
-        "warmup",
-        "Warmup",
-        Kind::Float,
-        "Linear warmup: a share of the steps when below 1, else a number of steps. Paper: 0.03.",
-        true,
-    ),
-    field(
-        "min_lr",
-        "Minimum learning rate",
-        Kind::Float,
-        "Where the cosine decay ends.",
-        true,
-    ),
-    field(
-        "max_len",
-        "Max length",
-        Kind::Int,
-        "Longest prompt + response in tokens; longer examples are dropped.",
-        true,
-    ),
-    field(
-        "lora_rank",
-        "LoRA rank",
-        Kind::Int,
-        "Rank of the adapters (trainable = lora).",
-        true,
-    ),
-    field(
-        "lora_alpha",
-        "LoRA α",
-        Kind::Float,
-        "Scale of the adapters: their update is multiplied by α / rank.",
-        true,
-    ),
-    field(
-        "weight_decay",
-        "Weight decay",
-        Kind::Float,
-        "AdamW's decoupled weight decay.",
-        true,
-    ),
-    field(
-        "max_grad_norm",
-        "Max gradient norm",
-        Kind::Float,
-        "Gradients are clipped to this global L2 norm.",
-        true,
-    ),
-    field(
-        "val_fraction",
-        "Validation share",
-        Kind::Float,
-        "Share of the quadruples held out to validate; the best checkpoint is the one with the lowest validation loss.",
-        true,
-    ),
-    field(
-        "eval_every",
-        "Validate every",
-        Kind::OptInt,
-        "Validate every K steps; empty: 10 times a stage.",
-        true,
-    ),
-    field(
-        "seed",
-        "Seed",
-        Kind::Int,
-        "Seeds the shuffling, the split and any random initialisation.",
-        true,
-    ),
+    field("lr", "Learning rate", Kind::Float, false),
+    field("beta", "β (DPO temperature)", Kind::Float, false),
+    field("lambda", "λ (NLL weight)", Kind::Float, false),
+    field("epochs", "Epochs", Kind::Int, false),
+    field("steps", "Steps", Kind::OptInt, false),
+    field("batch_size", "Batch size", Kind::Int, false),
+    field("grad_accum", "Gradient accumulation", Kind::Int, true),
+    field("warmup", "Warmup", Kind::Float, true),
+    field("min_lr", "Minimum learning rate", Kind::Float, true),
+    field("max_len", "Max length", Kind::Int, true),
+    field("lora_rank", "LoRA rank", Kind::Int, true),
+    field("lora_alpha", "LoRA α", Kind::Float, true),
+    field("weight_decay", "Weight decay", Kind::Float, true),
+    field("max_grad_norm", "Max gradient norm", Kind::Float, true),
+    field("val_fraction", "Validation share", Kind::Float, true),
+    field("eval_every", "Validate every", Kind::OptInt, true),
+    field("seed", "Seed", Kind::Int, true),
 ];
 
 /// The text a field starts with: the default's value (`""` for an unset one).
@@ -194,9 +86,20 @@ pub fn default_text(defaults: &Map<String, Value>, key: &str) -> String {
     }
 }
 
-/// The request's `config`: each field whose text differs from its default, typed by its kind.
-/// An error names the field and what it wants.
+/// The request's typed `config`: the defaults with the fields whose text differs from them. An
+/// error names the field and what it wants.
 pub fn config_from_form(
+    values: &BTreeMap<String, String>,
+    defaults: &Map<String, Value>,
+) -> Result<RunConfig, String> {
+    let changed = changed_settings(values, defaults)?;
+    serde_json::from_value(Value::Object(changed.into_iter().collect()))
+        .map_err(|e| format!("settings: {e}"))
+}
+
+/// Each field whose text differs from its default, typed by its kind. An error names the field
+/// and what it wants.
+pub fn changed_settings(
     values: &BTreeMap<String, String>,
     defaults: &Map<String, Value>,
 ) -> Result<BTreeMap<String, Value>, String> {
@@ -267,24 +170,41 @@ mod tests {
             ("steps", " 12 "),
             ("beta", "0.25"),
         ]);
-        let c = config_from_form(&values, &d).unwrap();
+        let c = changed_settings(&values, &d).unwrap();
         assert_eq!(
             serde_json::to_value(&c).unwrap(),
             serde_json::json!({"method": "sft", "epochs": 3, "steps": 12, "beta": 0.25})
         );
-        // A default left as it is sends nothing; clearing an optional one sends nothing either.
-        let c = config_from_form(&form(&[("steps", ""), ("method", "clo")]), &d).unwrap();
+        // A default left as it is changes nothing; clearing an optional one neither.
+        let c = changed_settings(&form(&[("steps", ""), ("method", "clo")]), &d).unwrap();
         assert!(c.is_empty(), "{c:?}");
+        // The request carries the typed config: the changes over the defaults.
+        let typed = config_from_form(&values, &d).unwrap();
+        assert_eq!(
+            (typed.method, typed.epochs, typed.steps, typed.beta),
+            (Method::Sft, 3, Some(12), 0.25)
+        );
+        assert_eq!(typed.lr, RunConfig::default().lr);
     }
 
     #[test]
     fn bad_text_names_the_field() {
         let d = defaults();
-        let e = config_from_form(&form(&[("epochs", "two")]), &d).unwrap_err();
+        let e = changed_settings(&form(&[("epochs", "two")]), &d).unwrap_err();
         assert!(e.starts_with("Epochs: give a whole number"), "{e}");
-        let e = config_from_form(&form(&[("method", "magic")]), &d).unwrap_err();
+        let e = changed_settings(&form(&[("method", "magic")]), &d).unwrap_err();
         assert!(e.contains("choose one of clo, sft"), "{e}");
-        let e = config_from_form(&form(&[("lr", "inf")]), &d).unwrap_err();
+        let e = changed_settings(&form(&[("lr", "inf")]), &d).unwrap_err();
         assert!(e.contains("finite"), "{e}");
+    }
+
+    /// Every field of the form is a run setting with clo-core's help, and offers clo-core's
+    /// names.
+    #[test]
+    fn fields_are_settings_with_the_shared_help() {
+        for f in FIELDS {
+            assert!(!f.help().is_empty(), "{} has no help in clo-core", f.key);
+        }
+        assert!(METHODS.contains(&"sft+dpo") && TRAINABLE.contains(&"lora"));
     }
 }

@@ -240,24 +240,20 @@ pub async fn defaults() -> ApiResult<serde_json::Map<String, serde_json::Value>>
     Ok(Json(obj))
 }
 
-/// The run's config: `clo train`'s defaults, then the request's keys (unknown keys refused).
+/// The run's config: the request's typed settings (defaults filled, unknown keys refused when
+/// the body was read), with the model and data of the names it gives.
 fn resolve(s: &Shared, req: &RunRequest) -> Result<RunConfig, ApiError> {
-    let mut value = serde_json::to_value(RunConfig::default()).map_err(ApiError::internal)?;
-    let obj = value
-        .as_object_mut()
-        .expect("a struct serializes to an object");
-    for (k, v) in &req.config {
-        if matches!(k.as_str(), "model" | "data") {
+    let mut config = req.config.clone();
+    for (key, given, field) in [
+        ("model", &config.model, "model"),
+        ("data", &config.data, "dataset"),
+    ] {
+        if !given.as_os_str().is_empty() {
             return Err(ApiError::bad(format!(
-                "config.{k}: give the run's {} by name in the request's `{}` field",
-                if k == "model" { "model" } else { "data" },
-                if k == "model" { "model" } else { "dataset" }
+                "config.{key}: give the run's {key} by name in the request's `{field}` field"
             )));
         }
-        obj.insert(k.clone(), v.clone());
     }
-    let mut config: RunConfig =
-        serde_json::from_value(value).map_err(|e| ApiError::bad(format!("config: {e}")))?;
     config.model = s.model_dir(&req.model)?;
     config.data = s.dataset_path(&req.dataset)?;
     // Checked now, not when the run starts: the settings and what needs the model's config.json

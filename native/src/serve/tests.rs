@@ -457,6 +457,16 @@ async fn a_run_trains_and_streams_its_metrics() {
         body["error"]["message"].as_str().unwrap().contains("stepz"),
         "{body}"
     );
+    // The typed config takes no model or data of its own: they are named by the request.
+    let (status, body) = call(&app, post("/api/runs", serde_json::json!({"name": "r3", "model": "qwen2", "dataset": "quads", "config": {"model": "/elsewhere"}}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("config.model"),
+        "{body}"
+    );
     let (status, sse) = text(&app, get("/api/runs/r1/metrics")).await;
     assert_eq!(status, StatusCode::OK);
     let metrics = sse.lines().filter(|l| *l == "event: metric").count();

@@ -146,7 +146,7 @@ pub fn NewRun() -> impl IntoView {
             <label class="field">
                 <span class="label">{f.label}</span>
                 {input}
-                <small class="help">{f.help}</small>
+                <small class="help">{f.help()}</small>
             </label>
         }
     };
