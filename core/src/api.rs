@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::eval::report::{Estimate, ReportTable};
+
 /// Every error the API returns: `{"error": {"message", "type"}}` (OpenAI's shape, so OpenAI
 /// clients show the message).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,6 +194,9 @@ pub struct EvalReport {
     pub files: BTreeMap<String, String>,
     /// Why the report is empty, when it is.
     pub message: Option<String>,
+    /// The report's tables as typed numbers (what the evals page draws its charts from).
+    #[serde(default)]
+    pub tables: Vec<crate::eval::report::ReportTable>,
 }
 
 /// One line of `RUN/metrics.jsonl`: one optimizer step. Losses, rewards and the grad norm are

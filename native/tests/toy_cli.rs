@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use clo_core::eval::results::EvalResults;
 use clo_core::toy::data::EVAL_PEOPLE;
-use clo_core::toy::quickstart::{QuickstartResults, ToyItem, ToyResults};
+use clo_core::toy::quickstart::{QuickstartResults, ToyItem};
 use clo_core::toy::world::{Lang, World, atoms, parse};
 
 fn clo(args: &[&str]) -> Output {
@@ -168,8 +169,19 @@ fn quickstart_runs_end_to_end_on_the_shipped_model_and_resumes() {
         "toy accuracy of the base model"
     );
 
-    let clo_eval: ToyResults = read(&out.join("runs/clo-n24-s0/eval/results.json"));
-    assert_eq!(clo_eval.per_language["toy"].n, n_questions);
+    // Each model's eval is written as the one eval result type of `clo eval`.
+    let Some(EvalResults::Toy {
+        model,
+        per_language,
+        overall,
+        ..
+    }) = EvalResults::read(&out.join("runs/clo-n24-s0/eval/results.json")).unwrap()
+    else {
+        panic!("not a toy eval result")
+    };
+    assert_eq!(per_language["toy"].n, n_questions);
+    assert_eq!(overall.n, 2 * n_questions);
+    assert_eq!(model.weights_sha256.len(), 64);
     let quads = std::fs::read_to_string(out.join("data/quads-n24-s0.jsonl")).unwrap();
     assert_eq!(quads.lines().count(), 24);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();

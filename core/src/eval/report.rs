@@ -36,7 +36,7 @@ impl System {
 }
 
 /// A value with its standard error.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Estimate {
     pub value: f64,
     pub stderr: f64,
@@ -137,6 +137,18 @@ fn read_entry(path: &Path) -> Result<Option<Entry>> {
                     .filter_map(|(l, s)| s.s_index_mean.map(|x| (l.clone(), x)))
                     .collect(),
                 choice: estimates(&per_language, |s| s.choice_accuracy.as_ref().map(accuracy)),
+            },
+            None,
+        ),
+        // The toy eval's fidelity is the same measure as `gen`'s (the language of each response);
+        // its answer accuracy is not multiple choice, so it is not shown as one.
+        super::EvalResults::Toy { per_language, .. } => (
+            EvalResult::Gen {
+                fidelity: estimates(&per_language, |s| Some(accuracy(&s.fidelity))),
+                s_index: (per_language.iter())
+                    .filter_map(|(l, s)| s.s_index_mean.map(|x| (l.clone(), x)))
+                    .collect(),
+                choice: BTreeMap::new(),
             },
             None,
         ),
@@ -267,23 +279,26 @@ fn md_table(title: &str, what: &str, g: &Grid) -> String {
     s
 }
 
-/// The report's files: name -> contents (`report.md` and the SVG charts it links).
-pub fn render(entries: &[Entry]) -> BTreeMap<String, String> {
+/// One table of the report (and of the evals page): systems x languages.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReportTable {
+    pub title: String,
+    /// What the numbers are, in a sentence.
+    pub what: String,
+    /// The measure's name (the chart's y axis).
+    pub metric: String,
+    /// The SVG file of the report that charts it.
+    pub file: String,
+    /// Row label (`method` or `method@size`) -> language -> pooled estimate.
+    pub rows: Grid,
+}
+
+/// The report's tables (fidelity, generated-answer accuracy, log-likelihood accuracy, win
+/// rate), those with data, as typed numbers.
+pub fn tables(entries: &[Entry]) -> Vec<ReportTable> {
     let sizes: BTreeSet<Option<usize>> = entries.iter().map(|e| e.system.size).collect();
     let with_size = sizes.len() > 1;
     let label = |s: &System| s.label(with_size);
-    let mut files = BTreeMap::new();
-    let mut md = String::from("# clo eval report\n\n");
-    let _ = writeln!(
-        md,
-        "{} eval results. Rows are methods (`method@size` = training quadruples); several runs with the same label (seeds) are averaged, and ± is then the standard error across them, else the eval's own standard error.\n",
-        entries.len()
-    );
-    let sources: Vec<String> = entries
-        .iter()
-        .map(|e| format!("- `{}`: {}", e.path.display(), label(&e.system)))
-        .collect();
-
     let fid = grid(entries.iter().filter_map(|e| match &e.result {
         EvalResult::Gen { fidelity, .. } => Some((label(&e.system), fidelity)),
         _ => None,
@@ -302,42 +317,70 @@ pub fn render(entries: &[Entry]) -> BTreeMap<String, String> {
         }
         _ => None,
     }));
-    for (g, title, what, file, y) in [
+    [
+
         (
-            &fid,
+            fid,
             "Language fidelity",
             "Share of responses in the prompt's language (language identification of each response, `clo eval gen`).",
             "fidelity.svg",
             "fidelity",
         ),
         (
-            &choice,
+            choice,
             "Answer accuracy (generated)",
             "Share of multiple-choice questions answered correctly in generated text (`Answer: X` or the language's label, up to three regenerations; unextractable = wrong).",
             "choice_accuracy.svg",
             "accuracy",
         ),
         (
-            &mc,
+            mc,
             "Accuracy (log-likelihood)",
             "Share of BELEBELE-style questions whose correct option has the highest log-likelihood (`clo eval mc`).",
             "accuracy.svg",
             "accuracy",
         ),
         (
-            &judge,
+            judge,
             "Win rate",
             "Share of pairs the judge preferred the first system's response, both orders judged, ties 0.5 (`clo eval judge`).",
             "win_rate.svg",
             "win rate",
         ),
-    ] {
-        if g.is_empty() {
-            continue;
-        }
-        md.push_str(&md_table(title, what, g));
-        let _ = writeln!(md, "![{title}]({file})\n");
-        files.insert(file.to_string(), bar_chart(title, y, g));
+    ]
+    .into_iter()
+    .filter(|(g, ..)| !g.is_empty())
+    .map(|(g, title, what, file, metric)| ReportTable {
+        title: title.into(),
+        what: what.into(),
+        metric: metric.into(),
+        file: file.into(),
+        rows: g,
+    })
+    .collect()
+}
+
+/// The report's files: name -> contents (`report.md` and the SVG charts it links).
+pub fn render(entries: &[Entry]) -> BTreeMap<String, String> {
+    let sizes: BTreeSet<Option<usize>> = entries.iter().map(|e| e.system.size).collect();
+    let with_size = sizes.len() > 1;
+    let label = |s: &System| s.label(with_size);
+    let mut files = BTreeMap::new();
+    let mut md = String::from("# clo eval report\n\n");
+    let _ = writeln!(
+        md,
+        "{} eval results. Rows are methods (`method@size` = training quadruples); several runs with the same label (seeds) are averaged, and ± is then the standard error across them, else the eval's own standard error.\n",
+        entries.len()
+    );
+    let sources: Vec<String> = entries
+        .iter()
+        .map(|e| format!("- `{}`: {}", e.path.display(), label(&e.system)))
+        .collect();
+
+    for t in tables(entries) {
+        md.push_str(&md_table(&t.title, &t.what, &t.rows));
+        let _ = writeln!(md, "![{}]({})\n", t.title, t.file);
+        files.insert(t.file.clone(), bar_chart(&t.title, &t.metric, &t.rows));
     }
 
     // Fidelity against data size: per method, the mean over non-English languages.
@@ -494,6 +537,23 @@ mod tests {
         assert_eq!(entries.len(), 7);
         let files = render(&entries);
         let md = &files["report.md"];
+        // The typed tables (what the evals page draws) hold the numbers of the Markdown, and
+        // name the chart files the report wrote.
+        let typed = tables(&entries);
+        assert_eq!(
+            typed.iter().map(|t| t.file.as_str()).collect::<Vec<_>>(),
+            ["fidelity.svg", "win_rate.svg"]
+        );
+        let fid = &typed[0].rows;
+        assert_eq!(fid["clo@200"]["en"].value, 0.9);
+        for t in &typed {
+            assert!(files.contains_key(&t.file));
+            for (label, per) in &t.rows {
+                let e = per.values().next().unwrap();
+                let cell = format!("| {label} | {:.3} ± {:.3} |", e.value, e.stderr);
+                assert!(md.contains(&cell), "{cell} in {md}");
+            }
+        }
         // Seeds pooled: mean 0.7, stderr of the mean sqrt(0.02 / 2) = 0.1.
         // Columns en | sw. English was 0.9 in both seeds: no spread across seeds.
         assert!(

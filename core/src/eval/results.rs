@@ -12,6 +12,21 @@ use super::generated::GenStats;
 use super::judge::WinRate;
 use crate::error::{CoreError, Result};
 
+/// The numbers of one language of a toy eval (`EvalResults::Toy`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToyStats {
+    pub n: usize,
+    /// Share of responses in the prompt's language.
+    pub fidelity: Accuracy,
+    /// Share of responses with the right content.
+    pub accuracy: Accuracy,
+    /// Share of responses right and in the prompt's language.
+    pub correct_in_language: Accuracy,
+    /// Accuracy per kind of question.
+    pub per_kind: BTreeMap<String, Accuracy>,
+    pub s_index_mean: Option<f64>,
+}
+
 /// The model an eval ran on: its directory (or GGUF file) and the digest of its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelRef {
@@ -38,6 +53,14 @@ pub enum EvalResults {
         per_language: BTreeMap<String, GenStats>,
         overall: GenStats,
     },
+    /// The toy world's held-out questions answered by generation (`clo quickstart`): fidelity,
+    /// answer accuracy and both together, per language and per kind of question.
+    Toy {
+        model: ModelRef,
+        config: Value,
+        per_language: BTreeMap<String, ToyStats>,
+        overall: ToyStats,
+    },
     /// Win rate of `a` over `b` by an LLM judge (`clo eval judge`).
     Judge {
         a: PathBuf,
@@ -56,12 +79,13 @@ impl EvalResults {
             EvalResults::Mc { .. } => "mc",
             EvalResults::Gen { .. } => "gen",
             EvalResults::Judge { .. } => "judge",
+            EvalResults::Toy { .. } => "toy",
         }
     }
 
     /// Reads a `results.json`. `Ok(None)`: the file is JSON but not an eval result (no `task`
-    /// of mc, gen or judge, such as the quickstart's table); a result of a known task that does
-    /// not parse is an error naming the file.
+    /// of mc, gen, judge or toy, such as the quickstart's table); a result of a known task that
+    /// does not parse is an error naming the file.
     pub fn read(path: &Path) -> Result<Option<Self>> {
         let text = crate::error::read_to_string(path, "eval results")?;
         let bad = |e: serde_json::Error| {
@@ -72,7 +96,7 @@ impl EvalResults {
             )
         };
         let value: Value = serde_json::from_str(&text).map_err(bad)?;
-        if !matches!(value["task"].as_str(), Some("mc" | "gen" | "judge")) {
+        if !matches!(value["task"].as_str(), Some("mc" | "gen" | "judge" | "toy")) {
             return Ok(None);
         }
         serde_json::from_value(value).map(Some).map_err(bad)

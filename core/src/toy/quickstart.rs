@@ -23,8 +23,10 @@ use crate::error::{CoreError, Result};
 use crate::eval::Accuracy;
 use crate::eval::langid::{LanguageIdentifier, s_index};
 use crate::eval::report::{Estimate, Grid, bar_chart, line_chart, pooled};
+use crate::eval::results::{EvalResults, ModelRef};
 use crate::fsutil::{write_atomically, write_json_atomically};
 use crate::infer::generate::{SamplingConfig, StopReason, generate_batch};
+use crate::train::reference::weights_digest;
 use crate::train::{Method, Outcome, Progress, RunConfig, TrainOptions, TrainableKind, train};
 
 /// Settings of a quickstart. The training settings are the paper's except the learning rate
@@ -85,20 +87,7 @@ pub struct ToyItem {
     pub stop: StopReason,
 }
 
-/// The numbers of one language.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ToyStats {
-    pub n: usize,
-    /// Share of responses in the prompt's language.
-    pub fidelity: Accuracy,
-    /// Share of responses with the right content.
-    pub accuracy: Accuracy,
-    /// Share of responses right and in the prompt's language.
-    pub correct_in_language: Accuracy,
-    /// Accuracy per kind of question.
-    pub per_kind: BTreeMap<String, Accuracy>,
-    pub s_index_mean: Option<f64>,
-}
+pub use crate::eval::results::ToyStats;
 
 impl ToyStats {
     pub fn of(items: &[&ToyItem]) -> Self {
@@ -242,19 +231,45 @@ pub struct QuickstartResults {
     pub wall_s: f64,
 }
 
+/// A model's toy eval written earlier (`EvalResults::Toy`), if any.
 fn read_results(path: &Path) -> Option<ToyResults> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    match EvalResults::read(path).ok()?? {
+        EvalResults::Toy {
+            model,
+            per_language,
+            ..
+        } => Some(ToyResults {
+            task: "toy".into(),
+            model: model.dir,
+            per_language,
+        }),
+        _ => None,
+    }
 }
 
-fn write_eval(dir: &Path, model_dir: &Path, items: &[ToyItem]) -> Result<ToyResults> {
+/// Writes a model's answers (`responses.jsonl`) and its results, as the eval result type every
+/// `clo eval` command writes (`EvalResults::Toy`).
+fn write_eval(
+    dir: &Path,
+    model: ModelRef,
+    config: serde_json::Value,
+    items: &[ToyItem],
+) -> Result<ToyResults> {
     let mut lines = String::new();
     for i in items {
         lines.push_str(&serde_json::to_string(i).expect("serializes"));
         lines.push('\n');
     }
     write_atomically(&dir.join("responses.jsonl"), lines.as_bytes())?;
-    let results = toy_results(model_dir, items);
-    write_json_atomically(&dir.join("results.json"), &results)?;
+    let results = toy_results(&model.dir, items);
+    let all: Vec<&ToyItem> = items.iter().collect();
+    EvalResults::Toy {
+        model,
+        config,
+        per_language: results.per_language.clone(),
+        overall: ToyStats::of(&all),
+    }
+    .write(&dir.join("results.json"))?;
     Ok(results)
 }
 
@@ -331,7 +346,16 @@ pub fn quickstart(
                 });
             },
         )?;
-        write_eval(dir, &lm.dir, &items)
+        let model = ModelRef {
+            dir: lm.dir.clone(),
+            weights_sha256: weights_digest(&lm.model),
+        };
+        let eval_config = serde_json::json!({
+            "questions": questions.len(),
+            "max_new_tokens": config.max_new_tokens,
+            "decoding": "greedy",
+        });
+        write_eval(dir, model, eval_config, &items)
     };
 
     let base_results = evaluate(

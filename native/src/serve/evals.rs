@@ -46,10 +46,12 @@ pub async fn report(State(s): State<Shared>) -> ApiResult<EvalReport> {
             Ok(entries) => EvalReport {
                 files: clo_core::eval::report::render(&entries),
                 message: None,
+                tables: clo_core::eval::report::tables(&entries),
             },
             Err(e) => EvalReport {
                 files: BTreeMap::new(),
                 message: Some(e.to_string()),
+                tables: Vec::new(),
             },
         })
     })
