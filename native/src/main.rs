@@ -15,8 +15,8 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
-use clo_core::generate::{SamplingConfig, generate};
-use clo_core::score::{Pair, ScoreRecord, read_score_input, score_batch};
+use clo_core::generate::SamplingConfig;
+use clo_core::score::{Pair, ScoreRecord, read_score_input};
 use clo_core::{CoreError, Pretrained};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -207,29 +207,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut stdout = std::io::stdout().lock();
             let mut shown = String::new();
             let mut so_far = Vec::new();
-            let out = generate(
-                &lm.model,
-                &prompt_ids,
-                lm.tokenizer.eos_ids(),
-                &config,
-                &device,
-                |id| {
-                    if json {
-                        return;
-                    }
-                    // Decode the whole continuation each time: a token may end a multi-byte
-                    // character that an earlier one began.
-                    so_far.push(id);
-                    if let Ok(text) = lm.tokenizer.decode(&so_far, true)
-                        && text.starts_with(&shown)
-                        && !text.ends_with('\u{FFFD}')
-                    {
-                        let _ = write!(stdout, "{}", &text[shown.len()..]);
-                        let _ = stdout.flush();
-                        shown = text;
-                    }
-                },
-            );
+            let out = lm.generate(&prompt_ids, &config, |id| {
+                if json {
+                    return;
+                }
+                // Decode the whole continuation each time: a token may end a multi-byte
+                // character that an earlier one began.
+                so_far.push(id);
+                if let Ok(text) = lm.tokenizer.decode(&so_far, true)
+                    && text.starts_with(&shown)
+                    && !text.ends_with('\u{FFFD}')
+                {
+                    let _ = write!(stdout, "{}", &text[shown.len()..]);
+                    let _ = stdout.flush();
+                    shown = text;
+                }
+            });
             let text = lm.tokenizer.decode(&out.ids, true)?;
             if json {
                 let value = serde_json::json!({"text": text, "ids": out.ids, "stop": out.stop, "prompt_ids": prompt_ids});
@@ -417,7 +410,7 @@ fn score(job: &ScoreJob, device: &str) -> anyhow::Result<()> {
     );
     let mut lines = String::new();
     for chunk in pairs.chunks(batch_size) {
-        for score in score_batch(&lm.model, chunk, device) {
+        for score in lm.score(chunk) {
             lines.push_str(&serde_json::to_string(&score)?);
             lines.push('\n');
         }

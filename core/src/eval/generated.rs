@@ -16,7 +16,7 @@ use super::Accuracy;
 use super::lang::{Language, language};
 use super::langid::{LanguageIdentifier, s_index};
 use crate::error::{CoreError, Result};
-use crate::infer::generate::{SamplingConfig, StopReason, generate_batch};
+use crate::infer::generate::{SamplingConfig, StopReason};
 
 /// Regenerations allowed when no answer can be extracted (paper appendix D).
 pub const MAX_REGENERATIONS: usize = 3;
@@ -231,7 +231,7 @@ pub fn eval_gen(
     config: &GenConfig,
     on_done: &mut dyn FnMut(usize),
 ) -> Result<Vec<GenItem>> {
-    let (model, tok, device) = (&lm.model, &lm.tokenizer, &lm.device);
+    let tok = &lm.tokenizer;
     let mut items = Vec::with_capacity(records.len());
     for chunk in records.chunks(config.batch_size.max(1)) {
         let langs: Vec<&Language> = chunk
@@ -257,7 +257,7 @@ pub fn eval_gen(
                     ..config.sampling.clone()
                 })
                 .collect();
-            let outs = generate_batch(model, &prompts, tok.eos_ids(), &configs, device, |_, _| {});
+            let outs = lm.generate_batch(&prompts, &configs, |_, _| {});
             let mut again = Vec::new();
             for (&i, out) in pending.iter().zip(outs) {
                 attempts[i] += 1;

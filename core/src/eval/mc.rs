@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::Accuracy;
 use super::lang::{Language, language};
 use crate::error::{CoreError, Result};
-use crate::infer::score::{Pair, score_batch};
+use crate::infer::score::Pair;
 
 /// One task record. `answer` is the 0-based index of the correct option.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,7 +110,7 @@ pub fn eval_mc(
     records_per_batch: usize,
     on_batch: &mut dyn FnMut(usize),
 ) -> Result<Vec<McItem>> {
-    let (model, tok, device) = (&lm.model, &lm.tokenizer, &lm.device);
+    let tok = &lm.tokenizer;
     let mut items = Vec::with_capacity(records.len());
     for chunk in records.chunks(records_per_batch.max(1)) {
         let mut pairs = Vec::with_capacity(4 * chunk.len());
@@ -124,7 +124,7 @@ pub fn eval_mc(
                 });
             }
         }
-        let scores = score_batch(model, &pairs, device);
+        let scores = lm.score(&pairs);
         for ((line, r), s) in chunk.iter().zip(scores.chunks(4)) {
             let logps = [s[0].logp, s[1].logp, s[2].logp, s[3].logp];
             // The first of equal maxima, as numpy's argmax.

@@ -25,7 +25,7 @@ use crate::eval::langid::{LanguageIdentifier, s_index};
 use crate::eval::report::{Estimate, Grid, bar_chart, line_chart, pooled};
 use crate::eval::results::{EvalResults, ModelRef};
 use crate::fsutil::{write_atomically, write_json_atomically};
-use crate::infer::generate::{SamplingConfig, StopReason, generate_batch};
+use crate::infer::generate::{SamplingConfig, StopReason};
 use crate::train::reference::weights_digest;
 use crate::train::{Method, Outcome, Progress, RunConfig, TrainOptions, TrainableKind, train};
 
@@ -128,7 +128,7 @@ pub fn eval_toy(
     batch: usize,
     on_done: &mut dyn FnMut(usize),
 ) -> Result<Vec<ToyItem>> {
-    let (model, tok, device) = (&lm.model, &lm.tokenizer, &lm.device);
+    let tok = &lm.tokenizer;
     let langid = ToyLangId;
     let jobs: Vec<(&EvalQuestion, Lang)> = Lang::BOTH
         .iter()
@@ -150,7 +150,7 @@ pub fn eval_toy(
             };
             chunk.len()
         ];
-        let outs = generate_batch(model, &ids, tok.eos_ids(), &configs, device, |_, _| {});
+        let outs = lm.generate_batch(&ids, &configs, |_, _| {});
         for (((q, lang), prompt), out) in chunk.iter().zip(prompts).zip(outs) {
             let response = tok.decode(&out.ids, true)?.trim().to_string();
             let expected = render(&q.answer, *lang);

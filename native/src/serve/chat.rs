@@ -14,7 +14,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use clo_core::Pretrained;
 use clo_core::api::ChatRequest;
-use clo_core::generate::{SamplingConfig, StopReason, fit_to_context, generate_until};
+use clo_core::generate::{SamplingConfig, StopReason, fit_to_context};
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -192,7 +192,6 @@ pub async fn completions(
     let permit = s.gens.slot().await?;
     let id = s.gens.id();
     let model = req.model.clone();
-    let device = s.device.clone();
     let chunk = {
         let (id, model) = (id.clone(), model.clone());
         move |delta: serde_json::Value, reason: Option<&str>| {
@@ -214,7 +213,6 @@ pub async fn completions(
             &lm,
             &prompt,
             &config,
-            &device,
             |delta| {
                 if stream {
                     let _ = tx.send(chunk(json!({"content": delta}), None));
@@ -262,32 +260,24 @@ fn answer(
     lm: &Pretrained,
     prompt: &[u32],
     config: &SamplingConfig,
-    device: &burn::tensor::Device,
     mut on_text: impl FnMut(String),
     mut on_token: impl FnMut() -> ControlFlow<()>,
 ) -> (String, StopReason, (usize, usize)) {
     let mut ids = Vec::new();
     let mut sent = String::new();
-    let out = generate_until(
-        &lm.model,
-        prompt,
-        lm.tokenizer.eos_ids(),
-        config,
-        device,
-        |t| {
-            let flow = on_token();
-            if lm.tokenizer.eos_ids().contains(&t) {
-                return flow;
-            }
-            ids.push(t);
-            let text = lm.tokenizer.decode(&ids, true).unwrap_or_default();
-            if text.len() > sent.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&sent) {
-                on_text(text[sent.len()..].to_string());
-                sent = text;
-            }
-            flow
-        },
-    );
+    let out = lm.generate_until(prompt, config, |t| {
+        let flow = on_token();
+        if lm.tokenizer.eos_ids().contains(&t) {
+            return flow;
+        }
+        ids.push(t);
+        let text = lm.tokenizer.decode(&ids, true).unwrap_or_default();
+        if text.len() > sent.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&sent) {
+            on_text(text[sent.len()..].to_string());
+            sent = text;
+        }
+        flow
+    });
     let text = lm.tokenizer.decode(&out.ids, true).unwrap_or_default();
     // What was held back (bytes that never completed a character) goes out at the end, so the
     // streamed pieces always add up to the whole answer.

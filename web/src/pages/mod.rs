@@ -19,6 +19,27 @@ pub fn run_route(name: &str) -> String {
     format!("/runs/{}", String::from(js_sys::encode_uri_component(name)))
 }
 
+/// A failed API call (the server's message), as the error an `ErrorBoundary` catches.
+#[derive(Debug, Clone)]
+pub struct ApiFailure(pub String);
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+/// What an `ErrorBoundary` shows: the messages of the failed calls.
+pub fn failures(errors: ArcRwSignal<Errors>) -> impl IntoView {
+    view! {
+        <p class="error" role="alert">
+            {move || errors.get().into_iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; ")}
+        </p>
+    }
+}
+
 /// An error line (nothing when `None`).
 pub fn error_line(error: impl Fn() -> Option<String> + Send + Sync + 'static) -> impl IntoView {
     move || {

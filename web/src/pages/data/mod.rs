@@ -5,6 +5,7 @@ mod quad_table;
 
 use leptos::prelude::*;
 
+use super::{ApiFailure, failures};
 use crate::api;
 
 const PAGE: usize = 20;
@@ -74,10 +75,14 @@ pub fn DataPage() -> impl IntoView {
                 </dl>
             </details>
         })}
-        {move || match page.get() {
-            None | Some(Ok(None)) => ().into_any(),
-            Some(Err(e)) => view! { <p class="error">{e}</p> }.into_any(),
-            Some(Ok(Some(p))) => view! { <QuadTable page=p offset=offset /> }.into_any(),
-        }}
+        <Transition fallback=|| view! { <p>"Loading…"</p> }>
+            <ErrorBoundary fallback=failures>
+                {move || Suspend::new(async move {
+                    page.await
+                        .map(|p| p.map(|p| view! { <QuadTable page=p offset=offset /> }))
+                        .map_err(ApiFailure)
+                })}
+            </ErrorBoundary>
+        </Transition>
     }
 }

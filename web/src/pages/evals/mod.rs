@@ -5,6 +5,7 @@ mod report_table;
 
 use leptos::prelude::*;
 
+use super::{ApiFailure, failures};
 use crate::api;
 use report_table::ReportTable;
 
@@ -14,11 +15,7 @@ pub fn EvalsPage() -> impl IntoView {
     view! {
         <h1>"Evals"</h1>
         <Transition fallback=|| view! { <p>"Loading…"</p> }>
-            <ErrorBoundary fallback=|errors| view! {
-                <p class="error" role="alert">
-                    {move || errors.get().into_iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; ")}
-                </p>
-            }>
+            <ErrorBoundary fallback=failures>
                 {move || Suspend::new(async move {
                     report.await.map(|r| {
                         if r.tables.is_empty() {
@@ -39,21 +36,9 @@ pub fn EvalsPage() -> impl IntoView {
                             view! { <article class="report">{tables}</article> }.into_any()
                         }
                     })
-                    .map_err(EvalsError)
+                    .map_err(ApiFailure)
                 })}
             </ErrorBoundary>
         </Transition>
     }
 }
-
-/// A failed `GET /api/evals/report`, for the error boundary.
-#[derive(Debug, Clone)]
-struct EvalsError(String);
-
-impl std::fmt::Display for EvalsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for EvalsError {}

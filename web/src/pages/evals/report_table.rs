@@ -66,15 +66,6 @@ pub fn ReportTable(table: Table) -> impl IntoView {
     for (i, system) in systems.iter().enumerate() {
         series = series.bar(Bar::new(move |g: &Group| g.values[i]).with_name(system.clone()));
     }
-    let names = langs.clone();
-    let bottom = TickLabels::aligned_floats().with_format(move |x: &f64, _| {
-        let i = x.round();
-        if (x - i).abs() < 1e-9 && i >= 0.0 {
-            names.get(i as usize).cloned().unwrap_or_default()
-        } else {
-            String::new()
-        }
-    });
     let data = Signal::derive(move || groups.clone());
     let id = table.file.trim_end_matches(".svg").to_string();
     let section_id = id.clone();
@@ -87,12 +78,12 @@ pub fn ReportTable(table: Table) -> impl IntoView {
                 <tbody>{body}</tbody>
             </table>
             <figure class="chart" data-chart=id>
+                <figcaption>{format!("{}, by language (left to right): {}", table.metric, langs.join(" · "))}</figcaption>
                 <Chart
                     aspect_ratio=AspectRatio::from_outer_ratio(560.0, 260.0)
                     series=series
                     data=data
                     left=TickLabels::aligned_floats()
-                    bottom=bottom
                     right=Legend::end()
                     inner=[
                         AxisMarker::left_edge().into_inner(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use leptos::prelude::*;
 use leptos_router::components::A;
 
-use super::ticker;
+use super::{ApiFailure, failures, ticker};
 use crate::api;
 use crate::types::{RunInfo, RunState};
 use new_run::NewRun;
@@ -39,14 +39,22 @@ pub fn RunsPage() -> impl IntoView {
     view! {
         <h1>"Runs"</h1>
         <section>
-            {move || match runs.get() {
-                None => view! { <p>"Loading…"</p> }.into_any(),
-                Some(Err(e)) => view! { <p class="error">{e}</p> }.into_any(),
-                Some(Ok(list)) if list.is_empty() => {
-                    view! { <p class="empty">"No runs yet: start one below."</p> }.into_any()
-                }
-                Some(Ok(list)) => view! { <RunTable runs=list /> }.into_any(),
-            }}
+            <Transition fallback=|| view! { <p>"Loading…"</p> }>
+                <ErrorBoundary fallback=failures>
+                    {move || Suspend::new(async move {
+                        runs.await
+                            .map(|list| {
+                                if list.is_empty() {
+                                    view! { <p class="empty">"No runs yet: start one below."</p> }
+                                        .into_any()
+                                } else {
+                                    view! { <RunTable runs=list /> }.into_any()
+                                }
+                            })
+                            .map_err(ApiFailure)
+                    })}
+                </ErrorBoundary>
+            </Transition>
         </section>
         <NewRun />
     }

@@ -11,7 +11,7 @@ use super::export::Export;
 use super::metric_chart::MetricChart;
 use super::state_name;
 use crate::api;
-use crate::pages::{error_line, ticker};
+use crate::pages::{ApiFailure, error_line, failures, ticker};
 use crate::series::{CHARTS, parse_metric};
 use crate::types::{RunState, StepMetrics};
 
@@ -99,35 +99,37 @@ pub fn RunPage() -> impl IntoView {
 
     view! {
         <h1>"Run " <code>{move || name.get()}</code></h1>
-        {move || match info.get() {
-            None => view! { <p>"Loading…"</p> }.into_any(),
-            Some(Err(e)) => view! { <p class="error">{e}</p> }.into_any(),
-            Some(Ok(run)) => {
-                let state = state_name(run.state);
-                let active = !run.state.is_done();
-                view! {
-                    <dl class="facts">
-                        <dt>"State"</dt><dd><span class=format!("state {state}") data-testid="state">{state}</span></dd>
-                        <dt>"Method"</dt><dd>{run.method.clone()}</dd>
-                        <dt>"Model"</dt><dd>{run.model.clone()}</dd>
-                        <dt>"Dataset"</dt><dd>{run.dataset.clone()}</dd>
-                        <dt>"Steps done"</dt><dd>{run.steps_done}</dd>
-                    </dl>
-                    {run.error.clone().map(|e| view! { <p class="error">{e}</p> })}
-                    {active.then(|| view! { <button class="danger" on:click=cancel>"Cancel run"</button> })}
-                    {matches!(run.state, RunState::Interrupted | RunState::Cancelled | RunState::Failed)
-                        .then(|| view! {
-                            <button on:click=resume title="Continue from the newest checkpoint">"Resume"</button>
-                        })}
-                    {run.summary.clone().map(|s| view! {
-                        <details><summary>"Summary"</summary>
-                            <pre>{serde_json::to_string_pretty(&s).unwrap_or_default()}</pre>
-                        </details>
-                    })}
-                }
-                .into_any()
-            }
-        }}
+        <Transition fallback=|| view! { <p>"Loading…"</p> }>
+            <ErrorBoundary fallback=failures>
+                {move || Suspend::new(async move {
+                    info.await.map_err(ApiFailure).map(|run| {
+                        let state = state_name(run.state);
+                        let active = !run.state.is_done();
+                        view! {
+                            <dl class="facts">
+                                <dt>"State"</dt><dd><span class=format!("state {state}") data-testid="state">{state}</span></dd>
+                                <dt>"Method"</dt><dd>{run.method.clone()}</dd>
+                                <dt>"Model"</dt><dd>{run.model.clone()}</dd>
+                                <dt>"Dataset"</dt><dd>{run.dataset.clone()}</dd>
+                                <dt>"Steps done"</dt><dd>{run.steps_done}</dd>
+                            </dl>
+                            {run.error.clone().map(|e| view! { <p class="error">{e}</p> })}
+                            {active.then(|| view! { <button class="danger" on:click=cancel>"Cancel run"</button> })}
+                            {matches!(run.state, RunState::Interrupted | RunState::Cancelled | RunState::Failed)
+                                .then(|| view! {
+                                    <button on:click=resume title="Continue from the newest checkpoint">"Resume"</button>
+                                })}
+                            {run.summary.clone().map(|s| view! {
+                                <details><summary>"Summary"</summary>
+                                    <pre>{serde_json::to_string_pretty(&s).unwrap_or_default()}</pre>
+                                </details>
+                            })}
+                        }
+
+                    })
+                })}
+            </ErrorBoundary>
+        </Transition>
         {error_line(move || action_error.get())}
         // Outside the polled block, so the export form keeps what is typed in it.
         <Show when=move || finished.get()>
