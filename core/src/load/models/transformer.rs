@@ -142,6 +142,8 @@ impl DecoderConfig {
             final_softcap: opts.final_logit_softcap.unwrap_or(0.0),
             rope: self.rope.clone(),
             local_rope: self.local_rope(),
+            rope_tables: RopeTables::default(),
+            local_rope_tables: RopeTables::default(),
         }
     }
 
@@ -444,12 +446,67 @@ pub struct CausalLm {
     embed_scale: f64,
     /// Soft cap of the logits (0: none).
     final_softcap: f64,
-    /// The model's RoPE; its tables are built on the device, once per forward pass.
+    /// The model's RoPE; its cos/sin tables are computed once per device (and grown when a
+    /// longer position is asked for), then indexed by position at each forward pass.
     #[module(skip)]
     rope: RopeConfig,
     /// The RoPE of layers marked `local_rope`, when it differs (Gemma 3).
     #[module(skip)]
     local_rope: Option<RopeConfig>,
+    #[module(skip)]
+    rope_tables: RopeTables,
+    #[module(skip)]
+    local_rope_tables: RopeTables,
+}
+
+/// A RoPE's cos and sin for positions `0..len`, one per device (plain and autodiff apart).
+#[derive(Debug, Clone)]
+struct RopeTable {
+    device: Device,
+    autodiff: bool,
+    len: usize,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+}
+
+/// The tables of one RoPE, shared by the clones of a model (the autodiff model and its
+/// `valid()` twin keep theirs apart by device).
+#[derive(Debug, Clone, Default)]
+pub struct RopeTables(std::sync::Arc<std::sync::Mutex<Vec<RopeTable>>>);
+
+impl RopeTables {
+    /// cos and sin, `[len >= needed, head_dim]` each, for positions from 0, on `device`: computed
+    /// on the device the first time (`position x inv_freq` in f32, as Hugging Face does, then
+    /// cos and sin), and again, twice as long, when a later call needs more positions.
+    fn get(&self, rope: &RopeConfig, needed: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let autodiff = device.is_autodiff();
+        let mut tables = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = tables
+            .iter()
+            .find(|t| &t.device == device && t.autodiff == autodiff && t.len >= needed)
+        {
+            return (t.cos.clone(), t.sin.clone());
+        }
+        let len = needed.next_power_of_two().max(64);
+        let inv_freq: Vec<f32> = rope.inv_freq().into_iter().map(|f| f as f32).collect();
+        let half = inv_freq.len();
+        let inv_freq = Tensor::<2>::from_data(TensorData::new(inv_freq, [1, half]), device);
+        let positions = Tensor::<1, Int>::arange(0..len as i64, device)
+            .float()
+            .reshape([len, 1]);
+        let angles = positions.expand([len, half]) * inv_freq.expand([len, half]);
+        let angles = Tensor::cat(vec![angles.clone(), angles], 1); // HF's cat((freqs, freqs))
+        let (cos, sin) = (angles.clone().cos(), angles.sin());
+        tables.retain(|t| !(&t.device == device && t.autodiff == autodiff));
+        tables.push(RopeTable {
+            device: device.clone(),
+            autodiff,
+            len,
+            cos: cos.clone(),
+            sin: sin.clone(),
+        });
+        (cos, sin)
+    }
 }
 
 impl CausalLm {
@@ -514,9 +571,20 @@ impl CausalLm {
             }
         };
         let start = cache.len();
-        let (cos, sin) = rope_tables(&self.rope, start, seq, &cache.padding, &device);
-        let local = (self.local_rope.as_ref())
-            .map(|local| rope_tables(local, start, seq, &cache.padding, &device));
+        let (cos, sin) = rope_at(
+            self.rope_tables.get(&self.rope, start + seq, &device),
+            start,
+            seq,
+            &cache.padding,
+        );
+        let local = (self.local_rope.as_ref()).map(|local| {
+            rope_at(
+                self.local_rope_tables.get(local, start + seq, &device),
+                start,
+                seq,
+                &cache.padding,
+            )
+        });
         // One mask per distinct sliding window, shared by the layers that use it.
         let mut masks: Vec<(usize, Tensor<3, Bool>)> = Vec::new();
         let mut x = self.model.embed_tokens.forward(ids); // [b, seq, hidden]
@@ -544,42 +612,34 @@ impl CausalLm {
     }
 }
 
-/// RoPE tables for positions `start .. start + seq` (each row's counted from its first real
-/// token when rows are left-padded), built on the device: `positions x inv_freq` in f32, as
-/// Hugging Face computes them, then cos and sin.
+/// The rows of RoPE tables for positions `start .. start + seq` (each row's counted from its
+/// first real token when rows are left-padded), picked on the device from the cached tables.
 ///
 /// # Shapes
-/// - output: `[rows or 1, 1, seq, head_dim]` each
-fn rope_tables(
-    rope: &RopeConfig,
+/// - tables: `[len, head_dim]` each; output: `[rows or 1, 1, seq, head_dim]` each
+fn rope_at(
+    (cos, sin): (Tensor<2>, Tensor<2>),
     start: usize,
     seq: usize,
     padding: &[usize],
-    device: &Device,
 ) -> (Tensor<4>, Tensor<4>) {
-    let inv_freq: Vec<f32> = rope.inv_freq().into_iter().map(|f| f as f32).collect();
-    let half = inv_freq.len();
-    let inv_freq = Tensor::<2>::from_data(TensorData::new(inv_freq, [1, half]), device);
+    let device = cos.device();
+    let [_, dim] = cos.dims();
     let rows = padding.len().max(1);
-    let positions = Tensor::<1, Int>::arange(start as i64..(start + seq) as i64, device)
-        .float()
-        .reshape([1, seq]);
+    let positions =
+        Tensor::<1, Int>::arange(start as i64..(start + seq) as i64, &device).reshape([1, seq]);
     let positions = if padding.is_empty() {
         positions
     } else {
-        let pads: Vec<f32> = padding.iter().map(|&p| p as f32).collect();
-        let pads = Tensor::<2>::from_data(TensorData::new(pads, [rows, 1]), device);
-        (positions.expand([rows, seq]) - pads.expand([rows, seq])).clamp_min(0.0)
+        let pads: Vec<i64> = padding.iter().map(|&p| p as i64).collect();
+        let pads = Tensor::<2, Int>::from_data(TensorData::new(pads, [rows, 1]), &device);
+        (positions.expand([rows, seq]) - pads.expand([rows, seq])).clamp_min(0)
     };
-    let angles = positions
-        .reshape([rows * seq, 1])
-        .expand([rows * seq, half])
-        * inv_freq.expand([rows * seq, half]); // [rows * seq, half]
-    let angles = Tensor::cat(vec![angles.clone(), angles], 1); // HF's cat((freqs, freqs))
-    let shape = [rows, 1, seq, 2 * half];
+    let positions = positions.reshape([rows * seq]);
+    let shape = [rows, 1, seq, dim];
     (
-        angles.clone().cos().reshape(shape),
-        angles.sin().reshape(shape),
+        cos.select(0, positions.clone()).reshape(shape),
+        sin.select(0, positions).reshape(shape),
     )
 }
 
@@ -608,5 +668,49 @@ impl CausalLm {
                     .reshape([b, s, vocab])
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lens(tables: &RopeTables) -> Vec<(bool, usize)> {
+        let t = tables.0.lock().unwrap();
+        t.iter().map(|t| (t.autodiff, t.len)).collect()
+    }
+
+    /// RoPE tables are computed once per device and grown only when a longer position is
+    /// needed; a training model and its `valid()` twin keep their own.
+    #[test]
+    fn rope_tables_are_computed_once_per_device() {
+        let config = crate::train::pretrain::PretrainConfig {
+            vocab_size: 320,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_layers: 1,
+            num_heads: 2,
+            num_kv_heads: 1,
+            ..Default::default()
+        };
+        let device = Device::flex().autodiff();
+        let model = config.decoder().init(&device);
+        let ids =
+            |n: usize| Tensor::<2, Int>::from_data(TensorData::new(vec![1i64; n], [1, n]), &device);
+        let first = model.forward(ids(5), None);
+        let again = model.forward(ids(5), None);
+        assert_eq!(lens(&model.rope_tables), [(true, 64)]);
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            first.into_data().convert::<f32>().try_into_vec().unwrap(),
+            again.into_data().convert::<f32>().try_into_vec().unwrap(),
+        );
+        assert_eq!(a, b);
+        let _ = model.forward(ids(100), None);
+        assert_eq!(lens(&model.rope_tables), [(true, 128)]);
+        let plain = model.valid();
+        let ids =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![1i64; 3], [1, 3]), &plain.device());
+        let _ = plain.forward(ids, None);
+        assert_eq!(lens(&model.rope_tables), [(true, 128), (false, 64)]);
     }
 }
