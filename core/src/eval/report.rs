@@ -112,6 +112,17 @@ fn estimates<T>(
         .collect()
 }
 
+/// Per-language mean S-index picked out of typed stats (languages without one left out).
+fn s_index_means<T>(
+    per_language: &BTreeMap<String, T>,
+    pick: impl Fn(&T) -> Option<f64>,
+) -> BTreeMap<String, f64> {
+    per_language
+        .iter()
+        .filter_map(|(lang, stats)| pick(stats).map(|x| (lang.clone(), x)))
+        .collect()
+}
+
 fn accuracy(a: &super::Accuracy) -> Estimate {
     Estimate {
         value: a.accuracy,
@@ -133,9 +144,7 @@ fn read_entry(path: &Path) -> Result<Option<Entry>> {
         super::EvalResults::Gen { per_language, .. } => (
             EvalResult::Gen {
                 fidelity: estimates(&per_language, |s| Some(accuracy(&s.fidelity))),
-                s_index: (per_language.iter())
-                    .filter_map(|(l, s)| s.s_index_mean.map(|x| (l.clone(), x)))
-                    .collect(),
+                s_index: s_index_means(&per_language, |s| s.s_index_mean),
                 choice: estimates(&per_language, |s| s.choice_accuracy.as_ref().map(accuracy)),
             },
             None,
@@ -145,9 +154,7 @@ fn read_entry(path: &Path) -> Result<Option<Entry>> {
         super::EvalResults::Toy { per_language, .. } => (
             EvalResult::Gen {
                 fidelity: estimates(&per_language, |s| Some(accuracy(&s.fidelity))),
-                s_index: (per_language.iter())
-                    .filter_map(|(l, s)| s.s_index_mean.map(|x| (l.clone(), x)))
-                    .collect(),
+                s_index: s_index_means(&per_language, |s| s.s_index_mean),
                 choice: BTreeMap::new(),
             },
             None,

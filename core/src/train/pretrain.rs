@@ -169,6 +169,21 @@ impl PretrainConfig {
     }
 }
 
+/// A decoder of a few thousand parameters for unit tests (one layer, hidden 16, GQA).
+#[cfg(test)]
+pub(crate) fn tiny_test_decoder() -> DecoderConfig {
+    PretrainConfig {
+        vocab_size: 320,
+        hidden_size: 16,
+        intermediate_size: 32,
+        num_layers: 1,
+        num_heads: 2,
+        num_kv_heads: 1,
+        ..Default::default()
+    }
+    .decoder()
+}
+
 /// Trains a byte-level BPE tokenizer of `vocab_size` ids (special tokens included) on `docs`.
 pub fn train_tokenizer(docs: &[Doc], vocab_size: usize) -> Result<tokenizers::Tokenizer> {
     let err = |e: tokenizers::Error| CoreError::Invalid(format!("tokenizer training: {e}"));

@@ -484,21 +484,12 @@ fn read(data: TensorData) -> Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::pretrain::PretrainConfig;
+    use crate::train::pretrain::tiny_test_decoder;
 
     fn tiny() -> CausalLm {
-        let config = PretrainConfig {
-            vocab_size: 320,
-            hidden_size: 16,
-            intermediate_size: 32,
-            num_layers: 1,
-            num_heads: 2,
-            num_kv_heads: 1,
-            ..Default::default()
-        };
         let device = Device::flex().autodiff();
         device.seed(7);
-        config.decoder().init(&device).unfreeze()
+        tiny_test_decoder().init(&device).unfreeze()
     }
 
     fn pair(seed: u32, len: usize) -> Pair {

@@ -684,17 +684,8 @@ mod tests {
     /// needed; a training model and its `valid()` twin keep their own.
     #[test]
     fn rope_tables_are_computed_once_per_device() {
-        let config = crate::train::pretrain::PretrainConfig {
-            vocab_size: 320,
-            hidden_size: 16,
-            intermediate_size: 32,
-            num_layers: 1,
-            num_heads: 2,
-            num_kv_heads: 1,
-            ..Default::default()
-        };
         let device = Device::flex().autodiff();
-        let model = config.decoder().init(&device);
+        let model = crate::train::pretrain::tiny_test_decoder().init(&device);
         let ids =
             |n: usize| Tensor::<2, Int>::from_data(TensorData::new(vec![1i64; n], [1, n]), &device);
         let first = model.forward(ids(5), None);
