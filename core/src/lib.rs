@@ -28,6 +28,7 @@ pub mod train;
 
 // Shared by the stages.
 pub mod api;
+pub mod bench;
 pub mod error;
 pub mod fsutil;
 #[cfg(feature = "net")]

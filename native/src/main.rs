@@ -1,5 +1,6 @@
 //! `clo`: the command line of clo.
 
+mod bench_cmd;
 mod device;
 mod eval_cmd;
 mod hints;
@@ -112,6 +113,10 @@ enum Command {
     Quickstart(Box<quickstart_cmd::QuickstartArgs>),
     /// Serve the JSON API, an OpenAI-compatible /v1 and the web UI (loopback by default).
     Serve(Box<serve::ServeArgs>),
+    /// Time a training step or greedy generation on a real model shape (random weights) or a
+    /// model directory; with --compare-torch, the same work in PyTorch eager and the ratios.
+    #[command(subcommand)]
+    Bench(bench_cmd::BenchCommand),
     /// Architecture, parameter count, dtype, vocabulary and layers of a model directory.
     Inspect {
         #[arg(long)]
@@ -239,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pretrain(args) => pretrain_cmd::run_pretrain(*args),
         Command::Quickstart(args) => quickstart_cmd::run_quickstart(*args),
         Command::Serve(args) => serve::run_serve(*args),
+        Command::Bench(cmd) => bench_cmd::run_bench(cmd),
         Command::Inspect { model, json } => {
             let s = Pretrained::summarize(&model)?;
             if json {

@@ -159,7 +159,7 @@ fn split(quads: Vec<TokenizedQuad>, dropped: usize, config: &RunConfig) -> Resul
 }
 
 /// The objective a stage of `config` trains.
-fn objective(stage: Method, config: &RunConfig) -> Objective {
+pub fn objective(stage: Method, config: &RunConfig) -> Objective {
     match stage {
         Method::Clo => Objective::Clo {
             beta: config.beta,
