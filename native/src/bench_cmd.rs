@@ -222,7 +222,7 @@ fn build_model(subject: &Subject, device: &Device, seed: u64) -> anyhow::Result<
     device.seed(seed);
     Ok(match &subject.model_dir {
         Some(dir) => Pretrained::load(dir, device)?.model,
-        None => subject.config.decoder.init(device),
+        None => subject.config.decoder.init_random(device, 0.02),
     })
 }
 

@@ -197,28 +197,39 @@ pub fn generate_batch_until(
         .collect();
     let mut ids: Vec<Vec<u32>> = vec![Vec::new(); rows];
     let steps = configs.iter().map(|c| c.max_new_tokens).max().unwrap_or(0);
+    // Greedy rows need only the argmax: it is taken on the device, and one id per row comes
+    // back instead of a row of logits.
+    let greedy = configs.iter().all(|c| c.temperature <= 0.0);
     let mut len = width;
     for _ in 0..steps {
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(input, [rows, len]), device);
-        let logits = model.forward(tokens, Some(&mut cache)); // [rows, len, vocab]
+        let hidden = model.hidden_states(tokens, Some(&mut cache)); // [rows, len, hidden]
+        // Only the last position's logits are needed (the prompt's others are not).
+        let logits = model.logits(hidden.slice(s![.., len - 1..len, ..])); // [rows, 1, vocab]
         let [_, _, vocab] = logits.dims();
-        let last: Vec<f32> = logits
-            .slice(s![.., len - 1..len, ..])
-            .reshape([rows * vocab])
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .expect("f32 logits");
+        let logits = logits.reshape([rows, vocab]);
+        let (argmax, last): (Vec<i64>, Vec<f32>) = if greedy {
+            let ids = logits.argmax(1).reshape([rows]).into_data();
+            (ids.try_into_vec_as().expect("int ids"), Vec::new())
+        } else {
+            let last = logits.reshape([rows * vocab]).into_data();
+            (Vec::new(), last.try_into_vec_as().expect("f32 logits"))
+        };
         input = Vec::with_capacity(rows);
         for row in 0..rows {
             if out[row].is_some() {
                 input.push(fill);
                 continue;
             }
-            let next = choose(
-                &last[row * vocab..(row + 1) * vocab],
-                &configs[row],
-                &mut rngs[row],
-            );
+            let next = if greedy {
+                argmax[row] as u32
+            } else {
+                choose(
+                    &last[row * vocab..(row + 1) * vocab],
+                    &configs[row],
+                    &mut rngs[row],
+                )
+            };
             if eos_ids.contains(&next) {
                 out[row] = Some(Generation {
                     ids: std::mem::take(&mut ids[row]),

@@ -82,8 +82,25 @@ pub struct ArchOptions {
 impl DecoderConfig {
     /// A model with lazily initialised parameters, ready for a checkpoint to fill.
     pub fn init(&self, device: &Device) -> CausalLm {
-        let linear =
-            |d_in, d_out, bias| LinearConfig::new(d_in, d_out).with_bias(bias).init(device);
+        self.init_with(device, None)
+    }
+
+    /// A model with random weights close to how transformers initialises a fresh model: every
+    /// linear matrix (and bias) and the embeddings from `N(0, std)` (`initializer_range`, 0.02
+    /// in most configs), norms one. Logits then start near uniform, as in a real checkpoint, instead of the
+    /// huge ones Burn's default (Kaiming) initialisation gives.
+    pub fn init_random(&self, device: &Device, std: f64) -> CausalLm {
+        self.init_with(device, Some(burn::nn::Initializer::Normal { mean: 0.0, std }))
+    }
+
+    fn init_with(&self, device: &Device, weights: Option<burn::nn::Initializer>) -> CausalLm {
+        let linear = |d_in, d_out, bias| {
+            let config = LinearConfig::new(d_in, d_out).with_bias(bias);
+            match &weights {
+                Some(init) => config.with_initializer(init.clone()).init(device),
+                None => config.init(device),
+            }
+        };
         let norm_of = |dim| {
             RmsNormConfig::new(dim)
                 .with_epsilon(self.rms_norm_eps)
@@ -133,7 +150,12 @@ impl DecoderConfig {
             .collect();
         CausalLm {
             model: DecoderStack {
-                embed_tokens: EmbeddingConfig::new(self.vocab_size, h).init(device),
+                embed_tokens: match &weights {
+                    Some(init) => EmbeddingConfig::new(self.vocab_size, h)
+                        .with_initializer(init.clone())
+                        .init(device),
+                    None => EmbeddingConfig::new(self.vocab_size, h).init(device),
+                },
                 layers,
                 norm: norm(),
             },
