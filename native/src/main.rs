@@ -23,6 +23,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use device::{DEVICE_HELP, parse_device};
 
+/// Tensors of hundreds of megabytes are allocated and freed every step; mimalloc reuses their
+/// pages instead of unmapping and faulting them in again (`clo bench` measured the difference).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "clo",

@@ -5,7 +5,7 @@
 //! the PyTorch side of `--compare-torch` computes the same losses on the same batch:
 //!
 //! ```sh
-//! CLO_TORCH_PYTHON=/path/to/venv/bin/python cargo test -p clo --test bench_cli -- --ignored
+//! CLO_TORCH_PYTHON=/path/to/venv/bin/python cargo test --workspace --test bench_cli -- --ignored
 //! ```
 
 use std::path::{Path, PathBuf};
