@@ -13,6 +13,11 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// A command line's words (no quoting: the paths here have no spaces).
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 fn clo(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_clo"))
         .args(args)
@@ -49,10 +54,9 @@ fn check_side(side: &Value, steps: usize) {
 #[test]
 fn bench_train_runs_at_a_tiny_shape_on_cpu_and_lavapipe() {
     for device in ["cpu", "wgpu:cpu"] {
-        let v = bench_json(&[
-            "bench", "train", "--shape", "tiny", "--device", device, "--steps", "2", "--seq-len",
-            "16", "--json",
-        ]);
+        let v = bench_json(&words(&format!(
+            "bench train --shape tiny --device {device} --steps 2 --seq-len 16 --json"
+        )));
         assert_eq!(v["kind"], "train");
         assert_eq!(v["rows"], 8, "2 quadruples of 4 rows");
         assert_eq!(v["tokens_per_step"], 8 * 16);
@@ -75,10 +79,9 @@ fn bench_train_runs_at_a_tiny_shape_on_cpu_and_lavapipe() {
 #[test]
 fn bench_generate_runs_at_a_tiny_shape_on_cpu_and_lavapipe() {
     for device in ["cpu", "wgpu:cpu"] {
-        let v = bench_json(&[
-            "bench", "generate", "--shape", "tiny", "--device", device, "--steps", "1",
-            "--batch-size", "2", "--seq-len", "8", "--new-tokens", "5", "--json",
-        ]);
+        let v = bench_json(&words(&format!(
+            "bench generate --shape tiny --device {device} --steps 1 --batch-size 2 --seq-len 8 --new-tokens 5 --json"
+        )));
         assert_eq!(v["generated_tokens"], 10);
         check_side(&v["clo"], 1);
     }
@@ -86,12 +89,18 @@ fn bench_generate_runs_at_a_tiny_shape_on_cpu_and_lavapipe() {
 
 #[test]
 fn bench_prints_a_table_and_refuses_bad_settings() {
-    let (ok, stdout, stderr) = clo(&[
-        "bench", "train", "--shape", "tiny", "--steps", "1", "--seq-len", "8", "--method", "sft",
-    ]);
+    let (ok, stdout, stderr) = clo(&words(
+        "bench train --shape tiny --steps 1 --seq-len 8 --method sft",
+    ));
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("median step") && stdout.contains("tokens/s"), "{stdout}");
-    assert!(stdout.contains("MFU") || stdout.contains("--peak-tflops"), "{stdout}");
+    assert!(
+        stdout.contains("median step") && stdout.contains("tokens/s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("MFU") || stdout.contains("--peak-tflops"),
+        "{stdout}"
+    );
     for (args, says) in [
         (vec!["--shape", "gpt-9"], "unknown shape `gpt-9`"),
         (vec!["--dtype", "bf16"], "--dtype bf16"),
@@ -106,10 +115,9 @@ fn bench_prints_a_table_and_refuses_bad_settings() {
         let (ok, _, stderr) = clo(&all);
         assert!(!ok && stderr.contains(says), "{all:?}: {stderr}");
     }
-    let (ok, _, stderr) = clo(&[
-        "bench", "train", "--shape", "tiny", "--steps", "1", "--compare-torch",
-        "/nonexistent/python",
-    ]);
+    let (ok, _, stderr) = clo(&words(
+        "bench train --shape tiny --steps 1 --compare-torch /nonexistent/python",
+    ));
     assert!(!ok && stderr.contains("--compare-torch"), "{stderr}");
 }
 
@@ -123,10 +131,9 @@ fn bench_does_the_same_work_as_pytorch() {
     let model = fixture_model();
     let model = model.to_str().unwrap();
     for method in ["clo", "dpo", "sft"] {
-        let v = bench_json(&[
-            "bench", "train", "--model", model, "--method", method, "--steps", "3",
-            "--seq-len", "24", "--lr", "1e-3", "--json", "--compare-torch", &python,
-        ]);
+        let v = bench_json(&words(&format!(
+            "bench train --model {model} --method {method} --steps 3 --seq-len 24 --lr 1e-3 --json --compare-torch {python}"
+        )));
         let ours: Vec<f64> = serde_json::from_value(v["clo"]["losses"].clone()).unwrap();
         let theirs: Vec<f64> = serde_json::from_value(v["torch"]["losses"].clone()).unwrap();
         assert_eq!(ours.len(), 4);
@@ -137,16 +144,18 @@ fn bench_does_the_same_work_as_pytorch() {
             theirs[0]
         );
         for (a, b) in ours.iter().zip(&theirs) {
-            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{method}: {ours:?} vs {theirs:?}");
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{method}: {ours:?} vs {theirs:?}"
+            );
         }
         check_side(&v["torch"], 3);
         assert!(v["ratio"]["tokens_per_s"].as_f64().unwrap() > 0.0);
     }
     // Generation: the same greedy tokens from the same weights.
-    let v = bench_json(&[
-        "bench", "generate", "--model", model, "--steps", "1", "--new-tokens", "8", "--json",
-        "--compare-torch", &python,
-    ]);
+    let v = bench_json(&words(&format!(
+        "bench generate --model {model} --steps 1 --new-tokens 8 --json --compare-torch {python}"
+    )));
     check_side(&v["torch"], 1);
     assert!(v["greedy_prefix_agreement"].as_f64().is_some(), "{v}");
 }

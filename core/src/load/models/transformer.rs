@@ -90,7 +90,10 @@ impl DecoderConfig {
     /// in most configs), norms one. Logits then start near uniform, as in a real checkpoint, instead of the
     /// huge ones Burn's default (Kaiming) initialisation gives.
     pub fn init_random(&self, device: &Device, std: f64) -> CausalLm {
-        self.init_with(device, Some(burn::nn::Initializer::Normal { mean: 0.0, std }))
+        self.init_with(
+            device,
+            Some(burn::nn::Initializer::Normal { mean: 0.0, std }),
+        )
     }
 
     fn init_with(&self, device: &Device, weights: Option<burn::nn::Initializer>) -> CausalLm {
