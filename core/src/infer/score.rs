@@ -2,7 +2,6 @@
 //! tokens, prompt and padding masked out.
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
 use crate::load::models::CausalLm;
@@ -20,11 +19,13 @@ pub fn sequence_logps(
     mask: Tensor<2>,
 ) -> (Tensor<1>, Tensor<2>) {
     let [batch, seq, _] = logits.dims();
-    let logp = log_softmax(logits, 2); // [batch, seq, vocab]
-    let picked = logp
-        .gather(2, labels.unsqueeze_dim::<3>(2))
-        .reshape([batch, seq]); // [batch, seq]
-    let per_token = picked * mask;
+    // log p(label) = logit(label) - logsumexp(logits): the label's logit is picked first, so the
+    // full `[batch, seq, vocab]` log-softmax is never formed (one full-size tensor less in the
+    // forward, the backward and the memory the backward keeps).
+    let picked = logits.clone().gather(2, labels.unsqueeze_dim::<3>(2)); // [batch, seq, 1]
+    let max = logits.clone().detach().max_dim(2); // [batch, seq, 1]
+    let log_sum_exp = (logits - max.clone()).exp().sum_dim(2).log() + max; // [batch, seq, 1]
+    let per_token = (picked - log_sum_exp).reshape([batch, seq]) * mask;
     (per_token.clone().sum_dim(1).reshape([batch]), per_token)
 }
 
