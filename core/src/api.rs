@@ -83,6 +83,19 @@ pub struct RunRequest {
     /// refused by name. `model` and `data` are not set here but by `model` and `dataset`.
     #[serde(default)]
     pub config: crate::train::RunConfig,
+    /// Data parallelism: devices as `clo train --devices` takes them (`wgpu:0,wgpu:1`, `all`);
+    /// absent: the server's `--device`. `GET /api/devices` lists this machine's devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<String>,
+}
+
+/// `GET /api/devices`: what a run may train on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceList {
+    /// The server's `--device` (a run without `devices` trains there).
+    pub default: String,
+    /// Device specs of this machine (`cpu`, `wgpu:cpu`, `wgpu:0`, ...), as `devices` takes them.
+    pub available: Vec<String>,
 }
 
 /// Where a run stands.

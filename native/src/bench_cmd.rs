@@ -20,7 +20,7 @@ use clo_core::train::{Method, OptimizerSettings, RunConfig, TrainableKind, Train
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::device::{DEVICE_HELP, adapters, parse_device};
+use crate::device::{DEVICE_HELP, adapters, parse_device, parse_devices};
 
 /// The PyTorch side, compiled in so that `--compare-torch` works from any directory.
 const TORCH_SCRIPT: &str = include_str!("../bench/torch_bench.py");
@@ -92,6 +92,11 @@ pub struct TrainBenchArgs {
     trainable: String,
     #[arg(long, default_value_t = 1e-5)]
     lr: f64,
+    /// Data parallelism, as `clo train --devices` (e.g. wgpu:0,wgpu:1): the step is timed on
+    /// the first 1, 2, .., N devices of the list, with each device's peak memory and the scaling
+    /// efficiency (tokens/s on k devices / (k x tokens/s on one)). Overrides --device.
+    #[arg(long, value_name = "LIST")]
+    devices: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -423,45 +428,69 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         .collect();
     let flops = MatmulParams::of(decoder).train_flops(&row_lens, trainable, run_config.lora_rank);
 
-    let device = parse_device(&common.device)?;
-    let ad = device.clone().autodiff();
-    let model = build_model(&subject, &ad, common.seed)?;
-    let model = run_config.trainable_set().apply(model)?;
-    let mut memory = MemoryWatch::new(&device, &common.device);
-    let reference = if objective.needs_reference() {
-        let plain = model.valid();
-        let batch = collate(&work.pairs(), &device);
-        let (sums, _) = batch_logps(&plain, &batch);
-        sums.into_data()
-            .try_into_vec_as::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading reference log-probs: {e:?}"))?
-    } else {
-        Vec::new()
+    let specs: Vec<String> = match &args.devices {
+        Some(list) if list.trim() == "all" => (0..parse_devices(list)?.len())
+            .map(|n| format!("wgpu:{n}"))
+            .collect(),
+        Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
+        None => vec![common.device.clone()],
     };
-    let batch = work.micro_batch(reference);
-    let mut trainer = Trainer::new(
-        objective,
-        OptimizerSettings::fine_tuning(run_config.weight_decay, run_config.max_grad_norm),
-    );
-    let (mut times, mut losses) = (Vec::new(), Vec::new());
-    let mut model = model;
-    for _ in 0..common.warmup + common.steps {
-        let t0 = Instant::now();
-        let (next, report) = trainer.step(model, std::slice::from_ref(&batch), args.lr)?;
-        times.push(t0.elapsed().as_secs_f64());
-        losses.push(report.loss);
-        model = next;
-        memory.sample();
-    }
-    drop(model);
+    let devices = match &args.devices {
+        Some(list) => parse_devices(list)?,
+        None => vec![parse_device(&common.device)?],
+    };
+    let measure = |k: usize| -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<Option<u64>>)> {
+        time_train_steps(
+            &subject,
+            &run_config,
+            objective,
+            &work,
+            &devices[..k],
+            &specs[..k],
+            common,
+            args.lr,
+        )
+    };
     let tokens = work.tokens();
+    let mut scaling = Vec::new();
+    let mut single_tps = None;
+    let (mut times, mut losses, mut memories) = (Vec::new(), Vec::new(), Vec::new());
+    for k in if devices.len() > 1 {
+        1..=devices.len()
+    } else {
+        1..=1
+    } {
+        let (t, l, m) = measure(k)?;
+        let side = Side::new(t.clone(), common.warmup, tokens, flops, peak);
+        let tps = side.tokens_per_s;
+        let single = *single_tps.get_or_insert(tps);
+        scaling.push(json!({
+            "devices": specs[..k],
+            "median_step_s": side.median_step_s,
+            "tokens_per_s": tps,
+            "peak_memory_bytes": m,
+            "efficiency": tps / (k as f64 * single),
+        }));
+        (times, losses, memories) = (t, l, m);
+    }
     let mut clo = Side::new(times, common.warmup, tokens, flops, peak);
     clo.losses = losses;
-    clo.device_name = machine
-        .adapter
-        .clone()
-        .unwrap_or_else(|| "cpu (Flex)".into());
-    memory.finish(&mut clo);
+    clo.device_name = if devices.len() > 1 {
+        specs.join(",")
+    } else {
+        machine
+            .adapter
+            .clone()
+            .unwrap_or_else(|| "cpu (Flex)".into())
+    };
+    clo.peak_memory_bytes = memories.iter().flatten().copied().max();
+    clo.memory_kind = if specs.iter().all(|s| !s.starts_with("wgpu")) {
+        "peak RSS".into()
+    } else if devices.len() > 1 {
+        "largest device's pool reserved (max after each step)".into()
+    } else {
+        "device pool reserved (max after each step)".into()
+    };
 
     let torch = match &common.compare_torch {
         Some(python) => {
@@ -513,6 +542,42 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         "tokens_per_step": tokens,
         "lr": args.lr,
     });
+    let mut head = head;
+    if devices.len() > 1 {
+        value["scaling"] = Value::Array(scaling.clone());
+        head.push_str(
+            "\n  data parallel: devices  median step  tokens/s  efficiency  peak memory per device",
+        );
+        for row in &scaling {
+            let mem: Vec<String> = row["peak_memory_bytes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|m| {
+                            m.as_f64().map_or("-".into(), |b| {
+                                format!("{:.2} GiB", b / (1u64 << 30) as f64)
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            head.push_str(&format!(
+                "\n    {:<24} {:>8.3} s {:>9.1} {:>10.2}x  {}",
+                row["devices"]
+                    .as_array()
+                    .map(|d| d
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","))
+                    .unwrap_or_default(),
+                row["median_step_s"].as_f64().unwrap_or(f64::NAN),
+                row["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+                row["efficiency"].as_f64().unwrap_or(f64::NAN),
+                mem.join(" / ")
+            ));
+        }
+    }
     Ok(finish(
         &mut value,
         head,
@@ -523,6 +588,67 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         clo,
         torch,
     ))
+}
+
+/// Times `warmup + steps` optimizer steps of `work` with the model on `devices` (data parallel
+/// when more than one): each step's seconds and loss, and each device's peak memory (the
+/// process's peak RSS for CPU devices, the allocator's reserved bytes for wgpu ones).
+#[allow(clippy::too_many_arguments)]
+fn time_train_steps(
+    subject: &Subject,
+    run_config: &RunConfig,
+    objective: clo_core::train::Objective,
+    work: &TrainWork,
+    devices: &[Device],
+    specs: &[String],
+    common: &Common,
+    lr: f64,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<Option<u64>>)> {
+    let device = devices[0].clone();
+    let ad = device.clone().autodiff();
+    let model = build_model(subject, &ad, common.seed)?;
+    let model = run_config.trainable_set().apply(model)?;
+    let mut memory: Vec<MemoryWatch> = devices
+        .iter()
+        .zip(specs)
+        .map(|(d, s)| MemoryWatch::new(d, s))
+        .collect();
+    let reference = if objective.needs_reference() {
+        let plain = model.valid();
+        let batch = collate(&work.pairs(), &device);
+        let (sums, _) = batch_logps(&plain, &batch);
+        sums.into_data()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading reference log-probs: {e:?}"))?
+    } else {
+        Vec::new()
+    };
+    let batch = work.micro_batch(reference);
+    let mut trainer = Trainer::new(
+        objective,
+        OptimizerSettings::fine_tuning(run_config.weight_decay, run_config.max_grad_norm),
+    )
+    .with_replicas(&devices[1..]);
+    let (mut times, mut losses) = (Vec::new(), Vec::new());
+    let mut model = model;
+    for _ in 0..common.warmup + common.steps {
+        let t0 = Instant::now();
+        let (next, report) = trainer.step(model, std::slice::from_ref(&batch), lr)?;
+        times.push(t0.elapsed().as_secs_f64());
+        losses.push(report.loss);
+        model = next;
+        memory.iter_mut().for_each(MemoryWatch::sample);
+    }
+    drop(model);
+    let peaks = memory
+        .iter()
+        .map(|m| {
+            let mut side = Side::new(vec![1.0], 0, 1, 0.0, None);
+            m.finish(&mut side);
+            side.peak_memory_bytes
+        })
+        .collect();
+    Ok((times, losses, peaks))
 }
 
 fn bench_generate(args: &GenerateBenchArgs) -> anyhow::Result<Printed> {

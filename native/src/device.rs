@@ -17,6 +17,57 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     Ok(device)
 }
 
+/// Parses a `--devices` list: comma-separated device specs (a spec may repeat: several replicas
+/// on one device), or `all` for every discrete GPU wgpu finds.
+pub fn parse_devices(list: &str) -> anyhow::Result<Vec<Device>> {
+    if list.trim() == "all" {
+        let gpus = adapters()
+            .iter()
+            .filter(|a| a.device_type == wgpu::DeviceType::DiscreteGpu)
+            .count();
+        if gpus == 0 {
+            bail!(
+                "--devices all: this machine has no discrete GPU; list devices instead, e.g. --devices cpu or --devices wgpu:cpu"
+            );
+        }
+        return Ok((0..gpus)
+            .map(|n| Device::wgpu(DeviceKind::DiscreteGpu(n)))
+            .collect());
+    }
+    let specs: Vec<&str> = list.split(',').map(str::trim).collect();
+    if specs.iter().any(|s| s.is_empty()) {
+        bail!(
+            "--devices {list}: an empty entry; expected comma-separated devices ({DEVICE_HELP}) or `all`"
+        );
+    }
+    specs.into_iter().map(parse_device).collect()
+}
+
+/// Device specs of this machine, as `--device` takes them: `cpu`, then one per wgpu adapter
+/// (`wgpu:N`, `wgpu:integrated:N`, `wgpu:cpu`).
+pub fn available_devices() -> Vec<String> {
+    let mut specs = vec!["cpu".to_string()];
+    let (mut discrete, mut integrated) = (0, 0);
+    for a in adapters() {
+        let spec = match a.device_type {
+            wgpu::DeviceType::DiscreteGpu => {
+                discrete += 1;
+                format!("wgpu:{}", discrete - 1)
+            }
+            wgpu::DeviceType::IntegratedGpu => {
+                integrated += 1;
+                format!("wgpu:integrated:{}", integrated - 1)
+            }
+            wgpu::DeviceType::Cpu => "wgpu:cpu".to_string(),
+            _ => continue,
+        };
+        if !specs.contains(&spec) {
+            specs.push(spec);
+        }
+    }
+    specs
+}
+
 /// One adapter as wgpu reports it.
 #[derive(Debug, Clone)]
 pub struct AdapterInfo {
@@ -126,6 +177,16 @@ mod tests {
         assert!(err.contains("`x` is not a device index"), "{err}");
         assert!(parse_device("cpu").is_ok());
         assert!(parse_spec("wgpu:1").is_ok());
+    }
+
+    #[test]
+    fn device_lists_parse_each_entry() {
+        assert_eq!(parse_devices("cpu,cpu").unwrap().len(), 2);
+        assert_eq!(parse_devices(" cpu ").unwrap().len(), 1);
+        let err = parse_devices("cpu,,cpu").unwrap_err().to_string();
+        assert!(err.contains("empty entry"), "{err}");
+        let err = parse_devices("cpu,gpu7").unwrap_err().to_string();
+        assert!(err.contains("--device gpu7: unknown device"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod device;
+mod distributed;
 mod eval_cmd;
 mod hints;
 mod prepare_cmd;

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use clo_core::train::config::setting_help_with_default;
 
-use crate::device::{DEVICE_HELP, parse_device};
+use crate::device::{DEVICE_HELP, parse_device, parse_devices};
 
 /// Settings of `clo train`. Each one overrides `--config`, which overrides the paper's defaults.
 /// The settings' help and defaults are clo-core's (`train::config::SETTINGS`), which the web form
@@ -75,6 +75,17 @@ pub struct TrainArgs {
     weight_decay: Option<f64>,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
+    /// Data parallelism: comma-separated devices as --device takes them (e.g. wgpu:0,wgpu:1;
+    /// kinds may mix, e.g. cpu,wgpu:cpu; `all` = every discrete GPU). One model replica per
+    /// device; each batch is split across them by whole quadruples and their gradients summed
+    /// before one update, so the run equals one device with the same batch. Overrides --device.
+    #[arg(long, value_name = "LIST")]
+    devices: Option<String>,
+    /// Data parallelism across processes: `mpi` (run under mpirun; needs a clo built with
+    /// --features mpi). Each rank trains on its own --devices, each batch is split across the
+    /// ranks by whole quadruples, gradients are summed over MPI; rank 0 writes the run.
+    #[arg(long, value_name = "KIND", help = crate::distributed::DISTRIBUTED_HELP)]
+    distributed: Option<String>,
     /// Continue the run in --out from its newest checkpoint.
     #[arg(long)]
     resume: bool,
@@ -146,19 +157,48 @@ fn default_cache_dir() -> PathBuf {
 
 pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
-    let device = parse_device(&args.device)?;
+    let (device, replicas) = match &args.devices {
+        Some(list) => {
+            let mut all = parse_devices(list)?;
+            let main = all.remove(0);
+            (main, all)
+        }
+        None => (parse_device(&args.device)?, Vec::new()),
+    };
     let mut opts = TrainOptions::new(
         &args.out,
         args.cache_dir.clone().unwrap_or_else(default_cache_dir),
     );
+    opts.replicas = replicas;
+    let mut rank = 0;
+    if let Some(kind) = &args.distributed {
+        let c = crate::distributed::collective(kind)?;
+        rank = c.rank();
+        opts.collective = Some(c);
+    }
     opts.resume = args.resume;
     opts.force = args.force;
 
+    // Across processes, rank 0 alone shows progress and results.
     let mut bar = TrainBar::new(true);
-    let mut report = |p: Progress| bar.update(p);
+    let mut report = |p: Progress| {
+        if rank == 0 {
+            bar.update(p)
+        }
+    };
     let outcome = train(&config, &opts, &device, &mut report);
     bar.bar.finish_and_clear();
-    match outcome? {
+    let outcome = outcome.map_err(|e| {
+        if opts.collective.is_some() {
+            anyhow::Error::from(e).context(format!("rank {rank}"))
+        } else {
+            e.into()
+        }
+    })?;
+    if rank != 0 {
+        return Ok(());
+    }
+    match outcome {
         Outcome::Finished(s) => {
             println!(
                 "{} finished: {} steps, loss {} -> {}{}",

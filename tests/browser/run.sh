@@ -12,7 +12,8 @@ mkdir -p "$ART"
 ART="$(cd "$ART" && pwd)"
 
 trunk build
-cargo build -p clo
+# The features of the test command (README), so that this build reuses its binary.
+cargo build -p clo --features mpi
 (cd tests/browser && { npm ls --depth=0 >/dev/null 2>&1 || npm ci --no-audit --no-fund; })
 
 WORK="$(mktemp -d)"

@@ -51,6 +51,9 @@ test('a run created from the form charts its metrics live', async () => {
   assert.equal(await page.inputValue('select[name=method]'), 'clo');
   await page.selectOption('select[name=model]', 'toy');
   await page.selectOption('select[name=dataset]', 'toy');
+  // The form lists this machine's devices (data parallelism); ticking cpu trains there.
+  await page.waitForSelector('input[name=devices][value=cpu]', { state: 'attached' });
+  await page.check('input[name=devices][value=cpu]');
   await page.fill('input[name=name]', RUN);
   await page.fill('input[name=steps]', String(STEPS));
   await page.fill('input[name=batch_size]', '4');

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 
 use crate::sse::{SseEvent, SseParser};
 use crate::types::{
-    ChatRequest, CheckpointInfo, DatasetInfo, DatasetPage, ErrorBody, EvalReport, ExportRequest,
-    ExportResponse, LangIdRequest, LangIdResponse, ModelInfo, RunInfo, RunRequest,
+    ChatRequest, CheckpointInfo, DatasetInfo, DatasetPage, DeviceList, ErrorBody, EvalReport,
+    ExportRequest, ExportResponse, LangIdRequest, LangIdResponse, ModelInfo, RunInfo, RunRequest,
 };
 
 const TOKEN_KEY: &str = "clo-token";
@@ -133,6 +133,11 @@ pub async fn dataset_page(name: &str, offset: usize, limit: usize) -> Result<Dat
 /// `GET /api/run-config`: the settings a run takes, with their defaults.
 pub async fn run_defaults() -> Result<serde_json::Map<String, serde_json::Value>, String> {
     get("/api/run-config").await
+}
+
+/// `GET /api/devices`.
+pub async fn devices() -> Result<DeviceList, String> {
+    get("/api/devices").await
 }
 
 /// `GET /api/runs`.

@@ -100,7 +100,8 @@ pub fn run_steps(
 /// written after that checkpoint.
 pub struct MetricsLog {
     path: PathBuf,
-    file: File,
+    /// None: lines are counted, not written (a process that does not write the run's files).
+    file: Option<File>,
     bytes: u64,
 }
 
@@ -116,19 +117,29 @@ impl MetricsLog {
             .map_err(|e| CoreError::io("truncate", path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
             bytes: keep_bytes,
         })
+    }
+
+    /// A log that writes nothing (data-parallel ranks other than 0), starting at `bytes`.
+    pub fn discard(bytes: u64) -> Self {
+        Self {
+            path: PathBuf::new(),
+            file: None,
+            bytes,
+        }
     }
 
     /// Appends one line (flushed).
     pub fn append(&mut self, line: &impl Serialize) -> Result<()> {
         let mut text = serde_json::to_string(line).expect("metrics serialize");
         text.push('\n');
-        self.file
-            .write_all(text.as_bytes())
-            .and_then(|_| self.file.flush())
-            .map_err(|e| CoreError::io("append to", &self.path, e))?;
+        if let Some(file) = &mut self.file {
+            file.write_all(text.as_bytes())
+                .and_then(|_| file.flush())
+                .map_err(|e| CoreError::io("append to", &self.path, e))?;
+        }
         self.bytes += text.len() as u64;
         Ok(())
     }

@@ -9,6 +9,7 @@ pub mod driver;
 pub mod examples;
 pub mod loss;
 pub mod optim;
+pub mod parallel;
 pub mod pretrain;
 pub mod reference;
 pub mod run;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::examples::Examples;
+use super::parallel::{run_on_replicas, split_ranges};
 use crate::error::{CoreError, Result};
 use crate::infer::score::{batch_logps, collate};
 use crate::load::models::CausalLm;
@@ -64,18 +65,49 @@ pub fn reference_logps(
     device: &Device,
     on_batch: &mut dyn FnMut(usize, usize),
 ) -> Vec<Vec<f32>> {
+    let _ = device;
+    reference_logps_on(
+        std::slice::from_ref(model),
+        examples,
+        batch_size,
+        max_len,
+        on_batch,
+    )
+}
+
+/// [`reference_logps`] with the model on several devices (data parallelism): each batch is split
+/// by whole examples across `models` (replicas of one model), which work at once.
+pub fn reference_logps_on(
+    models: &[CausalLm],
+    examples: &Examples,
+    batch_size: usize,
+    max_len: usize,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Vec<Vec<f32>> {
     let width = examples.ref_width();
     let n = examples.len();
     let mut values = vec![vec![0f32; width]; n];
     let all: Vec<usize> = (0..n).collect();
     for chunk in all.chunks(batch_size.max(1)) {
-        let rows = examples.rows(chunk, max_len);
-        let batch = collate(&rows, device);
-        let (sums, _) = batch_logps(model, &batch);
-        let sums: Vec<f32> = sums.into_data().try_into_vec_as().expect("f32 log-probs");
-        // Rows come in blocks of `chunk.len()` (see `Examples::rows`).
-        for (r, v) in sums.into_iter().enumerate() {
-            values[chunk[r % chunk.len()]][r / chunk.len()] = v;
+        let parts: Vec<(usize, &[usize])> = split_ranges(chunk.len(), models.len())
+            .into_iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(d, r)| (d, &chunk[r]))
+            .collect();
+        let sums = run_on_replicas(parts.clone(), |d, part: &[usize]| {
+            let model = &models[d];
+            let rows = examples.rows(part, max_len);
+            let batch = collate(&rows, &model.device());
+            let (sums, _) = batch_logps(model, &batch);
+            let sums: Vec<f32> = sums.into_data().try_into_vec_as().expect("f32 log-probs");
+            sums
+        });
+        for ((_, part), sums) in parts.iter().zip(sums) {
+            // Rows come in blocks of `part.len()` (see `Examples::rows`).
+            for (r, v) in sums.into_iter().enumerate() {
+                values[part[r % part.len()]][r / part.len()] = v;
+            }
         }
         on_batch(chunk[chunk.len() - 1] + 1, n);
     }

@@ -20,8 +20,10 @@ use super::data::read_quadruples;
 use super::driver::{Flow, MetricsLog, StepDone, Stopped, run_steps};
 use super::examples::Examples;
 use super::optim::Schedule;
+use super::parallel::Collective;
 use super::reference::{
-    CachedReference, ReferenceCache, cache_key, read_run_reference, reference_logps, weights_digest,
+    CachedReference, ReferenceCache, cache_key, read_run_reference, reference_logps_on,
+    weights_digest,
 };
 use super::step::{MicroBatch, Objective, OptimizerSettings, Trainer};
 use crate::Pretrained;
@@ -49,6 +51,12 @@ pub struct TrainOptions {
     /// Start afresh even where `out` holds something else (a finished run, other files): the
     /// old `out` is moved aside (`OUT.replaced-TIME`), never deleted.
     pub force: bool,
+    /// Data parallelism: devices besides the main one, each holding a replica of the model
+    /// (plain devices; see [`super::parallel`]). Empty: one device.
+    pub replicas: Vec<Device>,
+    /// Data parallelism across processes (MPI): gradients are summed over them; only rank 0
+    /// writes files.
+    pub collective: Option<Arc<dyn Collective>>,
 }
 
 impl TrainOptions {
@@ -60,6 +68,8 @@ impl TrainOptions {
             cancel: None,
             keep_checkpoints: 2,
             force: false,
+            replicas: Vec::new(),
+            collective: None,
         }
     }
 }
@@ -233,13 +243,14 @@ fn micro_batch(m: usize, n: usize, config: &RunConfig, stage: usize) -> (usize, 
     (epoch, order[b * config.batch_size..end].to_vec())
 }
 
-/// What a run's parts share: its settings, options, directory and (plain) device.
+/// What a run's parts share: its settings, options, directory, and whether this process writes
+/// files (rank 0, or the only process).
 #[derive(Clone, Copy)]
 struct RunContext<'a> {
     config: &'a RunConfig,
     opts: &'a TrainOptions,
     run: &'a RunDir,
-    device: &'a Device,
+    writer: bool,
 }
 
 /// Reference log-probs of a stage: `[example][block]` for the training and validation sets, and
@@ -260,7 +271,7 @@ fn stage_reference(
         config,
         opts,
         run,
-        device,
+        writer,
     } = *ctx;
     let run_file = run.reference(stage.name());
     if opts.resume && run_file.exists() {
@@ -288,6 +299,9 @@ fn stage_reference(
         }
         None => {
             let total = train.len() + val.len();
+            let models: Vec<CausalLm> = std::iter::once(reference.clone())
+                .chain(opts.replicas.iter().map(|d| reference.clone().fork(d)))
+                .collect();
             let mut sets = Vec::new();
             let mut offset = 0;
             for set in [train, val] {
@@ -299,30 +313,35 @@ fn stage_reference(
                         cached: false,
                     })
                 };
-                sets.push(reference_logps(
-                    &reference,
+                sets.push(reference_logps_on(
+                    &models,
                     set,
                     config.batch_size,
                     config.max_len,
-                    device,
                     &mut report,
                 ));
                 offset += set.len();
             }
             let entry = CachedReference { key, sets };
-            match cache.put(&entry) {
+            match if writer {
+                cache.put(&entry)
+            } else {
+                Ok(PathBuf::new())
+            } {
                 Ok(path) => tracing::info!(path = %path.display(), "reference log-probs cached"),
                 Err(e) => tracing::warn!("reference log-probs not cached: {e}"),
             }
             (entry, false)
         }
     };
-    write_atomically(
-        &run_file,
-        serde_json::to_string(&entry)
-            .expect("reference serializes")
-            .as_bytes(),
-    )?;
+    if writer {
+        write_atomically(
+            &run_file,
+            serde_json::to_string(&entry)
+                .expect("reference serializes")
+                .as_bytes(),
+        )?;
+    }
     let (train, val) = entry.into_train_val();
     Ok((train, val, cached))
 }
@@ -340,8 +359,15 @@ pub fn train(
     // Bad data stops the run before anything is written.
     let quads = read_quadruples(&config.data)?;
     let run = RunDir::new(&opts.out);
+    // Across processes only rank 0 writes; the others read the checkpoint it resumes from.
+    let writer = opts.collective.as_ref().is_none_or(|c| c.rank() == 0);
     // Held until this function returns: one writer per run directory.
-    let (resume_from, _lock) = prepare_run_dir(config, opts, &run)?;
+    let (resume_from, _lock) = if writer {
+        let (from, lock) = prepare_run_dir(config, opts, &run)?;
+        (from, Some(lock))
+    } else {
+        (opts.resume.then(|| run.latest_checkpoint()).flatten(), None)
+    };
     let mut state = match &resume_from {
         Some(dir) => read_state(dir)?,
         None => RunState {
@@ -356,8 +382,15 @@ pub fn train(
     };
     let wall_before = state.wall_s;
     // Drop metrics lines written after the checkpoint we resume from.
+    if let Some(c) = &opts.collective {
+        agree_on_start(c.as_ref(), state.global_step)?;
+    }
     let metrics_path = run.metrics();
-    let mut metrics = MetricsLog::open(&metrics_path, state.metrics_bytes)?;
+    let mut metrics = if writer {
+        MetricsLog::open(&metrics_path, state.metrics_bytes)?
+    } else {
+        MetricsLog::discard(state.metrics_bytes)
+    };
     // The run's first loss, when the steps before this resume logged it.
     let mut first_loss = if state.metrics_bytes > 0 {
         first_logged_loss(&metrics_path)
@@ -406,7 +439,7 @@ pub fn train(
                 config,
                 opts,
                 run: &run,
-                device,
+                writer,
             };
             let (t, v, cached) = stage_reference(
                 &tokenizer,
@@ -437,7 +470,11 @@ pub fn train(
         let mut trainer = Trainer::new(
             objective(stage, config),
             OptimizerSettings::fine_tuning(config.weight_decay, config.max_grad_norm),
-        );
+        )
+        .with_replicas(&opts.replicas);
+        if let Some(c) = &opts.collective {
+            trainer = trainer.with_collective(c.clone());
+        }
         if let Some(dir) = &resume_from
             && state.stage == s
             && state.stage_step > 0
@@ -476,7 +513,9 @@ pub fn train(
             state.stage_step = done.step + 1;
             state.wall_s = wall_before + started.elapsed().as_secs_f64();
             let finished = state.stage_step;
-            let validate = !val_ex.is_empty() && (finished % eval_every == 0 || finished == total);
+            // Validation chooses `best`, which only the writing process saves.
+            let validate =
+                writer && !val_ex.is_empty() && (finished % eval_every == 0 || finished == total);
             let val_loss = if validate {
                 Some(evaluate(
                     trainer,
@@ -522,13 +561,15 @@ pub fn train(
             {
                 state.best_val_loss = Some(v);
                 state.best_step = Some(line.step);
-                run.save_best(config, &state, model)?;
+                if writer {
+                    run.save_best(config, &state, model)?;
+                }
             }
             cancelled = opts
                 .cancel
                 .as_ref()
                 .is_some_and(|c| c.load(Ordering::Relaxed));
-            if finished % save_every == 0 || finished == total || cancelled {
+            if writer && (finished % save_every == 0 || finished == total || cancelled) {
                 // At the end of a stage the checkpoint points at the next one, which starts
                 // from this model with a fresh optimizer.
                 let saved = if finished == total && !last_stage {
@@ -570,20 +611,24 @@ pub fn train(
             Stopped::Asked { .. } => {
                 return Ok(Outcome::Cancelled {
                     step: state.global_step,
-                    checkpoint: last_checkpoint.expect("just written"),
+                    checkpoint: last_checkpoint.unwrap_or_else(|| run.checkpoints()),
                 });
             }
             Stopped::NonFinite { what, .. } => {
                 // The update was not applied: the weights are those before this step, kept as
                 // the last good state.
                 state.wall_s = wall_before + started.elapsed().as_secs_f64();
-                let dir = run.save_checkpoint(
-                    config,
-                    &state,
-                    &model,
-                    trainer.optimizer(),
-                    opts.keep_checkpoints,
-                )?;
+                let dir = if writer {
+                    run.save_checkpoint(
+                        config,
+                        &state,
+                        &model,
+                        trainer.optimizer(),
+                        opts.keep_checkpoints,
+                    )?
+                } else {
+                    run.checkpoints()
+                };
                 return Err(CoreError::NonFinite {
                     step: state.global_step,
                     stage: stage.name(),
@@ -613,8 +658,26 @@ pub fn train(
         wall_s: wall_before + started.elapsed().as_secs_f64(),
         reference_cached,
     };
-    write_json_atomically(&run.summary(), &summary)?;
+    if writer {
+        write_json_atomically(&run.summary(), &summary)?;
+    }
     Ok(Outcome::Finished(summary))
+}
+
+/// Checks that every process starts from the same step (they resume from the checkpoint each
+/// finds in `out`: every host must see the same run directory).
+fn agree_on_start(collective: &dyn Collective, step: usize) -> Result<()> {
+    let mut v = [step as f32, 1.0];
+    collective.all_reduce_sum(&mut v)?;
+    let size = collective.size() as f32;
+    if v[1] != size || (v[0] - step as f32 * size).abs() > 0.5 {
+        return Err(CoreError::Invalid(format!(
+            "the {} processes start from different steps (this one, rank {}, from step {step}): every host must see the same run directory (a shared filesystem) with the same checkpoints",
+            collective.size(),
+            collective.rank()
+        )));
+    }
+    Ok(())
 }
 
 /// The `loss` of the first line of `metrics.jsonl`.

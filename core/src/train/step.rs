@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use super::loss::{NllReduction, PreferenceTerms, clo_loss, dpo_loss, nll};
 use super::optim::{clip_to, squared_grad_norm};
+use std::sync::Arc;
+
+use super::parallel::{
+    Collective, Replicas, Shard, Share, all_reduce_grads, run_on_replicas, split_micro_batch,
+};
 use crate::error::{CoreError, Result};
 use crate::infer::score::{Pair, batch_logps, collate};
 use crate::load::models::CausalLm;
@@ -173,8 +178,8 @@ impl StepReport {
 
 /// Where each micro-batch's numbers lie in the packed read-back tensor.
 struct Packed {
-    /// Per micro-batch: (pairs per direction block, english flags for DPO).
-    layout: Vec<(usize, Vec<bool>)>,
+    /// Per shard: (its micro-batch, pairs per direction block, english flags for DPO).
+    layout: Vec<(usize, usize, Vec<bool>)>,
     values: Vec<Tensor<1>>,
 }
 
@@ -191,10 +196,16 @@ impl Packed {
 
 /// The loss of a micro-batch (a graph to differentiate on an autodiff device), with what is
 /// logged of it pushed to `packed`.
+///
+/// `share` is the batch's part of a larger micro-batch split across devices (data parallelism):
+/// the loss and its logged parts are that share of the whole micro-batch's, so that the shards'
+/// losses (and gradients) sum to the whole's. `micro` tags what is logged with the micro-batch.
 fn micro_loss(
     model: &CausalLm,
     objective: &Objective,
     batch: &MicroBatch,
+    share: Share,
+    micro: usize,
     packed: &mut Packed,
 ) -> Result<Tensor<1>> {
     let device = model.device();
@@ -235,14 +246,31 @@ fn micro_loss(
                 lambda,
                 reduction,
             );
-            packed.push(terms.loss.clone());
-            packed.push(terms.loss_sft);
-            packed.push(terms.loss_cl);
+            let loss = if share == Share::WHOLE {
+                terms.loss
+            } else {
+                let sft = match reduction {
+                    NllReduction::TokenMean => share.tokens,
+                    NllReduction::SequenceMean => share.examples,
+                };
+                terms.loss_sft.clone() * (lambda * sft)
+                    + terms.loss_cl.clone() * ((1.0 - lambda) * share.examples)
+            };
+            let scale = |t: Tensor<1>, w: f64| if share == Share::WHOLE { t } else { t * w };
+            packed.push(loss.clone());
+            packed.push(scale(
+                terms.loss_sft,
+                match reduction {
+                    NllReduction::TokenMean => share.tokens,
+                    NllReduction::SequenceMean => share.examples,
+                },
+            ));
+            packed.push(scale(terms.loss_cl, share.examples));
             packed.push_rewards(&terms.en);
             packed.push_rewards(&terms.tgt);
             let english = [vec![true; n], vec![false; n]].concat();
-            packed.layout.push((n, english));
-            terms.loss
+            packed.layout.push((micro, n, english));
+            loss
         }
         Objective::Dpo { beta } => {
             if batch.english.len() != n {
@@ -259,18 +287,66 @@ fn micro_loss(
                 reference.narrow(0, n, n),
                 beta,
             );
-            packed.push(terms.loss.clone());
+            let loss = if share == Share::WHOLE {
+                terms.loss.clone()
+            } else {
+                terms.loss.clone() * share.examples
+            };
+            packed.push(loss.clone());
             packed.push_rewards(&terms);
-            packed.layout.push((n, batch.english.clone()));
-            terms.loss
+            packed.layout.push((micro, n, batch.english.clone()));
+            loss
         }
         Objective::Sft { reduction } => {
             let loss = nll(policy, counts(0..n), reduction);
+            let loss = match (share == Share::WHOLE, reduction) {
+                (true, _) => loss,
+                (false, NllReduction::TokenMean) => loss * share.tokens,
+                (false, NllReduction::SequenceMean) => loss * share.examples,
+            };
             packed.push(loss.clone());
-            packed.layout.push((0, Vec::new()));
+            packed.layout.push((micro, 0, Vec::new()));
             loss
         }
     })
+}
+
+/// The shards of `batch` that rank `rank` of `ranks` computes on its `local` devices, as
+/// (local device, shard): the micro-batch is split by whole examples across ranks, then each
+/// rank's part across its devices; every shard's share is of the whole micro-batch.
+fn shards_of(
+    objective: &Objective,
+    batch: &MicroBatch,
+    ranks: usize,
+    rank: usize,
+    local: usize,
+) -> Vec<(usize, Shard)> {
+    let Some((_, part)) = split_micro_batch(objective, batch, ranks)
+        .into_iter()
+        .find(|(r, _)| *r == rank)
+    else {
+        return Vec::new();
+    };
+    split_micro_batch(objective, &part.batch, local)
+        .into_iter()
+        .map(|(d, s)| {
+            let share = if part.share == Share::WHOLE {
+                s.share
+            } else {
+                Share {
+                    examples: part.share.examples * s.share.examples,
+                    tokens: part.share.tokens * s.share.tokens,
+                }
+            };
+            (
+                d,
+                Shard {
+                    batch: s.batch,
+                    share,
+                },
+            )
+        })
+        .collect()
 }
 
 /// A step whose gradients are computed and whose numbers await their one read-back.
@@ -278,13 +354,21 @@ struct Pending {
     grads: GradientsParams,
     packed: Packed,
     tokens: usize,
+    /// With a collective: every process's shard layout, in rank order.
+    global: Option<Vec<(usize, usize, Vec<bool>)>>,
+    /// With a collective: where this process's shards lie in the global layout.
+    slots: Vec<usize>,
 }
 
-/// The optimizer of a training: its objective, its settings and AdamW's state.
+/// The optimizer of a training: its objective, its settings and AdamW's state; with
+/// [`Trainer::with_replicas`], the model replicas of data parallelism, and with
+/// [`Trainer::with_collective`], the processes gradients are summed over.
 pub struct Trainer {
     pub objective: Objective,
     pub settings: OptimizerSettings,
     optim: ModuleOptimizer,
+    replicas: Replicas,
+    collective: Option<Arc<dyn Collective>>,
 }
 
 impl Trainer {
@@ -293,7 +377,30 @@ impl Trainer {
             objective,
             settings,
             optim: settings.optimizer(),
+            replicas: Replicas::new(&[]),
+            collective: None,
         }
+    }
+
+    /// Data parallelism: replicas of the model on `devices` besides the model's own; every
+    /// micro-batch is split across all of them by whole examples and their gradients summed on
+    /// the model's device before one update. The result equals one device with the same batch.
+    pub fn with_replicas(mut self, devices: &[Device]) -> Self {
+        self.replicas = Replicas::new(devices);
+        self
+    }
+
+    /// Data parallelism across processes: each takes its part of every micro-batch (split by
+    /// whole examples, by rank), and gradients and logged numbers are summed by `collective`
+    /// before every process applies the same update.
+    pub fn with_collective(mut self, collective: Arc<dyn Collective>) -> Self {
+        self.collective = Some(collective);
+        self
+    }
+
+    /// Devices a step runs on in this process (the model's and the replicas').
+    pub fn local_devices(&self) -> usize {
+        self.replicas.len() + 1
     }
 
     /// AdamW's state (saved in checkpoints).
@@ -311,34 +418,168 @@ impl Trainer {
         self.settings.optimizer()
     }
 
-    fn forward_backward(&self, model: &CausalLm, batches: &[MicroBatch]) -> Result<Pending> {
+    /// The shards of every micro-batch that this process computes, as (local device, micro-batch
+    /// index, shard), and the layout of every shard of every process (in rank order) when a
+    /// collective is set.
+    fn plan(
+        &self,
+        batches: &[MicroBatch],
+    ) -> (
+        Vec<(usize, usize, usize, Shard)>,
+        Option<Vec<(usize, usize, Vec<bool>)>>,
+    ) {
+        let local = self.local_devices();
+        let (rank, ranks) = match &self.collective {
+            Some(c) => (c.rank(), c.size()),
+            None => (0, 1),
+        };
+        let mut mine = Vec::new();
+        let mut global = Vec::new();
+        for (m, batch) in batches.iter().enumerate() {
+            for r in 0..ranks {
+                for (d, shard) in shards_of(&self.objective, batch, ranks, r, local) {
+                    if ranks > 1 {
+                        let n = shard.batch.rows.len() / self.objective.rows_per_example();
+                        let english = match self.objective {
+                            Objective::Clo { .. } => [vec![true; n], vec![false; n]].concat(),
+                            Objective::Dpo { .. } => shard.batch.english.clone(),
+                            Objective::Sft { .. } => Vec::new(),
+                        };
+                        let pairs = if matches!(self.objective, Objective::Sft { .. }) {
+                            0
+                        } else {
+                            n
+                        };
+                        global.push((m, pairs, english));
+                    }
+                    if r == rank {
+                        mine.push((d, m, global.len().saturating_sub(1), shard));
+                    }
+                }
+            }
+        }
+        (mine, (ranks > 1).then_some(global))
+    }
+
+    fn forward_backward(&mut self, model: &CausalLm, batches: &[MicroBatch]) -> Result<Pending> {
         if batches.is_empty() {
             return Err(CoreError::Invalid("a step needs a micro-batch".into()));
         }
+        let replicas = self.replicas.synced(model);
+        let models: Vec<&CausalLm> = std::iter::once(model).chain(&replicas).collect();
+        let (mine, global) = self.plan(batches);
+        let tokens = mine.iter().map(|(_, _, _, s)| s.batch.tokens()).sum();
+        let slots = mine.iter().map(|(_, _, slot, _)| *slot).collect();
+        let objective = self.objective;
+        let micro_batches = batches.len();
+        let main = model.device();
+        let work = |d: usize, (m, shard): (usize, Shard)| -> Result<(GradientsParams, Packed)> {
+            let replica = models[d];
+            let mut packed = Packed {
+                layout: Vec::new(),
+                values: Vec::new(),
+            };
+            let loss = micro_loss(
+                replica,
+                &objective,
+                &shard.batch,
+                shard.share,
+                m,
+                &mut packed,
+            )?;
+            let loss = if micro_batches > 1 {
+                loss / micro_batches as f64
+            } else {
+                loss
+            };
+            let grads = GradientsParams::from_grads(loss.backward(), replica);
+            if d != 0 {
+                packed.values = packed
+                    .values
+                    .into_iter()
+                    .map(|t| t.to_device(&main))
+                    .collect();
+                return Ok((grads.to_device(&main, replica), packed));
+            }
+            Ok((grads, packed))
+        };
         let mut packed = Packed {
             layout: Vec::new(),
             values: Vec::new(),
         };
         let mut accumulator = GradientsAccumulator::<CausalLm>::new();
-        for batch in batches {
-            let loss = micro_loss(model, &self.objective, batch, &mut packed)?;
-            let loss = if batches.len() > 1 {
-                loss / batches.len() as f64
-            } else {
-                loss
-            };
-            let grads = GradientsParams::from_grads(loss.backward(), model);
-            accumulator.accumulate(model, grads);
+        // Micro-batches one after the other (what accumulation saves is memory); the shards of
+        // one micro-batch at once, one thread per device.
+        let mut mine = mine.into_iter().peekable();
+        while let Some(first) = mine.next() {
+            let m = first.1;
+            let mut group = vec![(first.0, (m, first.3))];
+            while let Some(next) = mine.next_if(|x| x.1 == m) {
+                group.push((next.0, (m, next.3)));
+            }
+            for result in run_on_replicas(group, &work) {
+                let (grads, part) = result?;
+                accumulator.accumulate(model, grads);
+                packed.layout.extend(part.layout);
+                packed.values.extend(part.values);
+            }
         }
         let grads = accumulator.grads();
-        let norm = squared_grad_norm(model, &grads)
-            .unwrap_or_else(|| Tensor::<1>::zeros([1], &model.device()));
-        packed.push(norm);
+        if self.collective.is_none() {
+            let norm = squared_grad_norm(model, &grads)
+                .unwrap_or_else(|| Tensor::<1>::zeros([1], &model.device()));
+            packed.push(norm);
+        }
         Ok(Pending {
             grads,
             packed,
-            tokens: batches.iter().map(MicroBatch::tokens).sum(),
+            tokens,
+            global,
+            slots,
         })
+    }
+
+    /// Across processes: sums the gradients and the logged numbers of every rank (each rank
+    /// fills the slots of its own shards), then appends the global gradient norm.
+    fn reduce_across(
+        &self,
+        collective: &dyn Collective,
+        model: &CausalLm,
+        mut pending: Pending,
+        local: Vec<f32>,
+    ) -> Result<(Pending, Vec<f32>)> {
+        let global = pending.global.take().unwrap_or_default();
+        let width = |(_, n, english): &(usize, usize, Vec<bool>)| -> usize {
+            match self.objective {
+                Objective::Clo { .. } => 3 + 4 * n,
+                Objective::Dpo { .. } => 1 + 2 * english.len(),
+                Objective::Sft { .. } => 1,
+            }
+        };
+        let mut offsets = Vec::with_capacity(global.len());
+        let mut at = 0;
+        for entry in &global {
+            offsets.push(at);
+            at += width(entry);
+        }
+        let mut values = vec![0f32; at];
+        let mut taken = 0;
+        for &slot in &pending.slots {
+            let w = width(&global[slot]);
+            values[offsets[slot]..offsets[slot] + w].copy_from_slice(&local[taken..taken + w]);
+            taken += w;
+        }
+        collective.all_reduce_sum(&mut values)?;
+        let mut tokens = [pending.tokens as f32];
+        collective.all_reduce_sum(&mut tokens)?;
+        pending.tokens = tokens[0].round() as usize;
+        let grads = std::mem::replace(&mut pending.grads, GradientsParams::new());
+        pending.grads = all_reduce_grads(model, grads, collective)?;
+        let norm = squared_grad_norm(model, &pending.grads)
+            .unwrap_or_else(|| Tensor::<1>::zeros([1], &model.device()));
+        values.extend(read(norm.into_data())?);
+        pending.packed.layout = global;
+        Ok((pending, values))
     }
 
     /// Unpacks the read-back numbers and applies the update (when they are finite).
@@ -355,18 +596,30 @@ impl Trainer {
             at += k;
             s
         };
-        let (mut losses, mut sft, mut cl, mut pairs) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (n, english) in &pending.packed.layout {
+        // Shards of one micro-batch log their shares of its losses: add them up.
+        let micro_batches = pending
+            .packed
+            .layout
+            .iter()
+            .map(|l| l.0 + 1)
+            .max()
+            .unwrap_or(0);
+        let (mut losses, mut sft, mut cl, mut pairs) = (
+            vec![0.0; micro_batches],
+            vec![0.0; micro_batches],
+            vec![0.0; micro_batches],
+            Vec::new(),
+        );
+        for (m, n, english) in &pending.packed.layout {
             let loss = take(1)[0];
-            losses.push(loss);
+            losses[*m] += loss;
             match self.objective {
                 Objective::Clo { .. } => {
-                    sft.push(take(1)[0]);
-                    cl.push(take(1)[0]);
+                    sft[*m] += take(1)[0];
+                    cl[*m] += take(1)[0];
                 }
-                Objective::Dpo { .. } => cl.push(loss),
-                Objective::Sft { .. } => sft.push(loss),
+                Objective::Dpo { .. } => cl[*m] += loss,
+                Objective::Sft { .. } => sft[*m] += loss,
             }
             // Rewards come in (chosen, rejected) blocks of n, one or two directions.
             let mut flags = english.iter();
@@ -377,6 +630,11 @@ impl Trainer {
                 }
             }
         }
+        let (sft, cl) = match self.objective {
+            Objective::Clo { .. } => (sft, cl),
+            Objective::Dpo { .. } => (Vec::new(), cl),
+            Objective::Sft { .. } => (sft, Vec::new()),
+        };
         let grad_norm = take(1)[0].sqrt();
         let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
         let mut report = StepReport {
@@ -411,7 +669,16 @@ impl Trainer {
         lr: f64,
     ) -> Result<(CausalLm, StepReport)> {
         let pending = self.forward_backward(&model, batches)?;
-        let values = read(Tensor::cat(pending.packed.values.clone(), 0).into_data())?;
+        // A rank with fewer examples than devices may have nothing to compute.
+        let values = if pending.packed.values.is_empty() {
+            Vec::new()
+        } else {
+            read(Tensor::cat(pending.packed.values.clone(), 0).into_data())?
+        };
+        let (pending, values) = match self.collective.clone() {
+            Some(c) => self.reduce_across(c.as_ref(), &model, pending, values)?,
+            None => (pending, values),
+        };
         Ok(self.finish(model, pending, &values, lr))
     }
 
@@ -422,6 +689,11 @@ impl Trainer {
         batches: &[MicroBatch],
         lr: f64,
     ) -> Result<(CausalLm, StepReport)> {
+        if self.collective.is_some() {
+            return Err(CoreError::Invalid(
+                "a step across processes blocks; use Trainer::step".into(),
+            ));
+        }
         let pending = self.forward_backward(&model, batches)?;
         let data = Tensor::cat(pending.packed.values.clone(), 0)
             .into_data_async()
@@ -463,7 +735,8 @@ impl Trainer {
                 values: Vec::new(),
             };
             let n = batch.rows.len() / width;
-            let loss = micro_loss(model, &self.objective, batch, &mut packed)? * n as f64;
+            let loss =
+                micro_loss(model, &self.objective, batch, Share::WHOLE, 0, &mut packed)? * n as f64;
             examples += n;
             total = Some(match total {
                 Some(t) => t + loss,
@@ -660,6 +933,114 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("reference"), "{err}");
+    }
+
+    /// Every float parameter's values, in visiting order.
+    fn all_weights(model: &CausalLm) -> Vec<f32> {
+        struct All(Vec<f32>);
+        impl burn::module::ModuleVisitor for All {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                self.0.extend(
+                    param
+                        .val()
+                        .into_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .unwrap(),
+                );
+            }
+        }
+        let mut all = All(Vec::new());
+        burn::module::Module::visit(model, &mut all);
+        all.0
+    }
+
+    /// Data parallelism: a batch split across replicas (here two on the CPU, three examples so
+    /// the shards are uneven) gives each step's loss and the final weights of one device with
+    /// the same batch, for CLO, DPO and SFT, with attention-only and LoRA training.
+    #[test]
+    fn replicas_equal_one_device() {
+        use crate::train::trainable::Trainable;
+        let quads = MicroBatch {
+            rows: (0..12).map(|r| pair(r + 1, 2 + r as usize % 4)).collect(),
+            reference: (0..12).map(|r| -9.0 - r as f32 * 0.7).collect(),
+            english: Vec::new(),
+        };
+        let pairs = MicroBatch {
+            rows: (0..6).map(|r| pair(r + 2, 1 + r as usize % 3)).collect(),
+            reference: (0..6).map(|r| -5.0 - r as f32).collect(),
+            english: vec![true, false, true],
+        };
+        let sft_rows = MicroBatch {
+            rows: (0..3).map(|r| pair(r + 4, 2 + r as usize)).collect(),
+            ..Default::default()
+        };
+        let cases = [
+            (clo(), quads.clone()),
+            (
+                Objective::Clo {
+                    beta: 0.5,
+                    lambda: 0.3,
+                    reduction: NllReduction::SequenceMean,
+                },
+                quads,
+            ),
+            (Objective::Dpo { beta: 0.2 }, pairs),
+            (
+                Objective::Sft {
+                    reduction: NllReduction::TokenMean,
+                },
+                sft_rows,
+            ),
+        ];
+        let trainables = [
+            Trainable::Attention { layers: None },
+            Trainable::Lora {
+                rank: 2,
+                alpha: 4.0,
+                targets: vec!["q_proj".into(), "v_proj".into()],
+            },
+        ];
+        for trainable in &trainables {
+            for (objective, batch) in &cases {
+                let start = trainable.apply(tiny()).unwrap();
+                let run = |replicas: &[Device]| {
+                    let mut t = Trainer::new(*objective, OptimizerSettings::fine_tuning(0.01, 1.0))
+                        .with_replicas(replicas);
+                    let mut model = start.clone();
+                    let mut losses = Vec::new();
+                    for _ in 0..3 {
+                        let (next, report) =
+                            t.step(model, std::slice::from_ref(batch), 1e-2).unwrap();
+                        assert!(report.applied);
+                        losses.push((report.loss, report.grad_norm, report.pairs.len()));
+                        model = next;
+                    }
+                    (losses, all_weights(&model))
+                };
+                let (one, w1) = run(&[]);
+                let (two, w2) = run(&[Device::flex()]);
+                let what = format!("{objective:?} {trainable:?}");
+                for ((l1, g1, p1), (l2, g2, p2)) in one.iter().zip(&two) {
+                    assert!(
+                        (l1 - l2).abs() <= 1e-5 * l1.abs().max(1.0),
+                        "{what}: loss {l1} vs {l2}"
+                    );
+                    assert!(
+                        (g1 - g2).abs() <= 1e-4 * g1.abs().max(1.0),
+                        "{what}: norm {g1} vs {g2}"
+                    );
+                    assert_eq!(p1, p2, "{what}");
+                }
+                assert_ne!(w1, all_weights(&start), "{what}: the steps trained");
+                let worst = w1
+                    .iter()
+                    .zip(&w2)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(worst <= 1e-5, "{what}: weights differ by {worst}");
+            }
+        }
     }
 
     /// Validation reads one number: the example-weighted mean of the batches' losses.

@@ -100,6 +100,8 @@ pub struct AppState {
     pub models: BTreeMap<String, PathBuf>,
     pub token: Option<String>,
     pub device: Device,
+    /// The `--device` spec (what `GET /api/devices` names as the default).
+    pub device_spec: String,
     pub jobs: runs::Jobs,
     pub chat: chat::Models,
     pub gens: chat::Generations,
@@ -284,9 +286,10 @@ impl AppState {
         workdir: PathBuf,
         model_dirs: &[PathBuf],
         token: Option<String>,
-        device: Device,
+        device_spec: &str,
         limits: GenLimits,
     ) -> anyhow::Result<Shared> {
+        let device = parse_device(device_spec)?;
         if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             bail!(
                 "--token is empty: give a non-empty secret (or leave --token and CLO_TOKEN unset on loopback)"
@@ -327,6 +330,7 @@ impl AppState {
             models,
             token,
             device,
+            device_spec: device_spec.to_string(),
         });
         Ok(state)
     }
@@ -412,6 +416,7 @@ pub fn router(state: Shared, web_dir: Option<&Path>) -> Router {
         .route("/api/evals", get(evals::list))
         .route("/api/evals/report", get(evals::report))
         .route("/api/run-config", get(runs::defaults))
+        .route("/api/devices", get(runs::devices))
         .route("/api/langid", post(langid::detect))
         .route("/v1/models", get(chat::v1_models))
         .route("/v1/chat/completions", post(chat::completions))
@@ -464,7 +469,6 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             "--host {ip} is reachable from other machines: give --token (or CLO_TOKEN) so that every API call needs it"
         );
     }
-    let device = parse_device(&args.device)?;
     if args.toy {
         clo_core::toy::shipped::write_toy_kit(
             &args.workdir.join("models").join("toy"),
@@ -477,7 +481,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         args.workdir.clone(),
         &args.model,
         args.token.clone(),
-        device,
+        &args.device,
         GenLimits {
             max_generations: args.max_generations,
             queue: args.generation_queue,

@@ -12,7 +12,9 @@ use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use clo_core::api::{CheckpointInfo, ExportRequest, ExportResponse, RunInfo, RunRequest, RunState};
+use clo_core::api::{
+    CheckpointInfo, DeviceList, ExportRequest, ExportResponse, RunInfo, RunRequest, RunState,
+};
 use clo_core::train::checkpoint::RunDir;
 use clo_core::train::{Outcome, Progress, RunConfig, TrainOptions, train};
 use futures_util::stream::Stream;
@@ -135,8 +137,14 @@ fn worker(s: Shared) {
         let live = s.jobs.channel(&name);
         let result = (|| -> anyhow::Result<RunState> {
             let config = RunConfig::from_file(&dir.join("run.toml"))?;
+            let request: RunRequest = std::fs::read_to_string(dir.join("request.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            let (device, replicas) = run_devices(&s, &request)?;
             write_status(&dir, RunState::Running, None);
             let mut opts = TrainOptions::new(&dir, s.workdir.join("cache"));
+            opts.replicas = replicas;
             opts.cancel = Some(cancel);
             opts.resume = dir.join("config.toml").exists();
             // Each step goes to the subscribers as soon as metrics.jsonl has it.
@@ -147,7 +155,7 @@ fn worker(s: Shared) {
                     let _ = live.send(Live::Metric(line));
                 }
             };
-            Ok(match train(&config, &opts, &s.device, &mut announce)? {
+            Ok(match train(&config, &opts, &device, &mut announce)? {
                 Outcome::Finished(_) => RunState::Finished,
                 Outcome::Cancelled { .. } => RunState::Cancelled,
             })
@@ -259,7 +267,38 @@ fn resolve(s: &Shared, req: &RunRequest) -> Result<RunConfig, ApiError> {
     // Checked now, not when the run starts: the settings and what needs the model's config.json
     // (the layer range).
     config.validate_for_model()?;
+    if let Some(list) = &req.devices {
+        crate::device::parse_devices(list).map_err(|e| {
+            ApiError::bad(format!(
+                "devices: {e:#} (GET /api/devices lists this machine's devices)"
+            ))
+        })?;
+    }
     Ok(config)
+}
+
+/// `GET /api/devices`: the server's device and every device a run may train on.
+pub async fn devices(State(s): State<Shared>) -> ApiResult<DeviceList> {
+    let default = s.device_spec.clone();
+    let available = tokio::task::spawn_blocking(crate::device::available_devices)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(DeviceList { default, available }))
+}
+
+/// The replicas' devices of a run request (its `devices` after the first), and its main device.
+fn run_devices(
+    s: &Shared,
+    req: &RunRequest,
+) -> anyhow::Result<(burn::tensor::Device, Vec<burn::tensor::Device>)> {
+    match &req.devices {
+        Some(list) => {
+            let mut all = crate::device::parse_devices(list)?;
+            let main = all.remove(0);
+            Ok((main, all))
+        }
+        None => Ok((s.device.clone(), Vec::new())),
+    }
 }
 
 pub async fn create(

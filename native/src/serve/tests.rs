@@ -82,7 +82,7 @@ fn app(token: Option<&str>) -> (tempfile::TempDir, Router) {
         dir.path().join("work"),
         &[model],
         token.map(String::from),
-        Device::flex(),
+        "cpu",
         GenLimits::default(),
     )
     .unwrap();
@@ -399,14 +399,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
         queue: 1,
         max_prompt_tokens: None,
     };
-    let state = AppState::new(
-        dir.path().join("work"),
-        &[model],
-        None,
-        Device::flex(),
-        limits,
-    )
-    .unwrap();
+    let state = AppState::new(dir.path().join("work"), &[model], None, "cpu", limits).unwrap();
     runs::start(&state).unwrap();
     let app = router(state, None);
     let req = || {
@@ -497,6 +490,31 @@ async fn a_run_trains_and_streams_its_metrics() {
     );
 }
 
+/// `GET /api/devices` names the server's device and this machine's; a run trains data-parallel
+/// on the `devices` it names (here two replicas on the CPU), and a bad list is refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_take_a_device_list() {
+    let (d, app) = app(None);
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data/quads.jsonl");
+    std::fs::copy(&data, d.path().join("work/datasets/quads.jsonl")).unwrap();
+    let (status, body) = call(&app, get("/api/devices")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["default"], "cpu");
+    assert_eq!(body["available"][0], "cpu", "{body}");
+    let (status, body) = call(&app, post("/api/runs", serde_json::json!({"name": "bad", "model": "qwen2", "dataset": "quads", "devices": "cpu,gpu9"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("devices: ") && message.contains("gpu9"),
+        "{body}"
+    );
+    let (status, body) = call(&app, post("/api/runs", serde_json::json!({"name": "dp", "model": "qwen2", "dataset": "quads", "devices": "cpu,cpu", "config": {"steps": 2, "batch_size": 3, "lr": 1e-3}}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, sse) = text(&app, get("/api/runs/dp/metrics")).await;
+    assert!(sse.contains("event: end\ndata: \"finished\""), "{sse}");
+    assert_eq!(sse.lines().filter(|l| *l == "event: metric").count(), 2);
+}
+
 /// A temporary directory with a work directory whose datasets hold `quads`.
 fn work_with_quads() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -513,7 +531,7 @@ fn state_in(work: &Path) -> Shared {
         work.to_path_buf(),
         &[model],
         None,
-        Device::flex(),
+        "cpu",
         GenLimits::default(),
     )
     .unwrap();

@@ -38,6 +38,9 @@ pub fn NewRun() -> impl IntoView {
     let models = LocalResource::new(api::models);
     let datasets = LocalResource::new(api::datasets);
     let defaults = LocalResource::new(api::run_defaults);
+    let devices = LocalResource::new(api::devices);
+    // Devices ticked for data parallelism (none: the server's device).
+    let chosen = RwSignal::new(Vec::<String>::new());
     let model = RwSignal::new(String::new());
     let dataset = RwSignal::new(String::new());
     let name = RwSignal::new(String::new());
@@ -91,6 +94,7 @@ pub fn NewRun() -> impl IntoView {
             model: model.get_untracked(),
             dataset: dataset.get_untracked(),
             config,
+            devices: Some(chosen.get_untracked().join(",")).filter(|d| !d.is_empty()),
         };
         error.set(None);
         busy.set(true);
@@ -193,6 +197,57 @@ pub fn NewRun() -> impl IntoView {
                     </label>
                     {FIELDS.iter().filter(|f| !f.advanced).map(field_view).collect_view()}
                 </div>
+                <fieldset class="devices">
+                    <legend>"Devices"</legend>
+                    {move || match devices.get() {
+                        Some(Ok(list)) => {
+                            let default = list.default.clone();
+                            let boxes = list
+                                .available
+                                .into_iter()
+                                .map(|spec| {
+                                    let value = spec.clone();
+                                    let checked = {
+                                        let spec = spec.clone();
+                                        move || chosen.with(|c| c.contains(&spec))
+                                    };
+                                    view! {
+                                        <label class="device">
+                                            <input
+                                                type="checkbox"
+                                                name="devices"
+                                                value=value.clone()
+                                                prop:checked=checked
+                                                on:change=move |ev| {
+                                                    let on = event_target_checked(&ev);
+                                                    let v = value.clone();
+                                                    chosen.update(|c| {
+                                                        c.retain(|x| *x != v);
+                                                        if on {
+                                                            c.push(v);
+                                                        }
+                                                    });
+                                                }
+                                            />
+                                            {spec}
+                                        </label>
+                                    }
+                                })
+                                .collect_view();
+                            view! {
+                                {boxes}
+                                <small class="help">
+                                    {format!(
+                                        "None ticked: the server's device ({default}). Several: one model replica per device, each batch split across them by whole quadruples (clo train --devices)."
+                                    )}
+                                </small>
+                            }
+                            .into_any()
+                        }
+                        Some(Err(e)) => view! { <small class="help">{e}</small> }.into_any(),
+                        None => view! { <small class="help">"…"</small> }.into_any(),
+                    }}
+                </fieldset>
                 <details>
                     <summary>"More settings"</summary>
                     <div class="grid">
