@@ -76,6 +76,38 @@ fn bench_train_runs_at_a_tiny_shape_on_cpu_and_lavapipe() {
     }
 }
 
+/// `--devices`: the step timed on 1 and 2 devices (the CPU and lavapipe), each device's peak
+/// memory and the scaling efficiency; the losses are those of one device.
+#[test]
+fn bench_train_scales_over_a_device_list() {
+    let v = bench_json(&words(
+        "bench train --shape tiny --devices cpu,wgpu:cpu --steps 1 --seq-len 16 --json",
+    ));
+    let scaling = v["scaling"].as_array().unwrap();
+    assert_eq!(scaling.len(), 2, "{v}");
+    assert_eq!(
+        scaling[1]["devices"],
+        serde_json::json!(["cpu", "wgpu:cpu"])
+    );
+    assert_eq!(scaling[0]["efficiency"].as_f64().unwrap(), 1.0);
+    let eff = scaling[1]["efficiency"].as_f64().unwrap();
+    assert!(eff.is_finite() && eff > 0.0, "{eff}");
+    assert_eq!(scaling[1]["peak_memory_bytes"].as_array().unwrap().len(), 2);
+    check_side(&v["clo"], 1);
+    let one = bench_json(&words(
+        "bench train --shape tiny --device cpu --steps 1 --seq-len 16 --json",
+    ));
+    for (a, b) in v["clo"]["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(one["clo"]["losses"].as_array().unwrap())
+    {
+        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "{a} vs {b}");
+    }
+}
+
 #[test]
 fn bench_generate_runs_at_a_tiny_shape_on_cpu_and_lavapipe() {
     for device in ["cpu", "wgpu:cpu"] {

@@ -264,13 +264,17 @@ mod mpi {
             .unwrap_or_default()
     }
 
-    /// The pid of the clo process of MPI rank `rank`.
-    fn rank_pid(rank: usize) -> Option<u32> {
+    /// The pid of the clo process of MPI rank `rank` that trains into `out` (other tests run
+    /// ranks of their own at the same time).
+    fn rank_pid(rank: usize, out: &Path) -> Option<u32> {
         let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+        let out = out.to_str()?;
         std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-            let ours = exe.file_name()? == "clo";
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let ours = exe.file_name()? == "clo"
+                && cmdline.split(|&c| c == 0).any(|arg| arg == out.as_bytes());
             (ours && environ(pid).contains(&want)).then_some(pid)
         })
     }
@@ -280,13 +284,14 @@ mod mpi {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("cache");
         let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
+        // Long enough that the job is still running when its rank is killed.
         ok(
-            mpirun(&distributed(&whole, &cache, "clo", "attention", "12"))
+            mpirun(&distributed(&whole, &cache, "clo", "attention", "60"))
                 .output()
                 .unwrap(),
         );
 
-        let child = mpirun(&distributed(&cut, &cache, "clo", "attention", "12"))
+        let child = mpirun(&distributed(&cut, &cache, "clo", "attention", "60"))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -299,7 +304,7 @@ mod mpi {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        let pid = rank_pid(1).expect("rank 1 runs");
+        let pid = rank_pid(1, &cut).expect("rank 1 runs");
         Command::new("kill")
             .args(["-9", &pid.to_string()])
             .status()
@@ -316,8 +321,13 @@ mod mpi {
             "no clear error:\n{text}"
         );
         assert!(!cut.join("summary.json").exists());
+        let steps = std::fs::read_to_string(cut.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(steps < 60, "killed after {steps} steps");
 
-        let mut resume = distributed(&cut, &cache, "clo", "attention", "12");
+        let mut resume = distributed(&cut, &cache, "clo", "attention", "60");
         resume.push("--resume".into());
         ok(mpirun(&resume).output().unwrap());
         assert_same_run(&whole, &cut, "resumed over 2 MPI ranks");

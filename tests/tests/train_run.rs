@@ -298,8 +298,7 @@ fn lora_with_adapters_off_reproduces_the_reference() {
     let quads = read_quadruples(&c.data).unwrap();
     let (tok, _) = tokenize_quads(&lm.tokenizer, &quads, c.max_len).unwrap();
     let examples = Examples::for_method(Method::Clo, &tok, c.max_len);
-    let score =
-        |model: &CausalLm| reference_logps(model, &examples, 4, c.max_len, &device, &mut |_, _| {});
+    let score = |model: &CausalLm| reference_logps(model, &examples, 4, c.max_len, &mut |_, _| {});
     let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
         a.iter()
             .flatten()

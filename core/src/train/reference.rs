@@ -56,16 +56,15 @@ pub fn cache_key(weights: &str, template: &str, max_len: usize, examples: &[&Exa
 }
 
 /// Summed log-probs of every reference row of `examples` under `model` (a plain, non-autodiff
-/// model): `values[i][k]` is block `k` of example `i`. `on_batch(done, total)` reports progress.
+/// model, on its own device): `values[i][k]` is block `k` of example `i`. `on_batch(done,
+/// total)` reports progress.
 pub fn reference_logps(
     model: &CausalLm,
     examples: &Examples,
     batch_size: usize,
     max_len: usize,
-    device: &Device,
     on_batch: &mut dyn FnMut(usize, usize),
 ) -> Vec<Vec<f32>> {
-    let _ = device;
     reference_logps_on(
         std::slice::from_ref(model),
         examples,
