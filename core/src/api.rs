@@ -244,4 +244,9 @@ pub struct StepMetrics {
     pub tokens: usize,
     /// Validation loss after this step's update, on the steps that validate.
     pub val_loss: Option<f64>,
+    /// Peak memory so far, in bytes: the largest device allocator's reserved bytes on GPUs
+    /// (wgpu), the process's peak resident set on the CPU (Linux); null where unknown. Absent
+    /// from runs written before it existed.
+    #[serde(default)]
+    pub peak_mem_bytes: Option<u64>,
 }

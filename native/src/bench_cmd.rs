@@ -97,6 +97,9 @@ pub struct TrainBenchArgs {
     /// efficiency (tokens/s on k devices / (k x tokens/s on one)). Overrides --device.
     #[arg(long, value_name = "LIST")]
     devices: Option<String>,
+    /// Gradient checkpointing, as `clo train --grad-checkpoint` (Burn's balanced strategy).
+    #[arg(long)]
+    grad_checkpoint: bool,
 }
 
 #[derive(Args, Debug)]
@@ -344,20 +347,6 @@ fn peak_flops(common: &Common, machine: &Machine) -> (Option<f64>, String) {
     }
 }
 
-/// Peak resident memory of this process (Linux), in bytes.
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 /// Records the device allocator's reserved bytes (wgpu); the maximum over the run is reported.
 struct MemoryWatch {
     device: Device,
@@ -382,7 +371,7 @@ impl MemoryWatch {
 
     fn finish(&self, side: &mut Side) {
         if self.is_cpu {
-            side.peak_memory_bytes = peak_rss();
+            side.peak_memory_bytes = clo_core::train::memory::process_peak_rss();
             side.memory_kind = "peak RSS".into();
         } else {
             side.peak_memory_bytes = Some(self.max_reserved);
@@ -401,6 +390,7 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         trainable,
         batch_size: args.batch_size,
         lr: args.lr,
+        grad_checkpoint: args.grad_checkpoint,
         ..RunConfig::default()
     };
     let decoder = &subject.config.decoder;
@@ -541,6 +531,7 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         "rows": work.rows.len(),
         "tokens_per_step": tokens,
         "lr": args.lr,
+        "grad_checkpoint": args.grad_checkpoint,
     });
     let mut head = head;
     if devices.len() > 1 {
@@ -605,7 +596,7 @@ fn time_train_steps(
     lr: f64,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<Option<u64>>)> {
     let device = devices[0].clone();
-    let ad = device.clone().autodiff();
+    let ad = run_config.autodiff_device(&device);
     let model = build_model(subject, &ad, common.seed)?;
     let model = run_config.trainable_set().apply(model)?;
     let mut memory: Vec<MemoryWatch> = devices
@@ -628,7 +619,12 @@ fn time_train_steps(
         objective,
         OptimizerSettings::fine_tuning(run_config.weight_decay, run_config.max_grad_norm),
     )
-    .with_replicas(&devices[1..]);
+    .with_replicas(
+        &devices[1..]
+            .iter()
+            .map(|d| run_config.autodiff_device(d))
+            .collect::<Vec<_>>(),
+    );
     let (mut times, mut losses) = (Vec::new(), Vec::new());
     let mut model = model;
     for _ in 0..common.warmup + common.steps {

@@ -73,6 +73,8 @@ pub struct TrainArgs {
     max_grad_norm: Option<f64>,
     #[arg(long, help = setting_help_with_default("weight_decay"))]
     weight_decay: Option<f64>,
+    #[arg(long, help = setting_help_with_default("grad_checkpoint"))]
+    grad_checkpoint: bool,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
     /// Data parallelism: comma-separated devices as --device takes them (e.g. wgpu:0,wgpu:1;
@@ -141,6 +143,9 @@ impl TrainArgs {
         }
         if self.no_shuffle {
             c.shuffle = false;
+        }
+        if self.grad_checkpoint {
+            c.grad_checkpoint = true;
         }
         c.validate()?;
         Ok(c)

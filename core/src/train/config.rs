@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::loss::NllReduction;
@@ -155,6 +156,9 @@ pub struct RunConfig {
     pub eval_every: Option<usize>,
     /// Write a resumable checkpoint every K optimizer steps; default: `eval_every`.
     pub save_every: Option<usize>,
+    /// Gradient checkpointing (Burn's balanced strategy): memory-bound activations are
+    /// recomputed in the backward pass instead of kept. Same losses and gradients.
+    pub grad_checkpoint: bool,
 }
 
 /// One run setting as every front end presents it: its key (in `RUN/config.toml`, run.toml,
@@ -273,6 +277,10 @@ pub const SETTINGS: &[Setting] = &[
         key: "save_every",
         help: "Write a resumable checkpoint every K steps; unset: eval_every.",
     },
+    Setting {
+        key: "grad_checkpoint",
+        help: "Gradient checkpointing: recompute memory-bound activations (elementwise ops) in the backward pass instead of keeping them; same losses and gradients, less memory, more time.",
+    },
 ];
 
 /// The help of setting `key` (empty for a key that is not a setting).
@@ -342,6 +350,20 @@ impl Default for RunConfig {
             val_fraction: 0.05,
             eval_every: None,
             save_every: None,
+            grad_checkpoint: false,
+        }
+    }
+}
+
+impl RunConfig {
+    /// The autodiff device a run trains on: `device`'s, with gradient checkpointing when the
+    /// run asks for it.
+    pub fn autodiff_device(&self, device: &Device) -> Device {
+        let ad = device.clone().autodiff();
+        if self.grad_checkpoint {
+            ad.gradient_checkpointing()
+        } else {
+            ad
         }
     }
 }

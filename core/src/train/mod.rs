@@ -8,6 +8,7 @@ pub mod data;
 pub mod driver;
 pub mod examples;
 pub mod loss;
+pub mod memory;
 pub mod optim;
 pub mod parallel;
 pub mod pretrain;

@@ -398,7 +398,7 @@ pub fn train(
         None
     };
 
-    let ad = device.clone().autodiff();
+    let ad = config.autodiff_device(device);
     device.seed(config.seed);
     ad.seed(config.seed);
     let Pretrained {
@@ -471,7 +471,13 @@ pub fn train(
             objective(stage, config),
             OptimizerSettings::fine_tuning(config.weight_decay, config.max_grad_norm),
         )
-        .with_replicas(&opts.replicas);
+        .with_replicas(
+            &opts
+                .replicas
+                .iter()
+                .map(|d| config.autodiff_device(d))
+                .collect::<Vec<_>>(),
+        );
         if let Some(c) = &opts.collective {
             trainer = trainer.with_collective(c.clone());
         }
@@ -547,6 +553,7 @@ pub fn train(
                 tokens_per_s: tokens as f64 / done.seconds.max(1e-9),
                 tokens,
                 val_loss,
+                peak_mem_bytes: memory_devices_peak(device, &opts.replicas),
             };
             first_loss.get_or_insert(loss);
             last_loss = Some(loss);
@@ -662,6 +669,14 @@ pub fn train(
         write_json_atomically(&run.summary(), &summary)?;
     }
     Ok(Outcome::Finished(summary))
+}
+
+/// The fullest device's peak memory (see [`super::memory`]).
+fn memory_devices_peak(device: &Device, replicas: &[Device]) -> Option<u64> {
+    let all: Vec<Device> = std::iter::once(device.clone())
+        .chain(replicas.iter().cloned())
+        .collect();
+    super::memory::peak_bytes_of(&all)
 }
 
 /// Checks that every process starts from the same step (they resume from the checkpoint each

@@ -1043,6 +1043,43 @@ mod tests {
         }
     }
 
+    /// Gradient checkpointing recomputes instead of keeping: the same losses, gradient norms
+    /// and weights as without it.
+    #[test]
+    fn gradient_checkpointing_changes_nothing_but_memory() {
+        let batch = clo_batch();
+        let run = |device: Device| {
+            device.seed(7);
+            let mut model = tiny_test_decoder().init(&device).unfreeze();
+            let mut t = Trainer::new(clo(), OptimizerSettings::fine_tuning(0.0, 1.0));
+            let mut out = Vec::new();
+            for _ in 0..2 {
+                let (next, r) = t.step(model, std::slice::from_ref(&batch), 1e-2).unwrap();
+                out.push((r.loss, r.grad_norm));
+                model = next;
+            }
+            (out, all_weights(&model))
+        };
+        let plain = Device::flex().autodiff();
+        let checkpointed = Device::flex().autodiff().gradient_checkpointing();
+        assert!(
+            checkpointed.gradient_checkpointing_strategy()
+                != plain.gradient_checkpointing_strategy()
+        );
+        let (a, wa) = run(plain);
+        let (b, wb) = run(checkpointed);
+        for ((la, ga), (lb, gb)) in a.iter().zip(&b) {
+            assert!((la - lb).abs() < 1e-6, "{la} vs {lb}");
+            assert!((ga - gb).abs() < 1e-5 * ga.max(1.0), "{ga} vs {gb}");
+        }
+        let worst = wa
+            .iter()
+            .zip(&wb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-6, "weights differ by {worst}");
+    }
+
     /// Validation reads one number: the example-weighted mean of the batches' losses.
     #[test]
     fn evaluate_weights_batches_by_examples() {
