@@ -166,112 +166,234 @@ pub fn generate_batch_until(
     device: &Device,
     mut on_token: impl FnMut(usize, u32) -> ControlFlow<()>,
 ) -> Vec<Generation> {
-    assert_eq!(
-        prompts.len(),
-        configs.len(),
-        "one sampling config per prompt"
-    );
-    let rows = prompts.len();
-    if rows == 0 {
-        return Vec::new();
+    let mut decoder = BatchDecoder::new(model, prompts, eos_ids, configs, device);
+    while let Some(read) = decoder.forward() {
+        decoder.advance(read.into_data(), &mut on_token);
     }
-    let width = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let fill = eos_ids.first().copied().unwrap_or(0) as i64;
-    let padding: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
-    let mut input: Vec<i64> = Vec::with_capacity(rows * width);
-    for p in prompts {
-        input.extend(std::iter::repeat_n(fill, width - p.len()));
-        input.extend(p.iter().map(|&t| t as i64));
+    decoder.finish()
+}
+
+/// [`generate_until`] with awaited read-backs: what the browser needs, where a blocking GPU
+/// read panics. One id (greedy) or one row of logits (sampling) comes back per token.
+pub async fn generate_async(
+    model: &CausalLm,
+    prompt: &[u32],
+    eos_ids: &[u32],
+    config: &SamplingConfig,
+    device: &Device,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> crate::Result<Generation> {
+    let prompts = [prompt.to_vec()];
+    let configs = [config.clone()];
+    let mut decoder = BatchDecoder::new(model, &prompts, eos_ids, &configs, device);
+    while let Some(read) = decoder.forward() {
+        let data = read.into_data_async().await?;
+        decoder.advance(data, |_, t| on_token(t));
     }
-    let mut rngs: Vec<StdRng> = (configs.iter())
-        .map(|c| StdRng::seed_from_u64(c.seed))
-        .collect();
-    let mut cache = KvCache::with_left_padding(model.model.layers.len(), padding);
-    let mut out: Vec<Option<Generation>> = (configs.iter())
-        .map(|c| {
-            (c.max_new_tokens == 0).then_some(Generation {
-                ids: Vec::new(),
-                stop: StopReason::MaxNewTokens,
-            })
-        })
-        .collect();
-    let mut ids: Vec<Vec<u32>> = vec![Vec::new(); rows];
-    let steps = configs.iter().map(|c| c.max_new_tokens).max().unwrap_or(0);
-    // Greedy rows need only the argmax: it is taken on the device, and one id per row comes
-    // back instead of a row of logits.
-    let greedy = configs.iter().all(|c| c.temperature <= 0.0);
-    let mut len = width;
-    for _ in 0..steps {
-        let tokens = Tensor::<2, Int>::from_data(TensorData::new(input, [rows, len]), device);
-        let hidden = model.hidden_states(tokens, Some(&mut cache)); // [rows, len, hidden]
-        // Only the last position's logits are needed (the prompt's others are not).
-        let logits = model.logits(hidden.slice(s![.., len - 1..len, ..])); // [rows, 1, vocab]
-        let [_, _, vocab] = logits.dims();
-        let logits = logits.reshape([rows, vocab]);
-        let (argmax, last): (Vec<i64>, Vec<f32>) = if greedy {
-            let ids = logits.argmax(1).reshape([rows]).into_data();
-            (ids.try_into_vec_as().expect("int ids"), Vec::new())
-        } else {
-            let last = logits.reshape([rows * vocab]).into_data();
-            (Vec::new(), last.try_into_vec_as().expect("f32 logits"))
+    Ok(decoder.finish().pop().unwrap_or(Generation {
+        ids: Vec::new(),
+        stop: StopReason::MaxNewTokens,
+    }))
+}
+
+/// What a decoding step reads back: the argmax id of each row (greedy) or each row's logits.
+pub enum Readback {
+    Ids(Tensor<1, Int>),
+    Logits(Tensor<1>),
+}
+
+impl Readback {
+    /// Blocking read.
+    pub fn into_data(self) -> TensorData {
+        match self {
+            Readback::Ids(t) => t.into_data(),
+            Readback::Logits(t) => t.into_data(),
+        }
+    }
+
+    /// Awaited read.
+    pub async fn into_data_async(self) -> crate::Result<TensorData> {
+        let data = match self {
+            Readback::Ids(t) => t.into_data_async().await,
+            Readback::Logits(t) => t.into_data_async().await,
         };
-        input = Vec::with_capacity(rows);
+        data.map_err(|e| crate::CoreError::Invalid(format!("reading generated tokens back: {e:?}")))
+    }
+}
+
+/// Decoding of several prompts as steps: [`Self::forward`] runs the model for one new token of
+/// every row and returns what to read back; [`Self::advance`] takes those values, chooses the
+/// tokens and feeds them back. The prompts are left-padded to one length and decoded together
+/// with one KV cache; row `i` samples with `configs[i]` (its own seeded RNG), so a row's output
+/// does not depend on which other rows share its batch. The caller reads, blocking or awaited.
+pub struct BatchDecoder<'a> {
+    model: &'a CausalLm,
+    device: Device,
+    eos_ids: Vec<u32>,
+    configs: Vec<SamplingConfig>,
+    fill: i64,
+    input: Vec<i64>,
+    len: usize,
+    cache: KvCache,
+    rngs: Vec<StdRng>,
+    out: Vec<Option<Generation>>,
+    ids: Vec<Vec<u32>>,
+    steps_left: usize,
+    /// Greedy rows need only the argmax: it is taken on the device, and one id per row comes
+    /// back instead of a row of logits.
+    greedy: bool,
+    vocab: usize,
+}
+
+impl<'a> BatchDecoder<'a> {
+    pub fn new(
+        model: &'a CausalLm,
+        prompts: &[Vec<u32>],
+        eos_ids: &[u32],
+        configs: &[SamplingConfig],
+        device: &Device,
+    ) -> Self {
+        assert_eq!(
+            prompts.len(),
+            configs.len(),
+            "one sampling config per prompt"
+        );
+        let rows = prompts.len();
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let fill = eos_ids.first().copied().unwrap_or(0) as i64;
+        let padding: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
+        let mut input: Vec<i64> = Vec::with_capacity(rows * width);
+        for p in prompts {
+            input.extend(std::iter::repeat_n(fill, width - p.len()));
+            input.extend(p.iter().map(|&t| t as i64));
+        }
+        Self {
+            model,
+            device: device.clone(),
+            eos_ids: eos_ids.to_vec(),
+            configs: configs.to_vec(),
+            fill,
+            input,
+            len: width,
+            cache: KvCache::with_left_padding(model.model.layers.len(), padding),
+            rngs: configs
+                .iter()
+                .map(|c| StdRng::seed_from_u64(c.seed))
+                .collect(),
+            out: configs
+                .iter()
+                .map(|c| {
+                    (c.max_new_tokens == 0).then_some(Generation {
+                        ids: Vec::new(),
+                        stop: StopReason::MaxNewTokens,
+                    })
+                })
+                .collect(),
+            ids: vec![Vec::new(); rows],
+            steps_left: configs.iter().map(|c| c.max_new_tokens).max().unwrap_or(0),
+            greedy: configs.iter().all(|c| c.temperature <= 0.0),
+            vocab: 0,
+        }
+    }
+
+    /// Runs the model for the next token of every row; `None` once every row is done.
+    pub fn forward(&mut self) -> Option<Readback> {
+        let rows = self.configs.len();
+        if rows == 0 || self.steps_left == 0 || self.out.iter().all(Option::is_some) {
+            return None;
+        }
+        self.steps_left -= 1;
+        let input = std::mem::take(&mut self.input);
+        let tokens =
+            Tensor::<2, Int>::from_data(TensorData::new(input, [rows, self.len]), &self.device);
+        let hidden = self.model.hidden_states(tokens, Some(&mut self.cache)); // [rows, len, hidden]
+        // Only the last position's logits are needed (the prompt's others are not).
+        let logits = self
+            .model
+            .logits(hidden.slice(s![.., self.len - 1..self.len, ..])); // [rows, 1, vocab]
+        let [_, _, vocab] = logits.dims();
+        self.vocab = vocab;
+        let logits = logits.reshape([rows, vocab]);
+        Some(if self.greedy {
+            Readback::Ids(logits.argmax(1).reshape([rows]))
+        } else {
+            Readback::Logits(logits.reshape([rows * vocab]))
+        })
+    }
+
+    /// Chooses each row's token from what [`Self::forward`] returned (read back), tells
+    /// `on_token`, and prepares the next step's input.
+    pub fn advance(
+        &mut self,
+        data: TensorData,
+        mut on_token: impl FnMut(usize, u32) -> ControlFlow<()>,
+    ) {
+        let rows = self.configs.len();
+        let vocab = self.vocab;
+        let (argmax, last): (Vec<i64>, Vec<f32>) = if self.greedy {
+            (data.try_into_vec_as().expect("int ids"), Vec::new())
+        } else {
+            (Vec::new(), data.try_into_vec_as().expect("f32 logits"))
+        };
+        let mut input = Vec::with_capacity(rows);
         for row in 0..rows {
-            if out[row].is_some() {
-                input.push(fill);
+            if self.out[row].is_some() {
+                input.push(self.fill);
                 continue;
             }
-            let next = if greedy {
+            let next = if self.greedy {
                 argmax[row] as u32
             } else {
                 choose(
                     &last[row * vocab..(row + 1) * vocab],
-                    &configs[row],
-                    &mut rngs[row],
+                    &self.configs[row],
+                    &mut self.rngs[row],
                 )
             };
-            if eos_ids.contains(&next) {
-                out[row] = Some(Generation {
-                    ids: std::mem::take(&mut ids[row]),
+            if self.eos_ids.contains(&next) {
+                self.out[row] = Some(Generation {
+                    ids: std::mem::take(&mut self.ids[row]),
                     stop: StopReason::Eos,
                 });
-                input.push(fill);
+                input.push(self.fill);
                 continue;
             }
             let flow = on_token(row, next);
-            ids[row].push(next);
+            self.ids[row].push(next);
             if flow.is_break() {
-                for (r, done) in out.iter_mut().enumerate() {
+                for (r, done) in self.out.iter_mut().enumerate() {
                     if done.is_none() {
                         *done = Some(Generation {
-                            ids: std::mem::take(&mut ids[r]),
+                            ids: std::mem::take(&mut self.ids[r]),
                             stop: StopReason::Cancelled,
                         });
                     }
                 }
                 break;
             }
-            if ids[row].len() >= configs[row].max_new_tokens {
-                out[row] = Some(Generation {
-                    ids: std::mem::take(&mut ids[row]),
+            if self.ids[row].len() >= self.configs[row].max_new_tokens {
+                self.out[row] = Some(Generation {
+                    ids: std::mem::take(&mut self.ids[row]),
                     stop: StopReason::MaxNewTokens,
                 });
             }
             input.push(next as i64);
         }
-        if out.iter().all(Option::is_some) {
-            break;
-        }
-        len = 1;
+        self.input = input;
+        self.len = 1;
     }
-    (out.into_iter().zip(ids))
-        .map(|(done, ids)| {
-            done.unwrap_or(Generation {
-                ids,
-                stop: StopReason::MaxNewTokens,
+
+    /// Every row's generation.
+    pub fn finish(self) -> Vec<Generation> {
+        (self.out.into_iter().zip(self.ids))
+            .map(|(done, ids)| {
+                done.unwrap_or(Generation {
+                    ids,
+                    stop: StopReason::MaxNewTokens,
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
 }
 
 /// Picks the next token from one row of logits.

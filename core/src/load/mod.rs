@@ -2,6 +2,7 @@
 //! (`weights`) or GGUF (`gguf`), the tokenizer and chat template (`tokenizer`), and all of it
 //! as one loaded model (`pretrained`).
 
+pub mod files;
 pub mod gguf;
 pub mod models;
 pub mod pretrained;

@@ -113,6 +113,43 @@ impl Pretrained {
         })
     }
 
+    /// Loads a model directory whose files are already in memory (what the browser fetched):
+    /// `files` by name (`config.json`, `tokenizer.json`, `model.safetensors`, ...); `root` (a
+    /// URL) names them in errors.
+    pub fn from_memory(
+        root: &Path,
+        files: &std::collections::BTreeMap<String, Vec<u8>>,
+        device: &Device,
+    ) -> Result<Self> {
+        let source = crate::load::files::ModelFiles::Memory { root, files };
+        let text = source.read_string("config.json", "model config")?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            CoreError::json(
+                &source.path("config.json"),
+                &e,
+                "config.json must be a JSON object",
+            )
+        })?;
+        let config = ModelConfig::from_value(&source.path("config.json"), value)?;
+        let tokenizer = ChatTokenizer::from_files(&source, &config.eos_token_ids)?;
+        if tokenizer.vocab_size() > config.decoder.vocab_size {
+            return Err(CoreError::VocabMismatch {
+                path: source.path("tokenizer.json"),
+                tokenizer: tokenizer.vocab_size(),
+                model: config.decoder.vocab_size,
+            });
+        }
+        let mut model = config.decoder.init(device);
+        crate::load::weights::load_weights_from_memory(&mut model, root, files, &config.decoder)?;
+        Ok(Self {
+            dir: root.to_path_buf(),
+            config,
+            model,
+            tokenizer,
+            device: device.clone(),
+        })
+    }
+
     /// Describes a model directory from its files, without loading the weights.
     pub fn summarize(dir: &Path) -> Result<Summary> {
         let (config, tokenizer, files, dtypes) = if crate::load::gguf::is_gguf(dir) && dir.is_file()

@@ -14,7 +14,8 @@ use minijinja::{Environment, ErrorKind, context};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{CoreError, Result, read_to_string};
+use crate::error::{CoreError, Result};
+use crate::load::files::ModelFiles;
 
 /// Prompt format for base models that ship no chat template (Alpaca's, widely known to them).
 pub const PLAIN_TEMPLATE: &str = "### Instruction:\n{prompt}\n\n### Response:\n";
@@ -52,41 +53,47 @@ struct TokenizerConfig {
 
 /// Reads an optional JSON file of the model directory (`None` when absent).
 fn read_optional_json<T: serde::de::DeserializeOwned>(
-    path: &Path,
+    files: &ModelFiles<'_>,
+    name: &str,
     what: &'static str,
     hint: &'static str,
 ) -> Result<Option<T>> {
-    if !path.exists() {
+    if !files.exists(name) {
         return Ok(None);
     }
-    let text = read_to_string(path, what)?;
+    let text = files.read_string(name, what)?;
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| CoreError::json(path, &e, hint))
+        .map_err(|e| CoreError::json(&files.path(name), &e, hint))
 }
 
 /// The chat template of a model directory and the file it came from, looked up in the order
 /// transformers 5 uses: `chat_template.jinja`, `chat_template.json` (`{"chat_template": ...}`),
 /// then `tokenizer_config.json`'s `chat_template`.
-fn find_chat_template(dir: &Path, config: &TokenizerConfig) -> Result<Option<(String, PathBuf)>> {
-    let jinja = dir.join("chat_template.jinja");
-    if jinja.exists() {
-        return Ok(Some((read_to_string(&jinja, "chat template")?, jinja)));
+fn find_chat_template(
+    files: &ModelFiles<'_>,
+    config: &TokenizerConfig,
+) -> Result<Option<(String, PathBuf)>> {
+    if files.exists("chat_template.jinja") {
+        return Ok(Some((
+            files.read_string("chat_template.jinja", "chat template")?,
+            files.path("chat_template.jinja"),
+        )));
     }
-    let json = dir.join("chat_template.json");
     #[derive(Deserialize)]
     struct TemplateFile {
         chat_template: Option<Value>,
     }
     if let Some(file) = read_optional_json::<TemplateFile>(
-        &json,
+        files,
+        "chat_template.json",
         "chat template",
         "chat_template.json must be an object with a `chat_template` string",
     )? && let Some(text) = template_text(&file.chat_template)
     {
-        return Ok(Some((text, json)));
+        return Ok(Some((text, files.path("chat_template.json"))));
     }
-    Ok(template_text(&config.chat_template).map(|t| (t, dir.join("tokenizer_config.json"))))
+    Ok(template_text(&config.chat_template).map(|t| (t, files.path("tokenizer_config.json"))))
 }
 
 /// A special token is a string or an `AddedToken` object with `content`.
@@ -114,17 +121,23 @@ impl ChatTokenizer {
     /// Loads `tokenizer.json` and `tokenizer_config.json` from a model directory.
     /// `config_eos` are the EOS ids of config.json, used besides the tokenizer's own.
     pub fn from_dir(dir: &Path, config_eos: &[u32]) -> Result<Self> {
-        let tok_path = dir.join("tokenizer.json");
-        let bytes = read_to_string(&tok_path, "tokenizer")?;
+        Self::from_files(&ModelFiles::Dir(dir), config_eos)
+    }
+
+    /// [`Self::from_dir`] over a model directory's files wherever they are.
+    pub fn from_files(files: &ModelFiles<'_>, config_eos: &[u32]) -> Result<Self> {
+        let tok_path = files.path("tokenizer.json");
+        let bytes = files.read_string("tokenizer.json", "tokenizer")?;
         let tokenizer = tokenizers::Tokenizer::from_bytes(bytes.as_bytes()).map_err(|e| {
             CoreError::Tokenizer {
                 path: tok_path.clone(),
                 message: e.to_string(),
             }
         })?;
-        let config_path = dir.join("tokenizer_config.json");
+        let config_path = files.path("tokenizer_config.json");
         let config: TokenizerConfig = read_optional_json(
-            &config_path,
+            files,
+            "tokenizer_config.json",
             "tokenizer config",
             "tokenizer_config.json must be a JSON object",
         )?
@@ -134,18 +147,20 @@ impl ChatTokenizer {
         });
         // Older checkpoints keep their special tokens in special_tokens_map.json only.
         let map: TokenizerConfig = read_optional_json(
-            &dir.join("special_tokens_map.json"),
+            files,
+            "special_tokens_map.json",
             "special tokens map",
             "special_tokens_map.json must be a JSON object",
         )?
         .unwrap_or_default();
-        let template = find_chat_template(dir, &config)?;
+        let template = find_chat_template(files, &config)?;
         #[derive(Deserialize)]
         struct GenerationConfig {
             eos_token_id: Option<crate::load::models::TokenIds>,
         }
         let generation_eos = read_optional_json::<GenerationConfig>(
-            &dir.join("generation_config.json"),
+            files,
+            "generation_config.json",
             "generation config",
             "generation_config.json must be a JSON object",
         )?

@@ -21,6 +21,7 @@ use burn::tensor::DType;
 use serde::Deserialize;
 
 use crate::error::{CoreError, Result};
+use crate::load::files::ModelFiles;
 use crate::load::models::{CausalLm, DecoderConfig};
 
 /// One tensor of a checkpoint, in HF's naming and layout.
@@ -139,6 +140,43 @@ pub fn read_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<usize>)>
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header)
         .map_err(|e| bad(format!("cannot read header: {e}")))?;
+    header_entries(path, &header, size - 8 - header_len)
+}
+
+/// Name, dtype and shape of every tensor of a whole safetensors file in memory (`path` names it
+/// in errors).
+pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, (String, Vec<usize>)>> {
+    let bad = |message: String| CoreError::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
+    let size = bytes.len() as u64;
+    if size < 8 {
+        return Err(bad(format!("only {size} bytes, too short for a header")));
+    }
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    if header_len > size - 8 || header_len > 100_000_000 {
+        return Err(bad(format!(
+            "header length {header_len} does not fit in a file of {size} bytes"
+        )));
+    }
+    header_entries(
+        path,
+        &bytes[8..8 + header_len as usize],
+        size - 8 - header_len,
+    )
+}
+
+/// The entries of a safetensors JSON header whose data section holds `data_len` bytes.
+fn header_entries(
+    path: &Path,
+    header: &[u8],
+    data_len: u64,
+) -> Result<BTreeMap<String, (String, Vec<usize>)>> {
+    let bad = |message: String| CoreError::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
     #[derive(Deserialize)]
     struct Entry {
         dtype: String,
@@ -146,9 +184,8 @@ pub fn read_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<usize>)>
         data_offsets: [u64; 2],
     }
     let mut entries: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+        serde_json::from_slice(header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
     entries.remove("__metadata__");
-    let data_len = size - 8 - header_len;
     let mut out = BTreeMap::new();
     for (name, value) in entries {
         let entry: Entry = serde_json::from_value(value)
@@ -164,16 +201,96 @@ pub fn read_header(path: &Path) -> Result<BTreeMap<String, (String, Vec<usize>)>
     Ok(out)
 }
 
-/// Fills `model` with the checkpoint in `dir`, checking it against the config first.
-pub fn load_weights(model: &mut CausalLm, dir: &Path, config: &DecoderConfig) -> Result<()> {
-    let files = checkpoint_files(dir)?;
+/// The safetensors files of a model directory held in memory (`model.safetensors`, or the
+/// shards that `model.safetensors.index.json` names), by name.
+pub fn checkpoint_names(files: &ModelFiles<'_>) -> Result<Vec<String>> {
+    if files.exists("model.safetensors") {
+        return Ok(vec!["model.safetensors".into()]);
+    }
+    if !files.exists("model.safetensors.index.json") {
+        return Err(CoreError::MissingFile {
+            path: files.path("model.safetensors"),
+            what: "weights (model.safetensors or model.safetensors.index.json)",
+        });
+    }
+    #[derive(Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let text = files.read_string("model.safetensors.index.json", "shard index")?;
+    let parsed: Index = serde_json::from_str(&text).map_err(|e| {
+        CoreError::json(
+            &files.path("model.safetensors.index.json"),
+            &e,
+            "the index needs a `weight_map` of tensor name -> shard file",
+        )
+    })?;
+    let mut names: Vec<String> = parsed.weight_map.into_values().collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// [`load_weights`] from files in memory (the browser's download of a model directory).
+pub fn load_weights_from_memory(
+    model: &mut CausalLm,
+    root: &Path,
+    files: &BTreeMap<String, Vec<u8>>,
+    config: &DecoderConfig,
+) -> Result<()> {
+    let source = ModelFiles::Memory { root, files };
+    let names = checkpoint_names(&source)?;
     let mut found: HashMap<String, (PathBuf, String, Vec<usize>)> = HashMap::new();
-    for file in &files {
-        for (name, (dtype, shape)) in read_header(file)? {
-            found.insert(name, (file.clone(), dtype, shape));
+    for name in &names {
+        let bytes = files.get(name).ok_or_else(|| CoreError::MissingFile {
+            path: source.path(name),
+            what: "shard named by model.safetensors.index.json",
+        })?;
+        for (tensor, (dtype, shape)) in parse_header(&source.path(name), bytes)? {
+            found.insert(tensor, (source.path(name), dtype, shape));
         }
     }
+    check_tensors(&found, config, root)?;
+    for name in &names {
+        let path = source.path(name);
+        let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32));
+        let mut store = SafetensorsStore::from_bytes(Some(files[name].clone()))
+            .with_from_adapter(adapter)
+            .allow_partial(true)
+            .validate(true);
+        apply_store(model, &mut store, &path)?;
+    }
+    if config.options.norm_weight_offset {
+        *model = model.clone().shift_norm_weights(1.0);
+    }
+    Ok(())
+}
 
+/// Loads what `store` holds into `model` (tensors it lacks stay as they are).
+fn apply_store(model: &mut CausalLm, store: &mut SafetensorsStore, path: &Path) -> Result<()> {
+    let result = model.load_from(store).map_err(|e| CoreError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if !result.errors.is_empty() {
+        return Err(CoreError::Weights {
+            path: path.to_path_buf(),
+            problems: result.errors.iter().map(ToString::to_string).collect(),
+        });
+    }
+    if !result.unused.is_empty() {
+        tracing::debug!(file = %path.display(), unused = ?result.unused, "tensors not used by the model");
+    }
+    tracing::debug!(file = %path.display(), applied = result.applied.len(), "loaded shard");
+    Ok(())
+}
+
+/// Checks the tensors of a checkpoint (name -> file, dtype, shape) against the config.
+fn check_tensors(
+    found: &HashMap<String, (PathBuf, String, Vec<usize>)>,
+    config: &DecoderConfig,
+    dir: &Path,
+) -> Result<()> {
     let mut problems = Vec::new();
     for spec in checkpoint_table(config) {
         match found.get(&spec.name) {
@@ -207,6 +324,19 @@ pub fn load_weights(model: &mut CausalLm, dir: &Path, config: &DecoderConfig) ->
             problems,
         });
     }
+    Ok(())
+}
+
+/// Fills `model` with the checkpoint in `dir`, checking it against the config first.
+pub fn load_weights(model: &mut CausalLm, dir: &Path, config: &DecoderConfig) -> Result<()> {
+    let files = checkpoint_files(dir)?;
+    let mut found: HashMap<String, (PathBuf, String, Vec<usize>)> = HashMap::new();
+    for file in &files {
+        for (name, (dtype, shape)) in read_header(file)? {
+            found.insert(name, (file.clone(), dtype, shape));
+        }
+    }
+    check_tensors(&found, config, dir)?;
 
     for file in &files {
         let adapter = PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32));
@@ -214,22 +344,7 @@ pub fn load_weights(model: &mut CausalLm, dir: &Path, config: &DecoderConfig) ->
             .with_from_adapter(adapter)
             .allow_partial(true)
             .validate(true);
-        let result = model
-            .load_from(&mut store)
-            .map_err(|e| CoreError::Safetensors {
-                path: file.clone(),
-                message: e.to_string(),
-            })?;
-        if !result.errors.is_empty() {
-            return Err(CoreError::Weights {
-                path: file.clone(),
-                problems: result.errors.iter().map(ToString::to_string).collect(),
-            });
-        }
-        if !result.unused.is_empty() {
-            tracing::debug!(file = %file.display(), unused = ?result.unused, "tensors not used by the model");
-        }
-        tracing::debug!(file = %file.display(), applied = result.applied.len(), "loaded shard");
+        apply_store(model, &mut store, file)?;
     }
     if config.options.norm_weight_offset {
         *model = model.clone().shift_norm_weights(1.0);

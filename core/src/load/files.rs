@@ -1,0 +1,188 @@
+//! Where a model directory's files come from: the disk, or bytes already fetched (the browser,
+//! which has no file system, downloads them first). Errors name the file under `root`: a path,
+//! or the URL the files came from.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{CoreError, Result};
+
+/// A model directory's files.
+#[derive(Debug, Clone, Copy)]
+pub enum ModelFiles<'a> {
+    /// A directory on disk.
+    Dir(&'a Path),
+    /// Files already in memory, by name (`config.json`, `model.safetensors`, ...); `root` names
+    /// where they came from in messages.
+    Memory {
+        root: &'a Path,
+        files: &'a BTreeMap<String, Vec<u8>>,
+    },
+}
+
+impl ModelFiles<'_> {
+    /// The directory (or URL) the files are named under.
+    pub fn root(&self) -> &Path {
+        match self {
+            ModelFiles::Dir(dir) => dir,
+            ModelFiles::Memory { root, .. } => root,
+        }
+    }
+
+    /// Where file `name` is, for messages.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root().join(name)
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        match self {
+            ModelFiles::Dir(dir) => dir.join(name).exists(),
+            ModelFiles::Memory { files, .. } => files.contains_key(name),
+        }
+    }
+
+    /// The bytes of `name`; `what` says what it is if it is missing.
+    pub fn read(&self, name: &str, what: &'static str) -> Result<Vec<u8>> {
+        match self {
+            ModelFiles::Dir(dir) => {
+                let path = dir.join(name);
+                if !path.exists() {
+                    return Err(CoreError::MissingFile { path, what });
+                }
+                std::fs::read(&path).map_err(|e| CoreError::io("read", &path, e))
+            }
+            ModelFiles::Memory { files, .. } => {
+                files
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| CoreError::MissingFile {
+                        path: self.path(name),
+                        what,
+                    })
+            }
+        }
+    }
+
+    /// The text of `name`.
+    pub fn read_string(&self, name: &str, what: &'static str) -> Result<String> {
+        let bytes = self.read(name, what)?;
+        String::from_utf8(bytes).map_err(|_| {
+            CoreError::Invalid(format!(
+                "{}: {what} is not UTF-8 text",
+                self.path(name).display()
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::ControlFlow;
+
+    use burn::prelude::*;
+
+    use super::*;
+    use crate::Pretrained;
+    use crate::infer::generate::{SamplingConfig, generate, generate_async};
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen2")
+    }
+
+    fn in_memory(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Polls a future that never waits (the flex backend's reads are ready at once).
+    fn ready<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    /// The browser's path: the same model from bytes as from the directory (logits, chat
+    /// prompt, greedy tokens through the awaited decoder), and a missing file named by URL.
+    #[test]
+    fn a_model_in_memory_loads_as_from_disk() {
+        let device = Device::flex();
+        let disk = Pretrained::load(&fixture(), &device).unwrap();
+        let mut files = in_memory(&fixture());
+        let url = Path::new("http://127.0.0.1:8080/api/models/qwen2/files");
+        let mem = Pretrained::from_memory(url, &files, &device).unwrap();
+        let ids =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 2], [1, 4]), &device);
+        let a: Vec<f32> = disk
+            .model
+            .forward(ids.clone(), None)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let b: Vec<f32> = mem
+            .model
+            .forward(ids, None)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(a, b);
+        let messages = [("user", "hello there")];
+        assert_eq!(
+            disk.tokenizer.chat_ids(&messages).unwrap(),
+            mem.tokenizer.chat_ids(&messages).unwrap()
+        );
+        assert_eq!(disk.tokenizer.eos_ids(), mem.tokenizer.eos_ids());
+
+        let prompt = mem.tokenizer.chat_ids(&messages).unwrap();
+        let config = SamplingConfig {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            max_new_tokens: 12,
+        };
+        let sync = generate(
+            &disk.model,
+            &prompt,
+            disk.tokenizer.eos_ids(),
+            &config,
+            &device,
+            |_| {},
+        );
+        let mut streamed = Vec::new();
+        let awaited = ready(generate_async(
+            &mem.model,
+            &prompt,
+            mem.tokenizer.eos_ids(),
+            &config,
+            &device,
+            |t| {
+                streamed.push(t);
+                ControlFlow::Continue(())
+            },
+        ))
+        .unwrap();
+        assert_eq!(sync, awaited);
+        assert_eq!(streamed, awaited.ids);
+
+        files.remove("model.safetensors");
+        let err = Pretrained::from_memory(url, &files, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("http://127.0.0.1:8080/api/models/qwen2/files/model.safetensors"),
+            "{err}"
+        );
+    }
+}
