@@ -89,6 +89,14 @@ pub struct RunRequest {
     pub devices: Option<String>,
 }
 
+/// `GET /api/models/NAME/files`: a file of a model directory, as the browser engine fetches it
+/// from `GET /api/models/NAME/files/FILE`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFile {
+    pub name: String,
+    pub size: u64,
+}
+
 /// `GET /api/devices`: what a run may train on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceList {

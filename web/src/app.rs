@@ -51,5 +51,6 @@ pub fn App() -> impl IntoView {
 
 pub fn main() {
     console_error_panic_hook::set_once();
+    crate::js::install();
     leptos::mount::mount_to_body(App);
 }

@@ -18,6 +18,10 @@ pub mod api;
 #[cfg(target_arch = "wasm32")]
 pub mod app;
 #[cfg(target_arch = "wasm32")]
+pub mod engine;
+#[cfg(target_arch = "wasm32")]
+pub mod js;
+#[cfg(target_arch = "wasm32")]
 mod pages;
 
 /// How a detected language compares with the one a text should be in: `ok` (the same), `off`

@@ -404,6 +404,8 @@ pub fn router(state: Shared, web_dir: Option<&Path>) -> Router {
     let api = Router::new()
         .route("/api/models", get(models::list))
         .route("/api/models/{name}", get(models::inspect))
+        .route("/api/models/{name}/files", get(models::files))
+        .route("/api/models/{name}/files/{file}", get(models::file))
         .route("/api/datasets", get(datasets::list))
         .route("/api/datasets/{name}", get(datasets::page))
         .route("/api/runs", get(runs::list).post(runs::create))

@@ -1,9 +1,11 @@
-//! `GET /api/models` and `GET /api/models/NAME`: the models the server can use.
+//! `GET /api/models` and `GET /api/models/NAME`: the models the server can use; and
+//! `GET /api/models/NAME/files[/FILE]`: their files, for the in-browser engine.
 
 use std::path::PathBuf;
 
-use axum::extract::{Path as UrlPath, State};
-use clo_core::api::ModelInfo;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::response::{IntoResponse, Response};
+use clo_core::api::{ModelFile, ModelInfo};
 
 use super::{ApiError, ApiResult, Shared, blocking};
 
@@ -57,4 +59,71 @@ pub async fn inspect(
 ) -> ApiResult<clo_core::Summary> {
     let dir = s.model_dir(&name)?;
     blocking(move || clo_core::Pretrained::summarize(&dir).map_err(ApiError::from)).await
+}
+
+/// The files of a model directory the in-browser engine loads (config, tokenizer, chat
+/// template, weights), by name.
+fn is_model_file(name: &str) -> bool {
+    matches!(
+        name,
+        "config.json"
+            | "generation_config.json"
+            | "tokenizer.json"
+            | "tokenizer_config.json"
+            | "special_tokens_map.json"
+            | "chat_template.jinja"
+            | "chat_template.json"
+            | "model.safetensors"
+            | "model.safetensors.index.json"
+    ) || (name.starts_with("model-") && name.ends_with(".safetensors"))
+}
+
+/// `GET /api/models/NAME/files`: the files the browser engine fetches, with their sizes.
+pub async fn files(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Vec<ModelFile>> {
+    let dir = s.model_dir(&name)?;
+    if !dir.is_dir() {
+        return Err(ApiError::bad(format!(
+            "model {name:?} is a GGUF file; the in-browser engine loads Hugging Face directories (config.json, safetensors): export one with `clo export --merged`"
+        )));
+    }
+    blocking(move || {
+        let mut out: Vec<ModelFile> = std::fs::read_dir(&dir)
+            .map_err(ApiError::internal)?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let meta = e.metadata().ok()?;
+                (meta.is_file() && is_model_file(&name)).then_some(ModelFile {
+                    name,
+                    size: meta.len(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    })
+    .await
+}
+
+/// `GET /api/models/NAME/files/FILE`: one of those files, with `Content-Length`, HTTP range
+/// requests and `Last-Modified` (tower-http's file service).
+pub async fn file(
+    State(s): State<Shared>,
+    UrlPath((name, file)): UrlPath<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let dir = s.model_dir(&name)?;
+    if !is_model_file(&file) || !dir.join(&file).is_file() {
+        return Err(ApiError::not_found(format!(
+            "model {name:?} has no file {file:?}; GET /api/models/{name}/files lists them"
+        )));
+    }
+    let res = tower_http::services::ServeFile::new(dir.join(&file))
+        .try_call(req)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(res.into_response())
 }

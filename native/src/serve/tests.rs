@@ -515,6 +515,63 @@ async fn runs_take_a_device_list() {
     assert_eq!(sse.lines().filter(|l| *l == "event: metric").count(), 2);
 }
 
+/// The browser engine's downloads: a model's files are listed with their sizes and served
+/// with Content-Length and byte ranges; nothing else of the directory is.
+#[tokio::test(flavor = "multi_thread")]
+async fn model_files_are_served_with_ranges() {
+    let (_d, app) = app(None);
+    let (status, body) = call(&app, get("/api/models/qwen2/files")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let names: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json"
+        ],
+        "{body}"
+    );
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen2");
+    let bytes = std::fs::read(fixture.join("model.safetensors")).unwrap();
+    assert_eq!(body[1]["size"], bytes.len() as u64);
+
+    let res = app
+        .clone()
+        .oneshot(get("/api/models/qwen2/files/model.safetensors"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()["content-length"].to_str().unwrap(),
+        bytes.len().to_string()
+    );
+    let req = Request::get("/api/models/qwen2/files/model.safetensors")
+        .header("range", "bytes=0-7")
+        .body(Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    let part = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(&part[..], &bytes[..8]);
+    for uri in [
+        "/api/models/qwen2/files/expected.json",
+        "/api/models/qwen2/files/..%2Fllama%2Fconfig.json",
+        "/api/models/nope/files/config.json",
+    ] {
+        let (status, _) = call(&app, get(uri)).await;
+        assert!(status.is_client_error(), "{uri}: {status}");
+    }
+}
+
 /// A temporary directory with a work directory whose datasets hold `quads`.
 fn work_with_quads() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();

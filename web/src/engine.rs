@@ -1,0 +1,350 @@
+//! The in-browser engine: clo-core on the user's GPU through WebGPU (Burn's wgpu backend, WGSL).
+//!
+//! A model directory (config.json, safetensors, tokenizer.json, tokenizer_config.json or
+//! chat_template.jinja) is downloaded from `clo serve` (`GET /api/models/NAME/files/FILE`) or
+//! from any URL of such a directory, loaded onto the GPU, and answers chats with the KV cache,
+//! every token read back with an awaited read (a blocking GPU read panics in a browser).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::rc::Rc;
+
+use burn::tensor::Device;
+use clo_core::Pretrained;
+use clo_core::generate::{SamplingConfig, StopReason, fit_to_context, generate_async};
+use js_sys::{Function, Promise, Reflect};
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+
+use crate::types::{ChatMessage, ModelFile};
+
+/// A model on the GPU.
+pub struct Loaded {
+    pub name: String,
+    pub lm: Pretrained,
+}
+
+thread_local! {
+    static DEVICE: RefCell<Option<Device>> = const { RefCell::new(None) };
+    static MODEL: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
+}
+
+/// What `clo.load` resolves to.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadInfo {
+    pub name: String,
+    pub parameters: usize,
+    pub vocab_size: usize,
+    pub device: String,
+}
+
+/// Files of a model directory, in the order they are fetched; which are needed.
+const DIRECTORY_FILES: [(&str, bool); 9] = [
+    ("config.json", true),
+    ("tokenizer.json", true),
+    ("tokenizer_config.json", false),
+    ("special_tokens_map.json", false),
+    ("generation_config.json", false),
+    ("chat_template.jinja", false),
+    ("chat_template.json", false),
+    ("model.safetensors", false),
+    ("model.safetensors.index.json", false),
+];
+
+fn js_err(e: JsValue) -> String {
+    e.as_string()
+        .or_else(|| {
+            Reflect::get(&e, &"message".into())
+                .ok()
+                .and_then(|m| m.as_string())
+        })
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
+/// The WebGPU adapter's largest storage buffer binding, in bytes; an error that says so when
+/// the browser has no WebGPU.
+async fn storage_limit() -> Result<f64, String> {
+    let window = web_sys::window().ok_or("no window")?;
+    let navigator = window.navigator();
+    let gpu = Reflect::get(&navigator, &"gpu".into()).map_err(js_err)?;
+    if gpu.is_undefined() || gpu.is_null() {
+        return Err("this browser has no WebGPU (navigator.gpu is missing): use a browser with WebGPU (Chrome/Edge 113+, Safari 26+, Firefox 141+ on Windows), or the server engine".into());
+    }
+    let request: Function = Reflect::get(&gpu, &"requestAdapter".into())
+        .map_err(js_err)?
+        .dyn_into()
+        .map_err(|_| "navigator.gpu.requestAdapter is not a function".to_string())?;
+    let promise: Promise = request
+        .call0(&gpu)
+        .map_err(js_err)?
+        .dyn_into()
+        .map_err(|_| "requestAdapter did not return a promise".to_string())?;
+    let adapter = JsFuture::from(promise).await.map_err(js_err)?;
+    if adapter.is_null() || adapter.is_undefined() {
+        return Err("WebGPU found no GPU adapter (navigator.gpu.requestAdapter() gave null): the GPU may be blocklisted; use the server engine".into());
+    }
+    let limits = Reflect::get(&adapter, &"limits".into()).map_err(js_err)?;
+    Reflect::get(&limits, &"maxStorageBufferBindingSize".into())
+        .map_err(js_err)?
+        .as_f64()
+        .ok_or_else(|| "the adapter reports no maxStorageBufferBindingSize".to_string())
+}
+
+/// The WebGPU device (set up once, asynchronously).
+pub async fn device() -> Result<Device, String> {
+    if let Some(d) = DEVICE.with(|d| d.borrow().clone()) {
+        return Ok(d);
+    }
+    storage_limit().await?;
+    let device = Device::wgpu_options()
+        .init_async()
+        .await
+        .map_err(|e| format!("setting up WebGPU: {e}"))?;
+    DEVICE.with(|d| *d.borrow_mut() = Some(device.clone()));
+    Ok(device)
+}
+
+/// Where a model's files are: `clo serve`'s files of model `source`, or the URL of a directory.
+fn base_url(source: &str) -> String {
+    if source.starts_with("http://") || source.starts_with("https://") || source.starts_with('/') {
+        source.trim_end_matches('/').to_string()
+    } else {
+        format!("/api/models/{source}/files")
+    }
+}
+
+async fn fetch_bytes(url: &str) -> Result<Option<Vec<u8>>, String> {
+    let resp = crate::api::authorized_get(url)
+        .send()
+        .await
+        .map_err(|e| format!("fetching {url}: {e}"))?;
+    match resp.status() {
+        200..=299 => resp
+            .binary()
+            .await
+            .map(Some)
+            .map_err(|e| format!("reading {url}: {e}")),
+        404 => Ok(None),
+        status => Err(format!("fetching {url}: HTTP {status}")),
+    }
+}
+
+/// The names of the files to fetch: `clo serve` lists them; for another host, the known names
+/// are tried.
+async fn file_list(source: &str, base: &str) -> Result<Vec<(String, Option<u64>, bool)>, String> {
+    if base.starts_with("/api/models/") {
+        let list: Vec<ModelFile> = crate::api::get_json(base).await?;
+        if list.is_empty() {
+            return Err(format!(
+                "model {source:?} has no files the browser can load"
+            ));
+        }
+        return Ok(list
+            .into_iter()
+            .map(|f| (f.name, Some(f.size), true))
+            .collect());
+    }
+    Ok(DIRECTORY_FILES
+        .iter()
+        .map(|(n, needed)| (n.to_string(), None, *needed))
+        .collect())
+}
+
+/// The largest tensor of the safetensors files, in bytes once in f32 (what clo computes in), and
+/// its name.
+fn largest_tensor(files: &BTreeMap<String, Vec<u8>>, root: &Path) -> Result<(String, f64), String> {
+    let mut best = (String::new(), 0f64);
+    for (name, bytes) in files.iter().filter(|(n, _)| n.ends_with(".safetensors")) {
+        let header =
+            clo_core::weights::parse_header(&root.join(name), bytes).map_err(|e| e.to_string())?;
+        for (tensor, (_, shape)) in header {
+            let size = shape.iter().product::<usize>() as f64 * 4.0;
+            if size > best.1 {
+                best = (tensor, size);
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// Downloads a model and puts it on the GPU; `on_progress(bytes done, bytes total)`.
+pub async fn load(source: &str, on_progress: impl Fn(f64, f64)) -> Result<LoadInfo, String> {
+    let device = device().await?;
+    let limit = storage_limit().await?;
+    let base = base_url(source);
+    let list = file_list(source, &base).await?;
+    let total: f64 = list.iter().filter_map(|f| f.1).map(|s| s as f64).sum();
+    let mut files = BTreeMap::new();
+    let mut done = 0f64;
+    for (name, size, needed) in &list {
+        let url = format!("{base}/{name}");
+        match fetch_bytes(&url).await? {
+            Some(bytes) => {
+                done += size.map_or(bytes.len() as f64, |s| s as f64);
+                on_progress(done, total.max(done));
+                files.insert(name.clone(), bytes);
+            }
+            None if *needed => return Err(format!("{url} is missing (HTTP 404)")),
+            None => {}
+        }
+    }
+    // Shards named by an index (another host: fetched now).
+    if !files.contains_key("model.safetensors")
+        && let Some(index) = files.get("model.safetensors.index.json")
+    {
+        let index: serde_json::Value = serde_json::from_slice(index)
+            .map_err(|e| format!("{base}/model.safetensors.index.json: {e}"))?;
+        let mut shards: Vec<String> = index["weight_map"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        shards.sort();
+        shards.dedup();
+        shards.retain(|s| !files.contains_key(s));
+        for shard in shards {
+            let url = format!("{base}/{shard}");
+            let bytes = fetch_bytes(&url)
+                .await?
+                .ok_or(format!("{url} is missing (HTTP 404)"))?;
+            done += bytes.len() as f64;
+            on_progress(done, total.max(done));
+            files.insert(shard, bytes);
+        }
+    }
+    let root = Path::new(&base);
+    let (tensor, size) = largest_tensor(&files, root)?;
+    if size > limit {
+        return Err(format!(
+            "tensor {tensor} takes {:.0} MiB in f32, more than this GPU's largest storage buffer binding (maxStorageBufferBindingSize {:.0} MiB): this model cannot run in this browser; use the server engine",
+            size / 1048576.0,
+            limit / 1048576.0
+        ));
+    }
+    let lm = Pretrained::from_memory(root, &files, &device).map_err(|e| e.to_string())?;
+    let info = LoadInfo {
+        name: source.to_string(),
+        parameters: lm.config.decoder.num_parameters(),
+        vocab_size: lm.config.decoder.vocab_size,
+        device: "webgpu".into(),
+    };
+    MODEL.with(|m| {
+        *m.borrow_mut() = Some(Rc::new(Loaded {
+            name: source.to_string(),
+            lm,
+        }))
+    });
+    Ok(info)
+}
+
+/// The loaded model, if any.
+pub fn loaded() -> Option<Rc<Loaded>> {
+    MODEL.with(|m| m.borrow().clone())
+}
+
+/// A chat request of `clo.chat.completions.create` (OpenAI's fields clo honours).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatCall {
+    pub messages: Vec<ChatMessage>,
+    #[serde(default, alias = "max_completion_tokens")]
+    pub max_tokens: Option<usize>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// A finished answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub stop: StopReason,
+    pub prompt_tokens: usize,
+    pub model: String,
+}
+
+/// Answers `call` with the loaded model; `on_text` gets each new piece of text (decoded from
+/// all ids so far, so a character split across tokens goes out once complete).
+pub async fn chat(call: &ChatCall, mut on_text: impl FnMut(&str)) -> Result<Answer, String> {
+    let loaded = loaded().ok_or("no model is loaded: call clo.load(...) first")?;
+    let lm = &loaded.lm;
+    if !call.messages.iter().any(|m| m.role == "user") {
+        return Err("messages holds no user message".into());
+    }
+    let d = SamplingConfig::default();
+    let mut config = SamplingConfig {
+        temperature: call.temperature.unwrap_or(d.temperature),
+        top_p: call.top_p.unwrap_or(d.top_p),
+        seed: call.seed.unwrap_or(0),
+        max_new_tokens: call.max_tokens.unwrap_or(256),
+    };
+    config.validate().map_err(|e| e.to_string())?;
+    let conversation: Vec<(&str, &str)> = call
+        .messages
+        .iter()
+        .map(|m| (m.role.as_str(), m.content.as_str()))
+        .collect();
+    let prompt = lm
+        .tokenizer
+        .chat_ids(&conversation)
+        .map_err(|e| e.to_string())?;
+    config.max_new_tokens = fit_to_context(
+        "messages",
+        prompt.len(),
+        config.max_new_tokens,
+        lm.context(),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut ids = Vec::new();
+    let mut sent = String::new();
+    let out = generate_async(
+        &lm.model,
+        &prompt,
+        lm.tokenizer.eos_ids(),
+        &config,
+        &lm.device,
+        |t| {
+            ids.push(t);
+            let text = lm.tokenizer.decode(&ids, true).unwrap_or_default();
+            if text.len() > sent.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&sent) {
+                on_text(&text[sent.len()..]);
+                sent = text;
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let text = lm.tokenizer.decode(&out.ids, true).unwrap_or_default();
+    if text.len() > sent.len() && text.starts_with(&sent) {
+        on_text(&text[sent.len()..]);
+    }
+    Ok(Answer {
+        text,
+        ids: out.ids,
+        stop: out.stop,
+        prompt_tokens: prompt.len(),
+        model: loaded.name.clone(),
+    })
+}
+
+/// OpenAI's `finish_reason` of a stop.
+pub fn finish_reason(stop: StopReason) -> &'static str {
+    match stop {
+        StopReason::Eos => "stop",
+        StopReason::MaxNewTokens => "length",
+        StopReason::Cancelled => "cancelled",
+    }
+}
