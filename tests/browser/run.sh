@@ -21,6 +21,7 @@ mkdir -p "$WORK/evals/base/gen"
 cp tests/browser/fixtures/gen-results.json "$WORK/evals/base/gen/results.json"
 TOKEN="e2e-$RANDOM$RANDOM"
 "${CARGO_TARGET_DIR:-target}/debug/clo" serve --port 0 --workdir "$WORK" --toy --token "$TOKEN" --web dist \
+  --model tests/fixtures/models/qwen2 \
   >"$ART/server.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -39,6 +40,8 @@ done
 [ -n "$URL" ] || { echo "clo serve did not start within 60 s" >&2; exit 1; }
 echo "e2e: clo serve at $URL"
 
-CLO_URL="$URL" CLO_TOKEN="$TOKEN" CLO_E2E_ARTIFACTS="$ART" \
-  node --test --test-concurrency=1 tests/browser/ui.test.mjs tests/browser/openai.test.mjs
+CLO_URL="$URL" CLO_TOKEN="$TOKEN" CLO_E2E_ARTIFACTS="$ART" CLO_WORKDIR="$WORK" \
+  CLO_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/clo" \
+  node --test --test-concurrency=1 tests/browser/ui.test.mjs tests/browser/openai.test.mjs \
+  tests/browser/engine.test.mjs
 echo "e2e: screenshots in $ART"

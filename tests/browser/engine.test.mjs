@@ -1,0 +1,124 @@
+// clo's engine in the browser: Debian's chromium with WebGPU (SwiftShader, --enable-unsafe-webgpu)
+// against the same `clo serve` as ui.test.mjs. Through `window.clo` (the JavaScript API), the
+// toy model and the qwen2 fixture are downloaded from the server, put on WebGPU, and answer
+// greedily with the tokens native `clo generate --chat-template --temperature 0 --json` gives;
+// the streamed answer adds up to the whole one. A browser without WebGPU gets an error that says
+// so. Generation speed (tokens/s, in-browser and native on lavapipe) is printed, not asserted.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { chromium } from 'playwright-core';
+
+const base = process.env.CLO_URL;
+const token = process.env.CLO_TOKEN;
+const clo = process.env.CLO_BIN;
+const workdir = process.env.CLO_WORKDIR;
+const QUESTION = 'What pet does Nia have?';
+const MAX = 24;
+
+let browser;
+let page;
+const pageErrors = [];
+
+const launch = (args) => chromium.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', ...args],
+});
+
+before(async () => {
+  browser = await launch(['--enable-unsafe-webgpu', '--enable-features=Vulkan',
+    '--use-vulkan=swiftshader', '--use-webgpu-adapter=swiftshader']);
+  page = await browser.newPage();
+  page.setDefaultTimeout(300_000);
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  await page.goto(`${base}/`);
+  await page.evaluate((t) => localStorage.setItem('clo-token', JSON.stringify(t)), token);
+  await page.reload();
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+/// Native greedy generation of the same question, as `clo generate` gives it.
+const native = (modelDir, device = 'cpu') => {
+  const started = Date.now();
+  const out = execFileSync(clo, ['generate', '--model', modelDir, '--prompt', QUESTION,
+    '--chat-template', '--temperature', '0', '--max-new-tokens', String(MAX), '--json',
+    '--device', device], { encoding: 'utf8' });
+  return { ...JSON.parse(out), seconds: (Date.now() - started) / 1000 };
+};
+
+const inBrowser = (model) => page.evaluate(async ({ model, question, max }) => {
+  const seen = [];
+  const info = await clo.load(model, { onProgress: (done, total) => seen.push([done, total]) });
+  const ask = { messages: [{ role: 'user', content: question }], max_tokens: max, temperature: 0 };
+  const t0 = performance.now();
+  const whole = await clo.chat.completions.create(ask);
+  const t1 = performance.now();
+  // Again, now that the shaders are compiled: the speed printed below.
+  await clo.chat.completions.create(ask);
+  const t2 = performance.now();
+  const chunks = [];
+  for await (const chunk of await clo.chat.completions.create({ ...ask, stream: true })) {
+    chunks.push(chunk);
+  }
+  return { info, progress: seen, whole, first_s: (t1 - t0) / 1000, warm_s: (t2 - t1) / 1000, chunks };
+}, { model, question: QUESTION, max: MAX });
+
+for (const [model, dir] of [['toy', () => `${workdir}/models/toy`],
+  ['qwen2', () => new URL('../fixtures/models/qwen2', import.meta.url).pathname]]) {
+  test(`${model}: greedy generation on WebGPU equals native clo generate`, async () => {
+    const got = await inBrowser(model);
+    const want = native(dir());
+    assert.equal(got.info.device, 'webgpu');
+    assert.ok(got.info.parameters > 0 && got.info.vocab_size > 0, JSON.stringify(got.info));
+    const last = got.progress.at(-1);
+    assert.ok(last && last[0] === last[1] && last[1] > 0, `progress ${JSON.stringify(got.progress)}`);
+    const choice = got.whole.choices[0];
+    assert.deepEqual(choice.token_ids, want.ids, `${model}: browser ${choice.token_ids} vs native ${want.ids}`);
+    assert.equal(choice.message.content, want.text);
+    assert.equal(choice.finish_reason, want.stop === 'eos' ? 'stop' : 'length');
+    assert.equal(got.whole.usage.completion_tokens, want.ids.length);
+    assert.equal(got.whole.usage.prompt_tokens, want.prompt_ids.length);
+    // The stream: a role chunk, content pieces, a finish chunk; the pieces add up to the answer.
+    const text = got.chunks.map((c) => c.choices[0].delta.content ?? '').join('');
+    assert.equal(text, choice.message.content);
+    assert.equal(got.chunks.at(-1).choices[0].finish_reason, choice.finish_reason);
+    assert.ok(got.chunks.every((c) => c.object === 'chat.completion.chunk'));
+    const lavapipe = native(dir(), 'wgpu:cpu');
+    assert.deepEqual(lavapipe.ids, want.ids);
+    const n = want.ids.length;
+    console.log(`# ${model}: ${n} tokens; in-browser WebGPU (SwiftShader) ${(n / got.warm_s).toFixed(1)} tokens/s `
+      + `(first call ${got.first_s.toFixed(1)} s with shader compilation); native lavapipe `
+      + `${lavapipe.seconds.toFixed(1)} s and native CPU ${want.seconds.toFixed(1)} s per process, `
+      + 'model load included');
+  });
+}
+
+test('without WebGPU, loading says so', async () => {
+  const plain = await launch(['--disable-gpu']);
+  try {
+    const p = await plain.newPage();
+    await p.goto(`${base}/`);
+    const message = await p.evaluate(async () => {
+      // Hide WebGPU as a browser without it would.
+      Object.defineProperty(Navigator.prototype, 'gpu', { get: () => undefined });
+      try {
+        await clo.load('toy');
+        return 'loaded';
+      } catch (e) {
+        return String(e.message ?? e);
+      }
+    });
+    assert.match(message, /no WebGPU/, message);
+    assert.match(message, /server engine/, message);
+  } finally {
+    await plain.close();
+  }
+});
+
+test('no errors in the page', () => {
+  assert.deepEqual(pageErrors, []);
+});
