@@ -3,7 +3,7 @@
 // toy model and the qwen2 fixture are downloaded from the server, put on WebGPU, and answer
 // greedily with the tokens native `clo generate --chat-template --temperature 0 --json` gives;
 // the streamed answer adds up to the whole one. A browser without WebGPU gets an error that says
-// so. Generation speed (tokens/s, in-browser and native on lavapipe) is printed, not asserted.
+// so. The playground's "this browser" engine answers as native does. Generation speed (tokens/s, in-browser and native on lavapipe) is printed, not asserted.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -96,6 +96,21 @@ for (const [model, dir] of [['toy', () => `${workdir}/models/toy`],
       + 'model load included');
   });
 }
+
+test('the playground answers on this browser\'s GPU, with its tokens/s', async () => {
+  await page.goto(`${base}/playground`);
+  await page.waitForSelector('select[name=a] option[value=toy]', { state: 'attached' });
+  await page.selectOption('select[name=a]', 'toy');
+  await page.selectOption('select[name=engine-a]', 'browser');
+  await page.fill('input[name=temperature]', '0');
+  await page.fill('textarea[name=prompt]', QUESTION);
+  await page.click('form.chat-controls button[type=submit]');
+  await page.waitForSelector('[data-pane=a] .turn.assistant .badge');
+  const reply = await page.textContent('[data-pane=a] .turn.assistant .text');
+  assert.equal(reply, native(`${workdir}/models/toy`).text);
+  const status = await page.textContent('[data-pane=a] .engine-status');
+  assert.match(status, /this browser \(WebGPU\): \d+ tokens in [\d.]+ s, [\d.]+ tokens\/s/, status);
+});
 
 test('without WebGPU, loading says so', async () => {
   const plain = await launch(['--disable-gpu']);

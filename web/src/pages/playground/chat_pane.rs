@@ -24,6 +24,14 @@ pub fn ChatPane(which: &'static str, pane: Pane, names: Signal<Vec<String>>) -> 
         <section class="pane" data-pane=which>
             <header>
                 {move || model_select(which, pane, names.get())}
+                <select
+                    name=format!("engine-{which}")
+                    title="Where the model runs: the server, or this browser's GPU (WebGPU)"
+                    on:change=move |ev| pane.engine.set(event_target_value(&ev))
+                >
+                    <option value="server" prop:selected=move || pane.engine.with(|e| e == "server")>"server"</option>
+                    <option value="browser" prop:selected=move || pane.engine.with(|e| e == "browser")>"this browser"</option>
+                </select>
                 <button class="link" on:click=move |_| pane.turns.set(Vec::new())>"Clear"</button>
             </header>
             <ol class="turns">
@@ -37,6 +45,7 @@ pub fn ChatPane(which: &'static str, pane: Pane, names: Signal<Vec<String>>) -> 
                     }
                 }).collect_view()}
             </ol>
+            {move || pane.status.get().map(|s| view! { <small class="engine-status">{s}</small> })}
             {error_line(move || pane.error.get())}
         </section>
     }

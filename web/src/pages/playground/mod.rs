@@ -1,6 +1,7 @@
 //! Playground: chat with a model, the reply streamed token by token; side by side, the same
 //! prompt goes to two models (say the base model and a CLO run), each reply with a badge of the
-//! language it is in.
+//! language it is in. Each pane runs on an engine: the server (`/v1/chat/completions`) or this
+//! browser (clo's engine on WebGPU, [`crate::engine`]), which shows its tokens/s.
 
 mod chat_pane;
 
@@ -27,16 +28,22 @@ pub(super) struct Turn {
 #[derive(Clone, Copy)]
 pub(super) struct Pane {
     model: RwSignal<String>,
+    /// `server` or `browser`.
+    engine: RwSignal<String>,
     turns: RwSignal<Vec<Turn>>,
     error: RwSignal<Option<String>>,
+    /// The browser engine's download progress and speed.
+    status: RwSignal<Option<String>>,
 }
 
 impl Pane {
     fn new() -> Self {
         Pane {
             model: RwSignal::new(String::new()),
+            engine: RwSignal::new("server".into()),
             turns: RwSignal::new(Vec::new()),
             error: RwSignal::new(None),
+            status: RwSignal::new(None),
         }
     }
 
@@ -84,21 +91,21 @@ impl Pane {
         };
         let turns = self.turns;
         let error = self.error;
-        spawn_local(async move {
-            let append = |text: &str| {
-                if text.is_empty() {
-                    return;
+        if self.engine.get_untracked() == "browser" {
+            let status = self.status;
+            spawn_local(async move {
+                let result = in_browser(&request, turns, status).await;
+                if let Err(e) = result {
+                    error.try_set(Some(e));
                 }
-                turns.try_update(|t| {
-                    if let Some(last) = t.last_mut() {
-                        last.content.push_str(text);
-                        last.pieces += 1;
-                    }
-                });
-            };
+                finish_turn(turns).await;
+            });
+            return;
+        }
+        spawn_local(async move {
             let result = api::chat_stream(&request, None, |ev| match chat_delta(&ev.data) {
                 Ok(Some(text)) => {
-                    append(&text);
+                    append(turns, &text);
                     true
                 }
                 Ok(None) => false,
@@ -111,23 +118,84 @@ impl Pane {
             if let Err(e) = result {
                 error.try_set(Some(e));
             }
-            let text = turns
-                .try_with_untracked(|t| t.last().map(|l| l.content.clone()))
-                .flatten()
-                .unwrap_or_default();
-            let lang = api::langid(text).await.map(|r| r.lang).unwrap_or(None);
-            turns.try_update(|t| {
-                if let Some(last) = t.last_mut() {
-                    last.done = true;
-                    last.lang = Some(lang);
-                }
-            });
+            finish_turn(turns).await;
         });
     }
 
     fn busy(self) -> bool {
         self.turns.with(|t| t.last().is_some_and(|l| !l.done))
     }
+}
+
+/// Appends a piece of the reply to the last turn.
+fn append(turns: RwSignal<Vec<Turn>>, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    turns.try_update(|t| {
+        if let Some(last) = t.last_mut() {
+            last.content.push_str(text);
+            last.pieces += 1;
+        }
+    });
+}
+
+/// Marks the reply complete, with the badge of its language.
+async fn finish_turn(turns: RwSignal<Vec<Turn>>) {
+    let text = turns
+        .try_with_untracked(|t| t.last().map(|l| l.content.clone()))
+        .flatten()
+        .unwrap_or_default();
+    let lang = api::langid(text).await.map(|r| r.lang).unwrap_or(None);
+    turns.try_update(|t| {
+        if let Some(last) = t.last_mut() {
+            last.done = true;
+            last.lang = Some(lang);
+        }
+    });
+}
+
+/// Answers on this browser's GPU: loads the pane's model into the engine first when it holds
+/// another (with the download's progress), then streams the reply and shows tokens/s.
+async fn in_browser(
+    request: &ChatRequest,
+    turns: RwSignal<Vec<Turn>>,
+    status: RwSignal<Option<String>>,
+) -> Result<(), String> {
+    let current = crate::engine::loaded().map(|l| l.name.clone());
+    if current.as_deref() != Some(request.model.as_str()) {
+        status.try_set(Some(format!("loading {} into this browser…", request.model)));
+        let info = crate::engine::load(&request.model, |done, total| {
+            status.try_set(Some(format!(
+                "downloading {:.1} / {:.1} MB",
+                done / 1e6,
+                total / 1e6
+            )));
+        })
+        .await?;
+        status.try_set(Some(format!(
+            "{} on WebGPU: {:.1}M parameters",
+            info.name,
+            info.parameters as f64 / 1e6
+        )));
+    }
+    let call = crate::engine::ChatCall {
+        messages: request.messages.clone(),
+        max_tokens: request.max_tokens,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        seed: request.seed,
+        stream: true,
+    };
+    let started = js_sys::Date::now();
+    let answer = crate::engine::chat(&call, |piece| append(turns, piece)).await?;
+    let seconds = (js_sys::Date::now() - started) / 1000.0;
+    status.try_set(Some(format!(
+        "this browser (WebGPU): {} tokens in {seconds:.1} s, {:.1} tokens/s",
+        answer.ids.len(),
+        answer.ids.len() as f64 / seconds.max(1e-3)
+    )));
+    Ok(())
 }
 
 #[component]
