@@ -95,6 +95,10 @@ pub struct RunRequest {
 pub struct ModelFile {
     pub name: String,
     pub size: u64,
+    /// Last modification, seconds since the Unix epoch: with the size, what tells a browser's
+    /// cached copy from a newer file.
+    #[serde(default)]
+    pub modified: u64,
 }
 
 /// `GET /api/devices`: what a run may train on.

@@ -2,7 +2,8 @@
 // against the same `clo serve` as ui.test.mjs. Through `window.clo` (the JavaScript API), the
 // toy model and the qwen2 fixture are downloaded from the server, put on WebGPU, and answer
 // greedily with the tokens native `clo generate --chat-template --temperature 0 --json` gives;
-// the streamed answer adds up to the whole one. A browser without WebGPU gets an error that says
+// the streamed answer adds up to the whole one; after a reload the files come from the browser's
+// cache. A browser without WebGPU gets an error that says
 // so. The playground's "this browser" engine answers as native does. Generation speed (tokens/s, in-browser and native on lavapipe) is printed, not asserted.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -96,6 +97,36 @@ for (const [model, dir] of [['toy', () => `${workdir}/models/toy`],
       + 'model load included');
   });
 }
+
+test('a reload loads the model from the browser cache, fetching no file again', async () => {
+  await page.reload();
+  const fetched = [];
+  const watch = (req) => {
+    const path = new URL(req.url()).pathname;
+    if (path.startsWith('/api/models/toy/files/')) fetched.push(path);
+  };
+  page.on('request', watch);
+  try {
+    const info = await page.evaluate(() => clo.load('toy'));
+    assert.equal(info.name, 'toy');
+  } finally {
+    page.off('request', watch);
+  }
+  assert.deepEqual(fetched, [], `fetched again: ${fetched}`);
+});
+
+test('a model directory loads by URL, as from a static host', async () => {
+  const url = `${base}/api/models/qwen2/files`;
+  const got = await page.evaluate(async (url) => {
+    const info = await clo.load(url);
+    const out = await clo.chat.completions.create({
+      messages: [{ role: 'user', content: 'hi' }], max_tokens: 3, temperature: 0 });
+    return { info, ids: out.choices[0].token_ids };
+  }, url);
+  assert.equal(got.info.name, url);
+  assert.equal(got.info.vocab_size, 512);
+  assert.equal(got.ids.length, 3);
+});
 
 test('the playground answers on this browser\'s GPU, with its tokens/s', async () => {
   await page.goto(`${base}/playground`);

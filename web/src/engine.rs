@@ -116,40 +116,98 @@ fn base_url(source: &str) -> String {
     }
 }
 
-async fn fetch_bytes(url: &str) -> Result<Option<Vec<u8>>, String> {
-    let resp = crate::api::authorized_get(url)
-        .send()
-        .await
-        .map_err(|e| format!("fetching {url}: {e}"))?;
-    match resp.status() {
-        200..=299 => resp
-            .binary()
+/// The browser cache that keeps downloaded model files across reloads (Cache API).
+const CACHE: &str = "clo-models-v1";
+
+/// The bytes of `url` (`None` on 404), from the browser's cache when it holds `key` (the URL
+/// with the file's size and date from the server's listing), else downloaded and cached.
+async fn fetch_bytes(url: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+    let window = web_sys::window().ok_or("no window")?;
+    // The Cache API exists in secure contexts only (https, or http on localhost).
+    let cache: Option<web_sys::Cache> = match window.caches() {
+        Ok(caches) => JsFuture::from(caches.open(CACHE))
             .await
-            .map(Some)
-            .map_err(|e| format!("reading {url}: {e}")),
-        404 => Ok(None),
-        status => Err(format!("fetching {url}: HTTP {status}")),
+            .ok()
+            .and_then(|c| c.dyn_into().ok()),
+        Err(_) => None,
+    };
+    if let Some(cache) = &cache {
+        let hit = JsFuture::from(cache.match_with_str(key))
+            .await
+            .map_err(js_err)?;
+        if let Ok(resp) = hit.dyn_into::<web_sys::Response>() {
+            return Ok(Some(body_bytes(&resp, url).await?));
+        }
     }
+    let init = web_sys::RequestInit::new();
+    let headers = web_sys::Headers::new().map_err(js_err)?;
+    if let Some(t) = crate::api::token() {
+        headers
+            .set("Authorization", &format!("Bearer {t}"))
+            .map_err(js_err)?;
+    }
+    init.set_headers(&headers);
+    let request = web_sys::Request::new_with_str_and_init(url, &init).map_err(js_err)?;
+    let resp: web_sys::Response = JsFuture::from(window.fetch_with_request(&request))
+        .await
+        .map_err(|e| format!("fetching {url}: {}", js_err(e)))?
+        .dyn_into()
+        .map_err(|_| format!("fetching {url}: not a response"))?;
+    match resp.status() {
+        200..=299 => {}
+        404 => return Ok(None),
+        status => return Err(format!("fetching {url}: HTTP {status}")),
+    }
+    if let Some(cache) = &cache {
+        let copy = resp.clone().map_err(js_err)?;
+        // A full cache (quota) only costs the next reload a download.
+        let _ = JsFuture::from(cache.put_with_str(key, &copy)).await;
+    }
+    Ok(Some(body_bytes(&resp, url).await?))
+}
+
+async fn body_bytes(resp: &web_sys::Response, url: &str) -> Result<Vec<u8>, String> {
+    let buffer = JsFuture::from(resp.array_buffer().map_err(js_err)?)
+        .await
+        .map_err(|e| format!("reading {url}: {}", js_err(e)))?;
+    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
 }
 
 /// The names of the files to fetch: `clo serve` lists them; for another host, the known names
 /// are tried.
-async fn file_list(source: &str, base: &str) -> Result<Vec<(String, Option<u64>, bool)>, String> {
+/// A file to fetch: its name, its size and version (when the server lists them), and whether
+/// the model needs it.
+struct Wanted {
+    name: String,
+    size: Option<u64>,
+    version: Option<String>,
+    needed: bool,
+}
+
+async fn file_list(source: &str, base: &str) -> Result<Vec<Wanted>, String> {
     if base.starts_with("/api/models/") {
         let list: Vec<ModelFile> = crate::api::get_json(base).await?;
         if list.is_empty() {
-            return Err(format!(
-                "model {source:?} has no files the browser can load"
-            ));
+            return Err(format!("model {source:?} has no files the browser can load"));
         }
         return Ok(list
             .into_iter()
-            .map(|f| (f.name, Some(f.size), true))
+            .map(|f| Wanted {
+                version: Some(format!("{}-{}", f.size, f.modified)),
+                name: f.name,
+                size: Some(f.size),
+                needed: true,
+            })
             .collect());
     }
     Ok(DIRECTORY_FILES
         .iter()
-        .map(|(n, needed)| (n.to_string(), None, *needed))
+        .map(|(n, needed)| Wanted {
+            name: n.to_string(),
+            size: None,
+            version: None,
+            needed: *needed,
+        })
         .collect())
 }
 
@@ -176,18 +234,22 @@ pub async fn load(source: &str, on_progress: impl Fn(f64, f64)) -> Result<LoadIn
     let limit = storage_limit().await?;
     let base = base_url(source);
     let list = file_list(source, &base).await?;
-    let total: f64 = list.iter().filter_map(|f| f.1).map(|s| s as f64).sum();
+    let total: f64 = list.iter().filter_map(|f| f.size).map(|s| s as f64).sum();
     let mut files = BTreeMap::new();
     let mut done = 0f64;
-    for (name, size, needed) in &list {
-        let url = format!("{base}/{name}");
-        match fetch_bytes(&url).await? {
+    for want in &list {
+        let url = format!("{base}/{}", want.name);
+        let key = match &want.version {
+            Some(v) => format!("{url}?v={v}"),
+            None => url.clone(),
+        };
+        match fetch_bytes(&url, &key).await? {
             Some(bytes) => {
-                done += size.map_or(bytes.len() as f64, |s| s as f64);
+                done += want.size.map_or(bytes.len() as f64, |s| s as f64);
                 on_progress(done, total.max(done));
-                files.insert(name.clone(), bytes);
+                files.insert(want.name.clone(), bytes);
             }
-            None if *needed => return Err(format!("{url} is missing (HTTP 404)")),
+            None if want.needed => return Err(format!("{url} is missing (HTTP 404)")),
             None => {}
         }
     }
@@ -210,7 +272,7 @@ pub async fn load(source: &str, on_progress: impl Fn(f64, f64)) -> Result<LoadIn
         shards.retain(|s| !files.contains_key(s));
         for shard in shards {
             let url = format!("{base}/{shard}");
-            let bytes = fetch_bytes(&url)
+            let bytes = fetch_bytes(&url, &url)
                 .await?
                 .ok_or(format!("{url} is missing (HTTP 404)"))?;
             done += bytes.len() as f64;

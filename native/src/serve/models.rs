@@ -96,9 +96,15 @@ pub async fn files(
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let meta = e.metadata().ok()?;
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
                 (meta.is_file() && is_model_file(&name)).then_some(ModelFile {
                     name,
                     size: meta.len(),
+                    modified,
                 })
             })
             .collect();
