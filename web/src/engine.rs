@@ -188,7 +188,9 @@ async fn file_list(source: &str, base: &str) -> Result<Vec<Wanted>, String> {
     if base.starts_with("/api/models/") {
         let list: Vec<ModelFile> = crate::api::get_json(base).await?;
         if list.is_empty() {
-            return Err(format!("model {source:?} has no files the browser can load"));
+            return Err(format!(
+                "model {source:?} has no files the browser can load"
+            ));
         }
         return Ok(list
             .into_iter()
@@ -409,4 +411,125 @@ pub fn finish_reason(stop: StopReason) -> &'static str {
         StopReason::MaxNewTokens => "length",
         StopReason::Cancelled => "cancelled",
     }
+}
+
+/// `clo.train`'s options: the run settings a browser training takes (`clo train`'s names and
+/// defaults), and the data: quadruples, or the URL of a JSONL file of them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TrainCall {
+    pub data: serde_json::Value,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub trainable: Option<String>,
+    #[serde(default)]
+    pub steps: Option<usize>,
+    #[serde(default)]
+    pub lr: Option<f64>,
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    #[serde(default)]
+    pub beta: Option<f64>,
+    #[serde(default)]
+    pub lambda: Option<f64>,
+    #[serde(default)]
+    pub lora_rank: Option<usize>,
+    #[serde(default)]
+    pub val_fraction: Option<f64>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub max_len: Option<usize>,
+}
+
+/// The quadruples of `data`: an array of them, or a URL of a JSONL file.
+async fn quadruples(
+    data: &serde_json::Value,
+) -> Result<Vec<clo_core::train::data::Quadruple>, String> {
+    use clo_core::train::data::{quadruple_of, quadruples_from_text};
+    match data {
+        serde_json::Value::String(url) => {
+            let bytes = fetch_bytes(url, url)
+                .await?
+                .ok_or(format!("{url} is missing (HTTP 404)"))?;
+            let text = String::from_utf8(bytes).map_err(|_| format!("{url} is not UTF-8 text"))?;
+            quadruples_from_text(Path::new(url), &text).map_err(|e| e.to_string())
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                quadruple_of(Path::new("data"), i + 1, v.clone()).map_err(|e| e.to_string())
+            })
+            .collect(),
+        _ => Err("data: give an array of quadruples or the URL of a JSONL file of them".into()),
+    }
+}
+
+/// Fine-tunes the loaded model in this browser: the reference pass, then every step with its
+/// `metrics.jsonl` line passed to `on_step`. The trained model replaces the loaded one (chat
+/// then answers with it). Resolves to the last line.
+pub async fn train(
+    call: &TrainCall,
+    mut on_step: impl FnMut(&clo_core::train::StepMetrics),
+) -> Result<clo_core::train::StepMetrics, String> {
+    use clo_core::train::RunConfig;
+    let loaded = loaded().ok_or("no model is loaded: call clo.load(...) first")?;
+    let quads = quadruples(&call.data).await?;
+    let mut config = RunConfig {
+        model: loaded.name.clone().into(),
+        data: "data".into(),
+        ..RunConfig::default()
+    };
+    if let Some(m) = &call.method {
+        config.method = m.parse().map_err(|e: clo_core::CoreError| e.to_string())?;
+    }
+    if let Some(t) = &call.trainable {
+        config.trainable = t.parse().map_err(|e: clo_core::CoreError| e.to_string())?;
+    }
+    config.steps = call.steps.or(config.steps);
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = call.$f { config.$f = v; } )* };
+    }
+    set!(
+        lr,
+        batch_size,
+        beta,
+        lambda,
+        lora_rank,
+        val_fraction,
+        seed,
+        max_len
+    );
+    let lm = &loaded.lm;
+    let mut session = clo_core::train::session::Session::new(
+        &lm.model,
+        &lm.tokenizer,
+        &quads,
+        config.clone(),
+        &lm.device,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut last = None;
+    loop {
+        let started = js_sys::Date::now();
+        let Some(mut line) = session.step().await.map_err(|e| e.to_string())? else {
+            break;
+        };
+        let seconds = (js_sys::Date::now() - started) / 1000.0;
+        line.tokens_per_s = line.tokens as f64 / seconds.max(1e-3);
+        on_step(&line);
+        last = Some(line);
+    }
+    let tuned = Pretrained {
+        dir: lm.dir.clone(),
+        config: lm.config.clone(),
+        model: session.model().valid(),
+        tokenizer: lm.tokenizer.clone(),
+        device: lm.device.clone(),
+    };
+    let name = format!("{}+{}", loaded.name, config.method.name());
+    MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(Loaded { name, lm: tuned })));
+    last.ok_or_else(|| "the training had no step (steps = 0?)".to_string())
 }

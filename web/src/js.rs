@@ -76,6 +76,31 @@ fn chat(request: JsValue, on_chunk: JsValue) -> Promise {
     })
 }
 
+/// `train(options, onStep)`: fine-tunes the loaded model; each metrics line goes to `onStep`;
+/// resolves to the last.
+fn train(options: JsValue, on_step: JsValue) -> Promise {
+    future_to_promise(async move {
+        let text = JSON::stringify(&options)
+            .map_err(|_| err("the options are not JSON".into()))?
+            .as_string()
+            .unwrap_or_default();
+        let call: engine::TrainCall =
+            serde_json::from_str(&text).map_err(|e| err(format!("clo.train: {e}")))?;
+        let sink = on_step.dyn_into::<Function>().ok();
+        let last = engine::train(&call, |line| {
+            if let Some(f) = &sink
+                && let Ok(v) = serde_json::to_value(line)
+                && let Ok(v) = to_js(&v)
+            {
+                let _ = f.call1(&JsValue::NULL, &v);
+            }
+        })
+        .await
+        .map_err(err)?;
+        to_js(&serde_json::to_value(last).map_err(|e| err(e.to_string()))?)
+    })
+}
+
 /// Hands the engine's functions to `index.html`'s `window.clo`.
 pub fn install() {
     let native = Object::new();
@@ -83,9 +108,12 @@ pub fn install() {
     let chat = Closure::<dyn Fn(JsValue, JsValue) -> Promise>::new(chat);
     let _ = Reflect::set(&native, &"load".into(), load.as_ref());
     let _ = Reflect::set(&native, &"chat".into(), chat.as_ref());
+    let train = Closure::<dyn Fn(JsValue, JsValue) -> Promise>::new(train);
+    let _ = Reflect::set(&native, &"train".into(), train.as_ref());
     // The page lives as long as these functions.
     load.forget();
     chat.forget();
+    train.forget();
     let window: JsValue = js_sys::global().into();
     if let Ok(ready) = Reflect::get(&window, &"__cloReady".into())
         && let Ok(ready) = ready.dyn_into::<Function>()

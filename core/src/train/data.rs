@@ -27,14 +27,41 @@ const FIELDS: [&str; 6] = ["id", "lang", "x_en", "y_en", "x_tgt", "y_tgt"];
 
 /// Reads a quadruple file. A missing or empty field stops with the file, the line and the field.
 pub fn read_quadruples(path: &Path) -> Result<Vec<Quadruple>> {
+    let mut out = Vec::new();
+    for (line, value) in crate::data::jsonl::read_jsonl::<Value>(path, "quadruple data", HINT)? {
+        out.push(quadruple_of(path, line, value)?);
+    }
+    Ok(out)
+}
+
+/// Quadruples from JSONL text (the browser's download of a file; `source` names it in
+/// messages), checked as [`read_quadruples`] checks a file.
+pub fn quadruples_from_text(source: &Path, text: &str) -> Result<Vec<Quadruple>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(line).map_err(|e| CoreError::Input {
+            path: source.to_path_buf(),
+            line: i + 1,
+            message: format!("not JSON: {e}"),
+            hint: HINT,
+        })?;
+        out.push(quadruple_of(source, i + 1, value)?);
+    }
+    Ok(out)
+}
+
+/// One record, its fields checked.
+pub fn quadruple_of(path: &Path, line: usize, value: Value) -> Result<Quadruple> {
     let bad = |line: usize, message: String| CoreError::Input {
         path: path.to_path_buf(),
         line,
         message,
         hint: HINT,
     };
-    let mut out = Vec::new();
-    for (line, value) in crate::data::jsonl::read_jsonl::<Value>(path, "quadruple data", HINT)? {
+    {
         let Some(obj) = value.as_object() else {
             return Err(bad(line, "not a JSON object".into()));
         };
@@ -53,9 +80,8 @@ pub fn read_quadruples(path: &Path) -> Result<Vec<Quadruple>> {
                 }
             }
         }
-        out.push(serde_json::from_value(value).map_err(|e| bad(line, e.to_string()))?);
+        serde_json::from_value(value).map_err(|e| bad(line, e.to_string()))
     }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod parallel;
 pub mod pretrain;
 pub mod reference;
 pub mod run;
+pub mod session;
 pub mod step;
 pub mod trainable;
 

@@ -130,15 +130,19 @@ pub enum Outcome {
 }
 
 /// The data of a run after tokenizing and splitting.
-struct Split {
-    train: Vec<TokenizedQuad>,
-    val: Vec<TokenizedQuad>,
-    dropped: usize,
+pub(crate) struct Split {
+    pub(crate) train: Vec<TokenizedQuad>,
+    pub(crate) val: Vec<TokenizedQuad>,
+    pub(crate) dropped: usize,
 }
 
 /// Splits quadruples (not pairs, so no direction of a validation quadruple leaks into training)
 /// with a seeded shuffle: `max(1, round(fraction * n))` go to validation when fraction > 0.
-fn split(quads: Vec<TokenizedQuad>, dropped: usize, config: &RunConfig) -> Result<Split> {
+pub(crate) fn split(
+    quads: Vec<TokenizedQuad>,
+    dropped: usize,
+    config: &RunConfig,
+) -> Result<Split> {
     let n = quads.len();
     let n_val = if config.val_fraction > 0.0 {
         ((config.val_fraction * n as f64).round() as usize).max(1)
@@ -185,7 +189,7 @@ pub fn objective(stage: Method, config: &RunConfig) -> Objective {
 
 /// The micro-batch of examples `idx`: their rows, the rows' reference log-probs (in the same
 /// block layout) and, for DPO, each pair's direction.
-fn micro_batch_of(
+pub(crate) fn micro_batch_of(
     examples: &Examples,
     refs: &[Vec<f32>],
     idx: &[usize],
@@ -228,7 +232,12 @@ fn evaluate(
 
 /// Example indices of micro-batch `m` of a stage: epochs are seeded permutations (or the file
 /// order with `shuffle = false`), the last batch of an epoch may be smaller.
-fn micro_batch(m: usize, n: usize, config: &RunConfig, stage: usize) -> (usize, Vec<usize>) {
+pub(crate) fn micro_batch(
+    m: usize,
+    n: usize,
+    config: &RunConfig,
+    stage: usize,
+) -> (usize, Vec<usize>) {
     let per_epoch = n.div_ceil(config.batch_size);
     let (epoch, b) = (m / per_epoch, m % per_epoch);
     let mut order: Vec<usize> = (0..n).collect();
@@ -513,9 +522,7 @@ pub fn train(
         let mut cancelled = false;
         let mut after = |model: &CausalLm, trainer: &Trainer, done: StepDone| -> Result<Flow> {
             let report = &done.report;
-            let [en_c, en_r, en_m, en_a] = report.direction(true);
-            let [tg_c, tg_r, tg_m, tg_a] = report.direction(false);
-            let (loss, tokens) = (report.loss, report.tokens);
+            let loss = report.loss;
             state.stage_step = done.step + 1;
             state.wall_s = wall_before + started.elapsed().as_secs_f64();
             let finished = state.stage_step;
@@ -534,26 +541,16 @@ pub fn train(
                 None
             };
             let line = StepMetrics {
-                step: state.global_step,
-                stage: stage.name().into(),
-                epoch: done.epoch,
-                loss,
-                loss_sft: report.loss_sft,
-                loss_cl: report.loss_cl,
-                reward_en_chosen: en_c,
-                reward_en_rejected: en_r,
-                reward_tgt_chosen: tg_c,
-                reward_tgt_rejected: tg_r,
-                margin_en: en_m,
-                margin_tgt: tg_m,
-                acc_en: en_a,
-                acc_tgt: tg_a,
-                grad_norm: report.grad_norm,
-                lr: done.lr,
-                tokens_per_s: tokens as f64 / done.seconds.max(1e-9),
-                tokens,
                 val_loss,
                 peak_mem_bytes: memory_devices_peak(device, &opts.replicas),
+                ..StepMetrics::of_step(
+                    state.global_step,
+                    stage.name(),
+                    done.epoch,
+                    report,
+                    done.lr,
+                    done.seconds,
+                )
             };
             first_loss.get_or_insert(loss);
             last_loss = Some(loss);
@@ -669,6 +666,43 @@ pub fn train(
         write_json_atomically(&run.summary(), &summary)?;
     }
     Ok(Outcome::Finished(summary))
+}
+
+impl StepMetrics {
+    /// The line of a step: its report, learning rate and duration; no validation, no memory.
+    pub fn of_step(
+        step: usize,
+        stage: &str,
+        epoch: usize,
+        report: &super::step::StepReport,
+        lr: f64,
+        seconds: f64,
+    ) -> Self {
+        let [en_c, en_r, en_m, en_a] = report.direction(true);
+        let [tg_c, tg_r, tg_m, tg_a] = report.direction(false);
+        StepMetrics {
+            step,
+            stage: stage.into(),
+            epoch,
+            loss: report.loss,
+            loss_sft: report.loss_sft,
+            loss_cl: report.loss_cl,
+            reward_en_chosen: en_c,
+            reward_en_rejected: en_r,
+            reward_tgt_chosen: tg_c,
+            reward_tgt_rejected: tg_r,
+            margin_en: en_m,
+            margin_tgt: tg_m,
+            acc_en: en_a,
+            acc_tgt: tg_a,
+            grad_norm: report.grad_norm,
+            lr,
+            tokens_per_s: report.tokens as f64 / seconds.max(1e-9),
+            tokens: report.tokens,
+            val_loss: None,
+            peak_mem_bytes: None,
+        }
+    }
 }
 
 /// The fullest device's peak memory (see [`super::memory`]).

@@ -164,7 +164,10 @@ async fn in_browser(
 ) -> Result<(), String> {
     let current = crate::engine::loaded().map(|l| l.name.clone());
     if current.as_deref() != Some(request.model.as_str()) {
-        status.try_set(Some(format!("loading {} into this browser…", request.model)));
+        status.try_set(Some(format!(
+            "loading {} into this browser…",
+            request.model
+        )));
         let info = crate::engine::load(&request.model, |done, total| {
             status.try_set(Some(format!(
                 "downloading {:.1} / {:.1} MB",

@@ -1,0 +1,245 @@
+//! A training run driven step by step from outside, with no run directory: what the browser
+//! trains with (burn-train has no wasm support, and a blocking GPU read panics there, so the
+//! reference pass and every step read back with awaited reads). It takes the same data order,
+//! objective, trainer step and `metrics.jsonl` lines as `clo train` with the same settings, so
+//! its step 0 is `clo train`'s step 0.
+
+use burn::prelude::*;
+
+use super::batch::tokenize_quads;
+use super::config::{Method, RunConfig};
+use super::data::Quadruple;
+use super::examples::Examples;
+use super::optim::Schedule;
+use super::run::{StepMetrics, micro_batch, micro_batch_of, objective, split};
+use super::step::{OptimizerSettings, Trainer};
+use crate::error::{CoreError, Result};
+use crate::infer::score::{batch_logps, collate};
+use crate::load::models::CausalLm;
+use crate::load::tokenizer::ChatTokenizer;
+
+/// Summed log-probs of every reference row of `examples` under `model` (plain), read back with
+/// awaited reads: `values[i][k]` is block `k` of example `i`.
+pub async fn reference_logps_async(
+    model: &CausalLm,
+    examples: &Examples,
+    batch_size: usize,
+    max_len: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let width = examples.ref_width();
+    let n = examples.len();
+    let mut values = vec![vec![0f32; width]; n];
+    let all: Vec<usize> = (0..n).collect();
+    for chunk in all.chunks(batch_size.max(1)) {
+        let rows = examples.rows(chunk, max_len);
+        let batch = collate(&rows, &model.device());
+        let (sums, _) = batch_logps(model, &batch);
+        let sums: Vec<f32> = sums
+            .into_data_async()
+            .await
+            .map_err(|e| CoreError::Invalid(format!("reading reference log-probs: {e:?}")))?
+            .try_into_vec_as()
+            .map_err(|e| CoreError::Invalid(format!("reference log-probs: {e:?}")))?;
+        for (r, v) in sums.into_iter().enumerate() {
+            values[chunk[r % chunk.len()]][r / chunk.len()] = v;
+        }
+    }
+    Ok(values)
+}
+
+/// A single-stage training (clo, dpo, sft, sft-eng, sft-tgt) stepped by the caller.
+pub struct Session {
+    model: CausalLm,
+    trainer: Trainer,
+    examples: Examples,
+    refs: Vec<Vec<f32>>,
+    config: RunConfig,
+    stage: Method,
+    schedule: Schedule,
+    total: usize,
+    step: usize,
+}
+
+impl Session {
+    /// Prepares a training of `base` (a plain model on `device`) on `quads`: tokenizes and splits
+    /// them as `clo train` does, puts the model under autodiff, applies the trainable set, and
+    /// runs the reference pass. (`grad_checkpoint` does not apply here.) `config.model` and `config.data` only name things in messages.
+    pub async fn new(
+        base: &CausalLm,
+        tokenizer: &ChatTokenizer,
+        quads: &[Quadruple],
+        config: RunConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let stages = config.method.stages();
+        let [stage] = stages.as_slice() else {
+            return Err(CoreError::Invalid(format!(
+                "method {}: a session trains one stage; run the stages one after the other",
+                config.method.name()
+            )));
+        };
+        let stage = *stage;
+        if quads.is_empty() {
+            return Err(CoreError::Invalid("no quadruples to train on".into()));
+        }
+        let (tokenized, dropped) = tokenize_quads(tokenizer, quads, config.max_len)?;
+        let data = split(tokenized, dropped, &config)?;
+        let examples = Examples::for_method(stage, &data.train, config.max_len);
+        device.seed(config.seed);
+        let ad = config.autodiff_device(device);
+        ad.seed(config.seed);
+        // `train()` puts the (plain) weights under autodiff, on the same device.
+        let model = config.trainable_set().apply(base.clone().train())?;
+        let refs = if stage.needs_reference() {
+            reference_logps_async(&model.valid(), &examples, config.batch_size, config.max_len)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let per_epoch = examples.len().div_ceil(config.batch_size);
+        let total = config
+            .steps
+            .unwrap_or(config.epochs * per_epoch.div_ceil(config.grad_accum));
+        let schedule = Schedule {
+            lr: config.lr,
+            min_lr: config.min_lr,
+            warmup_steps: config.warmup_steps(total),
+            total_steps: total,
+        };
+        let trainer = Trainer::new(
+            objective(stage, &config),
+            OptimizerSettings::fine_tuning(config.weight_decay, config.max_grad_norm),
+        );
+        Ok(Self {
+            model,
+            trainer,
+            examples,
+            refs,
+            config,
+            stage,
+            schedule,
+            total,
+            step: 0,
+        })
+    }
+
+    /// Steps of the whole training.
+    pub fn total_steps(&self) -> usize {
+        self.total
+    }
+
+    /// Steps done.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// The model as trained so far (on the autodiff device; `valid()` for inference).
+    pub fn model(&self) -> &CausalLm {
+        &self.model
+    }
+
+    /// One optimizer step, awaited; its `metrics.jsonl` line (losses and rewards of the batch
+    /// before the update, as `clo train` logs them); `None` once every step is done. There is
+    /// no clock here (wasm has none in `std`): `tokens_per_s` is 0 for the caller, who timed
+    /// the step, to set.
+    pub async fn step(&mut self) -> Result<Option<StepMetrics>> {
+        if self.step >= self.total {
+            return Ok(None);
+        }
+        let config = &self.config;
+        let mut epoch = 0;
+        let batches: Vec<_> = (0..config.grad_accum)
+            .map(|k| {
+                let (e, idx) = micro_batch(
+                    self.step * config.grad_accum + k,
+                    self.examples.len(),
+                    config,
+                    0,
+                );
+                epoch = e;
+                micro_batch_of(&self.examples, &self.refs, &idx, config.max_len)
+            })
+            .collect();
+        let lr = self.schedule.lr_at(self.step);
+        let (model, report) = self
+            .trainer
+            .step_async(self.model.clone(), &batches, lr)
+            .await?;
+        if let Some(what) = report.non_finite() {
+            return Err(CoreError::Invalid(format!(
+                "step {}: the {what} is not finite; the update was not applied (lower the learning rate)",
+                self.step
+            )));
+        }
+        self.model = model;
+        let line = StepMetrics {
+            tokens_per_s: 0.0,
+            ..StepMetrics::of_step(self.step, self.stage.name(), epoch, &report, lr, 1.0)
+        };
+        self.step += 1;
+        Ok(Some(line))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Pretrained;
+
+    fn ready<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    /// The session's losses are `clo train`'s, step for step, with the same settings.
+    #[test]
+    fn a_session_trains_as_clo_train() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let dir = tempfile::tempdir().unwrap();
+        let config = RunConfig {
+            model: root.join("models/qwen2"),
+            data: root.join("data/quads.jsonl"),
+            steps: Some(3),
+            batch_size: 3,
+            lr: 1e-3,
+            val_fraction: 0.0,
+            ..RunConfig::default()
+        };
+        let opts =
+            crate::train::TrainOptions::new(dir.path().join("run"), dir.path().join("cache"));
+        let device = Device::flex();
+        crate::train::train(&config, &opts, &device, &mut |_| {}).unwrap();
+        let native: Vec<f64> = std::fs::read_to_string(dir.path().join("run/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<StepMetrics>(l).unwrap().loss)
+            .collect();
+
+        let lm = Pretrained::load(&config.model, &device).unwrap();
+        let quads = crate::train::data::read_quadruples(&config.data).unwrap();
+        let mut session = ready(Session::new(
+            &lm.model,
+            &lm.tokenizer,
+            &quads,
+            config,
+            &device,
+        ))
+        .unwrap();
+        assert_eq!(session.total_steps(), 3);
+        let mut losses = Vec::new();
+        while let Some(line) = ready(session.step()).unwrap() {
+            assert_eq!(line.step, losses.len());
+            losses.push(line.loss);
+        }
+        assert_eq!(losses.len(), 3);
+        for (a, b) in native.iter().zip(&losses) {
+            assert!((a - b).abs() < 1e-5, "{native:?} vs {losses:?}");
+        }
+    }
+}
