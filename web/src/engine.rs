@@ -11,6 +11,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::rc::Rc;
 
+use burn::module::Module;
 use burn::tensor::Device;
 use clo_core::Pretrained;
 use clo_core::generate::{SamplingConfig, StopReason, fit_to_context, generate_async};
