@@ -24,6 +24,28 @@ pub mod js;
 #[cfg(target_arch = "wasm32")]
 mod pages;
 
+#[cfg(target_arch = "wasm32")]
+unsafe extern "C" {
+    /// The static constructors wasm-ld collects (Burn's wgpu backend registers its kernels in
+    /// some, through `inventory`).
+    fn __wasm_call_ctors();
+}
+
+/// The browser entry point: Trunk builds this library for wasm32 from the repository's
+/// `index.html`, and the page runs this once the module is instantiated.
+///
+/// It runs the static constructors itself, once. When a module never calls
+/// `__wasm_call_ctors`, wasm-ld wraps *every* export in a call to it (a "command" module), and
+/// each call from JavaScript then re-registered every kernel: the page stalled for seconds on
+/// each event (`inventory`'s documentation gives this remedy).
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen::prelude::wasm_bindgen(start)]
+pub fn start() {
+    // SAFETY: called once, first, before any code that reads what the constructors register.
+    unsafe { __wasm_call_ctors() };
+    app::main();
+}
+
 /// How a detected language compares with the one a text should be in: `ok` (the same), `off`
 /// (another one) or `unknown` (undetermined); the CSS class of the badge.
 pub fn badge_class(detected: Option<&str>, expected: Option<&str>) -> &'static str {
