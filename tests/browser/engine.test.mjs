@@ -182,6 +182,21 @@ test('CLO fine-tuning in the browser starts at native clo train\'s step 0 and lo
     + `loss ${lines.seen[0].loss.toFixed(4)} -> ${lines.seen[19].loss.toFixed(4)}`);
 });
 
+test('a tensor larger than the GPU buffer limit is refused with both sizes', async () => {
+  const message = await page.evaluate(async () => {
+    try {
+      await clo.load('qwen2', { maxBufferBytes: 4096 });
+      return 'loaded';
+    } catch (e) {
+      return String(e.message ?? e);
+    }
+  });
+  // The fixture's largest tensor is the embedding, 316 x 64 f32 = 80896 bytes.
+  assert.match(message, /takes 79\.0 KiB \(80896 bytes\) in f32/, message);
+  assert.match(message, /maxBufferBytes given to clo\.load: 4\.0 KiB \(4096 bytes\)/, message);
+  assert.match(message, /server engine/, message);
+});
+
 test('without WebGPU, loading says so', async () => {
   const plain = await launch(['--disable-gpu']);
   try {

@@ -231,10 +231,36 @@ fn largest_tensor(files: &BTreeMap<String, Vec<u8>>, root: &Path) -> Result<(Str
     Ok(best)
 }
 
+/// A byte count for messages (B, KiB, MiB, GiB).
+fn bytes(n: f64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n:.0} B")
+    } else {
+        format!("{v:.1} {} ({n:.0} bytes)", UNITS[unit])
+    }
+}
+
 /// Downloads a model and puts it on the GPU; `on_progress(bytes done, bytes total)`.
-pub async fn load(source: &str, on_progress: impl Fn(f64, f64)) -> Result<LoadInfo, String> {
+/// `max_buffer_bytes` caps the largest tensor below the adapter's own limit (a page that keeps
+/// GPU memory for other work).
+pub async fn load(
+    source: &str,
+    max_buffer_bytes: Option<f64>,
+    on_progress: impl Fn(f64, f64),
+) -> Result<LoadInfo, String> {
     let device = device().await?;
-    let limit = storage_limit().await?;
+    let adapter_limit = storage_limit().await?;
+    let (limit, limit_name) = match max_buffer_bytes {
+        Some(cap) if cap < adapter_limit => (cap, "maxBufferBytes given to clo.load"),
+        _ => (adapter_limit, "this GPU's maxStorageBufferBindingSize"),
+    };
     let base = base_url(source);
     let list = file_list(source, &base).await?;
     let total: f64 = list.iter().filter_map(|f| f.size).map(|s| s as f64).sum();
@@ -287,9 +313,9 @@ pub async fn load(source: &str, on_progress: impl Fn(f64, f64)) -> Result<LoadIn
     let (tensor, size) = largest_tensor(&files, root)?;
     if size > limit {
         return Err(format!(
-            "tensor {tensor} takes {:.0} MiB in f32, more than this GPU's largest storage buffer binding (maxStorageBufferBindingSize {:.0} MiB): this model cannot run in this browser; use the server engine",
-            size / 1048576.0,
-            limit / 1048576.0
+            "tensor {tensor} takes {} in f32, more than the largest GPU buffer allowed ({limit_name}: {}): this model cannot run in this browser; use the server engine",
+            bytes(size),
+            bytes(limit)
         ));
     }
     let lm = Pretrained::from_memory(root, &files, &device).map_err(|e| e.to_string())?;

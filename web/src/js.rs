@@ -16,11 +16,14 @@ fn err(message: String) -> JsValue {
     js_sys::Error::new(&message).into()
 }
 
-/// `load(source, onProgress)`: resolves to `{name, parameters, vocab_size, device}`.
-fn load(source: String, on_progress: JsValue) -> Promise {
+/// `load(source, options)`: `options.onProgress(done, total)` and `options.maxBufferBytes`;
+/// resolves to `{name, parameters, vocab_size, device}`.
+fn load(source: String, options: JsValue) -> Promise {
     future_to_promise(async move {
-        let progress = on_progress.dyn_into::<Function>().ok();
-        let info = engine::load(&source, |done, total| {
+        let field = |name: &str| Reflect::get(&options, &name.into()).unwrap_or(JsValue::UNDEFINED);
+        let progress = field("onProgress").dyn_into::<Function>().ok();
+        let cap = field("maxBufferBytes").as_f64();
+        let info = engine::load(&source, cap, |done, total| {
             if let Some(f) = &progress {
                 let _ = f.call2(&JsValue::NULL, &done.into(), &total.into());
             }

@@ -168,7 +168,7 @@ async fn in_browser(
             "loading {} into this browser…",
             request.model
         )));
-        let info = crate::engine::load(&request.model, |done, total| {
+        let info = crate::engine::load(&request.model, None, |done, total| {
             status.try_set(Some(format!(
                 "downloading {:.1} / {:.1} MB",
                 done / 1e6,
