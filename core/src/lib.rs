@@ -44,3 +44,16 @@ pub use train::pretrain;
 
 pub use error::{CoreError, Result};
 pub use pretrained::{Pretrained, Summary};
+
+/// Polls a future that never waits to its end (in tests, the CPU backend's awaited reads are
+/// ready at once).
+#[cfg(test)]
+pub(crate) fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}

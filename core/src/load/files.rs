@@ -103,16 +103,7 @@ mod tests {
             .collect()
     }
 
-    /// Polls a future that never waits (the flex backend's reads are ready at once).
-    fn ready<F: std::future::Future>(f: F) -> F::Output {
-        let mut f = std::pin::pin!(f);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        loop {
-            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-        }
-    }
+    use crate::ready;
 
     /// The browser's path: the same model from bytes as from the directory (logits, chat
     /// prompt, greedy tokens through the awaited decoder), and a missing file named by URL.

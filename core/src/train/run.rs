@@ -187,6 +187,21 @@ pub fn objective(stage: Method, config: &RunConfig) -> Objective {
     }
 }
 
+/// A stage's optimizer steps over `examples` training examples, and its learning-rate schedule.
+pub(crate) fn stage_schedule(config: &RunConfig, examples: usize) -> (usize, Schedule) {
+    let per_epoch = examples.div_ceil(config.batch_size);
+    let total = config
+        .steps
+        .unwrap_or(config.epochs * per_epoch.div_ceil(config.grad_accum));
+    let schedule = Schedule {
+        lr: config.lr,
+        min_lr: config.min_lr,
+        warmup_steps: config.warmup_steps(total),
+        total_steps: total,
+    };
+    (total, schedule)
+}
+
 /// The micro-batch of examples `idx`: their rows, the rows' reference log-probs (in the same
 /// block layout) and, for DPO, each pair's direction.
 pub(crate) fn micro_batch_of(
@@ -464,16 +479,7 @@ pub fn train(
             (Vec::new(), Vec::new())
         };
 
-        let per_epoch = train_ex.len().div_ceil(config.batch_size);
-        let total = config
-            .steps
-            .unwrap_or(config.epochs * per_epoch.div_ceil(config.grad_accum));
-        let schedule = Schedule {
-            lr: config.lr,
-            min_lr: config.min_lr,
-            warmup_steps: config.warmup_steps(total),
-            total_steps: total,
-        };
+        let (total, schedule) = stage_schedule(config, train_ex.len());
         let eval_every = config.eval_every.unwrap_or((total / 10).max(1));
         let save_every = config.save_every.unwrap_or(eval_every);
         let mut trainer = Trainer::new(

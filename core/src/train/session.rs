@@ -11,7 +11,7 @@ use super::config::{Method, RunConfig};
 use super::data::Quadruple;
 use super::examples::Examples;
 use super::optim::Schedule;
-use super::run::{StepMetrics, micro_batch, micro_batch_of, objective, split};
+use super::run::{StepMetrics, micro_batch, micro_batch_of, objective, split, stage_schedule};
 use super::step::{OptimizerSettings, Trainer};
 use crate::error::{CoreError, Result};
 use crate::infer::score::{batch_logps, collate};
@@ -97,16 +97,7 @@ impl Session {
         } else {
             Vec::new()
         };
-        let per_epoch = examples.len().div_ceil(config.batch_size);
-        let total = config
-            .steps
-            .unwrap_or(config.epochs * per_epoch.div_ceil(config.grad_accum));
-        let schedule = Schedule {
-            lr: config.lr,
-            min_lr: config.min_lr,
-            warmup_steps: config.warmup_steps(total),
-            total_steps: total,
-        };
+        let (total, schedule) = stage_schedule(&config, examples.len());
         let trainer = Trainer::new(
             objective(stage, &config),
             OptimizerSettings::fine_tuning(config.weight_decay, config.max_grad_norm),
@@ -187,15 +178,7 @@ mod tests {
     use super::*;
     use crate::Pretrained;
 
-    fn ready<F: std::future::Future>(f: F) -> F::Output {
-        let mut f = std::pin::pin!(f);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        loop {
-            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-        }
-    }
+    use crate::ready;
 
     /// The session's losses are `clo train`'s, step for step, with the same settings.
     #[test]

@@ -801,16 +801,7 @@ mod tests {
             .unwrap()
     }
 
-    /// Polls a future that never waits (the flex backend's read-back is ready at once).
-    fn ready<F: std::future::Future>(f: F) -> F::Output {
-        let mut f = std::pin::pin!(f);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        loop {
-            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-        }
-    }
+    use crate::ready;
 
     /// The step's loss and rewards are those of the loss functions on the same log-probs, and
     /// the blocking and the async step give the same numbers and the same weights.
