@@ -429,7 +429,7 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         Some(list) => parse_devices(list)?,
         None => vec![parse_device(&common.device)?],
     };
-    let measure = |k: usize| -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<Option<u64>>)> {
+    let measure = |k: usize| -> anyhow::Result<Timed> {
         time_train_steps(
             &subject,
             &run_config,
@@ -581,6 +581,9 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
     ))
 }
 
+/// Each timed step's seconds and loss, and each device's peak memory.
+type Timed = (Vec<f64>, Vec<f64>, Vec<Option<u64>>);
+
 /// Times `warmup + steps` optimizer steps of `work` with the model on `devices` (data parallel
 /// when more than one): each step's seconds and loss, and each device's peak memory (the
 /// process's peak RSS for CPU devices, the allocator's reserved bytes for wgpu ones).
@@ -594,7 +597,7 @@ fn time_train_steps(
     specs: &[String],
     common: &Common,
     lr: f64,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<Option<u64>>)> {
+) -> anyhow::Result<Timed> {
     let device = devices[0].clone();
     let ad = run_config.autodiff_device(&device);
     let model = build_model(subject, &ad, common.seed)?;

@@ -349,6 +349,12 @@ fn shards_of(
         .collect()
 }
 
+/// Where a shard's logged numbers go: (micro-batch, pairs per direction block, DPO directions).
+type ShardLayout = (usize, usize, Vec<bool>);
+
+/// A shard this process computes: (local device, micro-batch, slot in the global layout, shard).
+type LocalShard = (usize, usize, usize, Shard);
+
 /// A step whose gradients are computed and whose numbers await their one read-back.
 struct Pending {
     grads: GradientsParams,
@@ -421,13 +427,7 @@ impl Trainer {
     /// The shards of every micro-batch that this process computes, as (local device, micro-batch
     /// index, shard), and the layout of every shard of every process (in rank order) when a
     /// collective is set.
-    fn plan(
-        &self,
-        batches: &[MicroBatch],
-    ) -> (
-        Vec<(usize, usize, usize, Shard)>,
-        Option<Vec<(usize, usize, Vec<bool>)>>,
-    ) {
+    fn plan(&self, batches: &[MicroBatch]) -> (Vec<LocalShard>, Option<Vec<ShardLayout>>) {
         let local = self.local_devices();
         let (rank, ranks) = match &self.collective {
             Some(c) => (c.rank(), c.size()),
@@ -517,7 +517,7 @@ impl Trainer {
             while let Some(next) = mine.next_if(|x| x.1 == m) {
                 group.push((next.0, (m, next.3)));
             }
-            for result in run_on_replicas(group, &work) {
+            for result in run_on_replicas(group, work) {
                 let (grads, part) = result?;
                 accumulator.accumulate(model, grads);
                 packed.layout.extend(part.layout);
