@@ -418,16 +418,17 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         .collect();
     let flops = MatmulParams::of(decoder).train_flops(&row_lens, trainable, run_config.lora_rank);
 
-    let specs: Vec<String> = match &args.devices {
-        Some(list) if list.trim() == "all" => (0..parse_devices(list)?.len())
-            .map(|n| format!("wgpu:{n}"))
-            .collect(),
-        Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
-        None => vec![common.device.clone()],
-    };
     let devices = match &args.devices {
         Some(list) => parse_devices(list)?,
         None => vec![parse_device(&common.device)?],
+    };
+    // The specs as given (`all`: the discrete GPUs it found, wgpu:0..N).
+    let specs: Vec<String> = match &args.devices {
+        Some(list) if list.trim() == "all" => {
+            (0..devices.len()).map(|n| format!("wgpu:{n}")).collect()
+        }
+        Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
+        None => vec![common.device.clone()],
     };
     let measure = |k: usize| -> anyhow::Result<Timed> {
         time_train_steps(

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use burn::module::Module;
 use burn::tensor::Device;
 use clo_core::Pretrained;
-use clo_core::generate::{SamplingConfig, StopReason, fit_to_context, generate_async};
+use clo_core::generate::{SamplingConfig, StopReason, TextStream, fit_to_context, generate_async};
 use js_sys::{Function, Promise, Reflect};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::{JsCast, JsValue};
@@ -41,19 +41,6 @@ pub struct LoadInfo {
     pub vocab_size: usize,
     pub device: String,
 }
-
-/// Files of a model directory, in the order they are fetched; which are needed.
-const DIRECTORY_FILES: [(&str, bool); 9] = [
-    ("config.json", true),
-    ("tokenizer.json", true),
-    ("tokenizer_config.json", false),
-    ("special_tokens_map.json", false),
-    ("generation_config.json", false),
-    ("chat_template.jinja", false),
-    ("chat_template.json", false),
-    ("model.safetensors", false),
-    ("model.safetensors.index.json", false),
-];
 
 fn js_err(e: JsValue) -> String {
     e.as_string()
@@ -203,7 +190,7 @@ async fn file_list(source: &str, base: &str) -> Result<Vec<Wanted>, String> {
             })
             .collect());
     }
-    Ok(DIRECTORY_FILES
+    Ok(clo_core::load::files::MODEL_FILES
         .iter()
         .map(|(n, needed)| Wanted {
             name: n.to_string(),
@@ -373,14 +360,9 @@ pub async fn chat(call: &ChatCall, mut on_text: impl FnMut(&str)) -> Result<Answ
     if !call.messages.iter().any(|m| m.role == "user") {
         return Err("messages holds no user message".into());
     }
-    let d = SamplingConfig::default();
-    let mut config = SamplingConfig {
-        temperature: call.temperature.unwrap_or(d.temperature),
-        top_p: call.top_p.unwrap_or(d.top_p),
-        seed: call.seed.unwrap_or(0),
-        max_new_tokens: call.max_tokens.unwrap_or(256),
-    };
-    config.validate().map_err(|e| e.to_string())?;
+    let mut config =
+        SamplingConfig::from_request(call.temperature, call.top_p, call.seed, call.max_tokens)
+            .map_err(|e| e.to_string())?;
     let conversation: Vec<(&str, &str)> = call
         .messages
         .iter()
@@ -398,8 +380,7 @@ pub async fn chat(call: &ChatCall, mut on_text: impl FnMut(&str)) -> Result<Answ
         None,
     )
     .map_err(|e| e.to_string())?;
-    let mut ids = Vec::new();
-    let mut sent = String::new();
+    let mut stream = TextStream::default();
     let out = generate_async(
         &lm.model,
         &prompt,
@@ -407,20 +388,17 @@ pub async fn chat(call: &ChatCall, mut on_text: impl FnMut(&str)) -> Result<Answ
         &config,
         &lm.device,
         |t| {
-            ids.push(t);
-            let text = lm.tokenizer.decode(&ids, true).unwrap_or_default();
-            if text.len() > sent.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&sent) {
-                on_text(&text[sent.len()..]);
-                sent = text;
+            if let Some(piece) = stream.push(&lm.tokenizer, t) {
+                on_text(&piece);
             }
             ControlFlow::Continue(())
         },
     )
     .await
     .map_err(|e| e.to_string())?;
-    let text = lm.tokenizer.decode(&out.ids, true).unwrap_or_default();
-    if text.len() > sent.len() && text.starts_with(&sent) {
-        on_text(&text[sent.len()..]);
+    let (text, rest) = stream.finish(&lm.tokenizer, &out.ids);
+    if let Some(piece) = rest {
+        on_text(&piece);
     }
     Ok(Answer {
         text,
@@ -429,15 +407,6 @@ pub async fn chat(call: &ChatCall, mut on_text: impl FnMut(&str)) -> Result<Answ
         prompt_tokens: prompt.len(),
         model: loaded.name.clone(),
     })
-}
-
-/// OpenAI's `finish_reason` of a stop.
-pub fn finish_reason(stop: StopReason) -> &'static str {
-    match stop {
-        StopReason::Eos => "stop",
-        StopReason::MaxNewTokens => "length",
-        StopReason::Cancelled => "cancelled",
-    }
 }
 
 /// `clo.train`'s options: the run settings a browser training takes (`clo train`'s names and

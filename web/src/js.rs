@@ -67,7 +67,7 @@ fn chat(request: JsValue, on_chunk: JsValue) -> Promise {
         })
         .await
         .map_err(err)?;
-        let reason = engine::finish_reason(answer.stop);
+        let reason = answer.stop.finish_reason();
         send(chunk(serde_json::json!({}), Some(reason)));
         let n = (answer.prompt_tokens, answer.ids.len());
         to_js(&serde_json::json!({

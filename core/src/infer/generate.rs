@@ -34,6 +34,25 @@ impl Default for SamplingConfig {
 }
 
 impl SamplingConfig {
+    /// The settings of an OpenAI chat request: omitted ones take the paper's defaults, the seed
+    /// 0 and 256 new tokens; checked by [`Self::validate`].
+    pub fn from_request(
+        temperature: Option<f64>,
+        top_p: Option<f64>,
+        seed: Option<u64>,
+        max_tokens: Option<usize>,
+    ) -> crate::Result<Self> {
+        let d = Self::default();
+        let c = Self {
+            temperature: temperature.unwrap_or(d.temperature),
+            top_p: top_p.unwrap_or(d.top_p),
+            seed: seed.unwrap_or(0),
+            max_new_tokens: max_tokens.unwrap_or(256),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
     /// Refuses settings that cannot sample, naming the field: the same rules for the CLI, the
     /// API and evaluation.
     pub fn validate(&self) -> crate::Result<()> {
@@ -95,6 +114,62 @@ pub enum StopReason {
     MaxNewTokens,
     /// The caller asked to stop (for example, its client went away).
     Cancelled,
+}
+
+impl StopReason {
+    /// OpenAI's `finish_reason` for it.
+    pub fn finish_reason(self) -> &'static str {
+        match self {
+            StopReason::Eos => "stop",
+            StopReason::MaxNewTokens => "length",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Text of a generation as it streams: each new token's ids are decoded with all before them,
+/// and only complete characters go out (a character split across tokens waits for its last
+/// byte), so the pieces always add up to the whole answer.
+#[derive(Debug, Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    sent: String,
+}
+
+impl TextStream {
+    /// Takes the next generated id; the new text it completes, if any.
+    pub fn push(
+        &mut self,
+        tokenizer: &crate::load::tokenizer::ChatTokenizer,
+        id: u32,
+    ) -> Option<String> {
+        self.ids.push(id);
+        let text = tokenizer.decode(&self.ids, true).unwrap_or_default();
+        self.take(text, true)
+    }
+
+    /// The whole answer `ids`, and what of it was held back (bytes that never completed a
+    /// character) and must still go out.
+    pub fn finish(
+        &mut self,
+        tokenizer: &crate::load::tokenizer::ChatTokenizer,
+        ids: &[u32],
+    ) -> (String, Option<String>) {
+        let text = tokenizer.decode(ids, true).unwrap_or_default();
+        let rest = self.take(text.clone(), false);
+        (text, rest)
+    }
+
+    fn take(&mut self, text: String, hold_partial: bool) -> Option<String> {
+        let partial = hold_partial && text.ends_with('\u{FFFD}');
+        if text.len() > self.sent.len() && !partial && text.starts_with(&self.sent) {
+            let piece = text[self.sent.len()..].to_string();
+            self.sent = text;
+            Some(piece)
+        } else {
+            None
+        }
+    }
 }
 
 /// Generated token ids (EOS excluded) and why generation ended.

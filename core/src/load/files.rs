@@ -7,6 +7,27 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{CoreError, Result};
 
+/// The files of a model directory that loading reads, and whether each must be there (the
+/// weights are `model.safetensors`, or shards that `model.safetensors.index.json` names).
+pub const MODEL_FILES: [(&str, bool); 9] = [
+    ("config.json", true),
+    ("tokenizer.json", true),
+    ("tokenizer_config.json", false),
+    ("special_tokens_map.json", false),
+    ("generation_config.json", false),
+    ("chat_template.jinja", false),
+    ("chat_template.json", false),
+    ("model.safetensors", false),
+    ("model.safetensors.index.json", false),
+];
+
+/// Whether loading a model directory reads file `name`: one of [`MODEL_FILES`] or a shard
+/// (`model-*.safetensors`).
+pub fn is_model_file(name: &str) -> bool {
+    MODEL_FILES.iter().any(|(n, _)| *n == name)
+        || (name.starts_with("model-") && name.ends_with(".safetensors"))
+}
+
 /// A model directory's files.
 #[derive(Debug, Clone, Copy)]
 pub enum ModelFiles<'a> {

@@ -187,6 +187,26 @@ pub fn objective(stage: Method, config: &RunConfig) -> Objective {
     }
 }
 
+/// The micro-batches of optimizer step `step` of stage `stage` (`grad_accum` of them) and the
+/// epoch they come from.
+pub(crate) fn step_batches(
+    step: usize,
+    examples: &Examples,
+    refs: &[Vec<f32>],
+    config: &RunConfig,
+    stage: usize,
+) -> (usize, Vec<MicroBatch>) {
+    let mut epoch = 0;
+    let batches = (0..config.grad_accum)
+        .map(|k| {
+            let (e, idx) = micro_batch(step * config.grad_accum + k, examples.len(), config, stage);
+            epoch = e;
+            micro_batch_of(examples, refs, &idx, config.max_len)
+        })
+        .collect();
+    (epoch, batches)
+}
+
 /// A stage's optimizer steps over `examples` training examples, and its learning-rate schedule.
 pub(crate) fn stage_schedule(config: &RunConfig, examples: usize) -> (usize, Schedule) {
     let per_epoch = examples.div_ceil(config.batch_size);
@@ -204,7 +224,7 @@ pub(crate) fn stage_schedule(config: &RunConfig, examples: usize) -> (usize, Sch
 
 /// The micro-batch of examples `idx`: their rows, the rows' reference log-probs (in the same
 /// block layout) and, for DPO, each pair's direction.
-pub(crate) fn micro_batch_of(
+fn micro_batch_of(
     examples: &Examples,
     refs: &[Vec<f32>],
     idx: &[usize],
@@ -247,12 +267,7 @@ fn evaluate(
 
 /// Example indices of micro-batch `m` of a stage: epochs are seeded permutations (or the file
 /// order with `shuffle = false`), the last batch of an epoch may be smaller.
-pub(crate) fn micro_batch(
-    m: usize,
-    n: usize,
-    config: &RunConfig,
-    stage: usize,
-) -> (usize, Vec<usize>) {
+fn micro_batch(m: usize, n: usize, config: &RunConfig, stage: usize) -> (usize, Vec<usize>) {
     let per_epoch = n.div_ceil(config.batch_size);
     let (epoch, b) = (m / per_epoch, m % per_epoch);
     let mut order: Vec<usize> = (0..n).collect();
@@ -512,18 +527,7 @@ pub fn train(
             done_steps: state.stage_step,
         });
 
-        let mut plan = |step: usize| {
-            let mut epoch = 0;
-            let batches = (0..config.grad_accum)
-                .map(|k| {
-                    let (e, idx) =
-                        micro_batch(step * config.grad_accum + k, train_ex.len(), config, s);
-                    epoch = e;
-                    micro_batch_of(&train_ex, &train_refs, &idx, config.max_len)
-                })
-                .collect();
-            (epoch, batches)
-        };
+        let mut plan = |step: usize| step_batches(step, &train_ex, &train_refs, config, s);
         let first_step = state.stage_step;
         let mut cancelled = false;
         let mut after = |model: &CausalLm, trainer: &Trainer, done: StepDone| -> Result<Flow> {

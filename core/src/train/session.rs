@@ -11,7 +11,7 @@ use super::config::{Method, RunConfig};
 use super::data::Quadruple;
 use super::examples::Examples;
 use super::optim::Schedule;
-use super::run::{StepMetrics, micro_batch, micro_batch_of, objective, split, stage_schedule};
+use super::run::{StepMetrics, objective, split, stage_schedule, step_batches};
 use super::step::{OptimizerSettings, Trainer};
 use crate::error::{CoreError, Result};
 use crate::infer::score::{batch_logps, collate};
@@ -138,20 +138,7 @@ impl Session {
         if self.step >= self.total {
             return Ok(None);
         }
-        let config = &self.config;
-        let mut epoch = 0;
-        let batches: Vec<_> = (0..config.grad_accum)
-            .map(|k| {
-                let (e, idx) = micro_batch(
-                    self.step * config.grad_accum + k,
-                    self.examples.len(),
-                    config,
-                    0,
-                );
-                epoch = e;
-                micro_batch_of(&self.examples, &self.refs, &idx, config.max_len)
-            })
-            .collect();
+        let (epoch, batches) = step_batches(self.step, &self.examples, &self.refs, &self.config, 0);
         let lr = self.schedule.lr_at(self.step);
         let (model, report) = self
             .trainer

@@ -14,7 +14,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use clo_core::Pretrained;
 use clo_core::api::ChatRequest;
-use clo_core::generate::{SamplingConfig, StopReason, fit_to_context};
+use clo_core::generate::{SamplingConfig, StopReason, TextStream, fit_to_context};
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -136,14 +136,7 @@ pub async fn v1_models(State(s): State<Shared>) -> Result<Json<serde_json::Value
 }
 
 fn sampling(req: &ChatRequest) -> Result<SamplingConfig, ApiError> {
-    let d = SamplingConfig::default();
-    let c = SamplingConfig {
-        temperature: req.temperature.unwrap_or(d.temperature),
-        top_p: req.top_p.unwrap_or(d.top_p),
-        seed: req.seed.unwrap_or(0),
-        max_new_tokens: req.max_tokens.unwrap_or(256),
-    };
-    c.validate()?;
+    let c = SamplingConfig::from_request(req.temperature, req.top_p, req.seed, req.max_tokens)?;
     if c.max_new_tokens > 4096 {
         return Err(ApiError::bad("max_tokens must be 1..=4096"));
     }
@@ -230,7 +223,7 @@ pub async fn completions(
         if stop == StopReason::Cancelled {
             tracing::info!("chat completion stopped: the client went away");
         } else if stream {
-            let _ = tx.send(chunk(json!({}), Some(finish(stop))));
+            let _ = tx.send(chunk(json!({}), Some(stop.finish_reason())));
             let _ = tx.send("[DONE]".into());
         }
         (text, stop, n)
@@ -246,15 +239,14 @@ pub async fn completions(
     Ok(Json(json!({
         "id": id, "object": "chat.completion", "created": 0, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": finish(stop)}],
+                     "finish_reason": stop.finish_reason()}],
         "usage": {"prompt_tokens": n.0, "completion_tokens": n.1, "total_tokens": n.0 + n.1},
     }))
     .into_response())
 }
 
-/// Generates the answer to `prompt`, calling `on_text` with each new piece of text. Text is
-/// decoded from all ids so far, so a character split across tokens is passed on once complete.
-/// Returns the text, why it stopped, and (prompt, completion) token counts.
+/// Generates the answer to `prompt`, calling `on_text` with each new piece of text (see
+/// [`TextStream`]). Returns the text, why it stopped, and (prompt, completion) token counts.
 /// `on_token` is asked after every token whether to go on.
 fn answer(
     lm: &Pretrained,
@@ -263,34 +255,17 @@ fn answer(
     mut on_text: impl FnMut(String),
     mut on_token: impl FnMut() -> ControlFlow<()>,
 ) -> (String, StopReason, (usize, usize)) {
-    let mut ids = Vec::new();
-    let mut sent = String::new();
+    let mut stream = TextStream::default();
     let out = lm.generate_until(prompt, config, |t| {
         let flow = on_token();
-        if lm.tokenizer.eos_ids().contains(&t) {
-            return flow;
-        }
-        ids.push(t);
-        let text = lm.tokenizer.decode(&ids, true).unwrap_or_default();
-        if text.len() > sent.len() && !text.ends_with('\u{FFFD}') && text.starts_with(&sent) {
-            on_text(text[sent.len()..].to_string());
-            sent = text;
+        if let Some(piece) = stream.push(&lm.tokenizer, t) {
+            on_text(piece);
         }
         flow
     });
-    let text = lm.tokenizer.decode(&out.ids, true).unwrap_or_default();
-    // What was held back (bytes that never completed a character) goes out at the end, so the
-    // streamed pieces always add up to the whole answer.
-    if text.len() > sent.len() && text.starts_with(&sent) {
-        on_text(text[sent.len()..].to_string());
+    let (text, rest) = stream.finish(&lm.tokenizer, &out.ids);
+    if let Some(piece) = rest {
+        on_text(piece);
     }
     (text, out.stop, (prompt.len(), out.ids.len()))
-}
-
-fn finish(stop: StopReason) -> &'static str {
-    match stop {
-        StopReason::Eos => "stop",
-        StopReason::MaxNewTokens => "length",
-        StopReason::Cancelled => "cancelled",
-    }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::response::{IntoResponse, Response};
 use clo_core::api::{ModelFile, ModelInfo};
+use clo_core::load::files::is_model_file;
 
 use super::{ApiError, ApiResult, Shared, blocking};
 
@@ -59,23 +60,6 @@ pub async fn inspect(
 ) -> ApiResult<clo_core::Summary> {
     let dir = s.model_dir(&name)?;
     blocking(move || clo_core::Pretrained::summarize(&dir).map_err(ApiError::from)).await
-}
-
-/// The files of a model directory the in-browser engine loads (config, tokenizer, chat
-/// template, weights), by name.
-fn is_model_file(name: &str) -> bool {
-    matches!(
-        name,
-        "config.json"
-            | "generation_config.json"
-            | "tokenizer.json"
-            | "tokenizer_config.json"
-            | "special_tokens_map.json"
-            | "chat_template.jinja"
-            | "chat_template.json"
-            | "model.safetensors"
-            | "model.safetensors.index.json"
-    ) || (name.starts_with("model-") && name.ends_with(".safetensors"))
 }
 
 /// `GET /api/models/NAME/files`: the files the browser engine fetches, with their sizes.
