@@ -51,6 +51,12 @@ enum Command {
         /// Hugging Face model directory.
         #[arg(long)]
         model: PathBuf,
+        /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as
+        /// `clo export --peft`, peft or the browser's download write it) to put on --model.
+        /// --model may also be the adapter directory itself when its base_model_name_or_path
+        /// is the base model's directory.
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
         /// JSONL input.
         #[arg(long)]
         input: PathBuf,
@@ -74,6 +80,12 @@ enum Command {
     Generate {
         #[arg(long)]
         model: PathBuf,
+        /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as
+        /// `clo export --peft`, peft or the browser's download write it) to put on --model.
+        /// --model may also be the adapter directory itself when its base_model_name_or_path
+        /// is the base model's directory.
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
         #[arg(long)]
         prompt: String,
         #[arg(long, default_value_t = 128)]
@@ -168,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Score {
             model,
+            adapter,
             input,
             output,
             device,
@@ -177,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => score(
             &ScoreJob {
                 model: &model,
+                adapter: adapter.as_deref(),
                 input: &input,
                 output: &output,
                 chat: chat_template,
@@ -187,6 +201,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         Command::Generate {
             model,
+            adapter,
             prompt,
             max_new_tokens,
             temperature,
@@ -205,7 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             config.validate()?;
             let device = parse_device(&device)?;
-            let lm = Pretrained::load(&model, &device)?;
+            let lm = load_model(&model, adapter.as_deref(), &device)?;
             warn_if_no_template(&lm, chat_template);
             let prompt_ids = lm.tokenizer.prompt_ids(&prompt, chat_template)?;
             config.max_new_tokens = clo_core::generate::fit_to_context(
@@ -318,11 +333,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 #[derive(Clone, Copy)]
 struct ScoreJob<'a> {
     model: &'a Path,
+    adapter: Option<&'a Path>,
     input: &'a Path,
     output: &'a Path,
     chat: bool,
     batch_size: usize,
     max_prompt_tokens: Option<usize>,
+}
+
+/// `--model`, with `--adapter`'s PEFT adapter on it when given.
+fn load_model(
+    model: &Path,
+    adapter: Option<&Path>,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<Pretrained> {
+    let lm = Pretrained::load(model, device)?;
+    Ok(match adapter {
+        Some(dir) => lm.with_adapter(dir)?,
+        None => lm,
+    })
 }
 
 /// `--chat-template` on a model that has none: say so on stderr, where a user sees it, instead
@@ -341,6 +370,7 @@ pub(crate) fn warn_if_no_template(lm: &Pretrained, chat_template: bool) {
 fn score(job: &ScoreJob, device: &str) -> anyhow::Result<()> {
     let ScoreJob {
         model,
+        adapter,
         input,
         output,
         chat,
@@ -352,7 +382,7 @@ fn score(job: &ScoreJob, device: &str) -> anyhow::Result<()> {
     }
     let device = &parse_device(device)?;
     let records = read_score_input(input)?;
-    let lm = Pretrained::load(model, device)?;
+    let lm = load_model(model, adapter, device)?;
     warn_if_no_template(&lm, job.chat);
     let vocab = lm.config.decoder.vocab_size;
     let mut pairs = Vec::with_capacity(records.len());

@@ -157,6 +157,107 @@ fn peft_adapter_holds_the_lora_delta_in_pefts_layout() {
     assert!(config.trainable == TrainableKind::Lora);
 }
 
+/// A PEFT adapter clo wrote loads back onto its base (`--adapter`, or the adapter directory as
+/// the model) with the trained run's logits; bad adapters are refused by name.
+#[test]
+fn peft_adapter_loads_back_onto_its_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, run) = trained_run(TrainableKind::Lora, dir.path());
+    let peft = dir.path().join("peft");
+    export_peft(&run, "best", &peft, &Device::flex(), false).unwrap();
+    let want = run_logits(&config, &run);
+    let on_base = Pretrained::load(&config.model, &Device::flex())
+        .unwrap()
+        .with_adapter(&peft)
+        .unwrap();
+    let d = max_abs_diff(&logits(&on_base.model.valid()), &want);
+    assert!(d < 1e-5, "base + adapter: {d}");
+    let itself = Pretrained::load(&peft, &Device::flex()).unwrap();
+    let d = max_abs_diff(&logits(&itself.model.valid()), &want);
+    assert!(d < 1e-5, "the adapter directory as the model: {d}");
+
+    // A factor of another name, a regex target list and a lost base are refused by name.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    let config_text = std::fs::read_to_string(peft.join("adapter_config.json")).unwrap();
+    std::fs::write(bad.join("adapter_config.json"), &config_text).unwrap();
+    let bytes = std::fs::read(peft.join("adapter_model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let renamed: Vec<(String, safetensors::tensor::TensorView)> = file
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n.replace("layers.1.self_attn.q_proj", "layers.7.self_attn.q_proj"),
+                v,
+            )
+        })
+        .collect();
+    std::fs::write(
+        bad.join("adapter_model.safetensors"),
+        safetensors::serialize(renamed, None).unwrap(),
+    )
+    .unwrap();
+    let base = || Pretrained::load(&config.model, &Device::flex()).unwrap();
+    let err = base().with_adapter(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("layers.7.self_attn.q_proj") && err.contains("adapts no module"),
+        "{err}"
+    );
+    let mut regex: serde_json::Value = serde_json::from_str(&config_text).unwrap();
+    regex["target_modules"] = "(q|v)_proj".into();
+    std::fs::write(bad.join("adapter_config.json"), regex.to_string()).unwrap();
+    let err = base().with_adapter(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("target_modules") && err.contains("adapter_config.json"),
+        "{err}"
+    );
+    let lost = config_text.replace(&config.model.display().to_string(), "/nowhere/base");
+    std::fs::write(bad.join("adapter_config.json"), lost).unwrap();
+    std::fs::write(bad.join("adapter_model.safetensors"), &bytes).unwrap();
+    let err = Pretrained::load(&bad, &Device::flex())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/nowhere/base") && err.contains("--adapter"),
+        "{err}"
+    );
+}
+
+/// Polls a future that never waits (reads on the CPU backend resolve at once).
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+/// `copy_to_device` (what the browser does before writing files) keeps every weight: the copy
+/// computes the same logits and holds the same LoRA factors.
+#[test]
+fn an_awaited_copy_keeps_every_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, run) = trained_run(TrainableKind::Lora, dir.path());
+    let last = RunDir::new(&run).latest_checkpoint().unwrap();
+    let lm = load_trained(&config, &last, &Device::flex()).unwrap();
+    let copy = ready(clo_core::export::copy_to_device(
+        &lm.model.valid(),
+        &Device::flex(),
+    ))
+    .unwrap();
+    let d = max_abs_diff(&logits(&copy), &logits(&lm.model.valid()));
+    assert_eq!(d, 0.0);
+    let (a, b) = (
+        clo_core::export::lora_tensors(&copy, &last).unwrap(),
+        clo_core::export::lora_tensors(&lm.model, &last).unwrap(),
+    );
+    assert_eq!(a.len(), 16);
+    assert_eq!(a, b);
+}
+
 /// transformers (merged) and peft (base + adapter) give clo's logits. Needs a Python with torch,
 /// transformers and peft in CLO_PYTHON; without it the test is ignored (see README, "Tests").
 #[test]

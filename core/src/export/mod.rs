@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
+use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+use burn::tensor::TensorData;
 use serde_json::{Value, json};
 
 use crate::error::{CoreError, Result};
@@ -402,11 +404,8 @@ pub fn lora_tensors(
     Ok(tensors)
 }
 
-/// Writes a PEFT LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`) of a LoRA run.
-///
-/// Burn's adapter of a weight `W` (stored `[in, out]`) is `scale * a @ b` with `a: [in, r]`,
-/// `b: [r, out]`; PEFT's is `scale * B @ A` on `[out, in]` with `lora_A.weight: [r, in]` and
-/// `lora_B.weight: [out, r]`, so `lora_A.weight = aᵀ` and `lora_B.weight = bᵀ`.
+/// Writes a PEFT LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`) of a LoRA run
+/// (layouts in [`crate::load::peft`]).
 ///
 /// `out` is claimed as by [`export_merged`].
 pub fn export_peft(
@@ -416,58 +415,71 @@ pub fn export_peft(
     device: &Device,
     force: bool,
 ) -> Result<PathBuf> {
+    use crate::load::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig, adapter_safetensors};
     claim_export_out(run, out, force)?;
     let (config, weights, lm) = load_lora_run(run, which, device, "a PEFT adapter", "merged")?;
-    let tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = lora_tensors(&lm.model, &weights)?
-        .into_iter()
-        .map(|(name, (shape, values))| {
-            (
-                format!("base_model.model.{name}.weight"),
-                (shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            )
-        })
-        .collect();
-    let adapter_config = json!({
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": config.model,
-        "r": config.lora_rank,
-        "lora_alpha": config.lora_alpha,
-        "lora_dropout": 0.0,
-        "target_modules": config.lora_targets,
-        "bias": "none",
-        "fan_in_fan_out": false,
-        "inference_mode": true,
-        "use_rslora": false,
-        "init_lora_weights": true,
-    });
+    let bytes = adapter_safetensors(&lora_tensors(&lm.model, &weights)?)?;
+    let adapter_config = AdapterConfig {
+        base: config.model.display().to_string(),
+        rank: config.lora_rank,
+        alpha: config.lora_alpha,
+        rslora: false,
+        targets: config.lora_targets.clone(),
+    }
+    .to_json();
     replace_dir_atomically(out, |tmp| {
-        let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-            .iter()
-            .map(|(name, (shape, bytes))| {
-                (
-                    name.clone(),
-                    safetensors::tensor::TensorView::new(
-                        safetensors::Dtype::F32,
-                        shape.clone(),
-                        bytes,
-                    )
-                    .expect("shape matches data"),
-                )
-            })
-            .collect();
-        let path = tmp.join("adapter_model.safetensors");
-        let metadata = Some(std::collections::HashMap::from([(
-            "format".to_string(),
-            "pt".to_string(),
-        )]));
-        let bytes = safetensors::serialize(views, metadata)
-            .map_err(|e| CoreError::Invalid(format!("{}: {e}", path.display())))?;
-        write_atomically(&path, &bytes)?;
-        write_json_atomically(&tmp.join("adapter_config.json"), &adapter_config)?;
+        write_atomically(&tmp.join(ADAPTER_WEIGHTS), &bytes)?;
+        write_json_atomically(&tmp.join(ADAPTER_CONFIG), &adapter_config)?;
         write_marker(tmp, run, &weights, "peft")?;
         tokenizer_files(&config.model, &lm.tokenizer, tmp)
     })?;
     tracing::info!(out = %out.display(), from = %weights.display(), "PEFT adapter exported");
     Ok(weights)
+}
+
+/// A copy of `model` on device `to`, every parameter read with an awaited read (a blocking read
+/// panics in a browser): the browser copies a WebGPU model to the CPU backend this way, where
+/// [`lora_tensors`] and [`safetensors_bytes`] then read it.
+pub async fn copy_to_device(
+    model: &crate::load::models::CausalLm,
+    to: &Device,
+) -> Result<crate::load::models::CausalLm> {
+    struct Collect(Vec<(ParamId, Vec<usize>, Tensor<1>)>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            let dims = t.dims().to_vec();
+            let n: usize = dims.iter().product();
+            self.0.push((param.id, dims, t.reshape([n])));
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    let mut read: std::collections::HashMap<ParamId, (Vec<usize>, TensorData)> =
+        std::collections::HashMap::new();
+    for (id, dims, t) in collect.0 {
+        let data = t
+            .into_data_async()
+            .await
+            .map_err(|e| CoreError::Invalid(format!("reading a weight from the device: {e:?}")))?;
+        read.insert(id, (dims, data));
+    }
+    struct Put<'a> {
+        read: std::collections::HashMap<ParamId, (Vec<usize>, TensorData)>,
+        to: &'a Device,
+    }
+    impl ModuleMapper for Put<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let Some((dims, data)) = self.read.remove(&param.id) else {
+                return param;
+            };
+            let to = self.to.clone();
+            param.map(move |_| {
+                let mut shape = [0usize; D];
+                shape.copy_from_slice(&dims);
+                Tensor::<1>::from_data(data, &to).reshape(shape)
+            })
+        }
+    }
+    Ok(model.clone().map(&mut Put { read, to }))
 }

@@ -5,6 +5,7 @@
 pub mod files;
 pub mod gguf;
 pub mod models;
+pub mod peft;
 pub mod pretrained;
 pub mod tokenizer;
 pub mod weights;

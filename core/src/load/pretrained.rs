@@ -89,7 +89,22 @@ impl Pretrained {
     }
 
     /// Loads a model directory, or a GGUF file, onto `device`.
+    ///
+    /// `dir` may be a PEFT adapter directory (`adapter_config.json`, no `config.json`): its
+    /// base model (`base_model_name_or_path`, beside the adapter or as given) is loaded with the
+    /// adapter on it.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        if crate::load::peft::is_adapter_dir(dir) {
+            let config = crate::load::peft::AdapterConfig::parse(
+                &dir.join(crate::load::peft::ADAPTER_CONFIG),
+                &crate::error::read_to_string(
+                    &dir.join(crate::load::peft::ADAPTER_CONFIG),
+                    "PEFT adapter config",
+                )?,
+            )?;
+            let base = crate::load::peft::base_dir(dir, &config)?;
+            return Self::load(&base, device)?.with_adapter(dir);
+        }
         if crate::load::gguf::is_gguf(dir) && dir.is_file() {
             let (config, model, tokenizer) = crate::load::gguf::load(dir, device)?;
             return Ok(Self {
@@ -111,6 +126,28 @@ impl Pretrained {
             tokenizer,
             device: device.clone(),
         })
+    }
+
+    /// This model with the PEFT LoRA adapter of directory `adapter` on it (`adapter_config.json`
+    /// and `adapter_model.safetensors`, as `clo export --peft`, peft or the browser write them).
+    pub fn with_adapter(mut self, adapter: &Path) -> Result<Self> {
+        use crate::load::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig, apply_adapter};
+        let config_path = adapter.join(ADAPTER_CONFIG);
+        let config = AdapterConfig::parse(
+            &config_path,
+            &crate::error::read_to_string(&config_path, "PEFT adapter config")?,
+        )?;
+        let weights_path = adapter.join(ADAPTER_WEIGHTS);
+        let weights = std::fs::read(&weights_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => CoreError::MissingFile {
+                path: weights_path.clone(),
+                what: "PEFT adapter weights",
+            },
+            _ => CoreError::io("read", &weights_path, e),
+        })?;
+        self.model = apply_adapter(self.model, &config, &weights, &weights_path, &self.device)?;
+        tracing::info!(adapter = %adapter.display(), rank = config.rank, "PEFT adapter applied");
+        Ok(self)
     }
 
     /// Loads a model directory whose files are already in memory (what the browser fetched):
