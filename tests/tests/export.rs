@@ -224,6 +224,41 @@ fn peft_adapter_loads_back_onto_its_base() {
     );
 }
 
+/// Adapters written by peft itself (tests/fixtures/make_peft_fixture.py: bf16 factors, rsLoRA,
+/// MLP targets) give peft's logits, on `--adapter` and as the model directory.
+#[test]
+fn peft_written_adapters_give_pefts_logits() {
+    for name in ["qv-bf16", "rslora-mlp"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/peft")
+            .join(name);
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let want: Vec<f32> = expected["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter())
+            .flat_map(|pos| pos.as_array().unwrap().iter())
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let lm = Pretrained::load(&dir, &Device::flex()).unwrap();
+        let d = max_abs_diff(&logits(&lm.model.valid()), &want);
+        assert!(d < 1e-4, "{name}: {d}");
+        let base = Pretrained::load(&fixture_dir("qwen2"), &Device::flex()).unwrap();
+        assert!(
+            max_abs_diff(&logits(&base.model), &want) > 1e-2,
+            "{name} changes the logits"
+        );
+        let on = base.with_adapter(&dir).unwrap();
+        assert!(
+            max_abs_diff(&logits(&on.model.valid()), &want) < 1e-4,
+            "{name}"
+        );
+    }
+}
+
 /// Polls a future that never waits (reads on the CPU backend resolve at once).
 fn ready<F: std::future::Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);

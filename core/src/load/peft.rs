@@ -113,13 +113,21 @@ impl AdapterConfig {
                 return Err(bad(key, "sets per-module ranks or alphas".into()));
             }
         }
-        for key in ["layers_to_transform", "modules_to_save"] {
+        for key in [
+            "layers_to_transform",
+            "modules_to_save",
+            "layer_replication",
+            "target_parameters",
+            "trainable_token_indices",
+        ] {
             if value.get(key).is_some_and(|v| !v.is_null()) {
                 return Err(bad(key, "is set".into()));
             }
         }
-        if flag("use_dora") {
-            return Err(bad("use_dora", "is true (DoRA)".into()));
+        for (key, what) in [("use_dora", "DoRA"), ("lora_bias", "LoRA biases")] {
+            if flag(key) {
+                return Err(bad(key, format!("is true ({what})")));
+            }
         }
         Ok(Self {
             base: value
