@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::{Parser, Subcommand};
 use clo_core::generate::SamplingConfig;
-use clo_core::score::{Pair, ScoreRecord, read_score_input};
+use clo_core::score::read_score_input;
 use clo_core::{CoreError, Pretrained};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -393,37 +393,12 @@ fn score(job: &ScoreJob, device: &str) -> anyhow::Result<()> {
             message,
             hint: "prompt_ids and response_ids must be token ids of this model's vocabulary",
         };
-        let pair = match record {
-            ScoreRecord::Text { prompt, response } => Pair {
-                prompt: lm.tokenizer.prompt_ids(prompt, chat)?,
-                response: lm.tokenizer.response_ids(response)?,
-            },
-            ScoreRecord::Ids {
-                prompt_ids,
-                response_ids,
-            } => {
-                if let Some(id) = prompt_ids
-                    .iter()
-                    .chain(response_ids)
-                    .find(|id| **id as usize >= vocab)
-                {
-                    return Err(bad(format!(
-                        "token id {id} is outside the vocabulary of {vocab}"
-                    ))
-                    .into());
-                }
-                Pair {
-                    prompt: prompt_ids.clone(),
-                    response: response_ids.clone(),
-                }
-            }
-        };
-        if pair.prompt.is_empty() {
-            return Err(bad(
-                "empty prompt: the first response token needs a token before it".into(),
-            )
-            .into());
-        }
+        let pair = record
+            .to_pair(&lm.tokenizer, chat, vocab)
+            .map_err(|e| match e {
+                CoreError::Invalid(message) => bad(message),
+                e => e,
+            })?;
         // Refused before any forward pass, by the rule generation uses: the prompt within its
         // limit, and the response within what the context leaves after it.
         let fits = clo_core::generate::fit_to_context(

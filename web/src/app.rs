@@ -5,7 +5,7 @@ use leptos_router::components::{A, Route, Router, Routes};
 use leptos_router::path;
 
 use crate::api;
-use crate::pages::{DataPage, EvalsPage, PlaygroundPage, RunPage, RunsPage};
+use crate::pages::{BrowserTrainPage, DataPage, EvalsPage, PlaygroundPage, RunPage, RunsPage};
 
 #[component]
 pub fn App() -> impl IntoView {
@@ -18,6 +18,7 @@ pub fn App() -> impl IntoView {
                     <A href="/">"Runs"</A>
                     <A href="/data">"Data"</A>
                     <A href="/playground">"Playground"</A>
+                    <A href="/train-in-browser">"Train in browser"</A>
                     <A href="/evals">"Evals"</A>
                 </nav>
                 <form class="token" on:submit=|ev| ev.prevent_default()>
@@ -42,6 +43,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/runs/:name") view=RunPage />
                     <Route path=path!("/data") view=DataPage />
                     <Route path=path!("/playground") view=PlaygroundPage />
+                    <Route path=path!("/train-in-browser") view=BrowserTrainPage />
                     <Route path=path!("/evals") view=EvalsPage />
                 </Routes>
             </main>

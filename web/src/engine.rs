@@ -26,6 +26,13 @@ use crate::types::{ChatMessage, ModelFile};
 pub struct Loaded {
     pub name: String,
     pub lm: Pretrained,
+    /// What it was loaded from: a model name of `clo serve`, a URL or a picked folder's name
+    /// (the base a downloaded adapter names).
+    pub base: String,
+    /// The files of its directory other than the weights (config, tokenizer, template).
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// The settings it was fine-tuned with in this page, if it was.
+    pub tuned: Option<clo_core::train::RunConfig>,
 }
 
 thread_local! {
@@ -108,18 +115,20 @@ fn base_url(source: &str) -> String {
 const CACHE: &str = "clo-models-v1";
 
 /// The bytes of `url` (`None` on 404), from the browser's cache when it holds `key` (the URL
-/// with the file's size and date from the server's listing), else downloaded and cached.
-async fn fetch_bytes(url: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+/// with the file's size and date from the server's listing), else downloaded and cached; with
+/// no `key`, always downloaded and never cached (data files, which change in place).
+async fn fetch_bytes(url: &str, key: Option<&str>) -> Result<Option<Vec<u8>>, String> {
     let window = web_sys::window().ok_or("no window")?;
     // The Cache API exists in secure contexts only (https, or http on localhost).
-    let cache: Option<web_sys::Cache> = match window.caches() {
-        Ok(caches) => JsFuture::from(caches.open(CACHE))
+    let cache: Option<(web_sys::Cache, &str)> = match (window.caches(), key) {
+        (Ok(caches), Some(key)) => JsFuture::from(caches.open(CACHE))
             .await
             .ok()
-            .and_then(|c| c.dyn_into().ok()),
-        Err(_) => None,
+            .and_then(|c| c.dyn_into().ok())
+            .map(|c| (c, key)),
+        _ => None,
     };
-    if let Some(cache) = &cache {
+    if let Some((cache, key)) = &cache {
         let hit = JsFuture::from(cache.match_with_str(key))
             .await
             .map_err(js_err)?;
@@ -146,7 +155,7 @@ async fn fetch_bytes(url: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         404 => return Ok(None),
         status => return Err(format!("fetching {url}: HTTP {status}")),
     }
-    if let Some(cache) = &cache {
+    if let Some((cache, key)) = &cache {
         let copy = resp.clone().map_err(js_err)?;
         // A full cache (quota) only costs the next reload a download.
         let _ = JsFuture::from(cache.put_with_str(key, &copy)).await;
@@ -259,7 +268,7 @@ pub async fn load(
             Some(v) => format!("{url}?v={v}"),
             None => url.clone(),
         };
-        match fetch_bytes(&url, &key).await? {
+        match fetch_bytes(&url, Some(&key)).await? {
             Some(bytes) => {
                 done += want.size.map_or(bytes.len() as f64, |s| s as f64);
                 on_progress(done, total.max(done));
@@ -288,7 +297,7 @@ pub async fn load(
         shards.retain(|s| !files.contains_key(s));
         for shard in shards {
             let url = format!("{base}/{shard}");
-            let bytes = fetch_bytes(&url, &url)
+            let bytes = fetch_bytes(&url, Some(&url))
                 .await?
                 .ok_or(format!("{url} is missing (HTTP 404)"))?;
             done += bytes.len() as f64;
@@ -296,7 +305,42 @@ pub async fn load(
             files.insert(shard, bytes);
         }
     }
-    let root = Path::new(&base);
+    install(source, &base, files, limit, limit_name, &device)
+}
+
+/// Loads a model directory whose files the user picked on disk (`name`: the folder's name).
+pub async fn load_picked(
+    name: &str,
+    files: BTreeMap<String, Vec<u8>>,
+    max_buffer_bytes: Option<f64>,
+) -> Result<LoadInfo, String> {
+    let device = device().await?;
+    let adapter_limit = storage_limit().await?;
+    let (limit, limit_name) = match max_buffer_bytes {
+        Some(cap) if cap < adapter_limit => (cap, "maxBufferBytes given to clo.load"),
+        _ => (adapter_limit, "this GPU's maxStorageBufferBindingSize"),
+    };
+    for needed in ["config.json", "tokenizer.json"] {
+        if !files.contains_key(needed) {
+            return Err(format!(
+                "the picked folder {name} has no {needed}: pick a Hugging Face model directory (config.json, model.safetensors, tokenizer.json)"
+            ));
+        }
+    }
+    install(name, name, files, limit, limit_name, &device)
+}
+
+/// Puts a model directory's files on the GPU as the loaded model, once its largest tensor is
+/// known to fit the GPU's buffers.
+fn install(
+    name: &str,
+    base: &str,
+    mut files: BTreeMap<String, Vec<u8>>,
+    limit: f64,
+    limit_name: &str,
+    device: &Device,
+) -> Result<LoadInfo, String> {
+    let root = Path::new(base);
     let (tensor, size) = largest_tensor(&files, root)?;
     if size > limit {
         return Err(format!(
@@ -305,17 +349,21 @@ pub async fn load(
             bytes(limit)
         ));
     }
-    let lm = Pretrained::from_memory(root, &files, &device).map_err(|e| e.to_string())?;
+    let lm = Pretrained::from_memory(root, &files, device).map_err(|e| e.to_string())?;
     let info = LoadInfo {
-        name: source.to_string(),
+        name: name.to_string(),
         parameters: lm.config.decoder.num_parameters(),
         vocab_size: lm.config.decoder.vocab_size,
         device: "webgpu".into(),
     };
+    files.retain(|f, _| !f.ends_with(".safetensors") && !f.ends_with(".safetensors.index.json"));
     MODEL.with(|m| {
         *m.borrow_mut() = Some(Rc::new(Loaded {
-            name: source.to_string(),
+            name: name.to_string(),
             lm,
+            base: name.to_string(),
+            files,
+            tuned: None,
         }))
     });
     Ok(info)
@@ -445,7 +493,7 @@ async fn quadruples(
     use clo_core::train::data::{quadruple_of, quadruples_from_text};
     match data {
         serde_json::Value::String(url) => {
-            let bytes = fetch_bytes(url, url)
+            let bytes = fetch_bytes(url, None)
                 .await?
                 .ok_or(format!("{url} is missing (HTTP 404)"))?;
             let text = String::from_utf8(bytes).map_err(|_| format!("{url} is not UTF-8 text"))?;
@@ -468,6 +516,7 @@ async fn quadruples(
 pub async fn train(
     call: &TrainCall,
     mut on_step: impl FnMut(&clo_core::train::StepMetrics),
+    cancelled: impl Fn() -> bool,
 ) -> Result<clo_core::train::StepMetrics, String> {
     use clo_core::train::RunConfig;
     let loaded = loaded().ok_or("no model is loaded: call clo.load(...) first")?;
@@ -508,7 +557,7 @@ pub async fn train(
     .await
     .map_err(|e| e.to_string())?;
     let mut last = None;
-    loop {
+    while !cancelled() {
         let started = js_sys::Date::now();
         let Some(mut line) = session.step().await.map_err(|e| e.to_string())? else {
             break;
@@ -526,6 +575,109 @@ pub async fn train(
         device: lm.device.clone(),
     };
     let name = format!("{}+{}", loaded.name, config.method.name());
-    MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(Loaded { name, lm: tuned })));
+    MODEL.with(|m| {
+        *m.borrow_mut() = Some(Rc::new(Loaded {
+            name,
+            lm: tuned,
+            base: loaded.base.clone(),
+            files: loaded.files.clone(),
+            tuned: Some(config.clone()),
+        }))
+    });
     last.ok_or_else(|| "the training had no step (steps = 0?)".to_string())
+}
+
+/// The PEFT adapter of the model tuned in this page with `trainable: "lora"`: the contents of
+/// `adapter_config.json` and the bytes of `adapter_model.safetensors`, as `clo export --peft`
+/// writes them (native `clo` reads them with `--adapter`).
+pub async fn export_adapter() -> Result<(serde_json::Value, Vec<u8>), String> {
+    use clo_core::load::peft::{AdapterConfig, adapter_safetensors};
+    let loaded = loaded().ok_or("no model is loaded: call clo.load(...) first")?;
+    let config = loaded.tuned.as_ref().ok_or(
+        "the loaded model was not fine-tuned in this page: call clo.train({trainable: \"lora\", ...}) first",
+    )?;
+    if config.trainable != clo_core::train::TrainableKind::Lora {
+        return Err(format!(
+            "the model was tuned with trainable \"{}\": a PEFT adapter needs trainable \"lora\"; download the whole model instead (clo.exportModel())",
+            config.trainable.name()
+        ));
+    }
+    let host = clo_core::export::copy_to_device(&loaded.lm.model, &Device::flex())
+        .await
+        .map_err(|e| e.to_string())?;
+    let tensors = clo_core::export::lora_tensors(&host, Path::new(&loaded.name))
+        .map_err(|e| e.to_string())?;
+    let bytes = adapter_safetensors(&tensors).map_err(|e| e.to_string())?;
+    let adapter = AdapterConfig {
+        base: loaded.base.clone(),
+        rank: config.lora_rank,
+        alpha: config.lora_alpha,
+        rslora: false,
+        targets: config.lora_targets.clone(),
+    };
+    Ok((adapter.to_json(), bytes))
+}
+
+/// The loaded model (LoRA merged) as a Hugging Face model directory, file name to bytes:
+/// `model.safetensors` (f32), `config.json` and the tokenizer files it was loaded with.
+pub async fn export_model() -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let loaded = loaded().ok_or("no model is loaded: call clo.load(...) first")?;
+    let host = clo_core::export::copy_to_device(&loaded.lm.model, &Device::flex())
+        .await
+        .map_err(|e| e.to_string())?
+        .materialize();
+    let weights = clo_core::export::safetensors_bytes(&host, &loaded.lm.config.decoder)
+        .map_err(|e| e.to_string())?;
+    let mut config: serde_json::Value = loaded
+        .files
+        .get("config.json")
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .ok_or("the loaded model's config.json is not JSON")?;
+    clo_core::export::as_f32_config(&mut config);
+    let mut out = BTreeMap::new();
+    out.insert("model.safetensors".to_string(), weights);
+    out.insert(
+        "config.json".to_string(),
+        serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?,
+    );
+    for name in clo_core::export::TOKENIZER_FILES {
+        if let Some(bytes) = loaded.files.get(name) {
+            out.insert(name.to_string(), bytes.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Log-probabilities of responses under the loaded model, as `clo score` computes them (its
+/// output lines, in order); `chat`: text prompts in the chat template.
+pub async fn score(
+    records: &[clo_core::score::ScoreRecord],
+    chat: bool,
+) -> Result<Vec<clo_core::score::Score>, String> {
+    let loaded = loaded().ok_or("no model is loaded: call clo.load(...) first")?;
+    let lm = &loaded.lm;
+    let vocab = lm.config.decoder.vocab_size;
+    let mut pairs = Vec::with_capacity(records.len());
+    for (i, record) in records.iter().enumerate() {
+        let pair = record
+            .to_pair(&lm.tokenizer, chat, vocab)
+            .map_err(|e| format!("record {i}: {e}"))?;
+        if pair.prompt.len() + pair.response.len() > lm.context() {
+            return Err(format!(
+                "record {i}: prompt and response take {} tokens, more than the model's context of {}",
+                pair.prompt.len() + pair.response.len(),
+                lm.context()
+            ));
+        }
+        pairs.push(pair);
+    }
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(8) {
+        out.extend(
+            clo_core::score::score_batch_async(&lm.model, chunk, &lm.device)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(out)
 }

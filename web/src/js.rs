@@ -34,6 +34,32 @@ fn load(source: String, options: JsValue) -> Promise {
     })
 }
 
+/// `loadFiles(folder, files, options)`: a model directory the user picked on disk (`files`: an
+/// array of `File`s, `folder`: its name); the model files among them are read, the rest left.
+fn load_files(folder: String, files: JsValue, options: JsValue) -> Promise {
+    future_to_promise(async move {
+        let cap = Reflect::get(&options, &"maxBufferBytes".into())
+            .ok()
+            .and_then(|v| v.as_f64());
+        let mut read = std::collections::BTreeMap::new();
+        for file in js_sys::Array::from(&files).iter() {
+            let name = Reflect::get(&file, &"name".into())
+                .ok()
+                .and_then(|n| n.as_string())
+                .unwrap_or_default();
+            if !clo_core::load::files::is_model_file(&name) {
+                continue;
+            }
+            let buffer: Function = Reflect::get(&file, &"arrayBuffer".into())?.dyn_into()?;
+            let promise: Promise = buffer.call0(&file)?.dyn_into()?;
+            let bytes = wasm_bindgen_futures::JsFuture::from(promise).await?;
+            read.insert(name, js_sys::Uint8Array::new(&bytes).to_vec());
+        }
+        let info = engine::load_picked(&folder, read, cap).await.map_err(err)?;
+        to_js(&serde_json::to_value(info).map_err(|e| err(e.to_string()))?)
+    })
+}
+
 /// `chat(request, onChunk)`: resolves to the OpenAI chat completion; with `onChunk`, each
 /// OpenAI chunk is passed to it first (the stream).
 fn chat(request: JsValue, on_chunk: JsValue) -> Promise {
@@ -80,9 +106,12 @@ fn chat(request: JsValue, on_chunk: JsValue) -> Promise {
 }
 
 /// `train(options, onStep)`: fine-tunes the loaded model; each metrics line goes to `onStep`;
-/// resolves to the last.
+/// resolves to the last. `options.signal` (an `AbortSignal`) stops it after the step under way.
 fn train(options: JsValue, on_step: JsValue) -> Promise {
     future_to_promise(async move {
+        let signal = Reflect::get(&options, &"signal".into())
+            .ok()
+            .filter(|s| !s.is_undefined() && !s.is_null());
         let text = JSON::stringify(&options)
             .map_err(|_| err("the options are not JSON".into()))?
             .as_string()
@@ -90,17 +119,86 @@ fn train(options: JsValue, on_step: JsValue) -> Promise {
         let call: engine::TrainCall =
             serde_json::from_str(&text).map_err(|e| err(format!("clo.train: {e}")))?;
         let sink = on_step.dyn_into::<Function>().ok();
-        let last = engine::train(&call, |line| {
-            if let Some(f) = &sink
-                && let Ok(v) = serde_json::to_value(line)
-                && let Ok(v) = to_js(&v)
-            {
-                let _ = f.call1(&JsValue::NULL, &v);
-            }
-        })
+        let aborted = || {
+            signal.as_ref().is_some_and(|s| {
+                Reflect::get(s, &"aborted".into())
+                    .ok()
+                    .and_then(|a| a.as_bool())
+                    .unwrap_or(false)
+            })
+        };
+        let last = engine::train(
+            &call,
+            |line| {
+                if let Some(f) = &sink
+                    && let Ok(v) = serde_json::to_value(line)
+                    && let Ok(v) = to_js(&v)
+                {
+                    let _ = f.call1(&JsValue::NULL, &v);
+                }
+            },
+            aborted,
+        )
         .await
         .map_err(err)?;
         to_js(&serde_json::to_value(last).map_err(|e| err(e.to_string()))?)
+    })
+}
+
+/// `exportAdapter()`: `{config, safetensors}`, the PEFT adapter of the model tuned with LoRA.
+fn export_adapter() -> Promise {
+    future_to_promise(async move {
+        let (config, bytes) = engine::export_adapter().await.map_err(err)?;
+        let out = Object::new();
+        Reflect::set(&out, &"config".into(), &to_js(&config)?)?;
+        Reflect::set(
+            &out,
+            &"safetensors".into(),
+            &js_sys::Uint8Array::from(bytes.as_slice()),
+        )?;
+        Ok(out.into())
+    })
+}
+
+/// `exportModel()`: `{files: {name: Uint8Array}}`, the loaded model (LoRA merged) as a
+/// Hugging Face model directory.
+fn export_model() -> Promise {
+    future_to_promise(async move {
+        let files = engine::export_model().await.map_err(err)?;
+        let map = Object::new();
+        for (name, bytes) in &files {
+            Reflect::set(
+                &map,
+                &name.into(),
+                &js_sys::Uint8Array::from(bytes.as_slice()),
+            )?;
+        }
+        let out = Object::new();
+        Reflect::set(&out, &"files".into(), &map)?;
+        Ok(out.into())
+    })
+}
+
+/// `score(records, options)`: `clo score`'s output lines (`{logp, n_tokens, token_logps}`) for
+/// its input records (`{prompt, response}` or `{prompt_ids, response_ids}`);
+/// `options.chat_template` puts text prompts in the chat template.
+fn score(records: JsValue, options: JsValue) -> Promise {
+    future_to_promise(async move {
+        let text = JSON::stringify(&records)
+            .map_err(|_| err("the records are not JSON".into()))?
+            .as_string()
+            .unwrap_or_default();
+        let records: Vec<clo_core::score::ScoreRecord> = serde_json::from_str(&text).map_err(|e| {
+            err(format!(
+                "clo.score: give an array of {{prompt, response}} or {{prompt_ids, response_ids}}: {e}"
+            ))
+        })?;
+        let chat = Reflect::get(&options, &"chat_template".into())
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let scores = engine::score(&records, chat).await.map_err(err)?;
+        to_js(&serde_json::to_value(scores).map_err(|e| err(e.to_string()))?)
     })
 }
 
@@ -113,10 +211,22 @@ pub fn install() {
     let _ = Reflect::set(&native, &"chat".into(), chat.as_ref());
     let train = Closure::<dyn Fn(JsValue, JsValue) -> Promise>::new(train);
     let _ = Reflect::set(&native, &"train".into(), train.as_ref());
+    let load_files = Closure::<dyn Fn(String, JsValue, JsValue) -> Promise>::new(load_files);
+    let _ = Reflect::set(&native, &"loadFiles".into(), load_files.as_ref());
+    let export_adapter = Closure::<dyn Fn() -> Promise>::new(export_adapter);
+    let _ = Reflect::set(&native, &"exportAdapter".into(), export_adapter.as_ref());
+    let export_model = Closure::<dyn Fn() -> Promise>::new(export_model);
+    let _ = Reflect::set(&native, &"exportModel".into(), export_model.as_ref());
+    let score = Closure::<dyn Fn(JsValue, JsValue) -> Promise>::new(score);
+    let _ = Reflect::set(&native, &"score".into(), score.as_ref());
     // The page lives as long as these functions.
     load.forget();
     chat.forget();
     train.forget();
+    load_files.forget();
+    export_adapter.forget();
+    export_model.forget();
+    score.forget();
     let window: JsValue = js_sys::global().into();
     if let Ok(ready) = Reflect::get(&window, &"__cloReady".into())
         && let Ok(ready) = ready.dyn_into::<Function>()

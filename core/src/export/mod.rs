@@ -21,7 +21,7 @@ use crate::train::checkpoint::{RunDir, load_trained};
 use crate::train::{RunConfig, TrainableKind};
 
 /// Files of a model directory that describe the tokenizer and generation, copied as they are.
-const TOKENIZER_FILES: [&str; 6] = [
+pub const TOKENIZER_FILES: [&str; 6] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -210,10 +210,7 @@ pub fn export_merged(
             )
         })?
     };
-    hf_config["torch_dtype"] = json!("float32");
-    if hf_config.get("dtype").is_some() {
-        hf_config["dtype"] = json!("float32");
-    }
+    as_f32_config(&mut hf_config);
     replace_dir_atomically(out, |tmp| {
         save_safetensors(&model, &lm.config.decoder, &tmp.join("model.safetensors"))?;
         write_json_atomically(&tmp.join("config.json"), &hf_config)?;
@@ -222,6 +219,14 @@ pub fn export_merged(
     })?;
     tracing::info!(out = %out.display(), from = %weights.display(), "merged model exported");
     Ok(weights)
+}
+
+/// Marks an HF `config.json` as f32 (what the merged export's weights are).
+pub fn as_f32_config(hf_config: &mut Value) {
+    hf_config["torch_dtype"] = json!("float32");
+    if hf_config.get("dtype").is_some() {
+        hf_config["dtype"] = json!("float32");
+    }
 }
 
 /// Writes a model's weights as `model.safetensors` with Hugging Face tensor names and layouts

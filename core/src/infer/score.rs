@@ -115,20 +115,53 @@ pub fn batch_logps(model: &CausalLm, batch: &Collated) -> (Tensor<1>, Tensor<2>)
 /// # Panics
 /// If a pair has an empty prompt (callers validate input; `clo score` reports the line).
 pub fn score_batch(model: &CausalLm, pairs: &[Pair], device: &Device) -> Vec<Score> {
+    let Some((width, per_token)) = per_token_logps(model, pairs, device) else {
+        return Vec::new();
+    };
+    let values: Vec<f32> = per_token
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("f32 log-probs");
+    scores_of(pairs, width, &values)
+}
+
+/// [`score_batch`] with an awaited read (the browser, where a blocking read panics).
+pub async fn score_batch_async(
+    model: &CausalLm,
+    pairs: &[Pair],
+    device: &Device,
+) -> crate::Result<Vec<Score>> {
+    let Some((width, per_token)) = per_token_logps(model, pairs, device) else {
+        return Ok(Vec::new());
+    };
+    let values: Vec<f32> = per_token
+        .into_data_async()
+        .await
+        .map_err(|e| crate::CoreError::Invalid(format!("reading log-probs: {e:?}")))?
+        .try_into_vec_as::<f32>()
+        .map_err(|e| crate::CoreError::Invalid(format!("log-probs: {e:?}")))?;
+    Ok(scores_of(pairs, width, &values))
+}
+
+/// The batch's width and its `[rows, width]` per-token log-probs (`None`: no pairs).
+fn per_token_logps(
+    model: &CausalLm,
+    pairs: &[Pair],
+    device: &Device,
+) -> Option<(usize, Tensor<2>)> {
     assert!(
         pairs.iter().all(|p| !p.prompt.is_empty()),
         "score_batch needs a prompt token before each response"
     );
     if pairs.is_empty() {
-        return Vec::new();
+        return None;
     }
     let batch = collate(pairs, device);
     let width = batch.inputs.dims()[1];
-    let (_, per_token) = batch_logps(model, &batch);
-    let values: Vec<f32> = per_token
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .expect("f32 log-probs");
+    Some((width, batch_logps(model, &batch).1))
+}
+
+fn scores_of(pairs: &[Pair], width: usize, values: &[f32]) -> Vec<Score> {
     pairs
         .iter()
         .enumerate()
@@ -189,6 +222,48 @@ pub enum ScoreRecord {
         prompt_ids: Vec<u32>,
         response_ids: Vec<u32>,
     },
+}
+
+impl ScoreRecord {
+    /// The record as token ids (`chat`: a text prompt in the chat template; a text response
+    /// gets EOS). Ids outside the vocabulary and an empty prompt are `CoreError::Invalid`.
+    pub fn to_pair(
+        &self,
+        tokenizer: &crate::load::tokenizer::ChatTokenizer,
+        chat: bool,
+        vocab: usize,
+    ) -> crate::Result<Pair> {
+        let pair = match self {
+            ScoreRecord::Text { prompt, response } => Pair {
+                prompt: tokenizer.prompt_ids(prompt, chat)?,
+                response: tokenizer.response_ids(response)?,
+            },
+            ScoreRecord::Ids {
+                prompt_ids,
+                response_ids,
+            } => {
+                if let Some(id) = prompt_ids
+                    .iter()
+                    .chain(response_ids)
+                    .find(|id| **id as usize >= vocab)
+                {
+                    return Err(crate::CoreError::Invalid(format!(
+                        "token id {id} is outside the vocabulary of {vocab}"
+                    )));
+                }
+                Pair {
+                    prompt: prompt_ids.clone(),
+                    response: response_ids.clone(),
+                }
+            }
+        };
+        if pair.prompt.is_empty() {
+            return Err(crate::CoreError::Invalid(
+                "empty prompt: the first response token needs a token before it".into(),
+            ));
+        }
+        Ok(pair)
+    }
 }
 
 /// Reads a `clo score` input file: one JSON object per line, blank lines skipped.

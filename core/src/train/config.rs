@@ -99,6 +99,15 @@ pub enum TrainableKind {
 impl TrainableKind {
     /// Every trainable set's name, as the command line, the API and the web form take it.
     pub const NAMES: [&str; 3] = ["attention", "lora", "full"];
+
+    /// The name the command line takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainableKind::Attention => "attention",
+            TrainableKind::Lora => "lora",
+            TrainableKind::Full => "full",
+        }
+    }
 }
 
 impl std::str::FromStr for TrainableKind {

@@ -56,6 +56,22 @@ fn datasets_of(s: &Shared) -> Result<Vec<DatasetInfo>, ApiError> {
     Ok(out)
 }
 
+/// `GET /api/datasets/NAME/file`: the quadruple JSONL itself, with `Content-Length` and range
+/// requests (what the browser's fine-tuning reads).
+pub async fn file(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    req: axum::extract::Request,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let path = s.dataset_path(&name)?;
+    let res = tower_http::services::ServeFile::new(path)
+        .try_call(req)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(res.into_response())
+}
+
 #[derive(Deserialize)]
 pub struct PageQuery {
     #[serde(default)]

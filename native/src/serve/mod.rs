@@ -408,6 +408,7 @@ pub fn router(state: Shared, web_dir: Option<&Path>) -> Router {
         .route("/api/models/{name}/files/{file}", get(models::file))
         .route("/api/datasets", get(datasets::list))
         .route("/api/datasets/{name}", get(datasets::page))
+        .route("/api/datasets/{name}/file", get(datasets::file))
         .route("/api/runs", get(runs::list).post(runs::create))
         .route("/api/runs/{name}", get(runs::status))
         .route("/api/runs/{name}/cancel", post(runs::cancel))

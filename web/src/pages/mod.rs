@@ -1,10 +1,13 @@
-//! The pages: runs (list, new-run form, run page), data, playground and evals.
+//! The pages: runs (list, new-run form, run page), data, playground, training in the browser
+//! and evals.
 
+mod browser_train;
 mod data;
 mod evals;
 mod playground;
-mod runs;
+pub(crate) mod runs;
 
+pub use browser_train::BrowserTrainPage;
 pub use data::DataPage;
 pub use evals::EvalsPage;
 pub use playground::PlaygroundPage;

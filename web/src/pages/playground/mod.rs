@@ -204,17 +204,32 @@ async fn in_browser(
 #[component]
 pub fn PlaygroundPage() -> impl IntoView {
     let models = LocalResource::new(api::models);
+    // A model fine-tuned on the Train in browser page lives in this browser only.
+    let tuned = crate::engine::loaded()
+        .filter(|l| l.tuned.is_some())
+        .map(|l| l.name.clone());
+    let extra = tuned.clone();
     let names = Signal::derive(move || {
-        models
+        let mut list: Vec<String> = models
             .get()
             .and_then(Result::ok)
             .unwrap_or_default()
             .into_iter()
             .map(|m| m.name)
-            .collect::<Vec<_>>()
+            .collect();
+        if let Some(t) = &extra
+            && !list.contains(t)
+        {
+            list.insert(0, t.clone());
+        }
+        list
     });
     let a = Pane::new();
     let b = Pane::new();
+    if let Some(t) = tuned {
+        a.model.set(t);
+        a.engine.set("browser".into());
+    }
     let side_by_side = RwSignal::new(false);
     let prompt = RwSignal::new(String::new());
     let temperature = RwSignal::new("0".to_string());

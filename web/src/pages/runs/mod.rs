@@ -6,6 +6,7 @@ mod metric_chart;
 mod new_run;
 mod run_page;
 
+pub(crate) use metric_chart::MetricChart;
 pub use run_page::RunPage;
 
 use std::time::Duration;
