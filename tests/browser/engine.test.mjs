@@ -8,7 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -180,6 +180,111 @@ test('CLO fine-tuning in the browser starts at native clo train\'s step 0 and lo
   assert.ok(lastThree < first, `the loss did not go down: ${lines.seen.map((l) => l.loss.toFixed(3))}`);
   console.log(`# 20 CLO steps (toy, 2 quadruples each) in the browser on SwiftShader: ${seconds.toFixed(0)} s, `
     + `loss ${lines.seen[0].loss.toFixed(4)} -> ${lines.seen[19].loss.toFixed(4)}`);
+});
+
+const writeFiles = (dir, files) => {
+  mkdirSync(dir, { recursive: true });
+  for (const [name, bytes] of Object.entries(files)) writeFileSync(join(dir, name), Buffer.from(bytes));
+};
+
+/// `clo score`'s log-probs of `records` under a native model directory (and adapter).
+const nativeScores = (records, args) => {
+  const dir = mkdtempSync(join(tmpdir(), 'clo-score-'));
+  writeFileSync(join(dir, 'in.jsonl'), records.map((r) => JSON.stringify(r)).join('\n') + '\n');
+  execFileSync(clo, ['score', ...args, '--input', join(dir, 'in.jsonl'), '--output', join(dir, 'out.jsonl'),
+    '--chat-template'], { encoding: 'utf8' });
+  return readFileSync(join(dir, 'out.jsonl'), 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
+};
+
+test('a LoRA tuned in the browser, downloaded, gives native clo its log-probs (adapter and merged)', async () => {
+  const qwen2 = new URL('../fixtures/models/qwen2', import.meta.url).pathname;
+  const quads = readFileSync(`${workdir}/datasets/toy.jsonl`, 'utf8').split('\n').filter((l) => l.trim())
+    .slice(0, 8).map((l) => JSON.parse(l));
+  const records = quads.slice(0, 3).flatMap((q) => [
+    { prompt: q.x_en, response: q.y_en }, { prompt: q.x_tgt, response: q.y_tgt }]);
+  const got = await page.evaluate(async ({ quads, records }) => {
+    await clo.load('qwen2');
+    const before = await clo.score(records, { chat_template: true });
+    const last = await clo.train({ method: 'clo', trainable: 'lora', steps: 3, lr: 0.01, batch_size: 2,
+      lora_rank: 4, val_fraction: 0, data: quads });
+    const after = await clo.score(records, { chat_template: true });
+    const adapter = await clo.exportAdapter();
+    const model = await clo.exportModel();
+    const files = {};
+    for (const [name, bytes] of Object.entries(model.files)) files[name] = Array.from(bytes);
+    return { before, after, last, config: adapter.config, safetensors: Array.from(adapter.safetensors), files };
+  }, { quads, records });
+  assert.equal(got.last.step, 2);
+  assert.equal(got.config.peft_type, 'LORA');
+  assert.equal(got.config.r, 4);
+  assert.equal(got.config.base_model_name_or_path, 'qwen2');
+  assert.deepEqual(got.config.target_modules, ['q_proj', 'k_proj', 'v_proj', 'o_proj']);
+  const root = mkdtempSync(join(tmpdir(), 'clo-download-'));
+  writeFiles(join(root, 'adapter'), {
+    'adapter_config.json': new TextEncoder().encode(JSON.stringify(got.config)),
+    'adapter_model.safetensors': got.safetensors,
+  });
+  writeFiles(join(root, 'merged'), got.files);
+  assert.ok('model.safetensors' in got.files && 'config.json' in got.files && 'tokenizer.json' in got.files);
+
+  const base = nativeScores(records, ['--model', qwen2]);
+  const adapted = nativeScores(records, ['--model', qwen2, '--adapter', join(root, 'adapter')]);
+  const merged = nativeScores(records, ['--model', join(root, 'merged')]);
+  let moved = 0;
+  for (let i = 0; i < records.length; i++) {
+    assert.ok(Math.abs(got.before[i].logp - base[i].logp) < 1e-3, `record ${i} before: ${got.before[i].logp} vs ${base[i].logp}`);
+    assert.equal(got.after[i].n_tokens, adapted[i].n_tokens);
+    for (let t = 0; t < adapted[i].n_tokens; t++) {
+      assert.ok(Math.abs(got.after[i].token_logps[t] - adapted[i].token_logps[t]) < 1e-4,
+        `record ${i} token ${t}: browser ${got.after[i].token_logps[t]} vs native + adapter ${adapted[i].token_logps[t]}`);
+      assert.ok(Math.abs(got.after[i].token_logps[t] - merged[i].token_logps[t]) < 1e-4,
+        `record ${i} token ${t}: browser ${got.after[i].token_logps[t]} vs native merged ${merged[i].token_logps[t]}`);
+    }
+    moved = Math.max(moved, Math.abs(adapted[i].logp - base[i].logp));
+  }
+  assert.ok(moved > 1e-3, `the adapter changed the log-probs (${moved})`);
+});
+
+test('Train in browser: load, train with live charts, cancel, download the adapter, chat in the playground', async () => {
+  await page.goto(`${base}/train-in-browser`);
+  await page.waitForSelector('datalist#browser-models option[value=toy]', { state: 'attached' });
+  await page.fill('input[name=model]', 'toy');
+  await page.click('button[name=load]');
+  await page.waitForFunction(() => document.querySelector('[data-testid=loaded]')?.textContent === 'toy');
+  await page.waitForSelector('select[name=dataset] option[value=toy]', { state: 'attached' });
+  await page.selectOption('select[name=method]', 'clo');
+  await page.selectOption('select[name=trainable]', 'lora');
+  await page.fill('input[name=steps]', '50');
+  await page.fill('input[name=lr]', '0.002');
+  await page.click('button[type=submit]');
+  await page.waitForFunction(() => Number(document.querySelector('[data-testid=points]')?.textContent) >= 3);
+  await page.waitForSelector('figure[data-chart=loss] svg');
+  await page.click('button[name=cancel]');
+  const done = await (await page.waitForSelector('[data-testid=done]')).textContent();
+  assert.match(done, /cancelled after \d+ steps, loss [\d.]+; this browser now holds toy\+clo/, done);
+  const points = Number(await page.textContent('[data-testid=points]'));
+  assert.ok(points >= 3 && points < 50, `${points} steps`);
+  await page.screenshot({ path: join(process.env.CLO_E2E_ARTIFACTS ?? tmpdir(), 'train-in-browser.png'), fullPage: true });
+
+  await page.click('button[name=download-adapter]');
+  await page.waitForSelector('ul.downloads a[download="adapter_model.safetensors"]');
+  const [download] = await Promise.all([page.waitForEvent('download'),
+    page.click('ul.downloads a[download="adapter_model.safetensors"]')]);
+  const saved = join(mkdtempSync(join(tmpdir(), 'clo-dl-')), 'adapter_model.safetensors');
+  await download.saveAs(saved);
+  const bytes = readFileSync(saved);
+  const header = JSON.parse(bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString('utf8'));
+  assert.ok(Object.keys(header).some((k) => k.endsWith('self_attn.q_proj.lora_A.weight')), Object.keys(header).join(' '));
+
+  await page.click('text=Chat with it in the playground');
+  await page.waitForSelector('select[name=a] option[value="toy+clo"]', { state: 'attached' });
+  assert.equal(await page.inputValue('select[name=a]'), 'toy+clo');
+  assert.equal(await page.inputValue('select[name=engine-a]'), 'browser');
+  await page.fill('textarea[name=prompt]', QUESTION);
+  await page.click('button[type=submit]');
+  await page.waitForSelector('[data-pane=a] li.assistant:not(.streaming)');
+  const status = await page.textContent('[data-pane=a] .engine-status');
+  assert.match(status, /this browser \(WebGPU\)/, status);
 });
 
 test('a tensor larger than the GPU buffer limit is refused with both sizes', async () => {

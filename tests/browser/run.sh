@@ -10,6 +10,9 @@ ART="${CLO_E2E_ARTIFACTS:-target/e2e-artifacts}"
 rm -rf "$ART"
 mkdir -p "$ART"
 ART="$(cd "$ART" && pwd)"
+# The test files to run (arguments; default: all).
+TESTS=("$@")
+[ ${#TESTS[@]} -gt 0 ] || TESTS=(tests/browser/ui.test.mjs tests/browser/openai.test.mjs tests/browser/engine.test.mjs)
 
 trunk build
 # The features of the test command (README), so that this build reuses its binary.
@@ -42,6 +45,5 @@ echo "e2e: clo serve at $URL"
 
 CLO_URL="$URL" CLO_TOKEN="$TOKEN" CLO_E2E_ARTIFACTS="$ART" CLO_WORKDIR="$WORK" \
   CLO_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/clo" \
-  node --test --test-concurrency=1 tests/browser/ui.test.mjs tests/browser/openai.test.mjs \
-  tests/browser/engine.test.mjs
+  node --test --test-concurrency=1 "${TESTS[@]}"
 echo "e2e: screenshots in $ART"

@@ -11,26 +11,24 @@ use super::config::{Method, RunConfig};
 use super::data::Quadruple;
 use super::examples::Examples;
 use super::optim::Schedule;
-use super::run::{StepMetrics, objective, split, stage_schedule, step_batches};
+use super::run::{StepMetrics, micro_batch, objective, split, stage_schedule, step_batches};
 use super::step::{OptimizerSettings, Trainer};
 use crate::error::{CoreError, Result};
 use crate::infer::score::{batch_logps, collate};
 use crate::load::models::CausalLm;
 use crate::load::tokenizer::ChatTokenizer;
 
-/// Summed log-probs of every reference row of `examples` under `model` (plain), read back with
-/// awaited reads: `values[i][k]` is block `k` of example `i`.
+/// Summed log-probs of the reference rows of examples `which` under `model` (plain), read back
+/// with awaited reads, into `values`: `values[i][k]` is block `k` of example `i`.
 pub async fn reference_logps_async(
     model: &CausalLm,
     examples: &Examples,
+    which: &[usize],
     batch_size: usize,
     max_len: usize,
-) -> Result<Vec<Vec<f32>>> {
-    let width = examples.ref_width();
-    let n = examples.len();
-    let mut values = vec![vec![0f32; width]; n];
-    let all: Vec<usize> = (0..n).collect();
-    for chunk in all.chunks(batch_size.max(1)) {
+    values: &mut [Vec<f32>],
+) -> Result<()> {
+    for chunk in which.chunks(batch_size.max(1)) {
         let rows = examples.rows(chunk, max_len);
         let batch = collate(&rows, &model.device());
         let (sums, _) = batch_logps(model, &batch);
@@ -44,7 +42,7 @@ pub async fn reference_logps_async(
             values[chunk[r % chunk.len()]][r / chunk.len()] = v;
         }
     }
-    Ok(values)
+    Ok(())
 }
 
 /// A single-stage training (clo, dpo, sft, sft-eng, sft-tgt) stepped by the caller.
@@ -52,7 +50,12 @@ pub struct Session {
     model: CausalLm,
     trainer: Trainer,
     examples: Examples,
+    /// The frozen reference (the starting model, plain) while the method needs one.
+    reference: Option<CausalLm>,
+    /// Reference log-probs, computed for each example when a step first uses it (a browser
+    /// does not wait for the whole data set's pass before step 0).
     refs: Vec<Vec<f32>>,
+    have_ref: Vec<bool>,
     config: RunConfig,
     stage: Method,
     schedule: Schedule,
@@ -63,7 +66,8 @@ pub struct Session {
 impl Session {
     /// Prepares a training of `base` (a plain model on `device`) on `quads`: tokenizes and splits
     /// them as `clo train` does, puts the model under autodiff, applies the trainable set, and
-    /// runs the reference pass. (`grad_checkpoint` does not apply here.) `config.model` and `config.data` only name things in messages.
+    /// keeps the starting model as the reference, whose log-probs each step computes for the
+    /// examples it uses first. (`grad_checkpoint` does not apply here.) `config.model` and `config.data` only name things in messages.
     pub async fn new(
         base: &CausalLm,
         tokenizer: &ChatTokenizer,
@@ -91,12 +95,13 @@ impl Session {
         ad.seed(config.seed);
         // `train()` puts the (plain) weights under autodiff, on the same device.
         let model = config.trainable_set().apply(base.clone().train())?;
+        let reference = stage.needs_reference().then(|| model.valid());
         let refs = if stage.needs_reference() {
-            reference_logps_async(&model.valid(), &examples, config.batch_size, config.max_len)
-                .await?
+            vec![vec![0f32; examples.ref_width()]; examples.len()]
         } else {
             Vec::new()
         };
+        let have_ref = vec![false; refs.len()];
         let (total, schedule) = stage_schedule(&config, examples.len());
         let trainer = Trainer::new(
             objective(stage, &config),
@@ -106,7 +111,9 @@ impl Session {
             model,
             trainer,
             examples,
+            reference,
             refs,
+            have_ref,
             config,
             stage,
             schedule,
@@ -137,6 +144,34 @@ impl Session {
     pub async fn step(&mut self) -> Result<Option<StepMetrics>> {
         if self.step >= self.total {
             return Ok(None);
+        }
+        if let Some(reference) = &self.reference {
+            let mut missing: Vec<usize> = (0..self.config.grad_accum)
+                .flat_map(|k| {
+                    micro_batch(
+                        self.step * self.config.grad_accum + k,
+                        self.examples.len(),
+                        &self.config,
+                        0,
+                    )
+                    .1
+                })
+                .filter(|i| !self.have_ref[*i])
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            reference_logps_async(
+                reference,
+                &self.examples,
+                &missing,
+                self.config.batch_size,
+                self.config.max_len,
+                &mut self.refs,
+            )
+            .await?;
+            for i in missing {
+                self.have_ref[i] = true;
+            }
         }
         let (epoch, batches) = step_batches(self.step, &self.examples, &self.refs, &self.config, 0);
         let lr = self.schedule.lr_at(self.step);
