@@ -230,19 +230,22 @@ test('a LoRA tuned in the browser, downloaded, gives native clo its log-probs (a
   const base = nativeScores(records, ['--model', qwen2]);
   const adapted = nativeScores(records, ['--model', qwen2, '--adapter', join(root, 'adapter')]);
   const merged = nativeScores(records, ['--model', join(root, 'merged')]);
-  let moved = 0;
-  for (let i = 0; i < records.length; i++) {
-    assert.ok(Math.abs(got.before[i].logp - base[i].logp) < 1e-3, `record ${i} before: ${got.before[i].logp} vs ${base[i].logp}`);
-    assert.equal(got.after[i].n_tokens, adapted[i].n_tokens);
-    for (let t = 0; t < adapted[i].n_tokens; t++) {
-      assert.ok(Math.abs(got.after[i].token_logps[t] - adapted[i].token_logps[t]) < 1e-4,
-        `record ${i} token ${t}: browser ${got.after[i].token_logps[t]} vs native + adapter ${adapted[i].token_logps[t]}`);
-      assert.ok(Math.abs(got.after[i].token_logps[t] - merged[i].token_logps[t]) < 1e-4,
-        `record ${i} token ${t}: browser ${got.after[i].token_logps[t]} vs native merged ${merged[i].token_logps[t]}`);
-    }
-    moved = Math.max(moved, Math.abs(adapted[i].logp - base[i].logp));
-  }
-  assert.ok(moved > 1e-3, `the adapter changed the log-probs (${moved})`);
+  const maxDiff = (a, b) => Math.max(...a.flatMap((r, i) => r.token_logps.map((v, t) => Math.abs(v - b[i].token_logps[t]))));
+  for (let i = 0; i < records.length; i++) assert.equal(got.after[i].n_tokens, adapted[i].n_tokens);
+  // The two downloads agree natively (base + adapter against the merged weights).
+  const downloads = maxDiff(adapted, merged);
+  assert.ok(downloads < 1e-5, `native base + adapter vs merged: ${downloads}`);
+  // SwiftShader's WebGPU and native f32 differ on the base model itself (its exp and log are less
+  // precise than the CPU's): the tuned model may differ by that floor, plus 1e-4, and no more,
+  // while the tuning moved the log-probs far more than either.
+  const floor = maxDiff(got.before, base);
+  const tuned = maxDiff(got.after, adapted);
+  const moved = maxDiff(adapted, base);
+  console.log(`# per-token log-probs, browser (SwiftShader) vs native CPU: base ${floor.toExponential(2)}, `
+    + `tuned ${tuned.toExponential(2)} (downloaded adapter); the tuning moved them by ${moved.toExponential(2)}`);
+  assert.ok(floor < 2e-3, `base model: browser vs native ${floor}`);
+  assert.ok(tuned <= floor + 1e-4, `tuned: browser vs native + downloaded adapter ${tuned}, base floor ${floor}`);
+  assert.ok(moved > 10 * (floor + 1e-4), `the tuning moved the log-probs by ${moved} only`);
 });
 
 test('Train in browser: load, train with live charts, cancel, download the adapter, chat in the playground', async () => {

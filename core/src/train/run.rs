@@ -267,7 +267,12 @@ fn evaluate(
 
 /// Example indices of micro-batch `m` of a stage: epochs are seeded permutations (or the file
 /// order with `shuffle = false`), the last batch of an epoch may be smaller.
-pub(crate) fn micro_batch(m: usize, n: usize, config: &RunConfig, stage: usize) -> (usize, Vec<usize>) {
+pub(crate) fn micro_batch(
+    m: usize,
+    n: usize,
+    config: &RunConfig,
+    stage: usize,
+) -> (usize, Vec<usize>) {
     let per_epoch = n.div_ceil(config.batch_size);
     let (epoch, b) = (m / per_epoch, m % per_epoch);
     let mut order: Vec<usize> = (0..n).collect();

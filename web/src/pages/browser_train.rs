@@ -71,13 +71,12 @@ async fn read_folder(
     Ok((folder, out))
 }
 
-/// A download link for `bytes` named `name` (an object URL).
-fn download_link(name: &str, bytes: &[u8], kind: &str) -> Option<String> {
+/// An object URL of `bytes` (the `href` of a download link).
+fn download_link(bytes: &[u8], kind: &str) -> Option<String> {
     let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
     let options = web_sys::BlobPropertyBag::new();
     options.set_type(kind);
     let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &options).ok()?;
-    let _ = name;
     web_sys::Url::create_object_url_with_blob(&blob).ok()
 }
 
@@ -93,7 +92,7 @@ fn links_of(files: BTreeMap<String, Vec<u8>>) -> Downloads {
             } else {
                 "application/octet-stream"
             };
-            download_link(&name, &bytes, kind).map(|url| (name, url, bytes.len()))
+            download_link(&bytes, kind).map(|url| (name, url, bytes.len()))
         })
         .collect()
 }
@@ -274,7 +273,8 @@ pub fn BrowserTrainPage() -> impl IntoView {
                     };
                     done.try_set(Some(format!(
                         "{how} {} steps, loss {:.4}; this browser now holds {name}",
-                        last.step, last.loss
+                        last.step + 1,
+                        last.loss
                     )));
                     loaded.try_set(Some(name));
                 }
