@@ -324,8 +324,16 @@ fn fmt(v: Option<f64>) -> String {
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// Run directory of `clo train`.
-    #[arg(long)]
-    run: PathBuf,
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    run: Option<PathBuf>,
+    /// Instead of a run: a model directory (or GGUF file), or a PEFT adapter directory whose
+    /// base_model_name_or_path is its base, such as a model or adapter downloaded from the
+    /// browser's Train in browser page; written with --out (merged) or --gguf.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["gguf_lora", "peft"])]
+    model: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory to merge into --model.
+    #[arg(long, value_name = "DIR", requires = "model")]
+    adapter: Option<PathBuf>,
     /// Output directory: created, or replaced atomically when an earlier export wrote it.
     /// Anything else there is refused (see --force); a run directory never is an output.
     #[arg(long, required_unless_present_any = ["gguf", "gguf_lora"])]
@@ -358,10 +366,43 @@ pub struct ExportArgs {
 
 pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
     let device = burn::tensor::Device::flex();
-    if !args.run.is_dir() {
-        bail!("{}: no such run directory", args.run.display());
-    }
     use clo_core::export;
+    if let Some(model) = &args.model {
+        let adapter = args.adapter.as_deref();
+        let (what, out) = if let Some(out) = &args.gguf {
+            let Some(ty) = clo_core::gguf::ExportType::parse(&args.quant) else {
+                bail!(
+                    "--quant {}: not a GGUF export type; use one of {}",
+                    args.quant,
+                    clo_core::gguf::ExportType::NAMES
+                );
+            };
+            export::export_model_gguf(model, adapter, out, ty, &device, args.force)
+                .with_context(|| format!("export of {}", model.display()))?;
+            (format!("GGUF, {}", args.quant.to_lowercase()), out)
+        } else {
+            let out = args
+                .out
+                .as_ref()
+                .expect("clap requires --out without --gguf");
+            export::export_model_merged(model, adapter, out, &device, args.force)
+                .with_context(|| format!("export of {}", model.display()))?;
+            ("merged model".to_string(), out)
+        };
+        let from = match adapter {
+            Some(a) => format!("{} + {}", model.display(), a.display()),
+            None => model.display().to_string(),
+        };
+        println!("exported {from} ({what}) to {}", out.display());
+        return Ok(());
+    }
+    let run = args
+        .run
+        .as_ref()
+        .expect("clap requires --run without --model");
+    if !run.is_dir() {
+        bail!("{}: no such run directory", run.display());
+    }
     let (from, what, out) = if let Some(out) = &args.gguf {
         let Some(ty) = clo_core::gguf::ExportType::parse(&args.quant) else {
             bail!(
@@ -370,10 +411,10 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
                 clo_core::gguf::ExportType::NAMES
             );
         };
-        let from = export::export_gguf(&args.run, &args.from, out, ty, &device, args.force);
+        let from = export::export_gguf(run, &args.from, out, ty, &device, args.force);
         (from, format!("GGUF, {}", args.quant.to_lowercase()), out)
     } else if let Some(out) = &args.gguf_lora {
-        let from = export::export_gguf_lora(&args.run, &args.from, out, &device, args.force);
+        let from = export::export_gguf_lora(run, &args.from, out, &device, args.force);
         (from, "llama.cpp LoRA adapter".into(), out)
     } else {
         let out = args
@@ -381,14 +422,14 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
             .as_ref()
             .expect("clap requires --out without --gguf");
         if args.peft {
-            let from = export::export_peft(&args.run, &args.from, out, &device, args.force);
+            let from = export::export_peft(run, &args.from, out, &device, args.force);
             (from, "PEFT adapter".into(), out)
         } else {
-            let from = export::export_merged(&args.run, &args.from, out, &device, args.force);
+            let from = export::export_merged(run, &args.from, out, &device, args.force);
             (from, "merged model".into(), out)
         }
     };
-    let from = from.with_context(|| format!("export of {}", args.run.display()))?;
+    let from = from.with_context(|| format!("export of {}", run.display()))?;
     println!("exported {} ({what}) to {}", from.display(), out.display());
     Ok(())
 }

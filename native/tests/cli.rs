@@ -279,3 +279,132 @@ fn train_help_is_the_shared_settings_help() {
         "{help}"
     );
 }
+
+/// A PEFT adapter written by peft itself, on the command line: `--adapter` on `clo score` and
+/// `clo generate`, the adapter directory as `--model`, and `clo export --model --adapter` to a
+/// merged directory and to GGUF: all give the same log-probs, unlike the base model.
+#[test]
+fn a_peft_adapter_scores_generates_and_exports() {
+    let base = fixture("qwen2");
+    let adapter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/peft/rslora-mlp");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt_ids\": [5, 17, 42], \"response_ids\": [7, 99, 3, 250]}\n{\"prompt_ids\": [1, 64], \"response_ids\": [64, 12, 300]}\n",
+    )
+    .unwrap();
+    let score = |model_args: &[&str]| -> Vec<f64> {
+        let output = dir.path().join("out.jsonl");
+        let mut args = vec!["score"];
+        args.extend_from_slice(model_args);
+        args.extend_from_slice(&[
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ]);
+        let out = clo(&args);
+        assert!(out.status.success(), "{model_args:?}: {}", stderr(&out));
+        std::fs::read_to_string(&output)
+            .unwrap()
+            .lines()
+            .flat_map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                v["token_logps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (b, a) = (base.to_str().unwrap(), adapter.to_str().unwrap());
+    let plain = score(&["--model", b]);
+    let adapted = score(&["--model", b, "--adapter", a]);
+    let diff = |x: &[f64], y: &[f64]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max)
+    };
+    assert!(
+        diff(&plain, &adapted) > 1e-2,
+        "the adapter changes the log-probs"
+    );
+    assert!(
+        diff(&score(&["--model", a]), &adapted) < 1e-6,
+        "the adapter directory as --model"
+    );
+
+    let merged = dir.path().join("merged");
+    let out = clo(&[
+        "export",
+        "--model",
+        b,
+        "--adapter",
+        a,
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        diff(&score(&["--model", merged.to_str().unwrap()]), &adapted) < 1e-5,
+        "merged export"
+    );
+    let gguf = dir.path().join("adapted.gguf");
+    let out = clo(&[
+        "export",
+        "--model",
+        a,
+        "--gguf",
+        gguf.to_str().unwrap(),
+        "--quant",
+        "f32",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        diff(&score(&["--model", gguf.to_str().unwrap()]), &adapted) < 1e-4,
+        "GGUF export"
+    );
+    // An existing directory that clo export did not write is refused.
+    let out = clo(&[
+        "export",
+        "--model",
+        b,
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+
+    let out = clo(&[
+        "generate",
+        "--model",
+        b,
+        "--adapter",
+        a,
+        "--prompt",
+        "hello",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let missing = clo(&[
+        "generate",
+        "--model",
+        b,
+        "--adapter",
+        dir.path().to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert!(
+        stderr(&missing).contains("adapter_config.json"),
+        "{}",
+        stderr(&missing)
+    );
+}

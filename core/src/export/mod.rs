@@ -194,31 +194,119 @@ pub fn export_merged(
 ) -> Result<PathBuf> {
     claim_export_out(run, out, force)?;
     let (config, weights, lm, model) = load_merged(run, which, device)?;
-    let from_gguf = crate::load::gguf::is_gguf(&config.model);
-    let mut hf_config: Value = if from_gguf {
-        crate::load::gguf::config_json(&config.model)?
-    } else {
-        serde_json::from_str(&crate::error::read_to_string(
-            &config.model.join("config.json"),
-            "model config",
-        )?)
-        .map_err(|e| {
-            CoreError::json(
-                &config.model.join("config.json"),
-                &e,
-                "config.json must be JSON",
-            )
-        })?
-    };
-    as_f32_config(&mut hf_config);
-    replace_dir_atomically(out, |tmp| {
-        save_safetensors(&model, &lm.config.decoder, &tmp.join("model.safetensors"))?;
-        write_json_atomically(&tmp.join("config.json"), &hf_config)?;
-        write_marker(tmp, run, &weights, "merged")?;
-        tokenizer_files(&config.model, &lm.tokenizer, tmp)
+    write_merged(out, &config.model, &lm, &model, |tmp| {
+        write_marker(tmp, run, &weights, "merged")
     })?;
     tracing::info!(out = %out.display(), from = %weights.display(), "merged model exported");
     Ok(weights)
+}
+
+/// A Hugging Face directory at `out` (replaced atomically): `model` in f32, the config of the
+/// model directory or GGUF file `source`, its tokenizer files, and what `marker` writes.
+fn write_merged(
+    out: &Path,
+    source: &Path,
+    lm: &crate::Pretrained,
+    model: &crate::load::models::CausalLm,
+    marker: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let mut hf_config: Value = if crate::load::gguf::is_gguf(source) {
+        crate::load::gguf::config_json(source)?
+    } else {
+        let path = source.join("config.json");
+        serde_json::from_str(&crate::error::read_to_string(&path, "model config")?)
+            .map_err(|e| CoreError::json(&path, &e, "config.json must be JSON"))?
+    };
+    as_f32_config(&mut hf_config);
+    replace_dir_atomically(out, |tmp| {
+        save_safetensors(model, &lm.config.decoder, &tmp.join("model.safetensors"))?;
+        write_json_atomically(&tmp.join("config.json"), &hf_config)?;
+        marker(tmp)?;
+        tokenizer_files(source, &lm.tokenizer, tmp)
+    })
+}
+
+/// A model directory (or GGUF file) with the PEFT adapter `adapter` on it, as the model to
+/// export (LoRA merged), and the marker of such an export.
+fn load_model_dir(
+    model: &Path,
+    adapter: Option<&Path>,
+    device: &Device,
+) -> Result<(crate::Pretrained, crate::load::models::CausalLm)> {
+    let lm = crate::Pretrained::load(model, device)?;
+    let lm = match adapter {
+        Some(a) => lm.with_adapter(a)?,
+        None => lm,
+    };
+    let merged = lm.model.valid().materialize();
+    Ok((lm, merged))
+}
+
+/// Checks that `out` may take an export that is not of a run: not inside a run, and an existing
+/// `out` only when `clo export` wrote it (or with `force`, moved aside).
+fn claim_model_out(out: &Path, force: bool, gguf: bool) -> Result<Claim> {
+    refuse_run_dir_output(out, None)?;
+    remove_stale_temps_beside(out);
+    claim_output(out, "clo export", force, |p| {
+        if gguf {
+            p.is_file()
+                && crate::load::gguf::GgufFile::read_metadata(p)
+                    .is_ok_and(|f| f.get(GGUF_EXPORT_KEY).is_some())
+        } else {
+            p.join(EXPORT_MARKER).is_file()
+        }
+    })
+}
+
+/// `clo export --model DIR [--adapter ADAPTER] --out OUT`: a model directory (or a PEFT adapter
+/// directory, or a model with `adapter` on it, as the browser downloads them) written as a
+/// Hugging Face directory with the adapter merged, in f32.
+pub fn export_model_merged(
+    model: &Path,
+    adapter: Option<&Path>,
+    out: &Path,
+    device: &Device,
+    force: bool,
+) -> Result<()> {
+    claim_model_out(out, force, false)?;
+    let (lm, merged) = load_model_dir(model, adapter, device)?;
+    write_merged(out, &lm.dir, &lm, &merged, |tmp| {
+        write_json_atomically(
+            &tmp.join(EXPORT_MARKER),
+            &json!({"kind": "merged", "model": model, "adapter": adapter}),
+        )
+    })?;
+    tracing::info!(out = %out.display(), model = %model.display(), "merged model exported");
+    Ok(())
+}
+
+/// `clo export --model DIR [--adapter ADAPTER] --gguf OUT.gguf`: as [`export_model_merged`], as
+/// one GGUF file for llama.cpp, Ollama and LM Studio.
+pub fn export_model_gguf(
+    model: &Path,
+    adapter: Option<&Path>,
+    out: &Path,
+    ty: crate::load::gguf::ExportType,
+    device: &Device,
+    force: bool,
+) -> Result<()> {
+    claim_model_out(out, force, true)?;
+    let (lm, merged) = load_model_dir(model, adapter, device)?;
+    use crate::load::gguf::Value::String as S;
+    let marker = vec![
+        (GGUF_EXPORT_KEY.into(), S(model.display().to_string())),
+        (
+            "clo.export.adapter".into(),
+            S(adapter.map(|a| a.display().to_string()).unwrap_or_default()),
+        ),
+    ];
+    let name = std::path::absolute(adapter.unwrap_or(model))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "clo".into());
+    crate::load::gguf::write_model(out, &merged, &lm.config, &lm.tokenizer, ty, &name, marker)?;
+    tracing::info!(out = %out.display(), model = %model.display(), "GGUF exported");
+    Ok(())
 }
 
 /// Marks an HF `config.json` as f32 (what the merged export's weights are).
