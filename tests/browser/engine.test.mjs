@@ -178,7 +178,9 @@ test('CLO fine-tuning in the browser starts at native clo train\'s step 0 and lo
   const first = lines.seen.slice(0, 3).reduce((a, l) => a + l.loss, 0) / 3;
   const lastThree = lines.seen.slice(17).reduce((a, l) => a + l.loss, 0) / 3;
   assert.ok(lastThree < first, `the loss did not go down: ${lines.seen.map((l) => l.loss.toFixed(3))}`);
+  const speeds = lines.seen.map((l) => l.tokens_per_s).sort((a, b) => a - b);
   console.log(`# 20 CLO steps (toy, 2 quadruples each) in the browser on SwiftShader: ${seconds.toFixed(0)} s, `
+    + `median ${speeds[10].toFixed(1)} tokens/s per step (${lines.seen[1].tokens} tokens), `
     + `loss ${lines.seen[0].loss.toFixed(4)} -> ${lines.seen[19].loss.toFixed(4)}`);
 });
 
@@ -290,6 +292,24 @@ test('Train in browser: load, train with live charts, cancel, download the adapt
   assert.match(status, /this browser \(WebGPU\)/, status);
 });
 
+test('a model folder picked on disk loads with no download and answers as native does', async () => {
+  const qwen2 = new URL('../fixtures/models/qwen2', import.meta.url).pathname;
+  await page.goto(`${base}/train-in-browser`);
+  const requests = [];
+  const count = (r) => { if (r.url().includes('/api/models/')) requests.push(r.url()); };
+  page.on('request', count);
+  await page.setInputFiles('input[name=folder]', qwen2);
+  await page.waitForFunction(() => document.querySelector('[data-testid=loaded]')?.textContent === 'qwen2');
+  const reply = await page.evaluate(async ({ question, max }) => {
+    const out = await clo.chat.completions.create({
+      messages: [{ role: 'user', content: question }], max_tokens: max, temperature: 0 });
+    return out.choices[0].token_ids;
+  }, { question: QUESTION, max: MAX });
+  page.off('request', count);
+  assert.deepEqual(requests, [], 'nothing was downloaded');
+  assert.deepEqual(reply, native(qwen2).ids);
+});
+
 test('a tensor larger than the GPU buffer limit is refused with both sizes', async () => {
   const message = await page.evaluate(async () => {
     try {
@@ -322,6 +342,17 @@ test('without WebGPU, loading says so', async () => {
     });
     assert.match(message, /no WebGPU/, message);
     assert.match(message, /server engine/, message);
+    // The server engine still answers in the playground of that browser.
+    await p.evaluate((t) => localStorage.setItem('clo-token', JSON.stringify(t)), token);
+    await p.goto(`${base}/playground`);
+    await p.waitForSelector('select[name=a] option[value=toy]', { state: 'attached' });
+    await p.selectOption('select[name=a]', 'toy');
+    assert.equal(await p.inputValue('select[name=engine-a]'), 'server');
+    await p.fill('textarea[name=prompt]', QUESTION);
+    await p.click('button[type=submit]');
+    await p.waitForSelector('[data-pane=a] li.assistant:not(.streaming)');
+    const text = await p.textContent('[data-pane=a] li.assistant .text');
+    assert.ok(text.trim().length > 0, 'the server answered');
   } finally {
     await plain.close();
   }
