@@ -290,11 +290,11 @@ impl Attention {
             Some(norm) => norm.forward(t),
             None => t,
         };
-        let q = heads(self.q_proj.forward(x.clone()), nh);
-        let k = heads(self.k_proj.forward(x.clone()), nkv);
+        let q = heads(project(&self.q_proj, x.clone()), nh);
+        let k = heads(project(&self.k_proj, x.clone()), nkv);
         let q = apply_rotary(normed(q, &self.q_norm), cos, sin); // [b, nh, seq, hd]
         let k = apply_rotary(normed(k, &self.k_norm), cos, sin); // [b, nkv, seq, hd]
-        let v = heads(self.v_proj.forward(x), nkv);
+        let v = heads(project(&self.v_proj, x), nkv);
 
         let (k, v) = match cache.take() {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
@@ -312,7 +312,23 @@ impl Attention {
         let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
         let out = softmax(scores, 3).matmul(v); // [b, nh, seq, hd]
         let out = out.swap_dims(1, 2).reshape([batch, seq, nh * hd]);
-        self.o_proj.forward(out)
+        project(&self.o_proj, out)
+    }
+}
+
+/// A projection `x W + bias`. With a LoRA adapter on `W` (a `[in, rank]`, b `[rank, out]`, scale
+/// s) it is `x W + s (x a) b`: the low-rank path runs on the activations, and the `[in, out]`
+/// sum `W + s a b` that Burn's reparameterized weight composes on every forward (and its
+/// gradient) is never formed. `W` is the frozen base; the gradients reach `a` and `b`.
+fn project<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    use burn::tensor::module::linear;
+    match layer.weight.adapter() {
+        None => layer.forward(x),
+        Some(lora) => {
+            let bias = layer.bias.as_ref().map(|b| b.val());
+            let low = linear(linear(x.clone(), lora.a.val(), None), lora.b.val(), None);
+            linear(x, layer.weight.base(), bias) + low * lora.scale
+        }
     }
 }
 
@@ -399,13 +415,13 @@ impl Mlp {
     /// SwiGLU `down(silu(gate(x)) * up(x))`, or GeGLU with GELU for SiLU;
     /// `[.., hidden] -> [.., hidden]`.
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = self.gate_proj.forward(x.clone());
+        let gate = project(&self.gate_proj, x.clone());
         let gate = if self.gelu_tanh {
             gelu_tanh(gate)
         } else {
             silu(gate)
         };
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        project(&self.down_proj, gate * project(&self.up_proj, x))
     }
 }
 
@@ -703,6 +719,81 @@ mod tests {
     fn lens(tables: &RopeTables) -> Vec<(bool, usize)> {
         let t = tables.0.lock().unwrap();
         t.iter().map(|t| (t.autodiff, t.len)).collect()
+    }
+
+    /// The LoRA projection on the activations, `x W + s (x a) b`, gives the output and the
+    /// gradients (of x, the base weight, the bias and both factors) of Burn's composed weight
+    /// `x (W + s a b)`, which `Linear::forward` uses.
+    #[test]
+    fn lora_projection_equals_the_composed_weight() {
+        use burn::module::{Lora, ModuleMapper};
+        use burn::tensor::Distribution;
+        struct Randomize;
+        impl ModuleMapper for Randomize {
+            fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                p.map(|t| {
+                    Tensor::random(t.shape(), Distribution::Normal(0.0, 1.0), &t.device())
+                        .require_grad()
+                })
+            }
+        }
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        let layer: Linear = LinearConfig::new(6, 5).init(&device);
+        let layer = layer.apply_lora(Lora::new(2, 3.0)).map(&mut Randomize);
+        let lora = layer.weight.adapter().expect("an adapter");
+        let x =
+            Tensor::<3>::random([2, 3, 6], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let c = Tensor::<3>::random([2, 3, 5], Distribution::Normal(0.0, 1.0), &device);
+        let values =
+            |t: Tensor<3>| -> Vec<f32> { t.into_data().convert::<f32>().to_vec().unwrap() };
+        let run = |y: Tensor<3>| {
+            let grads = (y.clone() * c.clone()).sum().backward();
+            let g = |t: Option<Tensor<2>>| -> Vec<f32> {
+                t.expect("a gradient")
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .unwrap()
+            };
+            let mut out = vec![values(y.detach())];
+            out.push(values(x.grad(&grads).expect("x has a gradient")));
+            out.push(g(layer.weight.base().grad(&grads)));
+            out.push(
+                layer
+                    .bias
+                    .as_ref()
+                    .unwrap()
+                    .val()
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .unwrap(),
+            );
+            out.push(g(lora.a.val().grad(&grads)));
+            out.push(g(lora.b.val().grad(&grads)));
+            out
+        };
+        let ours = run(project(&layer, x.clone()));
+        let composed = run(layer.forward(x.clone()));
+        for (what, (a, b)) in ["output", "x", "W", "bias", "a", "b"]
+            .iter()
+            .zip(ours.iter().zip(&composed))
+        {
+            assert_eq!(a.len(), b.len(), "{what}");
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-5, "{what}: {d}");
+            assert!(
+                a.iter().any(|v| v.abs() > 1e-3),
+                "{what} is not trivially zero"
+            );
+        }
     }
 
     /// RoPE tables are computed once per device and grown only when a longer position is
