@@ -100,6 +100,9 @@ pub struct TrainBenchArgs {
     /// Gradient checkpointing, as `clo train --grad-checkpoint` (Burn's balanced strategy).
     #[arg(long)]
     grad_checkpoint: bool,
+    /// Log-probs this many positions at a time, as `clo train --logp-chunk` (0: all at once).
+    #[arg(long, default_value_t = 0)]
+    logp_chunk: usize,
 }
 
 #[derive(Args, Debug)]
@@ -391,6 +394,7 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         batch_size: args.batch_size,
         lr: args.lr,
         grad_checkpoint: args.grad_checkpoint,
+        logp_chunk: args.logp_chunk,
         ..RunConfig::default()
     };
     let decoder = &subject.config.decoder;
@@ -533,6 +537,7 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         "tokens_per_step": tokens,
         "lr": args.lr,
         "grad_checkpoint": args.grad_checkpoint,
+        "logp_chunk": args.logp_chunk,
     });
     let mut head = head;
     if devices.len() > 1 {
@@ -623,6 +628,7 @@ fn time_train_steps(
         objective,
         OptimizerSettings::fine_tuning(run_config.weight_decay, run_config.max_grad_norm),
     )
+    .with_logp_chunk(run_config.logp_chunk)
     .with_replicas(
         &devices[1..]
             .iter()

@@ -75,6 +75,8 @@ pub struct TrainArgs {
     weight_decay: Option<f64>,
     #[arg(long, help = setting_help_with_default("grad_checkpoint"))]
     grad_checkpoint: bool,
+    #[arg(long, value_name = "N", help = setting_help_with_default("logp_chunk"))]
+    logp_chunk: Option<usize>,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
     /// Data parallelism: comma-separated devices as --device takes them (e.g. wgpu:0,wgpu:1;
@@ -128,7 +130,7 @@ impl TrainArgs {
             seed,
             val_fraction
         );
-        set!(max_grad_norm, weight_decay);
+        set!(max_grad_norm, weight_decay, logp_chunk);
         if self.steps.is_some() {
             c.steps = self.steps;
         }

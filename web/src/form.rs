@@ -75,6 +75,12 @@ pub const FIELDS: &[Field] = &[
     field("val_fraction", "Validation share", Kind::Float, true),
     field("eval_every", "Validate every", Kind::OptInt, true),
     field("seed", "Seed", Kind::Int, true),
+    field(
+        "logp_chunk",
+        "Log-prob chunk (positions, 0: off)",
+        Kind::Int,
+        true,
+    ),
 ];
 
 /// The text a field starts with: the default's value (`""` for an unset one).

@@ -168,6 +168,10 @@ pub struct RunConfig {
     /// Gradient checkpointing (Burn's balanced strategy): memory-bound activations are
     /// recomputed in the backward pass instead of kept. Same losses and gradients.
     pub grad_checkpoint: bool,
+    /// Log-probs computed this many positions at a time in training (0: the whole sequence):
+    /// the `[rows, seq, vocab]` logits are never kept for the backward pass. Same losses and
+    /// gradients.
+    pub logp_chunk: usize,
 }
 
 /// One run setting as every front end presents it: its key (in `RUN/config.toml`, run.toml,
@@ -290,6 +294,10 @@ pub const SETTINGS: &[Setting] = &[
         key: "grad_checkpoint",
         help: "Gradient checkpointing: recompute memory-bound activations (elementwise ops) in the backward pass instead of keeping them; same losses and gradients, less memory, more time.",
     },
+    Setting {
+        key: "logp_chunk",
+        help: "Compute the training log-probs this many positions at a time (0: the whole sequence), so the [rows, seq, vocab] logits are never kept for the backward pass; same losses and gradients, less memory, one more output-layer pass.",
+    },
 ];
 
 /// The help of setting `key` (empty for a key that is not a setting).
@@ -360,6 +368,7 @@ impl Default for RunConfig {
             eval_every: None,
             save_every: None,
             grad_checkpoint: false,
+            logp_chunk: 0,
         }
     }
 }

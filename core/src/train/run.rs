@@ -506,6 +506,7 @@ pub fn train(
             objective(stage, config),
             OptimizerSettings::fine_tuning(config.weight_decay, config.max_grad_norm),
         )
+        .with_logp_chunk(config.logp_chunk)
         .with_replicas(
             &opts
                 .replicas

@@ -106,7 +106,8 @@ impl Session {
         let trainer = Trainer::new(
             objective(stage, &config),
             OptimizerSettings::fine_tuning(config.weight_decay, config.max_grad_norm),
-        );
+        )
+        .with_logp_chunk(config.logp_chunk);
         Ok(Self {
             model,
             trainer,

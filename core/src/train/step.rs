@@ -209,6 +209,15 @@ fn micro_loss(
     packed: &mut Packed,
 ) -> Result<Tensor<1>> {
     let device = model.device();
+    check_batch(objective, batch)?;
+    let collated = collate(&batch.rows, &device);
+    let (policy, _) = batch_logps(model, &collated);
+    loss_of(policy, &collated, objective, batch, share, micro, packed)
+}
+
+/// Refuses a micro-batch that does not hold whole examples of the objective, or whose reference
+/// log-probs do not match its rows.
+fn check_batch(objective: &Objective, batch: &MicroBatch) -> Result<()> {
     let rows = batch.rows.len();
     let width = objective.rows_per_example();
     if rows == 0 || !rows.is_multiple_of(width) {
@@ -222,9 +231,22 @@ fn micro_loss(
             batch.reference.len()
         )));
     }
-    let n = rows / width;
-    let collated = collate(&batch.rows, &device);
-    let (policy, _) = batch_logps(model, &collated);
+    Ok(())
+}
+
+/// [`micro_loss`] from the rows' summed log-probs `policy` (`[rows]`).
+fn loss_of(
+    policy: Tensor<1>,
+    collated: &crate::infer::score::Collated,
+    objective: &Objective,
+    batch: &MicroBatch,
+    share: Share,
+    micro: usize,
+    packed: &mut Packed,
+) -> Result<Tensor<1>> {
+    let device = policy.device();
+    let rows = batch.rows.len();
+    let n = rows / objective.rows_per_example();
     let reference =
         || Tensor::<1>::from_data(TensorData::new(batch.reference.clone(), [rows]), &device);
     let counts = |range: std::ops::Range<usize>| {
@@ -311,6 +333,76 @@ fn micro_loss(
     })
 }
 
+/// The gradients of a micro-batch's loss (scaled by `scale`) with the log-probs computed
+/// `chunk` positions at a time, so that no `[rows, seq, vocab]` tensor is kept for the backward
+/// pass: only `[rows, chunk, vocab]` while a chunk is computed.
+///
+/// 1. The decoder's hidden states `h` are computed under autodiff; the per-token log-probs are
+///    computed from a detached copy, chunk by chunk, without a graph.
+/// 2. The loss is computed from those log-probs made a leaf, and differentiated: `g`, the
+///    gradient of the loss for each token's log-prob (`[rows, seq]`, small).
+/// 3. Chunk by chunk, the log-probs are recomputed from a leaf copy of `h` under autodiff and
+///    `sum(g * logp)` is differentiated: the gradient for `h` (and for the output layer's
+///    weights, when they train), after which the chunk's graph is dropped.
+/// 4. `sum(h * dh)` is differentiated through the decoder: the same gradients as the loss's.
+fn chunked_gradients(
+    model: &CausalLm,
+    objective: &Objective,
+    batch: &MicroBatch,
+    (share, micro, scale, chunk): (Share, usize, f64, usize),
+    packed: &mut Packed,
+) -> Result<GradientsParams> {
+    use crate::infer::score::sequence_logps;
+    check_batch(objective, batch)?;
+    let device = model.device();
+    let collated = collate(&batch.rows, &device);
+    let [rows, width] = collated.inputs.dims();
+    let hidden = model.hidden_states(collated.inputs.clone(), None); // [rows, width, hidden]
+    let fixed = hidden.clone().detach();
+    let span = |start: usize| (start, chunk.min(width - start));
+    let starts: Vec<usize> = (0..width).step_by(chunk.max(1)).collect();
+    let token_logps = |h: Tensor<3>, start: usize, len: usize| {
+        sequence_logps(
+            model.logits(h),
+            collated.labels.clone().narrow(1, start, len),
+            collated.mask.clone().narrow(1, start, len),
+        )
+        .1 // [rows, len]
+    };
+    let per_token: Vec<Tensor<2>> = starts
+        .iter()
+        .map(|&s| {
+            let (s, len) = span(s);
+            token_logps(fixed.clone().narrow(1, s, len), s, len).detach()
+        })
+        .collect();
+    let logps = Tensor::cat(per_token, 1).detach().require_grad(); // [rows, width]
+    let policy = logps.clone().sum_dim(1).reshape([rows]);
+    let loss = loss_of(policy, &collated, objective, batch, share, micro, packed)?;
+    let loss = if scale != 1.0 { loss * scale } else { loss };
+    let g = logps
+        .grad(&loss.backward())
+        .unwrap_or_else(|| Tensor::zeros([rows, width], &device.clone().inner()));
+    let mut accumulator = GradientsAccumulator::<CausalLm>::new();
+    let mut dh = Vec::with_capacity(starts.len());
+    for &s in &starts {
+        let (s, len) = span(s);
+        let h = fixed.clone().narrow(1, s, len).detach().require_grad();
+        let surrogate = (token_logps(h.clone(), s, len) * g.clone().narrow(1, s, len)).sum();
+        let mut grads = surrogate.backward();
+        dh.push(
+            h.grad_remove(&mut grads).ok_or_else(|| {
+                CoreError::Invalid("no gradient reached the hidden states".into())
+            })?,
+        );
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+    }
+    let dh = Tensor::cat(dh, 1); // [rows, width, hidden], no graph
+    let trunk = (hidden * dh).sum();
+    accumulator.accumulate(model, GradientsParams::from_grads(trunk.backward(), model));
+    Ok(accumulator.grads())
+}
+
 /// The shards of `batch` that rank `rank` of `ranks` computes on its `local` devices, as
 /// (local device, shard): the micro-batch is split by whole examples across ranks, then each
 /// rank's part across its devices; every shard's share is of the whole micro-batch.
@@ -375,6 +467,8 @@ pub struct Trainer {
     optim: ModuleOptimizer,
     replicas: Replicas,
     collective: Option<Arc<dyn Collective>>,
+    /// Positions per chunk of the chunked log-probs (0: the whole sequence at once).
+    logp_chunk: usize,
 }
 
 impl Trainer {
@@ -385,7 +479,15 @@ impl Trainer {
             optim: settings.optimizer(),
             replicas: Replicas::new(&[]),
             collective: None,
+            logp_chunk: 0,
         }
+    }
+
+    /// Log-probs `chunk` positions at a time (see [`chunked_gradients`]): the `[rows, seq,
+    /// vocab]` logits are never kept for the backward pass. 0 turns it off.
+    pub fn with_logp_chunk(mut self, chunk: usize) -> Self {
+        self.logp_chunk = chunk;
+        self
     }
 
     /// Data parallelism: replicas of the model on `devices` besides the model's own; every
@@ -471,6 +573,7 @@ impl Trainer {
         let tokens = mine.iter().map(|(_, _, _, s)| s.batch.tokens()).sum();
         let slots = mine.iter().map(|(_, _, slot, _)| *slot).collect();
         let objective = self.objective;
+        let chunk = self.logp_chunk;
         let micro_batches = batches.len();
         let main = model.device();
         let work = |d: usize, (m, shard): (usize, Shard)| -> Result<(GradientsParams, Packed)> {
@@ -479,20 +582,31 @@ impl Trainer {
                 layout: Vec::new(),
                 values: Vec::new(),
             };
-            let loss = micro_loss(
-                replica,
-                &objective,
-                &shard.batch,
-                shard.share,
-                m,
-                &mut packed,
-            )?;
-            let loss = if micro_batches > 1 {
-                loss / micro_batches as f64
+            let scale = 1.0 / micro_batches as f64;
+            let grads = if chunk > 0 {
+                chunked_gradients(
+                    replica,
+                    &objective,
+                    &shard.batch,
+                    (shard.share, m, scale, chunk),
+                    &mut packed,
+                )?
             } else {
-                loss
+                let loss = micro_loss(
+                    replica,
+                    &objective,
+                    &shard.batch,
+                    shard.share,
+                    m,
+                    &mut packed,
+                )?;
+                let loss = if micro_batches > 1 {
+                    loss * scale
+                } else {
+                    loss
+                };
+                GradientsParams::from_grads(loss.backward(), replica)
             };
-            let grads = GradientsParams::from_grads(loss.backward(), replica);
             if d != 0 {
                 packed.values = packed
                     .values
@@ -1069,6 +1183,80 @@ mod tests {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
         assert!(worst < 1e-6, "weights differ by {worst}");
+    }
+
+    /// Chunked log-probs (the two-phase backward of `chunked_gradients`) give the losses, the
+    /// gradient norms and the weights of the plain step: CLO, DPO and SFT; every parameter
+    /// training (the tied output layer included), attention only, and LoRA; chunks of 1 and 3
+    /// positions (not dividing the width); two micro-batches.
+    #[test]
+    fn chunked_log_probs_change_nothing_but_memory() {
+        let dpo_batch = MicroBatch {
+            english: vec![true, false, true, false],
+            ..clo_batch()
+        };
+        let cases = [
+            (clo(), clo_batch()),
+            (Objective::Dpo { beta: 0.1 }, dpo_batch),
+            (
+                Objective::Sft {
+                    reduction: NllReduction::TokenMean,
+                },
+                clo_batch(),
+            ),
+        ];
+        let sets = [
+            crate::train::trainable::Trainable::Full,
+            crate::train::trainable::Trainable::Attention { layers: None },
+            crate::train::trainable::Trainable::Lora {
+                rank: 2,
+                alpha: 4.0,
+                targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+            },
+        ];
+        for (objective, batch) in &cases {
+            for set in &sets {
+                let run = |chunk: usize| {
+                    let device = Device::flex().autodiff();
+                    device.seed(7);
+                    let mut model = set.apply(tiny_test_decoder().init(&device)).unwrap();
+                    let mut t = Trainer::new(*objective, OptimizerSettings::fine_tuning(0.0, 1.0))
+                        .with_logp_chunk(chunk);
+                    let mut out = Vec::new();
+                    for _ in 0..2 {
+                        let two = [batch.clone(), batch.clone()];
+                        let (next, r) = t.step(model, &two, 1e-2).unwrap();
+                        out.push((r.loss, r.grad_norm));
+                        model = next;
+                    }
+                    (out, all_weights(&model))
+                };
+                let (plain, wp) = run(0);
+                for chunk in [1, 3] {
+                    let (chunked, wc) = run(chunk);
+                    for ((la, ga), (lb, gb)) in plain.iter().zip(&chunked) {
+                        assert!(
+                            (la - lb).abs() < 1e-5,
+                            "{objective:?} {set:?} {chunk}: loss {la} vs {lb}"
+                        );
+                        assert!(
+                            (ga - gb).abs() < 1e-5 * ga.max(1.0),
+                            "{objective:?} {set:?} {chunk}: grad norm {ga} vs {gb}"
+                        );
+                    }
+                    let worst = wp
+                        .iter()
+                        .zip(&wc)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        worst < 1e-5,
+                        "{objective:?} {set:?} {chunk}: weights differ by {worst}"
+                    );
+                }
+                assert!(plain[0].1 > 0.0, "{objective:?} {set:?}: a gradient");
+            }
+        }
     }
 
     /// Validation reads one number: the example-weighted mean of the batches' losses.
