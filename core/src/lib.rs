@@ -45,6 +45,17 @@ pub use train::pretrain;
 pub use error::{CoreError, Result};
 pub use pretrained::{Pretrained, Summary};
 
+/// Seeds `device` and runs `init` (drawing random weights) while no other test does: a device's
+/// random state is shared by the threads of the test harness, so two seeded draws interleaved
+/// would differ from run to run.
+#[cfg(test)]
+pub(crate) fn seeded<T>(device: &burn::tensor::Device, seed: u64, init: impl FnOnce() -> T) -> T {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+    init()
+}
+
 /// Polls a future that never waits to its end (in tests, the CPU backend's awaited reads are
 /// ready at once).
 #[cfg(test)]

@@ -875,8 +875,7 @@ mod tests {
 
     fn tiny() -> CausalLm {
         let device = Device::flex().autodiff();
-        device.seed(7);
-        tiny_test_decoder().init(&device).unfreeze()
+        crate::seeded(&device, 7, || tiny_test_decoder().init(&device).unfreeze())
     }
 
     fn pair(seed: u32, len: usize) -> Pair {
@@ -1154,8 +1153,8 @@ mod tests {
     fn gradient_checkpointing_changes_nothing_but_memory() {
         let batch = clo_batch();
         let run = |device: Device| {
-            device.seed(7);
-            let mut model = tiny_test_decoder().init(&device).unfreeze();
+            let mut model =
+                crate::seeded(&device, 7, || tiny_test_decoder().init(&device).unfreeze());
             let mut t = Trainer::new(clo(), OptimizerSettings::fine_tuning(0.0, 1.0));
             let mut out = Vec::new();
             for _ in 0..2 {
@@ -1218,8 +1217,9 @@ mod tests {
             for set in &sets {
                 let run = |chunk: usize| {
                     let device = Device::flex().autodiff();
-                    device.seed(7);
-                    let mut model = set.apply(tiny_test_decoder().init(&device)).unwrap();
+                    let mut model = crate::seeded(&device, 7, || {
+                        set.apply(tiny_test_decoder().init(&device)).unwrap()
+                    });
                     let mut t = Trainer::new(*objective, OptimizerSettings::fine_tuning(0.0, 1.0))
                         .with_logp_chunk(chunk);
                     let mut out = Vec::new();

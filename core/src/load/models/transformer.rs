@@ -738,9 +738,10 @@ mod tests {
             }
         }
         let device = Device::flex().autodiff();
-        device.seed(7);
-        let layer: Linear = LinearConfig::new(6, 5).init(&device);
-        let layer = layer.apply_lora(Lora::new(2, 3.0)).map(&mut Randomize);
+        let layer = crate::seeded(&device, 7, || {
+            let layer: Linear = LinearConfig::new(6, 5).init(&device);
+            layer.apply_lora(Lora::new(2, 3.0)).map(&mut Randomize)
+        });
         let lora = layer.weight.adapter().expect("an adapter");
         let x =
             Tensor::<3>::random([2, 3, 6], Distribution::Normal(0.0, 1.0), &device).require_grad();
