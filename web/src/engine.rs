@@ -243,6 +243,23 @@ fn bytes(n: f64) -> String {
     }
 }
 
+/// The WebGPU device and the largest tensor a model may hold, in bytes: the adapter's
+/// `maxStorageBufferBindingSize`, or `max_buffer_bytes` when lower, with the limit's name.
+async fn gpu_and_limit(
+    max_buffer_bytes: Option<f64>,
+) -> Result<(Device, f64, &'static str), String> {
+    let device = device().await?;
+    let adapter_limit = storage_limit().await?;
+    Ok(match max_buffer_bytes {
+        Some(cap) if cap < adapter_limit => (device, cap, "maxBufferBytes given to clo.load"),
+        _ => (
+            device,
+            adapter_limit,
+            "this GPU's maxStorageBufferBindingSize",
+        ),
+    })
+}
+
 /// Downloads a model and puts it on the GPU; `on_progress(bytes done, bytes total)`.
 /// `max_buffer_bytes` caps the largest tensor below the adapter's own limit (a page that keeps
 /// GPU memory for other work).
@@ -251,12 +268,7 @@ pub async fn load(
     max_buffer_bytes: Option<f64>,
     on_progress: impl Fn(f64, f64),
 ) -> Result<LoadInfo, String> {
-    let device = device().await?;
-    let adapter_limit = storage_limit().await?;
-    let (limit, limit_name) = match max_buffer_bytes {
-        Some(cap) if cap < adapter_limit => (cap, "maxBufferBytes given to clo.load"),
-        _ => (adapter_limit, "this GPU's maxStorageBufferBindingSize"),
-    };
+    let (device, limit, limit_name) = gpu_and_limit(max_buffer_bytes).await?;
     let base = base_url(source);
     let list = file_list(source, &base).await?;
     let total: f64 = list.iter().filter_map(|f| f.size).map(|s| s as f64).sum();
@@ -314,12 +326,7 @@ pub async fn load_picked(
     files: BTreeMap<String, Vec<u8>>,
     max_buffer_bytes: Option<f64>,
 ) -> Result<LoadInfo, String> {
-    let device = device().await?;
-    let adapter_limit = storage_limit().await?;
-    let (limit, limit_name) = match max_buffer_bytes {
-        Some(cap) if cap < adapter_limit => (cap, "maxBufferBytes given to clo.load"),
-        _ => (adapter_limit, "this GPU's maxStorageBufferBindingSize"),
-    };
+    let (device, limit, limit_name) = gpu_and_limit(max_buffer_bytes).await?;
     for needed in ["config.json", "tokenizer.json"] {
         if !files.contains_key(needed) {
             return Err(format!(

@@ -746,15 +746,13 @@ mod tests {
         let x =
             Tensor::<3>::random([2, 3, 6], Distribution::Normal(0.0, 1.0), &device).require_grad();
         let c = Tensor::<3>::random([2, 3, 5], Distribution::Normal(0.0, 1.0), &device);
-        let values =
-            |t: Tensor<3>| -> Vec<f32> { t.into_data().convert::<f32>().to_vec().unwrap() };
+        let values = |t: Tensor<3>| -> Vec<f32> { t.into_data().try_into_vec_as().unwrap() };
         let run = |y: Tensor<3>| {
             let grads = (y.clone() * c.clone()).sum().backward();
             let g = |t: Option<Tensor<2>>| -> Vec<f32> {
                 t.expect("a gradient")
                     .into_data()
-                    .convert::<f32>()
-                    .to_vec()
+                    .try_into_vec_as()
                     .unwrap()
             };
             let mut out = vec![values(y.detach())];
@@ -769,8 +767,7 @@ mod tests {
                     .grad(&grads)
                     .unwrap()
                     .into_data()
-                    .convert::<f32>()
-                    .to_vec()
+                    .try_into_vec_as()
                     .unwrap(),
             );
             out.push(g(lora.a.val().grad(&grads)));
