@@ -101,13 +101,51 @@ pub fn collate(pairs: &[Pair], device: &Device) -> Collated {
     }
 }
 
+/// Logits elements a log-prob pass without gradients holds at once (256 MiB of f32): past it,
+/// the positions go through the output layer in chunks.
+pub const LOGITS_BUDGET: usize = 1 << 26;
+
 /// Summed and per-token response log-probs of a collated batch under `model`.
+///
+/// Without autodiff (reference log-probs, validation, `clo score`, the browser's `clo.score`)
+/// the `[rows, width, vocab]` logits are formed a chunk of positions at a time when they would
+/// pass [`LOGITS_BUDGET`] elements: the same numbers, at most that much memory for them.
 ///
 /// # Shapes
 /// - output: (`[rows]`, `[rows, width]`)
 pub fn batch_logps(model: &CausalLm, batch: &Collated) -> (Tensor<1>, Tensor<2>) {
-    let logits = model.forward(batch.inputs.clone(), None); // [rows, width, vocab]
-    sequence_logps(logits, batch.labels.clone(), batch.mask.clone())
+    batch_logps_within(model, batch, LOGITS_BUDGET)
+}
+
+/// [`batch_logps`] with a budget of `max_elements` logits elements at once (when there is no
+/// autodiff to keep them for).
+pub fn batch_logps_within(
+    model: &CausalLm,
+    batch: &Collated,
+    max_elements: usize,
+) -> (Tensor<1>, Tensor<2>) {
+    let [rows, width] = batch.inputs.dims();
+    let vocab = model.vocab_size();
+    if batch.inputs.device().is_autodiff() || rows * width * vocab <= max_elements {
+        let logits = model.forward(batch.inputs.clone(), None); // [rows, width, vocab]
+        return sequence_logps(logits, batch.labels.clone(), batch.mask.clone());
+    }
+    let chunk = (max_elements / (rows * vocab).max(1)).max(1);
+    let hidden = model.hidden_states(batch.inputs.clone(), None); // [rows, width, hidden]
+    let per_token: Vec<Tensor<2>> = (0..width)
+        .step_by(chunk)
+        .map(|start| {
+            let len = chunk.min(width - start);
+            sequence_logps(
+                model.logits(hidden.clone().narrow(1, start, len)),
+                batch.labels.clone().narrow(1, start, len),
+                batch.mask.clone().narrow(1, start, len),
+            )
+            .1
+        })
+        .collect();
+    let per_token = Tensor::cat(per_token, 1);
+    (per_token.clone().sum_dim(1).reshape([rows]), per_token)
 }
 
 /// Scores pairs in one right-padded batch.
@@ -193,6 +231,40 @@ mod tests {
     /// print(lp.tolist(), lp.sum(-1).tolist())
     /// # [[-0.0, -1.0986123085021973, -2.1429316997528076]] [-3.241544008255005]
     /// ```
+    /// Past the logits budget, the positions go through the output layer in chunks: the same
+    /// per-token and summed log-probs (chunks of 1 and of 3 positions, rows of unequal length).
+    #[test]
+    fn chunked_logits_give_the_same_log_probs() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let device = Device::flex();
+        let lm = crate::Pretrained::load(&root.join("models/qwen2"), &device).unwrap();
+        let pairs: Vec<Pair> = (0..3u32)
+            .map(|r| Pair {
+                prompt: vec![5 + r, 17, 42],
+                response: (0..4 + 2 * r).map(|t| (r * 31 + t * 7) % 300).collect(),
+            })
+            .collect();
+        let batch = collate(&pairs, &device);
+        let values = |(sums, per): (Tensor<1>, Tensor<2>)| -> (Vec<f32>, Vec<f32>) {
+            (
+                sums.into_data().try_into_vec_as().unwrap(),
+                per.into_data().try_into_vec_as().unwrap(),
+            )
+        };
+        let whole = values(batch_logps_within(&lm.model, &batch, usize::MAX));
+        let [rows, _] = batch.inputs.dims();
+        let vocab = lm.model.vocab_size();
+        assert_eq!(vocab, 316);
+        for chunk in [1, 3] {
+            let got = values(batch_logps_within(&lm.model, &batch, chunk * rows * vocab));
+            for (a, b) in whole.0.iter().zip(&got.0).chain(whole.1.iter().zip(&got.1)) {
+                assert!((a - b).abs() < 1e-5, "chunk {chunk}: {a} vs {b}");
+            }
+            assert_eq!(whole.1.len(), got.1.len());
+        }
+        assert!(whole.0.iter().all(|v| *v < -1.0), "{:?}", whole.0);
+    }
+
     #[test]
     fn sequence_logps_matches_pytorch() {
         let device = Device::flex();

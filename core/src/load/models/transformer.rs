@@ -685,6 +685,11 @@ fn rope_at(
 }
 
 impl CausalLm {
+    /// Entries of the vocabulary (the output layer's width).
+    pub fn vocab_size(&self) -> usize {
+        self.model.embed_tokens.weight.lazy_shape().dims::<2>()[0]
+    }
+
     /// # Shapes
     /// - hidden: `[batch, seq, hidden]` -> `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
