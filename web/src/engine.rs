@@ -320,8 +320,43 @@ pub async fn load(
     install(source, &base, files, limit, limit_name, &device)
 }
 
-/// Loads a model directory whose files the user picked on disk (`name`: the folder's name).
-pub async fn load_picked(
+/// The bytes of a file the user picked.
+pub async fn file_bytes(file: &web_sys::File) -> Result<Vec<u8>, String> {
+    let buffer = JsFuture::from(file.array_buffer())
+        .await
+        .map_err(|e| format!("reading {}: {}", file.name(), js_err(e)))?;
+    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+}
+
+/// Loads a model directory the user picked on disk (`<input type=file webkitdirectory>`): the
+/// model files at its top level are read, the rest left; the folder's name names the model.
+pub async fn load_files(
+    files: &[web_sys::File],
+    max_buffer_bytes: Option<f64>,
+) -> Result<LoadInfo, String> {
+    let mut read = BTreeMap::new();
+    let mut folder = String::from("local model");
+    for file in files {
+        let path = Reflect::get(file, &"webkitRelativePath".into())
+            .ok()
+            .and_then(|p| p.as_string())
+            .unwrap_or_default();
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.len() > 2 {
+            continue;
+        }
+        if let [dir, _] = parts[..] {
+            folder = dir.to_string();
+        }
+        if clo_core::load::files::is_model_file(&file.name()) {
+            read.insert(file.name(), file_bytes(file).await?);
+        }
+    }
+    load_picked(&folder, read, max_buffer_bytes).await
+}
+
+/// Loads a model directory whose files are in memory (`name`: the folder's name).
+async fn load_picked(
     name: &str,
     files: BTreeMap<String, Vec<u8>>,
     max_buffer_bytes: Option<f64>,

@@ -16,6 +16,15 @@ fn err(message: String) -> JsValue {
     js_sys::Error::new(&message).into()
 }
 
+/// A JavaScript value as `T` (through JSON); errors start with `what`.
+fn from_js<T: serde::de::DeserializeOwned>(value: &JsValue, what: &str) -> Result<T, JsValue> {
+    let text = JSON::stringify(value)
+        .map_err(|_| err(format!("{what}: the argument is not JSON")))?
+        .as_string()
+        .unwrap_or_default();
+    serde_json::from_str(&text).map_err(|e| err(format!("{what}: {e}")))
+}
+
 /// `load(source, options)`: `options.onProgress(done, total)` and `options.maxBufferBytes`;
 /// resolves to `{name, parameters, vocab_size, device}`.
 fn load(source: String, options: JsValue) -> Promise {
@@ -34,28 +43,18 @@ fn load(source: String, options: JsValue) -> Promise {
     })
 }
 
-/// `loadFiles(folder, files, options)`: a model directory the user picked on disk (`files`: an
-/// array of `File`s, `folder`: its name); the model files among them are read, the rest left.
-fn load_files(folder: String, files: JsValue, options: JsValue) -> Promise {
+/// `loadFiles(files, options)`: a model directory the user picked on disk (`files`: the
+/// `File`s of `<input type=file webkitdirectory>`, a `FileList` or an array).
+fn load_files(files: JsValue, options: JsValue) -> Promise {
     future_to_promise(async move {
         let cap = Reflect::get(&options, &"maxBufferBytes".into())
             .ok()
             .and_then(|v| v.as_f64());
-        let mut read = std::collections::BTreeMap::new();
-        for file in js_sys::Array::from(&files).iter() {
-            let name = Reflect::get(&file, &"name".into())
-                .ok()
-                .and_then(|n| n.as_string())
-                .unwrap_or_default();
-            if !clo_core::load::files::is_model_file(&name) {
-                continue;
-            }
-            let buffer: Function = Reflect::get(&file, &"arrayBuffer".into())?.dyn_into()?;
-            let promise: Promise = buffer.call0(&file)?.dyn_into()?;
-            let bytes = wasm_bindgen_futures::JsFuture::from(promise).await?;
-            read.insert(name, js_sys::Uint8Array::new(&bytes).to_vec());
-        }
-        let info = engine::load_picked(&folder, read, cap).await.map_err(err)?;
+        let files: Vec<web_sys::File> = js_sys::Array::from(&files)
+            .iter()
+            .filter_map(|f| f.dyn_into().ok())
+            .collect();
+        let info = engine::load_files(&files, cap).await.map_err(err)?;
         to_js(&serde_json::to_value(info).map_err(|e| err(e.to_string()))?)
     })
 }
@@ -64,12 +63,7 @@ fn load_files(folder: String, files: JsValue, options: JsValue) -> Promise {
 /// OpenAI chunk is passed to it first (the stream).
 fn chat(request: JsValue, on_chunk: JsValue) -> Promise {
     future_to_promise(async move {
-        let text = JSON::stringify(&request)
-            .map_err(|_| err("the request is not JSON".into()))?
-            .as_string()
-            .unwrap_or_default();
-        let call: engine::ChatCall = serde_json::from_str(&text)
-            .map_err(|e| err(format!("clo.chat.completions.create: {e}")))?;
+        let call: engine::ChatCall = from_js(&request, "clo.chat.completions.create")?;
         let sink = on_chunk.dyn_into::<Function>().ok();
         let id = format!("chatcmpl-browser-{}", js_sys::Date::now() as u64);
         let model = engine::loaded().map(|l| l.name.clone()).unwrap_or_default();
@@ -112,12 +106,7 @@ fn train(options: JsValue, on_step: JsValue) -> Promise {
         let signal = Reflect::get(&options, &"signal".into())
             .ok()
             .filter(|s| !s.is_undefined() && !s.is_null());
-        let text = JSON::stringify(&options)
-            .map_err(|_| err("the options are not JSON".into()))?
-            .as_string()
-            .unwrap_or_default();
-        let call: engine::TrainCall =
-            serde_json::from_str(&text).map_err(|e| err(format!("clo.train: {e}")))?;
+        let call: engine::TrainCall = from_js(&options, "clo.train")?;
         let sink = on_step.dyn_into::<Function>().ok();
         let aborted = || {
             signal.as_ref().is_some_and(|s| {
@@ -184,15 +173,10 @@ fn export_model() -> Promise {
 /// `options.chat_template` puts text prompts in the chat template.
 fn score(records: JsValue, options: JsValue) -> Promise {
     future_to_promise(async move {
-        let text = JSON::stringify(&records)
-            .map_err(|_| err("the records are not JSON".into()))?
-            .as_string()
-            .unwrap_or_default();
-        let records: Vec<clo_core::score::ScoreRecord> = serde_json::from_str(&text).map_err(|e| {
-            err(format!(
-                "clo.score: give an array of {{prompt, response}} or {{prompt_ids, response_ids}}: {e}"
-            ))
-        })?;
+        let records: Vec<clo_core::score::ScoreRecord> = from_js(
+            &records,
+            "clo.score (give an array of {prompt, response} or {prompt_ids, response_ids})",
+        )?;
         let chat = Reflect::get(&options, &"chat_template".into())
             .ok()
             .and_then(|v| v.as_bool())
@@ -211,7 +195,7 @@ pub fn install() {
     let _ = Reflect::set(&native, &"chat".into(), chat.as_ref());
     let train = Closure::<dyn Fn(JsValue, JsValue) -> Promise>::new(train);
     let _ = Reflect::set(&native, &"train".into(), train.as_ref());
-    let load_files = Closure::<dyn Fn(String, JsValue, JsValue) -> Promise>::new(load_files);
+    let load_files = Closure::<dyn Fn(JsValue, JsValue) -> Promise>::new(load_files);
     let _ = Reflect::set(&native, &"loadFiles".into(), load_files.as_ref());
     let export_adapter = Closure::<dyn Fn() -> Promise>::new(export_adapter);
     let _ = Reflect::set(&native, &"exportAdapter".into(), export_adapter.as_ref());

@@ -480,13 +480,13 @@ pub fn lora_tensors(
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let mut transposed = vec![0f32; values.len()];
-        for r in 0..rows {
-            for c in 0..cols {
-                transposed[c * rows + r] = values[r * cols + c];
-            }
-        }
-        tensors.insert(format!("{module}.{factor}"), (vec![cols, rows], transposed));
+        tensors.insert(
+            format!("{module}.{factor}"),
+            (
+                vec![cols, rows],
+                crate::load::peft::transpose(&values, rows, cols),
+            ),
+        );
     }
     if tensors.is_empty() {
         return Err(CoreError::Invalid(format!(

@@ -132,20 +132,51 @@ pub fn batch_logps_within(
     }
     let chunk = (max_elements / (rows * vocab).max(1)).max(1);
     let hidden = model.hidden_states(batch.inputs.clone(), None); // [rows, width, hidden]
-    let per_token: Vec<Tensor<2>> = (0..width)
+    let per_token = chunked_logps(model, &hidden, batch, chunk);
+    (per_token.clone().sum_dim(1).reshape([rows]), per_token)
+}
+
+/// Masked per-token log-probs `[rows, len]` of positions `start..start + len` of `batch`, from
+/// `hidden`, the decoder's hidden states at those positions (`[rows, len, hidden]`).
+pub fn position_logps(
+    model: &CausalLm,
+    hidden: Tensor<3>,
+    batch: &Collated,
+    start: usize,
+    len: usize,
+) -> Tensor<2> {
+    sequence_logps(
+        model.logits(hidden),
+        batch.labels.clone().narrow(1, start, len),
+        batch.mask.clone().narrow(1, start, len),
+    )
+    .1
+}
+
+/// Masked per-token log-probs `[rows, width]` of `batch` from its hidden states
+/// (`[rows, width, hidden]`), through the output layer `chunk` positions at a time.
+pub fn chunked_logps(
+    model: &CausalLm,
+    hidden: &Tensor<3>,
+    batch: &Collated,
+    chunk: usize,
+) -> Tensor<2> {
+    let [_, width, _] = hidden.dims();
+    let chunk = chunk.max(1);
+    let parts: Vec<Tensor<2>> = (0..width)
         .step_by(chunk)
         .map(|start| {
             let len = chunk.min(width - start);
-            sequence_logps(
-                model.logits(hidden.clone().narrow(1, start, len)),
-                batch.labels.clone().narrow(1, start, len),
-                batch.mask.clone().narrow(1, start, len),
+            position_logps(
+                model,
+                hidden.clone().narrow(1, start, len),
+                batch,
+                start,
+                len,
             )
-            .1
         })
         .collect();
-    let per_token = Tensor::cat(per_token, 1);
-    (per_token.clone().sum_dim(1).reshape([rows]), per_token)
+    Tensor::cat(parts, 1)
 }
 
 /// Scores pairs in one right-padded batch.

@@ -352,31 +352,17 @@ fn chunked_gradients(
     (share, micro, scale, chunk): (Share, usize, f64, usize),
     packed: &mut Packed,
 ) -> Result<GradientsParams> {
-    use crate::infer::score::sequence_logps;
+    use crate::infer::score::{chunked_logps, position_logps};
     check_batch(objective, batch)?;
     let device = model.device();
     let collated = collate(&batch.rows, &device);
     let [rows, width] = collated.inputs.dims();
+    let chunk = chunk.max(1);
     let hidden = model.hidden_states(collated.inputs.clone(), None); // [rows, width, hidden]
     let fixed = hidden.clone().detach();
-    let span = |start: usize| (start, chunk.min(width - start));
-    let starts: Vec<usize> = (0..width).step_by(chunk.max(1)).collect();
-    let token_logps = |h: Tensor<3>, start: usize, len: usize| {
-        sequence_logps(
-            model.logits(h),
-            collated.labels.clone().narrow(1, start, len),
-            collated.mask.clone().narrow(1, start, len),
-        )
-        .1 // [rows, len]
-    };
-    let per_token: Vec<Tensor<2>> = starts
-        .iter()
-        .map(|&s| {
-            let (s, len) = span(s);
-            token_logps(fixed.clone().narrow(1, s, len), s, len).detach()
-        })
-        .collect();
-    let logps = Tensor::cat(per_token, 1).detach().require_grad(); // [rows, width]
+    let logps = chunked_logps(model, &fixed, &collated, chunk)
+        .detach()
+        .require_grad(); // [rows, width]
     let policy = logps.clone().sum_dim(1).reshape([rows]);
     let loss = loss_of(policy, &collated, objective, batch, share, micro, packed)?;
     let loss = if scale != 1.0 { loss * scale } else { loss };
@@ -384,11 +370,13 @@ fn chunked_gradients(
         .grad(&loss.backward())
         .unwrap_or_else(|| Tensor::zeros([rows, width], &device.clone().inner()));
     let mut accumulator = GradientsAccumulator::<CausalLm>::new();
-    let mut dh = Vec::with_capacity(starts.len());
-    for &s in &starts {
-        let (s, len) = span(s);
+    let mut dh = Vec::new();
+    for s in (0..width).step_by(chunk) {
+        let len = chunk.min(width - s);
         let h = fixed.clone().narrow(1, s, len).detach().require_grad();
-        let surrogate = (token_logps(h.clone(), s, len) * g.clone().narrow(1, s, len)).sum();
+        let surrogate = (position_logps(model, h.clone(), &collated, s, len)
+            * g.clone().narrow(1, s, len))
+        .sum();
         let mut grads = surrogate.backward();
         dh.push(
             h.grad_remove(&mut grads).ok_or_else(|| {

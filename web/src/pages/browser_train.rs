@@ -39,38 +39,6 @@ fn picked_files(name: &str) -> Vec<web_sys::File> {
     (0..list.length()).filter_map(|i| list.get(i)).collect()
 }
 
-async fn file_bytes(file: &web_sys::File) -> Result<Vec<u8>, String> {
-    let buffer = wasm_bindgen_futures::JsFuture::from(file.array_buffer())
-        .await
-        .map_err(|e| format!("reading {}: {e:?}", file.name()))?;
-    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
-}
-
-/// The model files of a picked folder (top level only), and the folder's name.
-async fn read_folder(
-    files: &[web_sys::File],
-) -> Result<(String, BTreeMap<String, Vec<u8>>), String> {
-    let mut out = BTreeMap::new();
-    let mut folder = String::from("local model");
-    for file in files {
-        let path = js_sys::Reflect::get(file, &"webkitRelativePath".into())
-            .ok()
-            .and_then(|p| p.as_string())
-            .unwrap_or_default();
-        let parts: Vec<&str> = path.split('/').collect();
-        if parts.len() > 2 {
-            continue;
-        }
-        if parts.len() == 2 {
-            folder = parts[0].to_string();
-        }
-        if clo_core::load::files::is_model_file(&file.name()) {
-            out.insert(file.name(), file_bytes(file).await?);
-        }
-    }
-    Ok((folder, out))
-}
-
 /// An object URL of `bytes` (the `href` of a download link).
 fn download_link(bytes: &[u8], kind: &str) -> Option<String> {
     let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
@@ -176,12 +144,7 @@ pub fn BrowserTrainPage() -> impl IntoView {
         let files = picked_files("folder");
         error.set(None);
         spawn_local(async move {
-            let result = async {
-                let (folder, files) = read_folder(&files).await?;
-                engine::load_picked(&folder, files, None).await
-            }
-            .await;
-            on_loaded(result);
+            on_loaded(engine::load_files(&files, None).await);
         });
     };
 
@@ -234,7 +197,7 @@ pub fn BrowserTrainPage() -> impl IntoView {
             let result = async {
                 call.data = match &file {
                     Some(f) => {
-                        let text = String::from_utf8(file_bytes(f).await?)
+                        let text = String::from_utf8(engine::file_bytes(f).await?)
                             .map_err(|_| format!("{} is not UTF-8 text", f.name()))?;
                         let quads = clo_core::train::data::quadruples_from_text(
                             std::path::Path::new(&f.name()),
