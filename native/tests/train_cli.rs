@@ -384,3 +384,30 @@ fn gguf_export_is_a_model_clo_trains_on_and_exports_again() {
     );
     assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "mine");
 }
+
+/// `--logp-chunk` is a run setting (saved in config.toml) that changes no loss: a run with the
+/// log-probs 3 positions at a time logs the plain run's losses.
+#[test]
+fn logp_chunk_changes_no_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = train_args(&out, &cache, "3");
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(clo(&args));
+        (
+            lines(&out.join("metrics.jsonl")),
+            std::fs::read_to_string(out.join("config.toml")).unwrap(),
+        )
+    };
+    let (plain, _) = run("plain", &[]);
+    let (chunked, config) = run("chunked", &["--logp-chunk", "3"]);
+    assert!(config.contains("logp_chunk = 3"), "{config}");
+    assert_eq!(plain.len(), 3);
+    for (a, b) in plain.iter().zip(&chunked) {
+        let (a, b) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+}
