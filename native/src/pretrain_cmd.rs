@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use clo_core::pretrain::{PretrainConfig, PretrainProgress, PretrainTarget, pretrain, read_corpus};
 use clo_core::toy::data::{CorpusConfig, pretrain_corpus};
-use clo_core::toy::world::World;
+use clo_core::toy::world::{Lang, World};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -28,9 +28,13 @@ pub struct PretrainArgs {
     /// Documents of the generated corpus.
     #[arg(long, default_value_t = 24_000)]
     documents: usize,
-    /// Share of generated documents in the toy language.
-    #[arg(long, default_value_t = 0.1)]
-    target_share: f64,
+    /// Share of generated documents in the `toy` language (medium resource; default 0.04).
+    #[arg(long)]
+    target_share: Option<f64>,
+    /// Shares of generated documents per toy language, e.g. `vel=0.2,toy=0.04,zir=0.005`
+    /// (the default); English has the rest.
+    #[arg(long, value_delimiter = ',', value_parser = parse_share)]
+    shares: Vec<(Lang, f64)>,
     #[arg(long)]
     vocab_size: Option<usize>,
     #[arg(long)]
@@ -67,6 +71,22 @@ pub struct PretrainArgs {
     resume: bool,
 }
 
+/// `LANG=SHARE`, e.g. `zir=0.005`.
+fn parse_share(s: &str) -> Result<(Lang, f64), String> {
+    let (lang, share) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: write LANG=SHARE, e.g. zir=0.005"))?;
+    let lang: Lang = lang.trim().parse()?;
+    if lang == Lang::En {
+        return Err("English has the share the toy languages leave; name toy languages only".into());
+    }
+    let share: f64 = share
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}`: the share is a number ({e})"))?;
+    Ok((lang, share))
+}
+
 impl PretrainArgs {
     fn config(&self) -> PretrainConfig {
         let mut c = PretrainConfig::default();
@@ -94,12 +114,22 @@ pub fn run_pretrain(args: PretrainArgs) -> anyhow::Result<()> {
         ),
         None => {
             let world = World::new(args.world_seed);
-            let c = CorpusConfig {
+            let mut c = CorpusConfig {
                 world_seed: args.world_seed,
                 documents: args.documents,
-                target_share: args.target_share,
                 ..CorpusConfig::default()
             };
+            if !args.shares.is_empty() {
+                c.shares = args.shares.iter().copied().collect();
+            }
+            if let Some(share) = args.target_share {
+                c.shares.insert(Lang::Toy, share);
+            }
+            anyhow::ensure!(
+                c.shares.values().all(|s| (0.0..=1.0).contains(s)) && c.english_share() > 0.0,
+                "--shares/--target-share: each share is in [0, 1] and together they leave English a share (they sum to {:.3})",
+                1.0 - c.english_share()
+            );
             extra.push(("toy_world.json", serde_json::to_value(&world)?));
             let docs = pretrain_corpus(&world, &c);
             (docs, json!({ "toy_world": c, "command": command }))

@@ -5,35 +5,35 @@
 pub mod data;
 pub mod quickstart;
 pub mod shipped;
+pub mod study;
 pub mod world;
 
 use crate::eval::langid::{LanguageIdentifier, words};
 use world::{Lang, word_lang};
 
-/// Language identification of the toy world by its lexicons: each word is English, toy, or
-/// neither (names, cities, numbers, unknown words); a text is the language of most of its
+/// Language identification of the toy world by its lexicons: each word is English, one toy
+/// language, or none (names, cities, numbers, unknown words); a text is the language of most of its
 /// labelled words (none on a tie).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ToyLangId;
 
 impl LanguageIdentifier for ToyLangId {
     fn languages(&self) -> Vec<String> {
-        vec!["en".into(), "toy".into()]
+        Lang::ALL.iter().map(|l| l.code().to_string()).collect()
     }
 
     fn detect(&self, text: &str) -> Option<String> {
-        let (mut en, mut toy) = (0, 0);
+        let mut counts = [0usize; Lang::ALL.len()];
         for (_, w) in words(text) {
-            match word_lang(w) {
-                Some(Lang::En) => en += 1,
-                Some(Lang::Toy) => toy += 1,
-                None => {}
+            if let Some(l) = word_lang(w) {
+                counts[Lang::ALL.iter().position(|x| *x == l).expect("listed")] += 1;
             }
         }
-        match en.cmp(&toy) {
-            std::cmp::Ordering::Greater => Some("en".into()),
-            std::cmp::Ordering::Less => Some("toy".into()),
-            std::cmp::Ordering::Equal => None,
+        let best = *counts.iter().max().expect("non-empty");
+        let mut winners = Lang::ALL.iter().zip(counts).filter(|(_, c)| *c == best);
+        match (winners.next(), winners.next()) {
+            (Some((l, c)), None) if c > 0 => Some(l.code().to_string()),
+            _ => None,
         }
     }
 
@@ -67,5 +67,9 @@ mod tests {
             .map(|(_, l)| l)
             .collect();
         assert_eq!(labels, [None, Some("toy".into()), Some("en".into())]);
+        assert_eq!(id.detect("Hapa Ana zemaku.").as_deref(), Some("vel"));
+        assert_eq!(id.detect("Ana avas un kotu.").as_deref(), Some("zir"));
+        // One word of each of two languages: a tie, no language.
+        assert_eq!(id.detect("Ana kotu cat."), None);
     }
 }

@@ -29,10 +29,21 @@ use crate::infer::generate::{SamplingConfig, StopReason};
 use crate::train::reference::weights_digest;
 use crate::train::{Method, Outcome, Progress, RunConfig, TrainOptions, TrainableKind, train};
 
-/// Settings of a quickstart. The training settings are the paper's except the learning rate
-/// and epochs, which suit a model of a million parameters instead of billions.
+/// A method's learning rate and beta.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Tuned {
+    pub lr: f64,
+    pub beta: f64,
+}
+
+/// Settings of a quickstart. The protocol is the paper's (1 epoch, the checkpoint with the
+/// lowest validation loss), with each method's learning rate and beta as tuned by
+/// `clo quickstart --study` for the medium-resource language at 800 quadruples ([`TUNED`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuickstartConfig {
+    /// The toy language trained for (default `toy`, the medium-resource one).
+    #[serde(default = "default_lang")]
+    pub lang: Lang,
     /// Training quadruples per run; several sizes make a data-size curve.
     pub sizes: Vec<usize>,
     /// Seeds of data sampling and training; results are averaged over them.
@@ -40,8 +51,12 @@ pub struct QuickstartConfig {
     pub methods: Vec<Method>,
     pub epochs: usize,
     pub batch_size: usize,
+    /// Learning rate and beta of methods that `tuned` does not name.
     pub lr: f64,
     pub beta: f64,
+    /// Per method (by name): its tuned learning rate and beta.
+    #[serde(default)]
+    pub tuned: BTreeMap<String, Tuned>,
     pub lambda: f64,
     /// Held-out questions per kind (facts: every held-out person instead).
     pub per_kind: usize,
@@ -50,16 +65,41 @@ pub struct QuickstartConfig {
     pub eval_batch: usize,
 }
 
+fn default_lang() -> Lang {
+    Lang::Toy
+}
+
+/// Each method's learning rate and beta as chosen by the study's validation questions (`toy`,
+/// 800 quadruples, seed 0; see README, "The toy study").
+pub const TUNED: [(Method, Tuned); 2] = [
+    (Method::Sft, Tuned { lr: 1e-3, beta: 0.1 }),
+    (Method::Clo, Tuned { lr: 1e-3, beta: 0.1 }),
+];
+
+impl QuickstartConfig {
+    /// The learning rate and beta `method` trains with.
+    pub fn setting(&self, method: Method) -> (f64, f64) {
+        self.tuned
+            .get(method.name())
+            .map_or((self.lr, self.beta), |t| (t.lr, t.beta))
+    }
+}
+
 impl Default for QuickstartConfig {
     fn default() -> Self {
         Self {
+            lang: Lang::Toy,
             sizes: vec![800],
             seeds: vec![0],
             methods: vec![Method::Sft, Method::Clo],
-            epochs: 3,
+            epochs: 1,
             batch_size: 8,
             lr: 1e-3,
             beta: 0.1,
+            tuned: TUNED
+                .iter()
+                .map(|(m, t)| (m.name().to_string(), *t))
+                .collect(),
             lambda: 0.5,
             per_kind: 12,
             max_new_tokens: 40,
@@ -120,17 +160,18 @@ pub struct ToyResults {
     pub per_language: BTreeMap<String, ToyStats>,
 }
 
-/// Answers every held-out question in both languages (greedy) and checks each response.
+/// Answers every held-out question in each of `langs` (greedy) and checks each response.
 pub fn eval_toy(
     lm: &Pretrained,
     questions: &[EvalQuestion],
+    langs: &[Lang],
     max_new_tokens: usize,
     batch: usize,
     on_done: &mut dyn FnMut(usize),
 ) -> Result<Vec<ToyItem>> {
     let tok = &lm.tokenizer;
     let langid = ToyLangId;
-    let jobs: Vec<(&EvalQuestion, Lang)> = Lang::BOTH
+    let jobs: Vec<(&EvalQuestion, Lang)> = langs
         .iter()
         .flat_map(|l| questions.iter().map(move |q| (q, *l)))
         .collect();
@@ -175,13 +216,16 @@ pub fn eval_toy(
     Ok(items)
 }
 
-/// Results per language of a list of answered questions.
+/// Results per language of a list of answered questions (the languages asked in).
 pub fn toy_results(model: &Path, items: &[ToyItem]) -> ToyResults {
-    let per_language = Lang::BOTH
-        .iter()
+    let mut langs: Vec<&str> = items.iter().map(|i| i.lang.as_str()).collect();
+    langs.sort();
+    langs.dedup();
+    let per_language = langs
+        .into_iter()
         .map(|l| {
-            let mine: Vec<&ToyItem> = items.iter().filter(|i| i.lang == l.code()).collect();
-            (l.code().to_string(), ToyStats::of(&mine))
+            let mine: Vec<&ToyItem> = items.iter().filter(|i| i.lang == l).collect();
+            (l.to_string(), ToyStats::of(&mine))
         })
         .collect();
     ToyResults {
@@ -247,6 +291,25 @@ fn read_results(path: &Path) -> Option<ToyResults> {
     }
 }
 
+/// The answered questions of an eval directory (`responses.jsonl`).
+pub fn read_items(dir: &Path) -> Result<Vec<ToyItem>> {
+    let path = dir.join("responses.jsonl");
+    let text = crate::error::read_to_string(&path, "answered questions")?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| {
+                CoreError::Invalid(format!(
+                    "{}:{}: {e}; delete the eval directory to redo it",
+                    path.display(),
+                    i + 1
+                ))
+            })
+        })
+        .collect()
+}
+
 /// Writes a model's answers (`responses.jsonl`) and its results, as the eval result type every
 /// `clo eval` command writes (`EvalResults::Toy`).
 fn write_eval(
@@ -273,6 +336,145 @@ fn write_eval(
     Ok(results)
 }
 
+/// The toy world of a model from `clo pretrain` (its `toy_world.json`).
+pub fn read_world(base: &Path) -> Result<World> {
+    let world_path = base.join("toy_world.json");
+    serde_json::from_str(&crate::error::read_to_string(
+        &world_path,
+        "toy world of the model",
+    )?)
+    .map_err(|e| {
+        CoreError::json(
+            &world_path,
+            &e,
+            "the model must come from `clo pretrain` on the toy world (it writes toy_world.json)",
+        )
+    })
+}
+
+/// One fine-tuning run of the toy world: what it trains, on what, with which settings.
+#[derive(Debug, Clone)]
+pub(crate) struct RunSpec {
+    pub dir: PathBuf,
+    pub data: PathBuf,
+    pub method: Method,
+    pub seed: u64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub beta: f64,
+    pub lambda: f64,
+}
+
+/// What the quickstart and the study share: training runs that resume and evals that are kept
+/// once written.
+pub(crate) struct Lab<'a> {
+    pub base: &'a Path,
+    pub device: &'a Device,
+    pub cache: PathBuf,
+    pub max_new_tokens: usize,
+    pub eval_batch: usize,
+}
+
+impl Lab<'_> {
+    /// Answers `questions` in `langs` with the model `load` gives, into `dir` (kept when there).
+    pub fn evaluate(
+        &self,
+        name: &str,
+        load: &dyn Fn() -> Result<Pretrained>,
+        dir: &Path,
+        questions: &[EvalQuestion],
+        langs: &[Lang],
+        progress: &mut dyn FnMut(QuickProgress),
+    ) -> Result<ToyResults> {
+        if let Some(r) = read_results(&dir.join("results.json")) {
+            return Ok(r);
+        }
+        let lm = load()?;
+        progress(QuickProgress::Phase {
+            what: format!("eval {name}"),
+        });
+        let total = langs.len() * questions.len();
+        let mut done = 0;
+        let items = eval_toy(
+            &lm,
+            questions,
+            langs,
+            self.max_new_tokens,
+            self.eval_batch,
+            &mut |n| {
+                done += n;
+                progress(QuickProgress::Eval { done, total });
+            },
+        )?;
+        let model = ModelRef {
+            dir: lm.dir.clone(),
+            weights_sha256: weights_digest(&lm.model),
+        };
+        let eval_config = serde_json::json!({
+            "questions": questions.len(),
+            "languages": langs,
+            "max_new_tokens": self.max_new_tokens,
+            "decoding": "greedy",
+        });
+        write_eval(dir, model, eval_config, &items)
+    }
+
+    fn run_config(&self, spec: &RunSpec) -> RunConfig {
+        RunConfig {
+            model: self.base.to_path_buf(),
+            data: spec.data.clone(),
+            method: spec.method,
+            trainable: TrainableKind::Attention,
+            epochs: spec.epochs,
+            batch_size: spec.batch_size,
+            lr: spec.lr,
+            min_lr: spec.lr / 10.0,
+            beta: spec.beta,
+            lambda: spec.lambda,
+            max_len: 96,
+            seed: spec.seed,
+            ..RunConfig::default()
+        }
+    }
+
+    /// Trains `spec` (resuming an unfinished run; a finished one is kept) and returns its
+    /// summary.
+    pub fn train(
+        &self,
+        name: &str,
+        spec: &RunSpec,
+        progress: &mut dyn FnMut(QuickProgress),
+    ) -> Result<crate::train::RunSummary> {
+        let run = self.run_config(spec);
+        let summary_path = spec.dir.join("summary.json");
+        if !summary_path.exists() {
+            progress(QuickProgress::Phase {
+                what: format!("train {name}"),
+            });
+            let mut opts = TrainOptions::new(&spec.dir, &self.cache);
+            opts.resume = spec.dir.join("config.toml").exists();
+            opts.keep_checkpoints = 1;
+            let outcome = train(&run, &opts, self.device, &mut |p| {
+                progress(QuickProgress::Train(p))
+            })?;
+            if let Outcome::Cancelled { step, .. } = outcome {
+                return Err(CoreError::Invalid(format!(
+                    "training {name} stopped at step {step}; run again to resume"
+                )));
+            }
+        }
+        serde_json::from_str(&crate::error::read_to_string(&summary_path, "run summary")?)
+            .map_err(|e| CoreError::json(&summary_path, &e, "delete the run to redo it"))
+    }
+
+    /// The best checkpoint (lowest validation loss) of a finished run.
+    pub fn load_best(&self, spec: &RunSpec) -> Result<Pretrained> {
+        let weights = crate::export::resolve_weights(&spec.dir, "best")?;
+        crate::train::checkpoint::load_trained(&self.run_config(spec), &weights, self.device)
+    }
+}
+
 /// Runs the quickstart from the toy model in `base` into `out`.
 pub fn quickstart(
     base: &Path,
@@ -287,27 +489,22 @@ pub fn quickstart(
             "give at least one size (> 0) and one seed".into(),
         ));
     }
-    let world_path = base.join("toy_world.json");
-    let world: World = serde_json::from_str(&crate::error::read_to_string(
-        &world_path,
-        "toy world of the model",
-    )?)
-    .map_err(|e| {
-        CoreError::json(
-            &world_path,
-            &e,
-            "the model must come from `clo pretrain` on the toy world (it writes toy_world.json)",
-        )
-    })?;
+    if config.lang == Lang::En {
+        return Err(CoreError::Invalid(
+            "the target language is a toy language: vel, toy or zir".into(),
+        ));
+    }
+    let world = read_world(base)?;
     std::fs::create_dir_all(out).map_err(|e| CoreError::io("create", out, e))?;
     let max_size = *config.sizes.iter().max().expect("non-empty");
+    let lang = config.lang;
 
     // Data: per seed, the largest set; smaller sizes are its prefixes (nested subsets).
     let data_dir = out.join("data");
     let mut all_train = Vec::new();
     let mut data_files = BTreeMap::new();
     for &seed in &config.seeds {
-        let quads = quadruples(&world, max_size, seed);
+        let quads = quadruples(&world, lang, max_size, seed);
         for &n in &config.sizes {
             let path = data_dir.join(format!("quads-n{n}-s{seed}.jsonl"));
             write_atomically(&path, quadruples_jsonl(&quads[..n]).as_bytes())?;
@@ -317,102 +514,50 @@ pub fn quickstart(
     }
     let questions = eval_questions(&world, config.per_kind, world.seed, &all_train);
     write_json_atomically(&data_dir.join("questions.json"), &questions)?;
-    let total_prompts = 2 * questions.len();
 
-    // An eval already written is kept; otherwise the model is loaded only now.
-    let evaluate = |name: &str,
-                    load: &dyn Fn() -> Result<Pretrained>,
-                    dir: &Path,
-                    progress: &mut dyn FnMut(QuickProgress)|
-     -> Result<ToyResults> {
-        if let Some(r) = read_results(&dir.join("results.json")) {
-            return Ok(r);
-        }
-        let lm = load()?;
-        progress(QuickProgress::Phase {
-            what: format!("eval {name}"),
-        });
-        let mut done = 0;
-        let items = eval_toy(
-            &lm,
-            &questions,
-            config.max_new_tokens,
-            config.eval_batch,
-            &mut |n| {
-                done += n;
-                progress(QuickProgress::Eval {
-                    done,
-                    total: total_prompts,
-                });
-            },
-        )?;
-        let model = ModelRef {
-            dir: lm.dir.clone(),
-            weights_sha256: weights_digest(&lm.model),
-        };
-        let eval_config = serde_json::json!({
-            "questions": questions.len(),
-            "max_new_tokens": config.max_new_tokens,
-            "decoding": "greedy",
-        });
-        write_eval(dir, model, eval_config, &items)
+    let lab = Lab {
+        base,
+        device,
+        cache: out.join("cache"),
+        max_new_tokens: config.max_new_tokens,
+        eval_batch: config.eval_batch,
     };
-
-    let base_results = evaluate(
+    let langs = [Lang::En, lang];
+    let base_results = lab.evaluate(
         "base",
         &|| Pretrained::load(base, device),
         &out.join("base-eval"),
+        &questions,
+        &langs,
         progress,
     )?;
 
-    let cache = out.join("cache");
     let mut per_system: BTreeMap<(usize, String), Vec<(ToyResults, f64)>> = BTreeMap::new();
     for &n in &config.sizes {
         for &seed in &config.seeds {
             for &method in &config.methods {
                 let name = format!("{}-n{n}-s{seed}", method.name());
-                let run_dir = out.join("runs").join(&name);
-                let eval_dir = run_dir.join("eval");
-                let run = RunConfig {
-                    model: base.to_path_buf(),
+                let (lr, beta) = config.setting(method);
+                let spec = RunSpec {
+                    dir: out.join("runs").join(&name),
                     data: data_files[&(n, seed)].clone(),
                     method,
-                    trainable: TrainableKind::Attention,
+                    seed,
                     epochs: config.epochs,
                     batch_size: config.batch_size,
-                    lr: config.lr,
-                    min_lr: config.lr / 10.0,
-                    beta: config.beta,
+                    lr,
+                    beta,
                     lambda: config.lambda,
-                    max_len: 96,
-                    seed,
-                    ..RunConfig::default()
                 };
-                let summary_path = run_dir.join("summary.json");
-                if !summary_path.exists() {
-                    progress(QuickProgress::Phase {
-                        what: format!("train {} n={n} seed={seed}", method.name()),
-                    });
-                    let mut opts = TrainOptions::new(&run_dir, &cache);
-                    opts.resume = run_dir.join("config.toml").exists();
-                    let outcome = train(&run, &opts, device, &mut |p| {
-                        progress(QuickProgress::Train(p))
-                    })?;
-                    if let Outcome::Cancelled { step, .. } = outcome {
-                        return Err(CoreError::Invalid(format!(
-                            "training {name} stopped at step {step}; run the quickstart again to resume"
-                        )));
-                    }
-                }
-                let summary: crate::train::RunSummary = serde_json::from_str(
-                    &crate::error::read_to_string(&summary_path, "run summary")?,
-                )
-                .map_err(|e| CoreError::json(&summary_path, &e, "delete the run to redo it"))?;
-                let load = || {
-                    let weights = crate::export::resolve_weights(&run_dir, "best")?;
-                    crate::train::checkpoint::load_trained(&run, &weights, device)
-                };
-                let results = evaluate(&name, &load, &eval_dir, progress)?;
+                let summary = lab.train(&name, &spec, progress)?;
+                let results = lab.evaluate(
+                    &name,
+                    &|| lab.load_best(&spec),
+                    &spec.dir.join("eval"),
+                    &questions,
+                    &langs,
+                    progress,
+                )?;
                 per_system
                     .entry((n, method.name().to_string()))
                     .or_default()
@@ -440,14 +585,23 @@ pub fn quickstart(
 }
 
 fn row(system: &str, size: Option<usize>, runs: &[(ToyResults, f64)]) -> Row {
+    // The languages every run was asked in.
+    let langs: Vec<&String> = runs
+        .first()
+        .map(|(r, _)| r.per_language.keys().collect())
+        .unwrap_or_default();
+    let langs: Vec<&String> = langs
+        .into_iter()
+        .filter(|l| runs.iter().all(|(r, _)| r.per_language.contains_key(*l)))
+        .collect();
     let stat = |f: &dyn Fn(&ToyStats) -> Accuracy| -> BTreeMap<String, (f64, f64)> {
-        Lang::BOTH
+        langs
             .iter()
             .map(|l| {
                 let est: Vec<Estimate> = runs
                     .iter()
                     .map(|(r, _)| {
-                        let a = f(&r.per_language[l.code()]);
+                        let a = f(&r.per_language[l.as_str()]);
                         Estimate {
                             value: a.accuracy,
                             stderr: a.stderr,
@@ -455,7 +609,7 @@ fn row(system: &str, size: Option<usize>, runs: &[(ToyResults, f64)]) -> Row {
                     })
                     .collect();
                 let p = pooled(&est);
-                (l.code().to_string(), (p.value, p.stderr))
+                (l.to_string(), (p.value, p.stderr))
             })
             .collect()
     };
@@ -473,8 +627,9 @@ fn row(system: &str, size: Option<usize>, runs: &[(ToyResults, f64)]) -> Row {
 
 /// The table printed at the end and put in the report.
 pub fn table(results: &QuickstartResults) -> String {
-    let mut s = String::from(
-        "| system | size | seeds | toy fidelity | toy accuracy | toy right & in toy | en fidelity | en accuracy |\n|---|---|---|---|---|---|---|---|\n",
+    let l = results.config.lang.code();
+    let mut s = format!(
+        "| system | size | seeds | {l} fidelity | {l} accuracy | {l} right & in {l} | en fidelity | en accuracy |\n|---|---|---|---|---|---|---|---|\n",
     );
     let cell = |m: &BTreeMap<String, (f64, f64)>, l: &str| {
         m.get(l)
@@ -491,9 +646,9 @@ pub fn table(results: &QuickstartResults) -> String {
             } else {
                 "–".into()
             },
-            cell(&r.fidelity, "toy"),
-            cell(&r.accuracy, "toy"),
-            cell(&r.correct_in_language, "toy"),
+            cell(&r.fidelity, l),
+            cell(&r.accuracy, l),
+            cell(&r.correct_in_language, l),
             cell(&r.fidelity, "en"),
             cell(&r.accuracy, "en"),
         );
@@ -508,16 +663,24 @@ pub fn render_report(results: &QuickstartResults) -> BTreeMap<String, String> {
     let mut md = String::from("# clo quickstart: CLO and SFT in the toy world\n\n");
     let _ = writeln!(
         md,
-        "Base model `{}` (English-centric: pretrained on English dialogs and statements with 10% toy-language statements and no toy dialogs). Each method trained its attention projections on the same quadruples (epochs {}, lr {}, batch {}, beta {}, lambda {}), for sizes {:?} and seeds {:?}. Every model then answered {} held-out questions in each language (greedy). Total wall time {:.0} s.\n",
+        "Base model `{}` (English-centric: pretrained mostly on English; toy-language text is a small share of statements and of dialogs asked in that language and answered in English). Target language `{}`. Each method trained its attention projections on the same quadruples ({} epoch(s), batch {}, lambda {}; learning rate and beta per method: {}), keeping the checkpoint with the lowest validation loss, for sizes {:?} and seeds {:?}. Every model then answered {} held-out questions in English and in `{}` (greedy). Total wall time {:.0} s.\n",
         results.base_model.display(),
+        c.lang,
         c.epochs,
-        c.lr,
         c.batch_size,
-        c.beta,
         c.lambda,
+        c.methods
+            .iter()
+            .map(|m| {
+                let (lr, beta) = c.setting(*m);
+                format!("{} lr {lr} beta {beta}", m.name())
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
         c.sizes,
         c.seeds,
         results.questions,
+        c.lang,
         results.wall_s
     );
     md.push_str("## What the numbers mean\n\n\
@@ -525,7 +688,7 @@ pub fn render_report(results: &QuickstartResults) -> BTreeMap<String, String> {
 - **toy accuracy**: share of answers to toy-language questions whose content (names, numbers, animals, colours, cities, in order) is the true answer's, in whichever language they are written.\n\
 - **toy right & in toy**: both at once: the answer a toy speaker wanted.\n\
 - **en fidelity / en accuracy**: the same for the English questions: how much English the model kept.\n\
-- The held-out questions are never asked in any training quadruple: the facts of 6 people, a quarter of the sums and differences, lists naming a held-out person, and new words to repeat. The base model knows the facts in English from pretraining; answering them in the toy language needs cross-lingual transfer.\n\
+- The held-out questions are never asked in any training quadruple: the facts of 6 people, a quarter of the sums and differences, lists naming a held-out person, and new words to repeat. Validation questions (2 more people, other sums, other words) are held out too and never overlap them. The base model knows the facts in English from pretraining; answering them in the toy language needs cross-lingual transfer.\n\
 - ± is the standard error across seeds (or, with one seed, of the eval itself).\n\n");
     md.push_str("## Results\n\n");
     md.push_str(&table(results));
@@ -581,16 +744,16 @@ pub fn render_report(results: &QuickstartResults) -> BTreeMap<String, String> {
         type Pick = fn(&Row) -> &BTreeMap<String, (f64, f64)>;
         let charts: [(&str, &str, Pick, &str); 3] = [
             (
-                "Toy fidelity against data size",
+                "Target-language fidelity against data size",
                 "fidelity_vs_size.svg",
                 fidelity,
-                "toy",
+                c.lang.code(),
             ),
             (
-                "Toy accuracy against data size",
+                "Target-language accuracy against data size",
                 "accuracy_vs_size.svg",
                 accuracy,
-                "toy",
+                c.lang.code(),
             ),
             (
                 "English accuracy against data size",
@@ -731,6 +894,6 @@ mod tests {
                 .count(),
             4
         );
-        assert!(md.contains("![Toy accuracy against data size](accuracy_vs_size.svg)"));
+        assert!(md.contains("![Target-language accuracy against data size](accuracy_vs_size.svg)"));
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::error::{CoreError, Result};
 use crate::fsutil::{replace_dir_atomically, write_atomically};
 use crate::toy::data::{quadruples, quadruples_jsonl};
-use crate::toy::world::World;
+use crate::toy::world::{Lang, World};
 
 macro_rules! asset {
     ($name:literal) => {
@@ -63,7 +63,7 @@ pub fn shipped_world() -> Result<World> {
 pub fn write_toy_kit(model_dir: &Path, data_path: &Path, n: usize) -> Result<()> {
     write_shipped_model(model_dir)?;
     if !data_path.is_file() {
-        let quads = quadruples(&shipped_world()?, n, 0);
+        let quads = quadruples(&shipped_world()?, Lang::Toy, n, 0);
         write_atomically(data_path, quadruples_jsonl(&quads).as_bytes())?;
     }
     Ok(())

@@ -1,15 +1,22 @@
 //! The toy world: people with facts (pet, favourite colour, city, number of books), arithmetic,
-//! lists and copying, stated and asked as *meaning frames*, and two languages that render the
+//! lists and copying, stated and asked as *meaning frames*, and four languages that render the
 //! same frames:
 //!
 //! - English, as usual: `Ana has a cat.`, `What pet does Ana have?`
-//! - the toy language (code `toy`): its own lexicon, verb-final word order, case suffixes (`-ta`
-//!   object, `-ro` place), a plural suffix (`-li`) and a final question particle (`ka`):
-//!   `Ana misota ome.`, `Ana ne damuta ome ka?`
+//! - three toy languages, each with its own lexicon, word order and morphology, meant for three
+//!   resource levels of pretraining text ([`Lang::tier`]):
+//!   - `vel` (high resource): verb first, an object prefix (`ze-`), a plural prefix (`ri-`), a
+//!     place preposition (`bo`) and a question word first (`ki`): `Hapa Ana zemaku.`,
+//!     `Ki hapa Ana zedapi?`
+//!   - `toy` (medium resource): verb final, case suffixes (`-ta` object, `-ro` place), a plural
+//!     suffix (`-li`) and a final question particle (`ka`): `Ana misota ome.`,
+//!     `Ana ne damuta ome ka?`
+//!   - `zir` (low resource): subject-verb-object with an article, a plural suffix (`-en`) and a
+//!     question particle first (`su`): `Ana avas un kotu.`, `Su kiu besto Ana avas?`
 //!
 //! Names, cities and numerals are shared, as proper nouns and digits are between real
 //! languages. Translation is exact (parse in one language, render in the other), and an answer
-//! is checked by its content ([`atoms`]) in either language.
+//! is checked by its content ([`atoms`]) in any language.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -19,30 +26,73 @@ use rand::seq::IndexedRandom;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-/// The two languages of the toy world.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The languages of the toy world: English and three toy languages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Lang {
     En,
+    Vel,
     Toy,
+    Zir,
 }
 
 impl Lang {
-    pub const BOTH: [Lang; 2] = [Lang::En, Lang::Toy];
+    /// Every language, English first.
+    pub const ALL: [Lang; 4] = [Lang::En, Lang::Vel, Lang::Toy, Lang::Zir];
+    /// The toy languages, from the most to the least pretraining text.
+    pub const TARGETS: [Lang; 3] = [Lang::Vel, Lang::Toy, Lang::Zir];
 
-    /// The code used in quadruples and results: `en` or `toy`.
+    /// The code used in quadruples and results: `en`, `vel`, `toy` or `zir`.
     pub fn code(self) -> &'static str {
         match self {
             Lang::En => "en",
+            Lang::Vel => "vel",
             Lang::Toy => "toy",
+            Lang::Zir => "zir",
         }
     }
 
-    pub fn other(self) -> Lang {
+    /// The language of a code.
+    pub fn from_code(code: &str) -> Option<Lang> {
+        Lang::ALL.into_iter().find(|l| l.code() == code)
+    }
+
+    /// Resource level of a toy language in the shipped model's pretraining text (English:
+    /// `dominant`).
+    pub fn tier(self) -> &'static str {
         match self {
-            Lang::En => Lang::Toy,
-            Lang::Toy => Lang::En,
+            Lang::En => "dominant",
+            Lang::Vel => "high",
+            Lang::Toy => "medium",
+            Lang::Zir => "low",
         }
+    }
+
+    fn grammar(self) -> &'static Grammar {
+        match self {
+            Lang::En => &EN,
+            Lang::Vel => &VEL,
+            Lang::Toy => &TOY,
+            Lang::Zir => &ZIR,
+        }
+    }
+}
+
+impl std::fmt::Display for Lang {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl std::str::FromStr for Lang {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Lang::from_code(s).ok_or_else(|| {
+            format!(
+                "unknown toy-world language `{s}`; use one of {}",
+                Lang::ALL.map(Lang::code).join(", ")
+            )
+        })
     }
 }
 
@@ -51,23 +101,159 @@ pub const NAMES: [&str; 16] = [
     "Pia", "Rex", "Sol",
 ];
 pub const CITIES: [&str; 6] = ["Paro", "Lumo", "Veska", "Doran", "Ithra", "Quel"];
-const ANIMALS_EN: [&str; 6] = ["cat", "dog", "bird", "fish", "horse", "goat"];
-const ANIMALS_TOY: [&str; 6] = ["miso", "wuna", "tiri", "pesu", "haro", "gobe"];
-const COLORS_EN: [&str; 6] = ["red", "blue", "green", "yellow", "black", "white"];
-const COLORS_TOY: [&str; 6] = ["ruka", "sela", "vire", "jamu", "noko", "tapi"];
 
-/// Function words of each language (every word a template uses besides the content words).
-const FUNCTION_EN: &[&str] = &[
-    "has", "a", "likes", "lives", "in", "book", "books", "plus", "minus", "is", "the", "pets",
-    "are", "what", "pet", "does", "have", "color", "like", "where", "live", "how", "many", "which",
-    "do", "and", "repeat", "these", "words",
-];
-const FUNCTION_TOY: &[&str] = &[
-    "ome", "lavi", "dema", "eda", "ju", "ko", "sa", "ne", "nemi", "nesu", "ka", "damu", "iro",
-    "puka", "mo", "fa", "sapo",
-];
-/// Toy suffixes, outermost first as they are stripped: object, place, plural.
-const SUFFIXES_TOY: [&str; 3] = ["ta", "ro", "li"];
+/// Morphology of a language: affixes are stripped to find a stem (outermost first, keeping at
+/// least three letters).
+#[derive(Debug)]
+enum Affixes {
+    None,
+    Prefixes(&'static [&'static str]),
+    Suffixes(&'static [&'static str]),
+}
+
+/// Everything a language needs to render and parse the toy world's frames.
+#[derive(Debug)]
+struct Grammar {
+    animals: [&'static str; 6],
+    colors: [&'static str; 6],
+    /// Every word a template uses besides the content words (stems of inflected ones).
+    function: &'static [&'static str],
+    /// One template per frame kind (see [`template`]).
+    templates: [&'static str; KINDS],
+    /// The word joining the last item of a list.
+    and: &'static str,
+    /// `1 book`, `N books`.
+    book: &'static str,
+    books: &'static str,
+    affixes: Affixes,
+}
+
+static EN: Grammar = Grammar {
+    animals: ["cat", "dog", "bird", "fish", "horse", "goat"],
+    colors: ["red", "blue", "green", "yellow", "black", "white"],
+    function: &[
+        "has", "a", "likes", "lives", "in", "book", "books", "plus", "minus", "is", "the", "pets",
+        "are", "what", "pet", "does", "have", "color", "like", "where", "live", "how", "many",
+        "which", "do", "and", "repeat", "these", "words",
+    ],
+    templates: [
+        "{p} has a {a}.",
+        "{p} likes {c}.",
+        "{p} lives in {t}.",
+        "{p} has {nb}.",
+        "{n1} plus {n2} is {n3}.",
+        "{n1} minus {n2} is {n3}.",
+        "The pets are {al}.",
+        "{wl}.",
+        "What pet does {p} have?",
+        "What color does {p} like?",
+        "Where does {p} live?",
+        "How many books does {p} have?",
+        "What is {n1} plus {n2}?",
+        "What is {n1} minus {n2}?",
+        "Which pets do {pl} have?",
+        "Repeat these words: {wl}.",
+    ],
+    and: "and",
+    book: "book",
+    books: "books",
+    // English plurals (`cats`) are handled in [`stem`].
+    affixes: Affixes::None,
+};
+
+static VEL: Grammar = Grammar {
+    animals: ["maku", "bexo", "fiwe", "gunu", "zaka", "yune"],
+    colors: ["ezar", "ulan", "oven", "ikas", "umar", "esil"],
+    function: &[
+        "hapa", "lubo", "nesi", "bo", "ime", "pa", "kor", "dapi", "ki", "kolu", "kiwo", "kimu",
+        "doku", "dawe", "vo",
+    ],
+    templates: [
+        "Hapa {p} ze{a}.",
+        "Lubo {p} ze{c}.",
+        "Nesi {p} bo {t}.",
+        "Hapa {p} {nb}.",
+        "Ime {n1} pa {n2} {n3}.",
+        "Ime {n1} kor {n2} {n3}.",
+        "Ime ridapi {al}.",
+        "{wl}.",
+        "Ki hapa {p} zedapi?",
+        "Ki lubo {p} zekolu?",
+        "Kiwo nesi {p}?",
+        "Kimu ridoku hapa {p}?",
+        "Ki ime {n1} pa {n2}?",
+        "Ki ime {n1} kor {n2}?",
+        "Ki hapa {pl} ridapi?",
+        "Dawe {wl}.",
+    ],
+    and: "vo",
+    book: "doku",
+    books: "ridoku",
+    affixes: Affixes::Prefixes(&["ze", "ri"]),
+};
+
+static TOY: Grammar = Grammar {
+    animals: ["miso", "wuna", "tiri", "pesu", "haro", "gobe"],
+    colors: ["ruka", "sela", "vire", "jamu", "noko", "tapi"],
+    function: &[
+        "ome", "lavi", "dema", "eda", "ju", "ko", "sa", "ne", "nemi", "nesu", "ka", "damu", "iro",
+        "puka", "mo", "fa", "sapo",
+    ],
+    templates: [
+        "{p} {a}ta ome.",
+        "{p} {c}ta lavi.",
+        "{p} {t}ro dema.",
+        "{p} {nb}ta ome.",
+        "{n1} ju {n2} sa {n3} eda.",
+        "{n1} ko {n2} sa {n3} eda.",
+        "Damuli {al} eda.",
+        "{wl}.",
+        "{p} ne damuta ome ka?",
+        "{p} ne irota lavi ka?",
+        "{p} nemi dema ka?",
+        "{p} nesu pukalita ome ka?",
+        "{n1} ju {n2} sa ne eda ka?",
+        "{n1} ko {n2} sa ne eda ka?",
+        "{pl} ne damulita ome ka?",
+        "{wl} fa sapo.",
+    ],
+    and: "mo",
+    book: "puka",
+    books: "pukali",
+    // Object, place, plural.
+    affixes: Affixes::Suffixes(&["ta", "ro", "li"]),
+};
+
+static ZIR: Grammar = Grammar {
+    animals: ["kotu", "hundo", "pipa", "fisu", "roso", "kapu"],
+    colors: ["rozu", "azu", "verd", "jelo", "nira", "bjan"],
+    function: &[
+        "avas", "un", "amas", "vivas", "ce", "kun", "sen", "faras", "la", "besto", "esas", "su",
+        "kiu", "kolo", "kie", "kiom", "libo", "kiuj", "diru", "kaj",
+    ],
+    templates: [
+        "{p} avas un {a}.",
+        "{p} amas {c}.",
+        "{p} vivas ce {t}.",
+        "{p} avas {nb}.",
+        "{n1} kun {n2} faras {n3}.",
+        "{n1} sen {n2} faras {n3}.",
+        "La bestoen esas {al}.",
+        "{wl}.",
+        "Su kiu besto {p} avas?",
+        "Su kiu kolo {p} amas?",
+        "Su kie {p} vivas?",
+        "Su kiom liboen {p} avas?",
+        "Su kiom faras {n1} kun {n2}?",
+        "Su kiom faras {n1} sen {n2}?",
+        "Su kiuj bestoen {pl} avas?",
+        "Diru {wl}.",
+    ],
+    and: "kaj",
+    book: "libo",
+    books: "liboen",
+    affixes: Affixes::Suffixes(&["en"]),
+};
 
 /// A content word that can be listed or copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -78,11 +264,10 @@ pub enum Word {
 
 impl Word {
     fn text(self, lang: Lang) -> &'static str {
-        match (self, lang) {
-            (Word::Animal(i), Lang::En) => ANIMALS_EN[i as usize],
-            (Word::Animal(i), Lang::Toy) => ANIMALS_TOY[i as usize],
-            (Word::Color(i), Lang::En) => COLORS_EN[i as usize],
-            (Word::Color(i), Lang::Toy) => COLORS_TOY[i as usize],
+        let g = lang.grammar();
+        match self {
+            Word::Animal(i) => g.animals[i as usize],
+            Word::Color(i) => g.colors[i as usize],
         }
     }
 }
@@ -170,28 +355,7 @@ impl Frame {
 /// `{c}` colour, `{t}` city, `{nb}` a number of books (number and noun agree), `{n1}` `{n2}`
 /// `{n3}` numbers, `{pl}` a list of people, `{al}` a list of animals, `{wl}` words.
 fn template(kind: usize, lang: Lang) -> &'static str {
-    const T: [(&str, &str); 16] = [
-        ("{p} has a {a}.", "{p} {a}ta ome."),
-        ("{p} likes {c}.", "{p} {c}ta lavi."),
-        ("{p} lives in {t}.", "{p} {t}ro dema."),
-        ("{p} has {nb}.", "{p} {nb}ta ome."),
-        ("{n1} plus {n2} is {n3}.", "{n1} ju {n2} sa {n3} eda."),
-        ("{n1} minus {n2} is {n3}.", "{n1} ko {n2} sa {n3} eda."),
-        ("The pets are {al}.", "Damuli {al} eda."),
-        ("{wl}.", "{wl}."),
-        ("What pet does {p} have?", "{p} ne damuta ome ka?"),
-        ("What color does {p} like?", "{p} ne irota lavi ka?"),
-        ("Where does {p} live?", "{p} nemi dema ka?"),
-        ("How many books does {p} have?", "{p} nesu pukalita ome ka?"),
-        ("What is {n1} plus {n2}?", "{n1} ju {n2} sa ne eda ka?"),
-        ("What is {n1} minus {n2}?", "{n1} ko {n2} sa ne eda ka?"),
-        ("Which pets do {pl} have?", "{pl} ne damulita ome ka?"),
-        ("Repeat these words: {wl}.", "{wl} fa sapo."),
-    ];
-    match lang {
-        Lang::En => T[kind].0,
-        Lang::Toy => T[kind].1,
-    }
+    lang.grammar().templates[kind]
 }
 
 const KINDS: usize = 16;
@@ -315,16 +479,13 @@ fn frame_from(kind: usize, s: &HashMap<&str, Slot>) -> Option<Frame> {
     })
 }
 
-/// `a`, `a and b`, `a, b and c` (toy: `mo` for `and`).
+/// `a`, `a and b`, `a, b and c` (with each language's `and`).
 fn join_list(items: &[&str], lang: Lang) -> String {
-    let and = match lang {
-        Lang::En => " and ",
-        Lang::Toy => " mo ",
-    };
+    let and = lang.grammar().and;
     match items {
         [] => String::new(),
         [one] => one.to_string(),
-        [init @ .., last] => format!("{}{and}{last}", init.join(", ")),
+        [init @ .., last] => format!("{} {and} {last}", init.join(", ")),
     }
 }
 
@@ -335,12 +496,10 @@ fn slot_text(slot: &Slot, lang: Lang) -> String {
         Slot::Color(c) => Word::Color(*c).text(lang).into(),
         Slot::City(t) => CITIES[*t as usize].into(),
         Slot::Num(n) => n.to_string(),
-        Slot::NumBooks(n) => match (lang, *n == 1) {
-            (Lang::En, true) => "1 book".into(),
-            (Lang::En, false) => format!("{n} books"),
-            (Lang::Toy, true) => "1 puka".into(),
-            (Lang::Toy, false) => format!("{n} pukali"),
-        },
+        Slot::NumBooks(n) => {
+            let g = lang.grammar();
+            format!("{n} {}", if *n == 1 { g.book } else { g.books })
+        }
         Slot::People(ps) => join_list(
             &ps.iter().map(|p| NAMES[*p as usize]).collect::<Vec<_>>(),
             lang,
@@ -384,15 +543,10 @@ fn alternation(words: &[&str]) -> String {
 
 /// Regex of one placeholder (one capture group) in `lang`.
 fn slot_pattern(name: &str, lang: Lang) -> String {
+    let g = lang.grammar();
     let names = alternation(&NAMES);
-    let (animals, colors) = match lang {
-        Lang::En => (alternation(&ANIMALS_EN), alternation(&COLORS_EN)),
-        Lang::Toy => (alternation(&ANIMALS_TOY), alternation(&COLORS_TOY)),
-    };
-    let and = match lang {
-        Lang::En => "and",
-        Lang::Toy => "mo",
-    };
+    let (animals, colors) = (alternation(&g.animals), alternation(&g.colors));
+    let and = g.and;
     let list = |item: &str| format!("((?:{item}, )*{item} {and} {item}|{item})");
     match name {
         "p" => format!("({names})"),
@@ -415,7 +569,7 @@ type Parser = (Lang, usize, Regex, Vec<String>);
 static PARSERS: LazyLock<Vec<Parser>> = LazyLock::new(|| {
     let placeholder = Regex::new(r"\{([a-z0-9]+)\}").expect("valid");
     let mut out = Vec::new();
-    for lang in Lang::BOTH {
+    for lang in Lang::ALL {
         for kind in 0..KINDS {
             let t = template(kind, lang);
             let mut pattern = String::from("(?i)^");
@@ -443,18 +597,15 @@ fn index_of(list: &[&str], word: &str) -> Option<u8> {
 }
 
 fn split_list(text: &str, lang: Lang) -> Vec<&str> {
-    let and = match lang {
-        Lang::En => " and ",
-        Lang::Toy => " mo ",
-    };
-    text.split(", ").flat_map(|part| part.split(and)).collect()
+    let and = format!(" {} ", lang.grammar().and);
+    text.split(", ")
+        .flat_map(|part| part.split(and.as_str()))
+        .collect()
 }
 
 fn parse_slot(name: &str, text: &str, lang: Lang) -> Option<Slot> {
-    let (animals, colors) = match lang {
-        Lang::En => (&ANIMALS_EN, &COLORS_EN),
-        Lang::Toy => (&ANIMALS_TOY, &COLORS_TOY),
-    };
+    let g = lang.grammar();
+    let (animals, colors) = (&g.animals, &g.colors);
     Some(match name {
         "p" => Slot::Person(index_of(&NAMES, text)?),
         "a" => Slot::Animal(index_of(animals, text)?),
@@ -526,7 +677,7 @@ pub fn translate(text: &str, from: Lang, to: Lang) -> Option<String> {
     parse(text, from).map(|f| render(&f, to))
 }
 
-/// A unit of meaning in a text, the same in both languages.
+/// A unit of meaning in a text, the same in every language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Atom {
     Person(u8),
@@ -539,8 +690,7 @@ pub enum Atom {
 
 /// The meaning-bearing words of any text, in order and in either language: names, cities,
 /// numbers, animals, colours and books. Function words and unknown words are skipped, so the
-/// same answer (a statement) in English and in the toy language has the same atoms in the same
-/// order.
+/// same answer (a statement) in any two languages has the same atoms in the same order.
 pub fn atoms(text: &str) -> Vec<Atom> {
     static TOKEN: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\d+|[A-Za-z]+").expect("valid"));
     TOKEN
@@ -560,64 +710,81 @@ fn atom_of(token: &str) -> Option<Atom> {
         return Some(Atom::City(c));
     }
     let lower = token.to_lowercase();
-    // English: the word itself or its plural.
-    for w in [lower.as_str(), lower.strip_suffix('s').unwrap_or("")] {
-        if let Some(a) = index_of(&ANIMALS_EN, w) {
-            return Some(Atom::Animal(a));
+    for lang in Lang::ALL {
+        let g = lang.grammar();
+        for stem in stems(&lower, lang) {
+            if let Some(a) = index_of(&g.animals, stem) {
+                return Some(Atom::Animal(a));
+            }
+            if let Some(c) = index_of(&g.colors, stem) {
+                return Some(Atom::Color(c));
+            }
+            if stem == g.book {
+                return Some(Atom::Book);
+            }
+            // A city with a case affix (`Paroro`).
+            if stem.len() < lower.len()
+                && let Some(c) = index_of(&CITIES, stem)
+            {
+                return Some(Atom::City(c));
+            }
         }
-        if let Some(c) = index_of(&COLORS_EN, w) {
-            return Some(Atom::Color(c));
-        }
-        if w == "book" {
-            return Some(Atom::Book);
-        }
     }
-    // Toy: strip suffixes, outermost first.
-    let stem = toy_stem(&lower);
-    if let Some(a) = index_of(&ANIMALS_TOY, stem) {
-        return Some(Atom::Animal(a));
-    }
-    if let Some(c) = index_of(&COLORS_TOY, stem) {
-        return Some(Atom::Color(c));
-    }
-    if let Some(c) = index_of(&CITIES, stem) {
-        return Some(Atom::City(c));
-    }
-    (stem == "puka").then_some(Atom::Book)
+    None
 }
 
-/// A toy word without its suffixes (`pukalita` -> `puka`); other words unchanged.
-fn toy_stem(word: &str) -> &str {
+/// The candidate stems of a lower-case word in `lang`: the word itself, then the word with its
+/// affixes stripped outermost first (`pukalita` -> `puka`, `ridoku` -> `doku`, `cats` -> `cat`),
+/// each strip keeping at least three letters.
+fn stems(word: &str, lang: Lang) -> Vec<&str> {
+    let mut out = vec![word];
     let mut stem = word;
-    for suffix in SUFFIXES_TOY {
-        if let Some(s) = stem.strip_suffix(suffix)
-            && s.len() >= 3
-        {
-            stem = s;
+    match lang.grammar().affixes {
+        Affixes::None => {
+            if let Some(s) = word.strip_suffix('s') {
+                out.push(s);
+            }
+        }
+        Affixes::Suffixes(list) => {
+            for suffix in list {
+                if let Some(s) = stem.strip_suffix(suffix)
+                    && s.len() >= 3
+                {
+                    stem = s;
+                    out.push(s);
+                }
+            }
+        }
+        Affixes::Prefixes(list) => {
+            for prefix in list {
+                if let Some(s) = stem.strip_prefix(prefix)
+                    && s.len() >= 3
+                {
+                    stem = s;
+                    out.push(s);
+                }
+            }
         }
     }
-    stem
+    out
 }
 
 /// Which language a word belongs to by the lexicons: `None` for names, cities, numbers and
-/// words of neither.
+/// words of no language.
 pub fn word_lang(word: &str) -> Option<Lang> {
     let lower = word.to_lowercase();
-    let en = FUNCTION_EN.contains(&lower.as_str())
-        || [lower.as_str(), lower.strip_suffix('s').unwrap_or("")]
-            .iter()
-            .any(|w| ANIMALS_EN.contains(w) || COLORS_EN.contains(w));
-    if en {
-        return Some(Lang::En);
-    }
-    let stem = toy_stem(&lower);
-    let toy = FUNCTION_TOY.contains(&lower.as_str())
-        || FUNCTION_TOY.contains(&stem)
-        || ANIMALS_TOY.contains(&stem)
-        || COLORS_TOY.contains(&stem)
-        // A name with a toy case suffix (`Paroro`) is toy morphology.
-        || (stem.len() < lower.len() && index_of(&CITIES, stem).is_some());
-    toy.then_some(Lang::Toy)
+    Lang::ALL.into_iter().find(|&lang| {
+        let g = lang.grammar();
+        stems(&lower, lang).into_iter().enumerate().any(|(i, stem)| {
+            g.function.contains(&stem)
+                || g.animals.contains(&stem)
+                || g.colors.contains(&stem)
+                || stem == g.book
+                || stem == g.books
+                // A name with a case affix (`Paroro`) is that language's morphology.
+                || (i > 0 && index_of(&CITIES, stem).is_some())
+        })
+    })
 }
 
 /// The facts of one generated world: each person's pet, favourite colour, city and books.
@@ -642,8 +809,8 @@ impl World {
         let mut draw = |k: u8, lo: u8| (0..n).map(|_| rng.random_range(lo..k)).collect();
         World {
             seed,
-            pets: draw(ANIMALS_EN.len() as u8, 0),
-            colors: draw(COLORS_EN.len() as u8, 0),
+            pets: draw(6, 0),
+            colors: draw(6, 0),
             cities: draw(CITIES.len() as u8, 0),
             books: draw(10, 1),
         }
@@ -730,9 +897,9 @@ pub fn random_question(kind: &str, rng: &mut impl Rng) -> Frame {
                 (0..n)
                     .map(|_| {
                         if rng.random_bool(0.5) {
-                            Word::Animal(rng.random_range(0..ANIMALS_EN.len() as u8))
+                            Word::Animal(rng.random_range(0..6))
                         } else {
-                            Word::Color(rng.random_range(0..COLORS_EN.len() as u8))
+                            Word::Color(rng.random_range(0..6))
                         }
                     })
                     .collect(),
@@ -775,6 +942,11 @@ mod tests {
         let f = Frame::Books { person: 0, n: 3 };
         assert_eq!(render(&f, Lang::En), "Ana has 3 books.");
         assert_eq!(render(&f, Lang::Toy), "Ana 3 pukalita ome.");
+        assert_eq!(render(&f, Lang::Vel), "Hapa Ana 3 ridoku.");
+        assert_eq!(render(&f, Lang::Zir), "Ana avas 3 liboen.");
+        let q = Frame::AskPet { person: 0 };
+        assert_eq!(render(&q, Lang::Vel), "Ki hapa Ana zedapi?");
+        assert_eq!(render(&q, Lang::Zir), "Su kiu besto Ana avas?");
         let f = Frame::Books { person: 1, n: 1 };
         assert_eq!(render(&f, Lang::En), "Bela has 1 book.");
         assert_eq!(render(&f, Lang::Toy), "Bela 1 pukata ome.");
@@ -790,45 +962,47 @@ mod tests {
         );
     }
 
-    /// Every frame survives render -> parse in both languages, and translation both ways.
+    /// Every frame survives render -> parse in every language, and translation between any two.
     #[test]
-    fn frames_round_trip_through_both_languages() {
+    fn frames_round_trip_through_every_language() {
         for f in frames(400) {
-            for lang in Lang::BOTH {
+            for lang in Lang::ALL {
                 let text = render(&f, lang);
                 assert_eq!(parse(&text, lang), Some(f.clone()), "{lang:?}: {text}");
-                assert_eq!(
-                    parse(&text, lang.other()),
-                    None,
-                    "{text} parses as the other language"
-                );
-                let there = translate(&text, lang, lang.other()).unwrap();
-                assert_eq!(
-                    translate(&there, lang.other(), lang).as_deref(),
-                    Some(text.as_str())
-                );
+                for other in Lang::ALL.into_iter().filter(|l| *l != lang) {
+                    assert_eq!(
+                        parse(&text, other),
+                        None,
+                        "{text} parses as {other:?} too"
+                    );
+                    let there = translate(&text, lang, other).unwrap();
+                    assert_eq!(
+                        translate(&there, other, lang).as_deref(),
+                        Some(text.as_str())
+                    );
+                }
             }
         }
     }
 
-    /// The two renderings of a frame carry the same atoms, and the words of each are labelled
-    /// with their own language only.
+    /// The renderings of a frame carry the same atoms in every language, and the words of each
+    /// are labelled with their own language only.
     #[test]
     fn atoms_and_word_languages_agree_across_languages() {
         let word = Regex::new(r"[A-Za-z]+").unwrap();
         for f in frames(400) {
-            let (en, toy) = (render(&f, Lang::En), render(&f, Lang::Toy));
-            // Answers say their content in the same order; questions may order it otherwise.
-            let (mut a, mut b) = (atoms(&en), atoms(&toy));
-            if f.question_kind().is_some() {
-                a.sort();
-                b.sort();
-            }
-            assert_eq!(a, b, "{en} | {toy}");
-            assert!(!atoms(&en).is_empty(), "{en}");
-            for (text, lang) in [(&en, Lang::En), (&toy, Lang::Toy)] {
+            let en = render(&f, Lang::En);
+            for lang in Lang::ALL {
+                let text = render(&f, lang);
+                // Answers say their content in the same order; questions may order it otherwise.
+                let (mut a, mut b) = (atoms(&en), atoms(&text));
+                if f.question_kind().is_some() {
+                    a.sort();
+                    b.sort();
+                }
+                assert_eq!(a, b, "{en} | {text}");
                 let labels: Vec<Option<Lang>> = word
-                    .find_iter(text)
+                    .find_iter(&text)
                     .map(|m| word_lang(m.as_str()))
                     .collect();
                 assert!(
@@ -837,7 +1011,29 @@ mod tests {
                 );
                 assert!(labels.iter().flatten().count() >= 1, "{text}");
             }
+            assert!(!atoms(&en).is_empty(), "{en}");
         }
+    }
+
+    /// No word (or stem) of one language's lexicon is a word of another, so a word's language
+    /// is never ambiguous.
+    #[test]
+    fn lexicons_are_disjoint() {
+        for lang in Lang::ALL {
+            let g = lang.grammar();
+            let words = g
+                .function
+                .iter()
+                .chain(&g.animals)
+                .chain(&g.colors)
+                .chain([&g.book, &g.books]);
+            for w in words {
+                assert_eq!(word_lang(w), Some(lang), "{w} of {lang:?}");
+                assert!(index_of(&NAMES, w).is_none() && index_of(&CITIES, w).is_none());
+            }
+        }
+        assert_eq!("vel".parse::<Lang>(), Ok(Lang::Vel));
+        assert!("xx".parse::<Lang>().unwrap_err().contains("en, vel, toy, zir"));
     }
 
     #[test]

@@ -1,0 +1,855 @@
+//! `clo quickstart --study`: the paper's protocol in miniature, on the three toy languages of
+//! the shipped English-centric model (`vel` high, `toy` medium, `zir` low resource).
+//!
+//! 1. The base model answers the test and the validation questions in every language: how
+//!    English-centric it is ([`EnglishCentric`]).
+//! 2. **Tuning**: per language and method, each learning rate of a small grid (and beta, for
+//!    the preference methods named in [`StudyConfig::beta_methods`]) trains on
+//!    [`StudyConfig::tune_size`] quadruples; the setting whose model answers the *validation*
+//!    questions best wins ([`validation_score`]). The test questions are never read here.
+//! 3. **Main curve**: SFT and CLO at every size and seed, each at its tuned setting.
+//! 4. **Baselines** at one size: the other methods, tuned the same way.
+//! 5. Metrics per language (fidelity, accuracy, right-and-in-language; mean over seeds with the
+//!    standard error across them), the win rate against SFT at the largest size (the analogue
+//!    of the paper's Figure 3), the rewards logged in training, tables and SVG figures.
+//!
+//! Every run trains 1 epoch and keeps its checkpoint with the lowest validation loss. Runs and
+//! evals already on disk are kept, an unfinished run resumes: the study continues where it
+//! stopped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::data::{Split, held_out_questions, quadruples, quadruples_jsonl};
+use super::quickstart::{
+    Lab, QuickProgress, RunSpec, ToyItem, ToyResults, ToyStats, read_items, read_world,
+};
+use super::world::Lang;
+use crate::Pretrained;
+use crate::error::{CoreError, Result};
+use crate::eval::charts::line_chart;
+use crate::eval::report::{Estimate, pooled};
+use crate::fsutil::{write_atomically, write_json_atomically};
+use crate::train::Method;
+
+/// Settings of the study.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyConfig {
+    pub langs: Vec<Lang>,
+    pub sizes: Vec<usize>,
+    pub seeds: Vec<u64>,
+    /// Methods trained at every size (the main curve).
+    pub main_methods: Vec<Method>,
+    /// Methods trained at `baseline_size` only.
+    pub baselines: Vec<Method>,
+    pub baseline_size: usize,
+    /// Quadruples and seed of the tuning runs.
+    pub tune_size: usize,
+    pub tune_seed: u64,
+    pub lr_grid: Vec<f64>,
+    pub beta_grid: Vec<f64>,
+    /// Methods whose beta is tuned too (the others use `beta_grid[0]`).
+    pub beta_methods: Vec<Method>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lambda: f64,
+    /// Held-out questions per kind, for the test and for validation.
+    pub per_kind: usize,
+    pub max_new_tokens: usize,
+    pub eval_batch: usize,
+}
+
+impl Default for StudyConfig {
+    fn default() -> Self {
+        Self {
+            langs: Lang::TARGETS.to_vec(),
+            sizes: vec![200, 400, 800, 1600, 3200],
+            seeds: vec![0, 1, 2],
+            main_methods: vec![Method::Sft, Method::Clo],
+            baselines: vec![Method::SftEng, Method::SftTgt, Method::Dpo, Method::SftDpo],
+            baseline_size: 800,
+            tune_size: 800,
+            tune_seed: 0,
+            lr_grid: vec![3e-4, 1e-3, 3e-3],
+            beta_grid: vec![0.1, 0.5],
+            beta_methods: vec![Method::Clo, Method::Dpo],
+            epochs: 1,
+            batch_size: 8,
+            lambda: 0.5,
+            per_kind: 12,
+            max_new_tokens: 40,
+            eval_batch: 32,
+        }
+    }
+}
+
+impl StudyConfig {
+    fn all_methods(&self) -> Vec<Method> {
+        let mut out = self.main_methods.clone();
+        for m in &self.baselines {
+            if !out.contains(m) {
+                out.push(*m);
+            }
+        }
+        out
+    }
+
+    /// The (lr, beta) settings tried for `method`.
+    pub fn grid(&self, method: Method) -> Vec<(f64, f64)> {
+        let betas: &[f64] = if self.beta_methods.contains(&method) {
+            &self.beta_grid
+        } else {
+            &self.beta_grid[..1]
+        };
+        self.lr_grid
+            .iter()
+            .flat_map(|lr| betas.iter().map(move |b| (*lr, *b)))
+            .collect()
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |what: &str| Err(CoreError::Invalid(format!("study settings: {what}")));
+        if self.langs.is_empty() || self.langs.contains(&Lang::En) {
+            return bad("give one or more toy languages (vel, toy, zir)");
+        }
+        if self.sizes.is_empty() || self.sizes.contains(&0) || self.seeds.is_empty() {
+            return bad("give sizes (> 0) and seeds");
+        }
+        if self.lr_grid.is_empty() || self.beta_grid.is_empty() {
+            return bad("the learning-rate and beta grids need a value each");
+        }
+        if !self.main_methods.contains(&Method::Sft) {
+            return bad("the main curve needs sft (win rates are against it)");
+        }
+        Ok(())
+    }
+}
+
+/// How the model chosen by validation is scored: the mean of the share of target-language
+/// validation questions answered right and in that language, and the English validation
+/// accuracy. It reads validation answers only.
+pub fn validation_score(r: &ToyResults, lang: Lang) -> f64 {
+    let tgt = r.per_language[lang.code()].correct_in_language.accuracy;
+    let en = r.per_language["en"].accuracy.accuracy;
+    (tgt + en) / 2.0
+}
+
+/// One tried setting and how it did on the validation questions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    pub lr: f64,
+    pub beta: f64,
+    pub validation_score: f64,
+    pub best_val_loss: Option<f64>,
+}
+
+/// The tuning of one method for one language.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tuning {
+    pub trials: Vec<Trial>,
+    pub lr: f64,
+    pub beta: f64,
+}
+
+/// The best trial: highest validation score, the first in grid order on a tie.
+pub fn choose(trials: &[Trial]) -> Option<&Trial> {
+    trials.iter().fold(None, |best: Option<&Trial>, t| match best {
+        Some(b) if b.validation_score >= t.validation_score => Some(b),
+        _ => Some(t),
+    })
+}
+
+/// How the base model treats each language before any adaptation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnglishCentric {
+    /// Share of answers that are right (in any language).
+    pub accuracy: f64,
+    /// Share of answers in the prompt's language.
+    pub fidelity: f64,
+    /// Share of answers in English.
+    pub answered_in_english: f64,
+}
+
+/// One system at one size in one language, over seeds: mean ± standard error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyRow {
+    pub lang: Lang,
+    pub method: String,
+    pub size: Option<usize>,
+    pub seeds: usize,
+    pub lr: Option<f64>,
+    pub beta: Option<f64>,
+    pub tgt_fidelity: Estimate,
+    pub tgt_accuracy: Estimate,
+    pub tgt_correct_in_language: Estimate,
+    pub en_accuracy: Estimate,
+    /// Win rate against SFT at the largest size (same seed), right-and-in-language per
+    /// question, ties split.
+    pub win_rate: Option<Estimate>,
+    /// Mean over the last tenth of the steps, then over seeds, of the logged rewards (preference
+    /// methods): `[en chosen, en rejected, target chosen, target rejected]`.
+    pub rewards: Option<[f64; 4]>,
+}
+
+/// Whether CLO beats SFT in one language at the small sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub lang: Lang,
+    pub sizes: Vec<usize>,
+    /// CLO's target right-and-in-language and fidelity above SFT's at every one of `sizes`.
+    pub clo_beats_sft: bool,
+    /// CLO's English accuracy at every size within 0.02 of the base model's.
+    pub english_kept: bool,
+}
+
+/// `OUT/results.json` of the study.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyResults {
+    pub config: StudyConfig,
+    pub base_model: PathBuf,
+    pub test_questions: usize,
+    pub validation_questions: usize,
+    pub english_centric: BTreeMap<Lang, EnglishCentric>,
+    pub tuning: BTreeMap<Lang, BTreeMap<String, Tuning>>,
+    pub rows: Vec<StudyRow>,
+    pub verdicts: Vec<Verdict>,
+    pub wall_s: f64,
+}
+
+/// Win rate of `a` against `b` per question of `lang`: 1 when only `a` is right and in the
+/// language, 0.5 when both or neither are, 0 otherwise. Questions are matched by id.
+pub fn win_rate(a: &[ToyItem], b: &[ToyItem], lang: Lang) -> Option<f64> {
+    let good = |i: &ToyItem| i.correct && i.in_language;
+    let theirs: BTreeMap<&str, bool> = b
+        .iter()
+        .filter(|i| i.lang == lang.code())
+        .map(|i| (i.id.as_str(), good(i)))
+        .collect();
+    let scores: Vec<f64> = a
+        .iter()
+        .filter(|i| i.lang == lang.code())
+        .filter_map(|i| {
+            let other = *theirs.get(i.id.as_str())?;
+            Some(match (good(i), other) {
+                (true, false) => 1.0,
+                (false, true) => 0.0,
+                _ => 0.5,
+            })
+        })
+        .collect();
+    (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64)
+}
+
+/// Mean of the last tenth of the training steps' rewards in a run's `metrics.jsonl`.
+fn final_rewards(run: &Path) -> Option<[f64; 4]> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).ok()?;
+    let keys = [
+        "reward_en_chosen",
+        "reward_en_rejected",
+        "reward_tgt_chosen",
+        "reward_tgt_rejected",
+    ];
+    let rows: Vec<[f64; 4]> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let mut out = [0.0; 4];
+            for (o, k) in out.iter_mut().zip(keys) {
+                *o = v.get(k)?.as_f64()?;
+            }
+            Some(out)
+        })
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let tail = &rows[rows.len() - rows.len().div_ceil(10)..];
+    let mut mean = [0.0; 4];
+    for r in tail {
+        for (m, x) in mean.iter_mut().zip(r) {
+            *m += x / tail.len() as f64;
+        }
+    }
+    Some(mean)
+}
+
+fn lr_tag(lr: f64, beta: f64) -> String {
+    format!("lr{lr:e}-b{beta}")
+}
+
+/// Runs the study from the toy model in `base` into `out`.
+pub fn study(
+    base: &Path,
+    out: &Path,
+    config: &StudyConfig,
+    device: &Device,
+    progress: &mut dyn FnMut(QuickProgress),
+) -> Result<StudyResults> {
+    let started = Instant::now();
+    config.check()?;
+    let world = read_world(base)?;
+    std::fs::create_dir_all(out).map_err(|e| CoreError::io("create", out, e))?;
+    let max_size = *config
+        .sizes
+        .iter()
+        .chain([&config.tune_size, &config.baseline_size])
+        .max()
+        .expect("non-empty");
+
+    // Data: per language and seed, the largest set; smaller sizes are its prefixes. The
+    // questions asked do not depend on the language, so the held-out questions are common.
+    let data_dir = out.join("data");
+    let mut seeds = config.seeds.clone();
+    if !seeds.contains(&config.tune_seed) {
+        seeds.push(config.tune_seed);
+    }
+    let mut all_train = Vec::new();
+    let mut data: BTreeMap<(Lang, usize, u64), PathBuf> = BTreeMap::new();
+    for &lang in &config.langs {
+        for &seed in &seeds {
+            let quads = quadruples(&world, lang, max_size, seed);
+            let mut sizes = config.sizes.clone();
+            sizes.extend([config.tune_size, config.baseline_size]);
+            sizes.sort();
+            sizes.dedup();
+            for n in sizes {
+                let path = data_dir
+                    .join(lang.code())
+                    .join(format!("quads-n{n}-s{seed}.jsonl"));
+                if !path.exists() {
+                    write_atomically(&path, quadruples_jsonl(&quads[..n]).as_bytes())?;
+                }
+                data.insert((lang, n, seed), path);
+            }
+            if lang == config.langs[0] {
+                all_train.extend(quads);
+            }
+        }
+    }
+    let test = held_out_questions(&world, Split::Test, config.per_kind, world.seed, &all_train);
+    let val = held_out_questions(
+        &world,
+        Split::Validation,
+        config.per_kind,
+        world.seed,
+        &all_train,
+    );
+    write_json_atomically(&data_dir.join("test.json"), &test)?;
+    write_json_atomically(&data_dir.join("validation.json"), &val)?;
+
+    let lab = Lab {
+        base,
+        device,
+        cache: out.join("cache"),
+        max_new_tokens: config.max_new_tokens,
+        eval_batch: config.eval_batch,
+    };
+
+    // 1. The base model in every language.
+    let mut all_langs = vec![Lang::En];
+    all_langs.extend(&config.langs);
+    let base_dir = out.join("base-eval");
+    let base_results = lab.evaluate(
+        "base",
+        &|| Pretrained::load(base, device),
+        &base_dir,
+        &test,
+        &all_langs,
+        progress,
+    )?;
+    let base_items = read_items(&base_dir)?;
+    let english_centric = english_centric(&base_items, &all_langs);
+
+    // 2. Tuning on the validation questions.
+    let spec = |dir: PathBuf, lang: Lang, method: Method, n: usize, seed: u64, lr, beta| RunSpec {
+        dir,
+        data: data[&(lang, n, seed)].clone(),
+        method,
+        seed,
+        epochs: config.epochs,
+        batch_size: config.batch_size,
+        lr,
+        beta,
+        lambda: config.lambda,
+    };
+    let mut tuning: BTreeMap<Lang, BTreeMap<String, Tuning>> = BTreeMap::new();
+    for &lang in &config.langs {
+        for method in config.all_methods() {
+            let mut trials = Vec::new();
+            for (lr, beta) in config.grid(method) {
+                let name = format!("{lang} {} {}", method.name(), lr_tag(lr, beta));
+                let run = spec(
+                    out.join("tune")
+                        .join(lang.code())
+                        .join(format!("{}-{}", method.name(), lr_tag(lr, beta))),
+                    lang,
+                    method,
+                    config.tune_size,
+                    config.tune_seed,
+                    lr,
+                    beta,
+                );
+                let summary = lab.train(&name, &run, progress)?;
+                let r = lab.evaluate(
+                    &format!("{name} (validation)"),
+                    &|| lab.load_best(&run),
+                    &run.dir.join("val-eval"),
+                    &val,
+                    &[Lang::En, lang],
+                    progress,
+                )?;
+                trials.push(Trial {
+                    lr,
+                    beta,
+                    validation_score: validation_score(&r, lang),
+                    best_val_loss: summary.best_val_loss,
+                });
+            }
+            let best = choose(&trials).expect("a grid of one or more").clone();
+            tuning.entry(lang).or_default().insert(
+                method.name().to_string(),
+                Tuning {
+                    lr: best.lr,
+                    beta: best.beta,
+                    trials,
+                },
+            );
+        }
+        write_json_atomically(&out.join("tuning.json"), &tuning)?;
+    }
+
+    // 3-4. The main curve and the baselines, each at its tuned setting, on the test questions.
+    let largest = *config.sizes.iter().max().expect("non-empty");
+    let mut jobs: Vec<(Lang, Method, usize)> = Vec::new();
+    for &lang in &config.langs {
+        for &n in &config.sizes {
+            for &m in &config.main_methods {
+                jobs.push((lang, m, n));
+            }
+        }
+        for &m in &config.baselines {
+            if !config.main_methods.contains(&m) {
+                jobs.push((lang, m, config.baseline_size));
+            }
+        }
+    }
+    // Per (lang, method, size): per seed, the results, answers and run directory.
+    type Done = Vec<(ToyResults, Vec<ToyItem>, PathBuf)>;
+    let mut done: BTreeMap<(Lang, String, usize), Done> = BTreeMap::new();
+    for &seed in &config.seeds {
+        for &(lang, method, n) in &jobs {
+            let t = &tuning[&lang][method.name()];
+            let name = format!("{}-n{n}-s{seed}", method.name());
+            let run = spec(
+                out.join("runs").join(lang.code()).join(&name),
+                lang,
+                method,
+                n,
+                seed,
+                t.lr,
+                t.beta,
+            );
+            lab.train(&format!("{lang} {name}"), &run, progress)?;
+            let eval_dir = run.dir.join("eval");
+            let r = lab.evaluate(
+                &format!("{lang} {name}"),
+                &|| lab.load_best(&run),
+                &eval_dir,
+                &test,
+                &[Lang::En, lang],
+                progress,
+            )?;
+            done.entry((lang, method.name().to_string(), n))
+                .or_default()
+                .push((r, read_items(&eval_dir)?, run.dir.clone()));
+        }
+    }
+
+    // 5. Rows, win rates, rewards, verdicts.
+    let mut rows = Vec::new();
+    for &lang in &config.langs {
+        let base_only = ToyResults {
+            task: "toy".into(),
+            model: base.to_path_buf(),
+            per_language: base_results
+                .per_language
+                .iter()
+                .filter(|(l, _)| *l == "en" || *l == lang.code())
+                .map(|(l, s)| (l.clone(), s.clone()))
+                .collect(),
+        };
+        rows.push(study_row(lang, "base", None, None, &[(base_only, Vec::new(), PathBuf::new())], None));
+        let reference = done.get(&(lang, Method::Sft.name().to_string(), largest));
+        for ((l, method, n), runs) in &done {
+            if *l != lang {
+                continue;
+            }
+            let t = &tuning[&lang][method.as_str()];
+            rows.push(study_row(lang, method, Some(*n), Some(t), runs, reference));
+        }
+    }
+    let verdicts = config
+        .langs
+        .iter()
+        .map(|&lang| verdict(lang, &rows, &config.sizes))
+        .collect();
+    let results = StudyResults {
+        config: config.clone(),
+        base_model: base.to_path_buf(),
+        test_questions: test.len(),
+        validation_questions: val.len(),
+        english_centric,
+        tuning,
+        rows,
+        verdicts,
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    write_json_atomically(&out.join("results.json"), &results)?;
+    for (name, text) in render_study(&results) {
+        write_atomically(&out.join(name), text.as_bytes())?;
+    }
+    Ok(results)
+}
+
+/// Per language: accuracy, fidelity and the share answered in English.
+pub fn english_centric(items: &[ToyItem], langs: &[Lang]) -> BTreeMap<Lang, EnglishCentric> {
+    langs
+        .iter()
+        .map(|&l| {
+            let mine: Vec<&ToyItem> = items.iter().filter(|i| i.lang == l.code()).collect();
+            let n = mine.len().max(1) as f64;
+            let share = |f: &dyn Fn(&ToyItem) -> bool| mine.iter().filter(|i| f(i)).count() as f64 / n;
+            (
+                l,
+                EnglishCentric {
+                    accuracy: share(&|i| i.correct),
+                    fidelity: share(&|i| i.in_language),
+                    answered_in_english: share(&|i| i.detected.as_deref() == Some("en")),
+                },
+            )
+        })
+        .collect()
+}
+
+fn study_row(
+    lang: Lang,
+    method: &str,
+    size: Option<usize>,
+    tuned: Option<&Tuning>,
+    runs: &[(ToyResults, Vec<ToyItem>, PathBuf)],
+    reference: Option<&Vec<(ToyResults, Vec<ToyItem>, PathBuf)>>,
+) -> StudyRow {
+    let est = |lang: &str, f: &dyn Fn(&ToyStats) -> crate::eval::Accuracy| {
+        pooled(
+            &runs
+                .iter()
+                .map(|(r, _, _)| {
+                    let a = f(&r.per_language[lang]);
+                    Estimate {
+                        value: a.accuracy,
+                        stderr: a.stderr,
+                    }
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let tgt = lang.code();
+    // Win rates pair runs of the same seed (runs are in seed order on both sides).
+    let win_rate = reference.and_then(|refs| {
+        let wins: Vec<Estimate> = runs
+            .iter()
+            .zip(refs)
+            .filter_map(|((_, a, _), (_, b, _))| win_rate(a, b, lang))
+            .map(|w| Estimate {
+                value: w,
+                stderr: 0.0,
+            })
+            .collect();
+        (wins.len() == runs.len() && size.is_some()).then(|| pooled(&wins))
+    });
+    let rewards: Vec<[f64; 4]> = runs.iter().filter_map(|(_, _, d)| final_rewards(d)).collect();
+    let rewards = (!rewards.is_empty() && rewards.iter().flatten().any(|x| *x != 0.0)).then(|| {
+        let mut m = [0.0; 4];
+        for r in &rewards {
+            for (m, x) in m.iter_mut().zip(r) {
+                *m += x / rewards.len() as f64;
+            }
+        }
+        m
+    });
+    StudyRow {
+        lang,
+        method: method.into(),
+        size,
+        seeds: runs.len(),
+        lr: tuned.map(|t| t.lr),
+        beta: tuned.map(|t| t.beta),
+        tgt_fidelity: est(tgt, &|s| s.fidelity),
+        tgt_accuracy: est(tgt, &|s| s.accuracy),
+        tgt_correct_in_language: est(tgt, &|s| s.correct_in_language),
+        en_accuracy: est("en", &|s| s.accuracy),
+        win_rate,
+        rewards,
+    }
+}
+
+/// CLO against SFT in `lang` at the two smallest sizes.
+fn verdict(lang: Lang, rows: &[StudyRow], sizes: &[usize]) -> Verdict {
+    let mut sizes = sizes.to_vec();
+    sizes.sort();
+    let small: Vec<usize> = sizes.iter().take(2).copied().collect();
+    let find = |m: &str, n: Option<usize>| {
+        rows.iter()
+            .find(|r| r.lang == lang && r.method == m && r.size == n)
+    };
+    let base_en = find("base", None).map(|r| r.en_accuracy.value);
+    let clo_beats_sft = small.iter().all(|&n| {
+        match (find("clo", Some(n)), find("sft", Some(n))) {
+            (Some(c), Some(s)) => {
+                c.tgt_correct_in_language.value > s.tgt_correct_in_language.value
+                    && c.tgt_fidelity.value > s.tgt_fidelity.value
+            }
+            _ => false,
+        }
+    });
+    let english_kept = base_en.is_some_and(|b| {
+        sizes.iter().all(|&n| {
+            find("clo", Some(n)).is_some_and(|c| c.en_accuracy.value >= b - 0.02)
+        })
+    });
+    Verdict {
+        lang,
+        sizes: small,
+        clo_beats_sft,
+        english_kept,
+    }
+}
+
+fn cell(e: &Estimate) -> String {
+    format!("{:.3} ± {:.3}", e.value, e.stderr)
+}
+
+/// The study's tables (Markdown).
+pub fn study_tables(r: &StudyResults) -> String {
+    let mut s = String::new();
+    s.push_str("### The base model before adaptation (test questions)\n\n| language | tier | accuracy | answered in its language | answered in English |\n|---|---|---|---|---|\n");
+    for (l, e) in &r.english_centric {
+        let _ = writeln!(
+            s,
+            "| {l} | {} | {:.3} | {:.3} | {:.3} |",
+            l.tier(),
+            e.accuracy,
+            e.fidelity,
+            e.answered_in_english
+        );
+    }
+    s.push_str("\n### Tuned settings (chosen on the validation questions)\n\n| language | method | lr | beta | validation score |\n|---|---|---|---|---|\n");
+    for (l, methods) in &r.tuning {
+        for (m, t) in methods {
+            let score = choose(&t.trials).map_or(f64::NAN, |b| b.validation_score);
+            let _ = writeln!(s, "| {l} | {m} | {} | {} | {score:.3} |", t.lr, t.beta);
+        }
+    }
+    for &lang in &r.config.langs {
+        let _ = writeln!(
+            s,
+            "\n### `{lang}` ({} resource)\n\n| system | size | seeds | {lang} right & in {lang} | {lang} fidelity | {lang} accuracy | en accuracy | win rate vs sft@{} |\n|---|---|---|---|---|---|---|---|",
+            lang.tier(),
+            r.config.sizes.iter().max().copied().unwrap_or(0),
+        );
+        for row in r.rows.iter().filter(|x| x.lang == lang) {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                row.method,
+                row.size.map_or("–".into(), |n| n.to_string()),
+                row.seeds,
+                cell(&row.tgt_correct_in_language),
+                cell(&row.tgt_fidelity),
+                cell(&row.tgt_accuracy),
+                cell(&row.en_accuracy),
+                row.win_rate.as_ref().map_or("–".into(), cell),
+            );
+        }
+    }
+    s.push_str("\n### Rewards at the end of training (preference methods; mean over the last tenth of the steps and over seeds)\n\n| language | method | size | en: chosen (y_en) | en: rejected (y_tgt) | target: chosen (y_tgt) | target: rejected (y_en) |\n|---|---|---|---|---|---|---|\n");
+    for row in &r.rows {
+        if let Some([a, b, c, d]) = row.rewards {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {a:.3} | {b:.3} | {c:.3} | {d:.3} |",
+                row.lang,
+                row.method,
+                row.size.map_or("–".into(), |n| n.to_string())
+            );
+        }
+    }
+    s.push_str("\n### Verdicts\n\n| language | CLO beats SFT (right & in language, and fidelity) at sizes | English accuracy within 0.02 of the base at every size |\n|---|---|---|\n");
+    for v in &r.verdicts {
+        let _ = writeln!(
+            s,
+            "| {} | {:?}: {} | {} |",
+            v.lang,
+            v.sizes,
+            if v.clo_beats_sft { "yes" } else { "no" },
+            if v.english_kept { "yes" } else { "no" }
+        );
+    }
+    s
+}
+
+/// `report.md` and its figures.
+pub fn render_study(r: &StudyResults) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    let c = &r.config;
+    let mut md = String::from("# clo quickstart --study: CLO against SFT on three toy languages\n\n");
+    let _ = writeln!(
+        md,
+        "Base model `{}`. Every run trains its attention projections for {} epoch(s) (batch {}, lambda {}) and keeps its checkpoint with the lowest validation loss. Learning rates {:?} (and beta {:?} for {}) were tuned per method and language at {} quadruples (seed {}) on {} validation questions; {} test questions, never overlapping them, give every number below. Sizes {:?}, seeds {:?}; baselines at {}. Wall time {:.0} s.\n",
+        r.base_model.display(),
+        c.epochs,
+        c.batch_size,
+        c.lambda,
+        c.lr_grid,
+        c.beta_grid,
+        c.beta_methods.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "),
+        c.tune_size,
+        c.tune_seed,
+        r.validation_questions,
+        r.test_questions,
+        c.sizes,
+        c.seeds,
+        c.baseline_size,
+        r.wall_s
+    );
+    md.push_str(&study_tables(r));
+    md.push_str("\n## Figures\n\n");
+    type Pick = fn(&StudyRow) -> Option<Estimate>;
+    let charts: [(&str, &str, Pick); 4] = [
+        ("right and in language", "correct", |r| Some(r.tgt_correct_in_language)),
+        ("fidelity", "fidelity", |r| Some(r.tgt_fidelity)),
+        ("English accuracy", "en_accuracy", |r| Some(r.en_accuracy)),
+        ("win rate against SFT at the largest size", "win_rate", |r| r.win_rate),
+    ];
+    for &lang in &c.langs {
+        for (what, file, pick) in charts {
+            let mut series: BTreeMap<String, Vec<(f64, Estimate)>> = BTreeMap::new();
+            for row in r.rows.iter().filter(|x| x.lang == lang) {
+                let Some(e) = pick(row) else { continue };
+                match row.size {
+                    Some(n) if c.main_methods.iter().any(|m| m.name() == row.method) => series
+                        .entry(row.method.clone())
+                        .or_default()
+                        .push((n as f64, e)),
+                    Some(_) => {}
+                    None => {
+                        for &n in &c.sizes {
+                            series.entry("base".into()).or_default().push((n as f64, e));
+                        }
+                    }
+                }
+            }
+            for pts in series.values_mut() {
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            }
+            let title = format!("{lang} ({} resource): {what}", lang.tier());
+            let name = format!("{file}_{lang}.svg");
+            let _ = writeln!(md, "![{title}]({name})\n");
+            files.insert(
+                name,
+                line_chart(&title, "training quadruples", "share", &series),
+            );
+        }
+    }
+    md.push_str("## Files\n\n- `results.json`: every number above\n- `tuning.json`: each method's grid and validation scores per language\n- `base-eval/`, `tune/*/*/val-eval/`, `runs/*/*/eval/`: answers (`responses.jsonl`) and results per model\n- `runs/LANG/METHOD-nSIZE-sSEED/`, `tune/LANG/METHOD-lrLR-bBETA/`: the training runs (`clo train` layout: metrics with rewards, best weights)\n- `data/`: quadruples per language, size and seed; `test.json` and `validation.json`\n");
+    files.insert("report.md".into(), md);
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::generate::StopReason;
+
+    fn item(id: &str, lang: &str, correct: bool, in_language: bool) -> ToyItem {
+        ToyItem {
+            id: id.into(),
+            kind: "sum".into(),
+            lang: lang.into(),
+            prompt: String::new(),
+            response: String::new(),
+            expected: String::new(),
+            correct,
+            detected: Some(if in_language { lang.into() } else { "en".into() }),
+            in_language,
+            s_index: None,
+            stop: StopReason::Eos,
+        }
+    }
+
+    #[test]
+    fn win_rate_splits_ties_and_matches_questions_by_id() {
+        let a = vec![
+            item("1", "zir", true, true),
+            item("2", "zir", true, true),
+            item("3", "zir", false, true),
+            item("4", "zir", true, false),
+            item("1", "en", true, true),
+        ];
+        let b = vec![
+            item("2", "zir", false, false),
+            item("1", "zir", true, true),
+            item("3", "zir", true, true),
+            item("4", "zir", false, true),
+        ];
+        // 1: tie 0.5; 2: win 1; 3: loss 0; 4: neither right-and-in-language, tie 0.5.
+        assert_eq!(win_rate(&a, &b, Lang::Zir), Some(0.5));
+        assert_eq!(win_rate(&b, &a, Lang::Zir), Some(0.5));
+        assert_eq!(win_rate(&a[1..2], &b, Lang::Zir), Some(1.0));
+        assert_eq!(win_rate(&a, &b, Lang::Vel), None);
+    }
+
+    /// The choice reads the validation score only: the best score wins, the first on a tie.
+    #[test]
+    fn choice_takes_the_best_validation_score() {
+        let t = |lr: f64, s: f64| Trial {
+            lr,
+            beta: 0.1,
+            validation_score: s,
+            best_val_loss: Some(1.0 / lr),
+        };
+        let trials = [t(1e-4, 0.2), t(3e-4, 0.5), t(1e-3, 0.5), t(3e-3, 0.1)];
+        assert_eq!(choose(&trials).unwrap().lr, 3e-4);
+        assert!(choose(&[]).is_none());
+        let r = ToyResults {
+            task: "toy".into(),
+            model: "m".into(),
+            per_language: [
+                ("en".to_string(), ToyStats::of(&[&item("1", "en", true, true)])),
+                ("vel".to_string(), ToyStats::of(&[&item("1", "vel", true, false)])),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        // English right (1.0); vel right but not in vel (0.0).
+        assert_eq!(validation_score(&r, Lang::Vel), 0.5);
+    }
+
+    #[test]
+    fn grids_tune_beta_only_where_asked() {
+        let c = StudyConfig::default();
+        assert_eq!(c.grid(Method::Sft).len(), c.lr_grid.len());
+        assert_eq!(
+            c.grid(Method::Clo).len(),
+            c.lr_grid.len() * c.beta_grid.len()
+        );
+        assert!(c.grid(Method::Sft).iter().all(|(_, b)| *b == c.beta_grid[0]));
+        assert!(StudyConfig { langs: vec![Lang::En], ..c.clone() }.check().is_err());
+        assert!(c.check().is_ok());
+    }
+}
