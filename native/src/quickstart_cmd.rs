@@ -52,6 +52,19 @@ pub struct QuickstartArgs {
     /// the grid tried, comma-separated.
     #[arg(long, value_delimiter = ',')]
     lr: Vec<f64>,
+    /// With --study: the betas tried for clo and dpo (default 0.1,0.3,1).
+    #[arg(long, value_delimiter = ',')]
+    beta: Vec<f64>,
+    /// With --study: the methods trained at one size only (default sft-eng,sft-tgt,dpo,sft+dpo;
+    /// `none` for none).
+    #[arg(long)]
+    baselines: Option<String>,
+    /// With --study: the size of the baselines' runs (default 800).
+    #[arg(long)]
+    baseline_size: Option<usize>,
+    /// With --study: the size of the tuning runs (default 800).
+    #[arg(long)]
+    tune_size: Option<usize>,
     /// Held-out questions per kind of question.
     #[arg(long)]
     per_kind: Option<usize>,
@@ -106,6 +119,26 @@ fn run_study(args: QuickstartArgs, base: PathBuf, out: PathBuf) -> anyhow::Resul
     }
     if !args.lr.is_empty() {
         config.lr_grid = args.lr.clone();
+    }
+    if !args.beta.is_empty() {
+        config.beta_grid = args.beta.clone();
+    }
+    if let Some(list) = &args.baselines {
+        config.baselines = list
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty() && *m != "none")
+            .map(|m| {
+                m.parse::<Method>()
+                    .map_err(|e| anyhow::anyhow!("--baselines: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(n) = args.baseline_size {
+        config.baseline_size = n;
+    }
+    if let Some(n) = args.tune_size {
+        config.tune_size = n;
     }
     if let Some(e) = args.epochs {
         config.epochs = e;

@@ -75,8 +75,8 @@ impl Default for StudyConfig {
             baseline_size: 800,
             tune_size: 800,
             tune_seed: 0,
-            lr_grid: vec![3e-4, 1e-3, 3e-3],
-            beta_grid: vec![0.1, 0.5],
+            lr_grid: vec![1e-4, 3e-4, 1e-3, 3e-3],
+            beta_grid: vec![0.1, 0.3, 1.0],
             beta_methods: vec![Method::Clo, Method::Dpo],
             epochs: 1,
             batch_size: 8,
@@ -377,6 +377,11 @@ pub fn study(
         beta,
         lambda: config.lambda,
     };
+    let tune_dir = |lang: Lang, method: Method, lr: f64, beta: f64| {
+        out.join("tune")
+            .join(lang.code())
+            .join(format!("{}-{}", method.name(), lr_tag(lr, beta)))
+    };
     let mut tuning: BTreeMap<Lang, BTreeMap<String, Tuning>> = BTreeMap::new();
     for &lang in &config.langs {
         for method in config.all_methods() {
@@ -384,9 +389,7 @@ pub fn study(
             for (lr, beta) in config.grid(method) {
                 let name = format!("{lang} {} {}", method.name(), lr_tag(lr, beta));
                 let run = spec(
-                    out.join("tune")
-                        .join(lang.code())
-                        .join(format!("{}-{}", method.name(), lr_tag(lr, beta))),
+                    tune_dir(lang, method, lr, beta),
                     lang,
                     method,
                     config.tune_size,
@@ -445,8 +448,14 @@ pub fn study(
         for &(lang, method, n) in &jobs {
             let t = &tuning[&lang][method.name()];
             let name = format!("{}-n{n}-s{seed}", method.name());
+            // The tuning run of the chosen setting is this very run: it is reused.
+            let dir = if n == config.tune_size && seed == config.tune_seed {
+                tune_dir(lang, method, t.lr, t.beta)
+            } else {
+                out.join("runs").join(lang.code()).join(&name)
+            };
             let run = spec(
-                out.join("runs").join(lang.code()).join(&name),
+                dir,
                 lang,
                 method,
                 n,
