@@ -55,6 +55,10 @@ pub struct QuickstartArgs {
     /// With --study: the betas tried for clo and dpo (default 0.1,0.3,1).
     #[arg(long, value_delimiter = ',')]
     beta: Vec<f64>,
+    /// With --study: the DPO-Positive weights tried for the `clo+dpop` remedy (default 5,50;
+    /// 0 leaves the remedy out).
+    #[arg(long, value_delimiter = ',')]
+    dpop: Vec<f64>,
     /// With --study: the methods trained at one size only (default sft-eng,sft-tgt,dpo,sft+dpo;
     /// `none` for none).
     #[arg(long)]
@@ -123,6 +127,9 @@ fn run_study(args: QuickstartArgs, base: PathBuf, out: PathBuf) -> anyhow::Resul
     if !args.beta.is_empty() {
         config.beta_grid = args.beta.clone();
     }
+    if !args.dpop.is_empty() {
+        config.dpop_grid = args.dpop.iter().copied().filter(|d| *d > 0.0).collect();
+    }
     if let Some(list) = &args.baselines {
         config.baselines = list
             .split(',')
@@ -169,6 +176,14 @@ pub fn run_quickstart(args: QuickstartArgs) -> anyhow::Result<()> {
     if args.study {
         return run_study(args, base, out);
     }
+    anyhow::ensure!(
+        args.beta.is_empty()
+            && args.dpop.is_empty()
+            && args.baselines.is_none()
+            && args.baseline_size.is_none()
+            && args.tune_size.is_none(),
+        "--beta, --dpop, --baselines, --baseline-size and --tune-size are settings of the study: add --study"
+    );
     let device = parse_device(&args.device)?;
     let mut config = QuickstartConfig::default();
     match args.lang.as_slice() {

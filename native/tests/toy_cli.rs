@@ -286,6 +286,8 @@ fn study_tunes_on_validation_and_reports_every_tier() {
         "1e-4,3e-3",
         "--beta",
         "0.1",
+        "--dpop",
+        "5",
         "--baselines",
         "sft-tgt",
         "--baseline-size",
@@ -304,7 +306,10 @@ fn study_tunes_on_validation_and_reports_every_tier() {
     let test_x: HashSet<String> = test.iter().map(|q| render(&q.question, Lang::En)).collect();
     assert_eq!(results.test_questions, test.len());
     for (lang, methods) in &results.tuning {
-        for (method, t) in methods {
+        // The remedy is tuned (its DPO-Positive weight) at CLO's chosen lr and beta.
+        let remedy = &methods["clo+dpop"];
+        assert_eq!((remedy.lr, remedy.beta, remedy.dpop), (methods["clo"].lr, 0.1, 5.0));
+        for (method, t) in methods.iter().filter(|(m, _)| *m != "clo+dpop") {
             let mut best = (f64::MIN, 0.0);
             for lr in [1e-4, 3e-3] {
                 // The tuning run's answers: validation questions only, re-checked from the text.
@@ -329,15 +334,15 @@ fn study_tunes_on_validation_and_reports_every_tier() {
             assert_eq!(t.lr, best.1, "{lang} {method}: chosen on validation");
         }
     }
-    // Rows: base, sft and clo at both sizes, sft-tgt at 16, per language; win rates against
-    // sft at 24, where sft's own is 0.5.
-    assert_eq!(results.rows.len(), 3 * 6);
+    // Rows: base, sft, clo and clo+dpop at both sizes, sft-tgt at 16, per language; win rates
+    // against sft at 24, where sft's own is 0.5.
+    assert_eq!(results.rows.len(), 3 * 8);
     for r in &results.rows {
         if r.method == "sft" && r.size == Some(24) {
             assert_eq!(r.win_rate.unwrap().value, 0.5);
         }
-        if r.method == "clo" {
-            assert!(r.rewards.is_some() && r.win_rate.is_some());
+        if r.method == "clo" || r.method == "clo+dpop" {
+            assert!(r.rewards.is_some() && r.win_rate.is_some(), "{r:?}");
         }
     }
     assert_eq!(results.verdicts.len(), 3);

@@ -17,7 +17,9 @@ use clo_core::Pretrained;
 use clo_core::score::{batch_logps, collate};
 use clo_core::train::batch::{TokenizedQuad, clo_rows, tokenize_quads};
 use clo_core::train::data::Quadruple;
-use clo_core::train::loss::{NllReduction, clo_loss, dpo_loss, nll};
+use clo_core::train::loss::{
+    NllReduction, clo_loss, clo_positive_loss, dpo_loss, dpo_positive_loss, nll,
+};
 use clo_tests::{fixture_dir, loss_fixture};
 use serde_json::Value;
 
@@ -64,14 +66,17 @@ fn loss_functions_match_pytorch() {
         .map(|r| r["response_ids"].as_array().unwrap().len() as f32)
         .collect();
 
+    // The third case is CLO with DPO-Positive terms (dpop 5), where some chosen responses
+    // are less likely under the policy than under the reference and others are not.
     for case in fx["clo"].as_array().unwrap() {
-        let terms = clo_loss(
+        let terms = clo_positive_loss(
             t1(&pi, &device),
             t1(&reference, &device),
             t1(&ntok[2 * n..3 * n], &device),
             case["beta"].as_f64().unwrap(),
             case["lambda"].as_f64().unwrap(),
             reduction(case),
+            case["dpop"].as_f64().unwrap(),
         );
         close(
             scalar(terms.loss),
@@ -127,6 +132,23 @@ fn loss_functions_match_pytorch() {
         1e-5,
         "dpo loss",
     );
+    let dpop = dpo_positive_loss(
+        t1(&pick(&pi, 0, 2), &device),
+        t1(&pick(&pi, 1, 3), &device),
+        t1(&pick(&reference, 0, 2), &device),
+        t1(&pick(&reference, 1, 3), &device),
+        fx["dpo_dpop"]["beta"].as_f64().unwrap(),
+        fx["dpo_dpop"]["dpop"].as_f64().unwrap(),
+    );
+    close(
+        scalar(dpop.loss),
+        fx["dpo_dpop"]["loss"].as_f64().unwrap(),
+        1e-5,
+        "dpo-positive loss",
+    );
+    for (got, want) in vec1(dpop.z).iter().zip(floats(&fx["dpo_dpop"]["z"])) {
+        close(*got as f64, want as f64, 1e-4, "dpo-positive z");
+    }
 
     for (key, blocks) in [
         ("sft", vec![0, 2]),

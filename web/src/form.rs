@@ -81,6 +81,7 @@ pub const FIELDS: &[Field] = &[
         Kind::Int,
         true,
     ),
+    field("dpop", "DPO-Positive weight (0: off)", Kind::Float, true),
 ];
 
 /// The text a field starts with: the default's value (`""` for an unset one).

@@ -364,6 +364,8 @@ pub(crate) struct RunSpec {
     pub lr: f64,
     pub beta: f64,
     pub lambda: f64,
+    /// DPO-Positive weight (0: off).
+    pub dpop: f64,
 }
 
 /// What the quickstart and the study share: training runs that resume and evals that are kept
@@ -432,6 +434,7 @@ impl Lab<'_> {
             min_lr: spec.lr / 10.0,
             beta: spec.beta,
             lambda: spec.lambda,
+            dpop: spec.dpop,
             max_len: 96,
             seed: spec.seed,
             ..RunConfig::default()
@@ -548,6 +551,7 @@ pub fn quickstart(
                     lr,
                     beta,
                     lambda: config.lambda,
+                    dpop: 0.0,
                 };
                 let summary = lab.train(&name, &spec, progress)?;
                 let results = lab.evaluate(

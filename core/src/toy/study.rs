@@ -55,6 +55,11 @@ pub struct StudyConfig {
     pub beta_grid: Vec<f64>,
     /// Methods whose beta is tuned too (the others use `beta_grid[0]`).
     pub beta_methods: Vec<Method>,
+    /// A remedy studied as an option (never a default): CLO with DPO-Positive preference terms
+    /// (`clo+dpop`), its weight chosen from this grid on the validation questions at CLO's tuned
+    /// learning rate and beta, then trained at every size and seed. Empty: not studied.
+    #[serde(default)]
+    pub dpop_grid: Vec<f64>,
     pub epochs: usize,
     pub batch_size: usize,
     pub lambda: f64,
@@ -78,6 +83,7 @@ impl Default for StudyConfig {
             lr_grid: vec![1e-4, 3e-4, 1e-3, 3e-3],
             beta_grid: vec![0.1, 0.3, 1.0],
             beta_methods: vec![Method::Clo, Method::Dpo],
+            dpop_grid: vec![5.0, 50.0],
             epochs: 1,
             batch_size: 8,
             lambda: 0.5,
@@ -144,6 +150,8 @@ pub fn validation_score(r: &ToyResults, lang: Lang) -> f64 {
 pub struct Trial {
     pub lr: f64,
     pub beta: f64,
+    #[serde(default)]
+    pub dpop: f64,
     pub validation_score: f64,
     pub best_val_loss: Option<f64>,
 }
@@ -154,7 +162,12 @@ pub struct Tuning {
     pub trials: Vec<Trial>,
     pub lr: f64,
     pub beta: f64,
+    #[serde(default)]
+    pub dpop: f64,
 }
+
+/// The name of the remedy in results: CLO with DPO-Positive terms.
+pub const CLO_DPOP: &str = "clo+dpop";
 
 /// The best trial: highest validation score, the first in grid order on a tie.
 pub fn choose(trials: &[Trial]) -> Option<&Trial> {
@@ -366,7 +379,7 @@ pub fn study(
     let english_centric = english_centric(&base_items, &all_langs);
 
     // 2. Tuning on the validation questions.
-    let spec = |dir: PathBuf, lang: Lang, method: Method, n: usize, seed: u64, lr, beta| RunSpec {
+    let spec = |dir: PathBuf, lang: Lang, method: Method, n: usize, seed: u64, lr, beta, dpop| RunSpec {
         dir,
         data: data[&(lang, n, seed)].clone(),
         method,
@@ -376,93 +389,136 @@ pub fn study(
         lr,
         beta,
         lambda: config.lambda,
+        dpop,
     };
-    let tune_dir = |lang: Lang, method: Method, lr: f64, beta: f64| {
+    let tune_dir = |lang: Lang, label: &str, lr: f64, beta: f64, dpop: f64| {
+        let tag = if dpop > 0.0 {
+            format!("{}-dpop{dpop}", lr_tag(lr, beta))
+        } else {
+            lr_tag(lr, beta)
+        };
         out.join("tune")
             .join(lang.code())
-            .join(format!("{}-{}", method.name(), lr_tag(lr, beta)))
+            .join(format!("{}-{tag}", label.replace('+', "-")))
     };
     let mut tuning: BTreeMap<Lang, BTreeMap<String, Tuning>> = BTreeMap::new();
+    // One tuning run: trained at the tuning size and seed, answers the validation questions.
+    let trial = |lang: Lang,
+                     label: &str,
+                     method: Method,
+                     (lr, beta, dpop): (f64, f64, f64),
+                     progress: &mut dyn FnMut(QuickProgress)|
+     -> Result<Trial> {
+        let mut name = format!("{lang} {label} {}", lr_tag(lr, beta));
+        if dpop > 0.0 {
+            let _ = write!(name, " dpop {dpop}");
+        }
+        let run = spec(
+            tune_dir(lang, label, lr, beta, dpop),
+            lang,
+            method,
+            config.tune_size,
+            config.tune_seed,
+            lr,
+            beta,
+            dpop,
+        );
+        let summary = lab.train(&name, &run, progress)?;
+        let r = lab.evaluate(
+            &format!("{name} (validation)"),
+            &|| lab.load_best(&run),
+            &run.dir.join("val-eval"),
+            &val,
+            &[Lang::En, lang],
+            progress,
+        )?;
+        Ok(Trial {
+            lr,
+            beta,
+            dpop,
+            validation_score: validation_score(&r, lang),
+            best_val_loss: summary.best_val_loss,
+        })
+    };
     for &lang in &config.langs {
+        let mut tuned = BTreeMap::new();
         for method in config.all_methods() {
             let mut trials = Vec::new();
             for (lr, beta) in config.grid(method) {
-                let name = format!("{lang} {} {}", method.name(), lr_tag(lr, beta));
-                let run = spec(
-                    tune_dir(lang, method, lr, beta),
-                    lang,
-                    method,
-                    config.tune_size,
-                    config.tune_seed,
-                    lr,
-                    beta,
-                );
-                let summary = lab.train(&name, &run, progress)?;
-                let r = lab.evaluate(
-                    &format!("{name} (validation)"),
-                    &|| lab.load_best(&run),
-                    &run.dir.join("val-eval"),
-                    &val,
-                    &[Lang::En, lang],
-                    progress,
-                )?;
-                trials.push(Trial {
-                    lr,
-                    beta,
-                    validation_score: validation_score(&r, lang),
-                    best_val_loss: summary.best_val_loss,
-                });
+                trials.push(trial(lang, method.name(), method, (lr, beta, 0.0), progress)?);
             }
             let best = choose(&trials).expect("a grid of one or more").clone();
-            tuning.entry(lang).or_default().insert(
+            tuned.insert(
                 method.name().to_string(),
                 Tuning {
                     lr: best.lr,
                     beta: best.beta,
+                    dpop: 0.0,
                     trials,
                 },
             );
         }
+        // The remedy: DPO-Positive weights at CLO's tuned learning rate and beta.
+        if !config.dpop_grid.is_empty() {
+            let (lr, beta) = tuned
+                .get(Method::Clo.name())
+                .map(|t: &Tuning| (t.lr, t.beta))
+                .ok_or_else(|| {
+                    CoreError::Invalid("study settings: the dpop remedy needs clo".into())
+                })?;
+            let mut trials = Vec::new();
+            for &d in &config.dpop_grid {
+                trials.push(trial(lang, CLO_DPOP, Method::Clo, (lr, beta, d), progress)?);
+            }
+            let best = choose(&trials).expect("a grid of one or more").clone();
+            tuned.insert(
+                CLO_DPOP.to_string(),
+                Tuning {
+                    lr,
+                    beta,
+                    dpop: best.dpop,
+                    trials,
+                },
+            );
+        }
+        tuning.insert(lang, tuned);
         write_json_atomically(&out.join("tuning.json"), &tuning)?;
     }
 
     // 3-4. The main curve and the baselines, each at its tuned setting, on the test questions.
     let largest = *config.sizes.iter().max().expect("non-empty");
-    let mut jobs: Vec<(Lang, Method, usize)> = Vec::new();
+    // (language, label, method, size): the label names the remedy apart from its method.
+    let mut jobs: Vec<(Lang, String, Method, usize)> = Vec::new();
     for &lang in &config.langs {
         for &n in &config.sizes {
             for &m in &config.main_methods {
-                jobs.push((lang, m, n));
+                jobs.push((lang, m.name().to_string(), m, n));
+            }
+            if !config.dpop_grid.is_empty() {
+                jobs.push((lang, CLO_DPOP.to_string(), Method::Clo, n));
             }
         }
         for &m in &config.baselines {
             if !config.main_methods.contains(&m) {
-                jobs.push((lang, m, config.baseline_size));
+                jobs.push((lang, m.name().to_string(), m, config.baseline_size));
             }
         }
     }
-    // Per (lang, method, size): per seed, the results, answers and run directory.
+    // Per (lang, label, size): per seed, the results, answers and run directory.
     type Done = Vec<(ToyResults, Vec<ToyItem>, PathBuf)>;
     let mut done: BTreeMap<(Lang, String, usize), Done> = BTreeMap::new();
     for &seed in &config.seeds {
-        for &(lang, method, n) in &jobs {
-            let t = &tuning[&lang][method.name()];
-            let name = format!("{}-n{n}-s{seed}", method.name());
+        for (lang, label, method, n) in &jobs {
+            let (lang, method, n) = (*lang, *method, *n);
+            let t = &tuning[&lang][label.as_str()];
+            let name = format!("{}-n{n}-s{seed}", label.replace('+', "-"));
             // The tuning run of the chosen setting is this very run: it is reused.
             let dir = if n == config.tune_size && seed == config.tune_seed {
-                tune_dir(lang, method, t.lr, t.beta)
+                tune_dir(lang, label, t.lr, t.beta, t.dpop)
             } else {
                 out.join("runs").join(lang.code()).join(&name)
             };
-            let run = spec(
-                dir,
-                lang,
-                method,
-                n,
-                seed,
-                t.lr,
-                t.beta,
-            );
+            let run = spec(dir, lang, method, n, seed, t.lr, t.beta, t.dpop);
             lab.train(&format!("{lang} {name}"), &run, progress)?;
             let eval_dir = run.dir.join("eval");
             let r = lab.evaluate(
@@ -473,7 +529,7 @@ pub fn study(
                 &[Lang::En, lang],
                 progress,
             )?;
-            done.entry((lang, method.name().to_string(), n))
+            done.entry((lang, label.clone(), n))
                 .or_default()
                 .push((r, read_items(&eval_dir)?, run.dir.clone()));
         }
@@ -657,11 +713,15 @@ pub fn study_tables(r: &StudyResults) -> String {
             e.answered_in_english
         );
     }
-    s.push_str("\n### Tuned settings (chosen on the validation questions)\n\n| language | method | lr | beta | validation score |\n|---|---|---|---|---|\n");
+    s.push_str("\n### Tuned settings (chosen on the validation questions)\n\n| language | method | lr | beta | dpop | validation score |\n|---|---|---|---|---|---|\n");
     for (l, methods) in &r.tuning {
         for (m, t) in methods {
             let score = choose(&t.trials).map_or(f64::NAN, |b| b.validation_score);
-            let _ = writeln!(s, "| {l} | {m} | {} | {} | {score:.3} |", t.lr, t.beta);
+            let _ = writeln!(
+                s,
+                "| {l} | {m} | {} | {} | {} | {score:.3} |",
+                t.lr, t.beta, t.dpop
+            );
         }
     }
     for &lang in &r.config.langs {
@@ -751,10 +811,15 @@ pub fn render_study(r: &StudyResults) -> BTreeMap<String, String> {
             for row in r.rows.iter().filter(|x| x.lang == lang) {
                 let Some(e) = pick(row) else { continue };
                 match row.size {
-                    Some(n) if c.main_methods.iter().any(|m| m.name() == row.method) => series
-                        .entry(row.method.clone())
-                        .or_default()
-                        .push((n as f64, e)),
+                    Some(n)
+                        if row.method == CLO_DPOP
+                            || c.main_methods.iter().any(|m| m.name() == row.method) =>
+                    {
+                        series
+                            .entry(row.method.clone())
+                            .or_default()
+                            .push((n as f64, e))
+                    }
                     Some(_) => {}
                     None => {
                         for &n in &c.sizes {

@@ -5,14 +5,15 @@
 //! - English, as usual: `Ana has a cat.`, `What pet does Ana have?`
 //! - three toy languages, each with its own lexicon, word order and morphology, meant for three
 //!   resource levels of pretraining text ([`Lang::tier`]):
-//!   - `vel` (high resource): verb first, an object prefix (`ze-`), a plural prefix (`ri-`), a
-//!     place preposition (`bo`) and a question word first (`ki`): `Hapa Ana zemaku.`,
-//!     `Ki hapa Ana zedapi?`
+//!   - `vel` (high resource): subject-verb-object, an object prefix (`ze-`), a plural prefix
+//!     (`ri-`), a place preposition (`bo`), a question particle first (`ki`) and question words
+//!     in place: `Ana hapa zemaku.`, `Ki Ana hapa zedapi?`
 //!   - `toy` (medium resource): verb final, case suffixes (`-ta` object, `-ro` place), a plural
 //!     suffix (`-li`) and a final question particle (`ka`): `Ana misota ome.`,
 //!     `Ana ne damuta ome ka?`
-//!   - `zir` (low resource): subject-verb-object with an article, a plural suffix (`-en`) and a
-//!     question particle first (`su`): `Ana avas un kotu.`, `Su kiu besto Ana avas?`
+//!   - `zir` (low resource): subject-verb-object with an article, a plural suffix (`-en`), a
+//!     question particle first (`su`) and question words in place: `Ana avas un kotu.`,
+//!     `Su Ana avas kiu besto?`
 //!
 //! Names, cities and numerals are shared, as proper nouns and digits are between real
 //! languages. Translation is exact (parse in one language, render in the other), and an answer
@@ -169,21 +170,21 @@ static VEL: Grammar = Grammar {
         "doku", "dawe", "vo",
     ],
     templates: [
-        "Hapa {p} ze{a}.",
-        "Lubo {p} ze{c}.",
-        "Nesi {p} bo {t}.",
-        "Hapa {p} {nb}.",
-        "Ime {n1} pa {n2} {n3}.",
-        "Ime {n1} kor {n2} {n3}.",
-        "Ime ridapi {al}.",
+        "{p} hapa ze{a}.",
+        "{p} lubo ze{c}.",
+        "{p} nesi bo {t}.",
+        "{p} hapa {nb}.",
+        "{n1} pa {n2} ime {n3}.",
+        "{n1} kor {n2} ime {n3}.",
+        "Ridapi ime {al}.",
         "{wl}.",
-        "Ki hapa {p} zedapi?",
-        "Ki lubo {p} zekolu?",
-        "Kiwo nesi {p}?",
-        "Kimu ridoku hapa {p}?",
-        "Ki ime {n1} pa {n2}?",
-        "Ki ime {n1} kor {n2}?",
-        "Ki hapa {pl} ridapi?",
+        "Ki {p} hapa zedapi?",
+        "Ki {p} lubo zekolu?",
+        "Ki {p} nesi bo kiwo?",
+        "Ki {p} hapa kimu ridoku?",
+        "Ki {n1} pa {n2} ime kimu?",
+        "Ki {n1} kor {n2} ime kimu?",
+        "Ki {pl} hapa ridapi?",
         "Dawe {wl}.",
     ],
     and: "vo",
@@ -240,13 +241,13 @@ static ZIR: Grammar = Grammar {
         "{n1} sen {n2} faras {n3}.",
         "La bestoen esas {al}.",
         "{wl}.",
-        "Su kiu besto {p} avas?",
-        "Su kiu kolo {p} amas?",
-        "Su kie {p} vivas?",
-        "Su kiom liboen {p} avas?",
-        "Su kiom faras {n1} kun {n2}?",
-        "Su kiom faras {n1} sen {n2}?",
-        "Su kiuj bestoen {pl} avas?",
+        "Su {p} avas kiu besto?",
+        "Su {p} amas kiu kolo?",
+        "Su {p} vivas kie?",
+        "Su {p} avas kiom liboen?",
+        "Su {n1} kun {n2} faras kiom?",
+        "Su {n1} sen {n2} faras kiom?",
+        "Su {pl} avas kiuj bestoen?",
         "Diru {wl}.",
     ],
     and: "kaj",
@@ -942,11 +943,11 @@ mod tests {
         let f = Frame::Books { person: 0, n: 3 };
         assert_eq!(render(&f, Lang::En), "Ana has 3 books.");
         assert_eq!(render(&f, Lang::Toy), "Ana 3 pukalita ome.");
-        assert_eq!(render(&f, Lang::Vel), "Hapa Ana 3 ridoku.");
+        assert_eq!(render(&f, Lang::Vel), "Ana hapa 3 ridoku.");
         assert_eq!(render(&f, Lang::Zir), "Ana avas 3 liboen.");
         let q = Frame::AskPet { person: 0 };
-        assert_eq!(render(&q, Lang::Vel), "Ki hapa Ana zedapi?");
-        assert_eq!(render(&q, Lang::Zir), "Su kiu besto Ana avas?");
+        assert_eq!(render(&q, Lang::Vel), "Ki Ana hapa zedapi?");
+        assert_eq!(render(&q, Lang::Zir), "Su Ana avas kiu besto?");
         let f = Frame::Books { person: 1, n: 1 };
         assert_eq!(render(&f, Lang::En), "Bela has 1 book.");
         assert_eq!(render(&f, Lang::Toy), "Bela 1 pukata ome.");

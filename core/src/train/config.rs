@@ -172,6 +172,9 @@ pub struct RunConfig {
     /// the `[rows, seq, vocab]` logits are never kept for the backward pass. Same losses and
     /// gradients.
     pub logp_chunk: usize,
+    /// DPO-Positive weight of the preference terms of clo and dpo (0: off, the paper's loss):
+    /// the margin is also penalised where the chosen response falls below the reference.
+    pub dpop: f64,
 }
 
 /// One run setting as every front end presents it: its key (in `RUN/config.toml`, run.toml,
@@ -298,6 +301,10 @@ pub const SETTINGS: &[Setting] = &[
         key: "logp_chunk",
         help: "Compute the training log-probs this many positions at a time (0: the whole sequence), so the [rows, seq, vocab] logits are never kept for the backward pass; same losses and gradients, less memory, one more output-layer pass.",
     },
+    Setting {
+        key: "dpop",
+        help: "DPO-Positive (Pal et al. 2024) for clo and dpo: the preference margin also loses dpop times how far the chosen response fell below the reference, so training cannot raise the margin by making the chosen answer less likely. 0: off (the paper's loss).",
+    },
 ];
 
 /// The help of setting `key` (empty for a key that is not a setting).
@@ -369,6 +376,7 @@ impl Default for RunConfig {
             save_every: None,
             grad_checkpoint: false,
             logp_chunk: 0,
+            dpop: 0.0,
         }
     }
 }
@@ -461,6 +469,9 @@ impl RunConfig {
         }
         if !(0.0..=1.0).contains(&self.lambda) {
             return bad("lambda", "must be in [0, 1] (paper: 0.5)");
+        }
+        if !(self.dpop >= 0.0 && self.dpop.is_finite()) {
+            return bad("dpop", "must be 0 (off) or a positive number (Smaug: 5 to 500)");
         }
         if self.max_len < 2 {
             return bad("max_len", "must be at least 2 tokens");

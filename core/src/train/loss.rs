@@ -52,9 +52,33 @@ pub fn dpo_loss(
     ref_rejected: Tensor<1>,
     beta: f64,
 ) -> PreferenceTerms {
+    dpo_positive_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, 0.0)
+}
+
+/// DPO-Positive (Pal et al. 2024, "Smaug: Fixing Failure Modes of Preference Optimisation with
+/// DPO-Positive", arXiv:2402.13228): sigmoid DPO whose margin is also penalised when the
+/// chosen response becomes less likely than under the reference,
+/// `z = beta * (Δ_chosen - Δ_rejected - dpop * max(0, -Δ_chosen))` with
+/// `Δ = logp_pi - logp_ref`. `dpop = 0` is plain DPO. The logged rewards stay
+/// `beta * Δ`.
+///
+/// # Shapes
+/// - every input: `[N]`; see [`PreferenceTerms`] for the outputs
+pub fn dpo_positive_loss(
+    pi_chosen: Tensor<1>,
+    pi_rejected: Tensor<1>,
+    ref_chosen: Tensor<1>,
+    ref_rejected: Tensor<1>,
+    beta: f64,
+    dpop: f64,
+) -> PreferenceTerms {
     let chosen_rewards = (pi_chosen - ref_chosen) * beta;
     let rejected_rewards = (pi_rejected - ref_rejected) * beta;
-    let z = chosen_rewards.clone() - rejected_rewards.clone();
+    let mut z = chosen_rewards.clone() - rejected_rewards.clone();
+    if dpop != 0.0 {
+        // beta * max(0, -Δ_chosen) = max(0, -chosen_reward) for beta > 0.
+        z = z - chosen_rewards.clone().neg().clamp_min(0.0) * dpop;
+    }
     PreferenceTerms {
         loss: log_sigmoid(z.clone()).mean().neg(),
         z,
@@ -91,22 +115,38 @@ pub fn clo_loss(
     lambda: f64,
     reduction: NllReduction,
 ) -> CloTerms {
+    clo_positive_loss(policy, reference, tgt_tokens, beta, lambda, reduction, 0.0)
+}
+
+/// [`clo_loss`] whose two preference terms are DPO-Positive ([`dpo_positive_loss`]) with
+/// weight `dpop` (0: the paper's CLO).
+pub fn clo_positive_loss(
+    policy: Tensor<1>,
+    reference: Tensor<1>,
+    tgt_tokens: Tensor<1>,
+    beta: f64,
+    lambda: f64,
+    reduction: NllReduction,
+    dpop: f64,
+) -> CloTerms {
     let [rows] = policy.dims();
     let n = rows / 4;
     let block = |t: &Tensor<1>, k: usize| t.clone().narrow(0, k * n, n);
-    let en = dpo_loss(
+    let en = dpo_positive_loss(
         block(&policy, 0),
         block(&policy, 1),
         block(&reference, 0),
         block(&reference, 1),
         beta,
+        dpop,
     );
-    let tgt = dpo_loss(
+    let tgt = dpo_positive_loss(
         block(&policy, 2),
         block(&policy, 3),
         block(&reference, 2),
         block(&reference, 3),
         beta,
+        dpop,
     );
     // Eq. 10: the two directions are added, not averaged.
     let loss_cl = en.loss.clone() + tgt.loss.clone();

@@ -393,6 +393,7 @@ mod tests {
             beta: 0.1,
             lambda: 0.5,
             reduction: NllReduction::TokenMean,
+            dpop: 0.0,
         };
         // 3 quadruples: row k*3 + i is block k of quadruple i; response length tells them apart.
         let rows: Vec<Pair> = (0..12).map(|r| pair(r, 1 + r as usize)).collect();
@@ -418,7 +419,7 @@ mod tests {
 
     #[test]
     fn dpo_shards_keep_their_directions() {
-        let objective = Objective::Dpo { beta: 0.1 };
+        let objective = Objective::Dpo { beta: 0.1, dpop: 0.0 };
         let batch = MicroBatch {
             rows: (0..4).map(|r| pair(r, 2)).collect(),
             reference: vec![0., 1., 2., 3.],

@@ -179,8 +179,12 @@ pub fn objective(stage: Method, config: &RunConfig) -> Objective {
             beta: config.beta,
             lambda: config.lambda,
             reduction: config.nll_reduction,
+            dpop: config.dpop,
         },
-        Method::Dpo => Objective::Dpo { beta: config.beta },
+        Method::Dpo => Objective::Dpo {
+            beta: config.beta,
+            dpop: config.dpop,
+        },
         _ => Objective::Sft {
             reduction: config.nll_reduction,
         },

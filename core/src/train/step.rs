@@ -14,7 +14,7 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOpti
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::loss::{NllReduction, PreferenceTerms, clo_loss, dpo_loss, nll};
+use super::loss::{NllReduction, PreferenceTerms, clo_positive_loss, dpo_positive_loss, nll};
 use super::optim::{clip_to, squared_grad_norm};
 use std::sync::Arc;
 
@@ -35,9 +35,11 @@ pub enum Objective {
         beta: f64,
         lambda: f64,
         reduction: NllReduction,
+        /// DPO-Positive weight of the preference terms (0: the paper's CLO).
+        dpop: f64,
     },
-    /// Sigmoid DPO on rows `0..B` chosen, `B..2B` rejected.
-    Dpo { beta: f64 },
+    /// Sigmoid DPO on rows `0..B` chosen, `B..2B` rejected (DPO-Positive with `dpop > 0`).
+    Dpo { beta: f64, dpop: f64 },
     /// NLL of the responses (SFT, and pretraining on `(first token, rest)` rows).
     Sft { reduction: NllReduction },
 }
@@ -259,14 +261,16 @@ fn loss_of(
             beta,
             lambda,
             reduction,
+            dpop,
         } => {
-            let terms = clo_loss(
+            let terms = clo_positive_loss(
                 policy,
                 reference(),
                 counts(2 * n..3 * n),
                 beta,
                 lambda,
                 reduction,
+                dpop,
             );
             let loss = if share == Share::WHOLE {
                 terms.loss
@@ -294,7 +298,7 @@ fn loss_of(
             packed.layout.push((micro, n, english));
             loss
         }
-        Objective::Dpo { beta } => {
+        Objective::Dpo { beta, dpop } => {
             if batch.english.len() != n {
                 return Err(CoreError::Invalid(format!(
                     "{} directions for {n} preference pairs",
@@ -302,12 +306,13 @@ fn loss_of(
                 )));
             }
             let reference = reference();
-            let terms = dpo_loss(
+            let terms = dpo_positive_loss(
                 policy.clone().narrow(0, 0, n),
                 policy.narrow(0, n, n),
                 reference.clone().narrow(0, 0, n),
                 reference.narrow(0, n, n),
                 beta,
+                dpop,
             );
             let loss = if share == Share::WHOLE {
                 terms.loss.clone()
@@ -887,6 +892,7 @@ mod tests {
             beta: 0.1,
             lambda: 0.5,
             reduction: NllReduction::TokenMean,
+            dpop: 0.0,
         }
     }
 
@@ -923,7 +929,7 @@ mod tests {
             .map(|r| r.response.len() as f32)
             .collect();
         let counts = Tensor::<1>::from_data(TensorData::new(counts, [2]), &model.device().inner());
-        let terms = clo_loss(policy, reference, counts, 0.1, 0.5, NllReduction::TokenMean);
+        let terms = super::super::loss::clo_loss(policy, reference, counts, 0.1, 0.5, NllReduction::TokenMean);
         let expect = terms.loss.into_scalar::<f32>() as f64;
         let expect_en: Vec<f32> = terms
             .en
@@ -1074,10 +1080,11 @@ mod tests {
                     beta: 0.5,
                     lambda: 0.3,
                     reduction: NllReduction::SequenceMean,
+                    dpop: 0.0,
                 },
                 quads,
             ),
-            (Objective::Dpo { beta: 0.2 }, pairs),
+            (Objective::Dpo { beta: 0.2, dpop: 0.0 }, pairs),
             (
                 Objective::Sft {
                     reduction: NllReduction::TokenMean,
@@ -1184,7 +1191,7 @@ mod tests {
         };
         let cases = [
             (clo(), clo_batch()),
-            (Objective::Dpo { beta: 0.1 }, dpo_batch),
+            (Objective::Dpo { beta: 0.1, dpop: 0.0 }, dpo_batch),
             (
                 Objective::Sft {
                     reduction: NllReduction::TokenMean,
