@@ -9,15 +9,16 @@ use clo_core::eval::langid::LanguageIdentifier;
 
 use super::{ApiError, ApiResult, BADGE_LANGS, JsonBody, Shared};
 
-/// The language of a text: the toy world's lexicons when they say `toy`, else lingua over
-/// clo's languages.
+/// The language of a text: the toy world's lexicons when they say a toy language (`vel`, `toy`,
+/// `zir`), else lingua over clo's languages.
 pub async fn detect(
     State(s): State<Shared>,
     JsonBody(req): JsonBody<LangIdRequest>,
 ) -> ApiResult<LangIdResponse> {
     use clo_core::eval::langid::LanguageIdentifier as _;
     let toy = clo_core::toy::ToyLangId.detect(&req.text);
-    let lang = if toy.as_deref() == Some("toy") {
+    let is_toy = |l: &str| clo_core::toy::world::Lang::TARGETS.iter().any(|t| t.code() == l);
+    let lang = if toy.as_deref().is_some_and(is_toy) {
         toy
     } else {
         let langs: Vec<String> = BADGE_LANGS.iter().map(|l| l.to_string()).collect();
@@ -31,7 +32,8 @@ pub async fn detect(
 /// The language identifier for a dataset's languages: the toy world's lexicons, lingua for the
 /// languages it knows, none otherwise.
 pub(super) fn langid_for(langs: &[String]) -> Option<Arc<dyn LanguageIdentifier>> {
-    if langs.iter().any(|l| l == "toy") {
+    let toy = |l: &str| clo_core::toy::world::Lang::TARGETS.iter().any(|t| t.code() == l);
+    if langs.iter().any(|l| toy(l)) {
         return Some(Arc::new(clo_core::toy::ToyLangId));
     }
     clo_core::eval::langid::Lingua::new(langs)
