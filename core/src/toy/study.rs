@@ -799,8 +799,9 @@ pub fn render_study(r: &StudyResults) -> BTreeMap<String, String> {
     md.push_str(&study_tables(r));
     md.push_str("\n## Figures\n\n");
     type Pick = fn(&StudyRow) -> Option<Estimate>;
-    let charts: [(&str, &str, Pick); 4] = [
+    let charts: [(&str, &str, Pick); 5] = [
         ("right and in language", "correct", |r| Some(r.tgt_correct_in_language)),
+        ("accuracy (right, in any language)", "accuracy", |r| Some(r.tgt_accuracy)),
         ("fidelity", "fidelity", |r| Some(r.tgt_fidelity)),
         ("English accuracy", "en_accuracy", |r| Some(r.en_accuracy)),
         ("win rate against SFT at the largest size", "win_rate", |r| r.win_rate),
@@ -894,6 +895,7 @@ mod tests {
         let t = |lr: f64, s: f64| Trial {
             lr,
             beta: 0.1,
+            dpop: 0.0,
             validation_score: s,
             best_val_loss: Some(1.0 / lr),
         };
