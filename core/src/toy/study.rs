@@ -29,7 +29,7 @@ use super::data::{Split, held_out_questions, quadruples, quadruples_jsonl};
 use super::quickstart::{
     Lab, QuickProgress, RunSpec, ToyItem, ToyResults, ToyStats, read_items, read_world,
 };
-use super::world::Lang;
+use super::world::{Lang, parse};
 use crate::Pretrained;
 use crate::error::{CoreError, Result};
 use crate::eval::charts::line_chart;
@@ -200,6 +200,11 @@ pub struct StudyRow {
     pub tgt_fidelity: Estimate,
     pub tgt_accuracy: Estimate,
     pub tgt_correct_in_language: Estimate,
+    /// Share of target-language answers that are a well-formed sentence of that language of
+    /// the kind asked for (a pet for a pet question...), right or wrong: low when a model
+    /// answers in the language but says something else (collapse onto a few statements).
+    #[serde(default = "nan_estimate")]
+    pub tgt_right_kind: Estimate,
     pub en_accuracy: Estimate,
     /// Win rate against SFT at the largest size (same seed), right-and-in-language per
     /// question, ties split.
@@ -207,6 +212,31 @@ pub struct StudyRow {
     /// Mean over the last tenth of the steps, then over seeds, of the logged rewards (preference
     /// methods): `[en chosen, en rejected, target chosen, target rejected]`.
     pub rewards: Option<[f64; 4]>,
+}
+
+fn nan_estimate() -> Estimate {
+    Estimate {
+        value: f64::NAN,
+        stderr: f64::NAN,
+    }
+}
+
+/// Share of `lang` answers that parse in `lang` as a statement of the expected answer's kind.
+pub fn right_kind(items: &[ToyItem], lang: Lang) -> Option<f64> {
+    let mine: Vec<&ToyItem> = items.iter().filter(|i| i.lang == lang.code()).collect();
+    if mine.is_empty() {
+        return None;
+    }
+    let ok = mine
+        .iter()
+        .filter(|i| {
+            match (parse(&i.response, lang), parse(&i.expected, lang)) {
+                (Some(a), Some(b)) => std::mem::discriminant(&a) == std::mem::discriminant(&b),
+                _ => false,
+            }
+        })
+        .count();
+    Some(ok as f64 / mine.len() as f64)
 }
 
 /// Whether CLO beats SFT in one language at the small sizes.
@@ -548,7 +578,14 @@ pub fn study(
                 .map(|(l, s)| (l.clone(), s.clone()))
                 .collect(),
         };
-        rows.push(study_row(lang, "base", None, None, &[(base_only, Vec::new(), PathBuf::new())], None));
+        rows.push(study_row(
+            lang,
+            "base",
+            None,
+            None,
+            &[(base_only, base_items.clone(), PathBuf::new())],
+            None,
+        ));
         let reference = done.get(&(lang, Method::Sft.name().to_string(), largest));
         for ((l, method, n), runs) in &done {
             if *l != lang {
@@ -624,6 +661,19 @@ fn study_row(
         )
     };
     let tgt = lang.code();
+    let kinds: Vec<Estimate> = runs
+        .iter()
+        .filter_map(|(_, items, _)| right_kind(items, lang))
+        .map(|v| Estimate {
+            value: v,
+            stderr: 0.0,
+        })
+        .collect();
+    let tgt_right_kind = if kinds.is_empty() {
+        nan_estimate()
+    } else {
+        pooled(&kinds)
+    };
     // Win rates pair runs of the same seed (runs are in seed order on both sides).
     let win_rate = reference.and_then(|refs| {
         let wins: Vec<Estimate> = runs
@@ -657,6 +707,7 @@ fn study_row(
         tgt_fidelity: est(tgt, &|s| s.fidelity),
         tgt_accuracy: est(tgt, &|s| s.accuracy),
         tgt_correct_in_language: est(tgt, &|s| s.correct_in_language),
+        tgt_right_kind,
         en_accuracy: est("en", &|s| s.accuracy),
         win_rate,
         rewards,
@@ -696,6 +747,9 @@ fn verdict(lang: Lang, rows: &[StudyRow], sizes: &[usize]) -> Verdict {
 }
 
 fn cell(e: &Estimate) -> String {
+    if e.value.is_nan() {
+        return "–".into();
+    }
     format!("{:.3} ± {:.3}", e.value, e.stderr)
 }
 
@@ -727,20 +781,21 @@ pub fn study_tables(r: &StudyResults) -> String {
     for &lang in &r.config.langs {
         let _ = writeln!(
             s,
-            "\n### `{lang}` ({} resource)\n\n| system | size | seeds | {lang} right & in {lang} | {lang} fidelity | {lang} accuracy | en accuracy | win rate vs sft@{} |\n|---|---|---|---|---|---|---|---|",
+            "\n### `{lang}` ({} resource)\n\n| system | size | seeds | {lang} right & in {lang} | {lang} fidelity | {lang} accuracy | {lang} answer of the asked kind | en accuracy | win rate vs sft@{} |\n|---|---|---|---|---|---|---|---|---|",
             lang.tier(),
             r.config.sizes.iter().max().copied().unwrap_or(0),
         );
         for row in r.rows.iter().filter(|x| x.lang == lang) {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.method,
                 row.size.map_or("–".into(), |n| n.to_string()),
                 row.seeds,
                 cell(&row.tgt_correct_in_language),
                 cell(&row.tgt_fidelity),
                 cell(&row.tgt_accuracy),
+                cell(&row.tgt_right_kind),
                 cell(&row.en_accuracy),
                 row.win_rate.as_ref().map_or("–".into(), cell),
             );
@@ -914,6 +969,26 @@ mod tests {
         };
         // English right (1.0); vel right but not in vel (0.0).
         assert_eq!(validation_score(&r, Lang::Vel), 0.5);
+    }
+
+    #[test]
+    fn right_kind_reads_the_response() {
+        let with = |response: &str, expected: &str| ToyItem {
+            response: response.into(),
+            expected: expected.into(),
+            ..item("1", "vel", false, true)
+        };
+        let items = [
+            // Wrong pet, but a pet statement in vel.
+            with("Ana hapa zemaku.", "Ana hapa zebexo."),
+            // A books statement for a pet question.
+            with("Ana hapa 3 ridoku.", "Ana hapa zebexo."),
+            // The right pet, in English.
+            with("Ana has a dog.", "Ana hapa zebexo."),
+            with("Ana hapa zebexo. Ana hapa zebexo.", "Ana hapa zebexo."),
+        ];
+        assert_eq!(right_kind(&items, Lang::Vel), Some(0.25));
+        assert_eq!(right_kind(&items, Lang::Zir), None);
     }
 
     #[test]
