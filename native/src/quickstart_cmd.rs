@@ -59,6 +59,10 @@ pub struct QuickstartArgs {
     /// 0 leaves the remedy out).
     #[arg(long, value_delimiter = ',')]
     dpop: Vec<f64>,
+    /// With --study: the NLL weights (lambda) tried for the `clo+nll` remedy (default 0.8,0.95;
+    /// 0 leaves the remedy out).
+    #[arg(long, value_delimiter = ',')]
+    nll_lambda: Vec<f64>,
     /// With --study: the methods trained at one size only (default sft-eng,sft-tgt,dpo,sft+dpo;
     /// `none` for none).
     #[arg(long)]
@@ -130,6 +134,9 @@ fn run_study(args: QuickstartArgs, base: PathBuf, out: PathBuf) -> anyhow::Resul
     if !args.dpop.is_empty() {
         config.dpop_grid = args.dpop.iter().copied().filter(|d| *d > 0.0).collect();
     }
+    if !args.nll_lambda.is_empty() {
+        config.nll_lambda_grid = args.nll_lambda.iter().copied().filter(|l| *l > 0.0).collect();
+    }
     if let Some(list) = &args.baselines {
         config.baselines = list
             .split(',')
@@ -179,10 +186,11 @@ pub fn run_quickstart(args: QuickstartArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.beta.is_empty()
             && args.dpop.is_empty()
+            && args.nll_lambda.is_empty()
             && args.baselines.is_none()
             && args.baseline_size.is_none()
             && args.tune_size.is_none(),
-        "--beta, --dpop, --baselines, --baseline-size and --tune-size are settings of the study: add --study"
+        "--beta, --dpop, --nll-lambda, --baselines, --baseline-size and --tune-size are settings of the study: add --study"
     );
     let device = parse_device(&args.device)?;
     let mut config = QuickstartConfig::default();

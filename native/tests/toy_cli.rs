@@ -288,6 +288,8 @@ fn study_tunes_on_validation_and_reports_every_tier() {
         "0.1",
         "--dpop",
         "5",
+        "--nll-lambda",
+        "0.9",
         "--baselines",
         "sft-tgt",
         "--baseline-size",
@@ -309,7 +311,9 @@ fn study_tunes_on_validation_and_reports_every_tier() {
         // The remedy is tuned (its DPO-Positive weight) at CLO's chosen lr and beta.
         let remedy = &methods["clo+dpop"];
         assert_eq!((remedy.lr, remedy.beta, remedy.dpop), (methods["clo"].lr, 0.1, 5.0));
-        for (method, t) in methods.iter().filter(|(m, _)| *m != "clo+dpop") {
+        let remedy = &methods["clo+nll"];
+        assert_eq!((remedy.lr, remedy.lambda), (methods["clo"].lr, Some(0.9)));
+        for (method, t) in methods.iter().filter(|(m, _)| !m.starts_with("clo+")) {
             let mut best = (f64::MIN, 0.0);
             for lr in [1e-4, 3e-3] {
                 // The tuning run's answers: validation questions only, re-checked from the text.
@@ -334,14 +338,14 @@ fn study_tunes_on_validation_and_reports_every_tier() {
             assert_eq!(t.lr, best.1, "{lang} {method}: chosen on validation");
         }
     }
-    // Rows: base, sft, clo and clo+dpop at both sizes, sft-tgt at 16, per language; win rates
-    // against sft at 24, where sft's own is 0.5.
-    assert_eq!(results.rows.len(), 3 * 8);
+    // Rows: base, sft, clo, clo+dpop and clo+nll at both sizes, sft-tgt at 16, per language;
+    // win rates against sft at 24, where sft's own is 0.5.
+    assert_eq!(results.rows.len(), 3 * 10);
     for r in &results.rows {
         if r.method == "sft" && r.size == Some(24) {
             assert_eq!(r.win_rate.unwrap().value, 0.5);
         }
-        if r.method == "clo" || r.method == "clo+dpop" {
+        if r.method.starts_with("clo") {
             assert!(r.rewards.is_some() && r.win_rate.is_some(), "{r:?}");
         }
     }

@@ -60,6 +60,11 @@ pub struct StudyConfig {
     /// learning rate and beta, then trained at every size and seed. Empty: not studied.
     #[serde(default)]
     pub dpop_grid: Vec<f64>,
+    /// A second remedy (`clo+nll`): CLO with more weight on its NLL term, the anchor of the
+    /// chosen target response (as RPO anchors DPO with the chosen response's NLL), its lambda
+    /// chosen from this grid like `dpop_grid`. Empty: not studied.
+    #[serde(default)]
+    pub nll_lambda_grid: Vec<f64>,
     pub epochs: usize,
     pub batch_size: usize,
     pub lambda: f64,
@@ -84,6 +89,7 @@ impl Default for StudyConfig {
             beta_grid: vec![0.1, 0.3, 1.0],
             beta_methods: vec![Method::Clo, Method::Dpo],
             dpop_grid: vec![5.0, 50.0],
+            nll_lambda_grid: vec![0.8, 0.95],
             epochs: 1,
             batch_size: 8,
             lambda: 0.5,
@@ -152,6 +158,9 @@ pub struct Trial {
     pub beta: f64,
     #[serde(default)]
     pub dpop: f64,
+    /// The NLL weight when it is not the study's `lambda`.
+    #[serde(default)]
+    pub lambda: Option<f64>,
     pub validation_score: f64,
     pub best_val_loss: Option<f64>,
 }
@@ -164,10 +173,14 @@ pub struct Tuning {
     pub beta: f64,
     #[serde(default)]
     pub dpop: f64,
+    #[serde(default)]
+    pub lambda: Option<f64>,
 }
 
 /// The name of the remedy in results: CLO with DPO-Positive terms.
 pub const CLO_DPOP: &str = "clo+dpop";
+/// The name of the remedy in results: CLO with a larger NLL weight.
+pub const CLO_NLL: &str = "clo+nll";
 
 /// The best trial: highest validation score, the first in grid order on a tie.
 pub fn choose(trials: &[Trial]) -> Option<&Trial> {
@@ -409,7 +422,12 @@ pub fn study(
     let english_centric = english_centric(&base_items, &all_langs);
 
     // 2. Tuning on the validation questions.
-    let spec = |dir: PathBuf, lang: Lang, method: Method, n: usize, seed: u64, lr, beta, dpop| RunSpec {
+    let spec = |dir: PathBuf,
+                lang: Lang,
+                method: Method,
+                n: usize,
+                seed: u64,
+                (lr, beta, dpop, lambda): (f64, f64, f64, Option<f64>)| RunSpec {
         dir,
         data: data[&(lang, n, seed)].clone(),
         method,
@@ -418,15 +436,17 @@ pub fn study(
         batch_size: config.batch_size,
         lr,
         beta,
-        lambda: config.lambda,
+        lambda: lambda.unwrap_or(config.lambda),
         dpop,
     };
-    let tune_dir = |lang: Lang, label: &str, lr: f64, beta: f64, dpop: f64| {
-        let tag = if dpop > 0.0 {
-            format!("{}-dpop{dpop}", lr_tag(lr, beta))
-        } else {
-            lr_tag(lr, beta)
-        };
+    let tune_dir = |lang: Lang, label: &str, (lr, beta, dpop, lambda): (f64, f64, f64, Option<f64>)| {
+        let mut tag = lr_tag(lr, beta);
+        if dpop > 0.0 {
+            let _ = write!(tag, "-dpop{dpop}");
+        }
+        if let Some(l) = lambda {
+            let _ = write!(tag, "-lambda{l}");
+        }
         out.join("tune")
             .join(lang.code())
             .join(format!("{}-{tag}", label.replace('+', "-")))
@@ -436,22 +456,24 @@ pub fn study(
     let trial = |lang: Lang,
                      label: &str,
                      method: Method,
-                     (lr, beta, dpop): (f64, f64, f64),
+                     knobs: (f64, f64, f64, Option<f64>),
                      progress: &mut dyn FnMut(QuickProgress)|
      -> Result<Trial> {
+        let (lr, beta, dpop, lambda) = knobs;
         let mut name = format!("{lang} {label} {}", lr_tag(lr, beta));
         if dpop > 0.0 {
             let _ = write!(name, " dpop {dpop}");
         }
+        if let Some(l) = lambda {
+            let _ = write!(name, " lambda {l}");
+        }
         let run = spec(
-            tune_dir(lang, label, lr, beta, dpop),
+            tune_dir(lang, label, knobs),
             lang,
             method,
             config.tune_size,
             config.tune_seed,
-            lr,
-            beta,
-            dpop,
+            knobs,
         );
         let summary = lab.train(&name, &run, progress)?;
         let r = lab.evaluate(
@@ -466,6 +488,7 @@ pub fn study(
             lr,
             beta,
             dpop,
+            lambda,
             validation_score: validation_score(&r, lang),
             best_val_loss: summary.best_val_loss,
         })
@@ -475,7 +498,13 @@ pub fn study(
         for method in config.all_methods() {
             let mut trials = Vec::new();
             for (lr, beta) in config.grid(method) {
-                trials.push(trial(lang, method.name(), method, (lr, beta, 0.0), progress)?);
+                trials.push(trial(
+                    lang,
+                    method.name(),
+                    method,
+                    (lr, beta, 0.0, None),
+                    progress,
+                )?);
             }
             let best = choose(&trials).expect("a grid of one or more").clone();
             tuned.insert(
@@ -484,29 +513,51 @@ pub fn study(
                     lr: best.lr,
                     beta: best.beta,
                     dpop: 0.0,
+                    lambda: None,
                     trials,
                 },
             );
         }
-        // The remedy: DPO-Positive weights at CLO's tuned learning rate and beta.
-        if !config.dpop_grid.is_empty() {
+        // The remedies, at CLO's tuned learning rate and beta: DPO-Positive weights, and
+        // larger NLL weights.
+        let remedies: [(&str, Vec<(f64, Option<f64>)>); 2] = [
+            (
+                CLO_DPOP,
+                config.dpop_grid.iter().map(|d| (*d, None)).collect(),
+            ),
+            (
+                CLO_NLL,
+                config.nll_lambda_grid.iter().map(|l| (0.0, Some(*l))).collect(),
+            ),
+        ];
+        for (label, grid) in remedies {
+            if grid.is_empty() {
+                continue;
+            }
             let (lr, beta) = tuned
                 .get(Method::Clo.name())
                 .map(|t: &Tuning| (t.lr, t.beta))
                 .ok_or_else(|| {
-                    CoreError::Invalid("study settings: the dpop remedy needs clo".into())
+                    CoreError::Invalid(format!("study settings: the {label} remedy needs clo"))
                 })?;
             let mut trials = Vec::new();
-            for &d in &config.dpop_grid {
-                trials.push(trial(lang, CLO_DPOP, Method::Clo, (lr, beta, d), progress)?);
+            for (dpop, lambda) in grid {
+                trials.push(trial(
+                    lang,
+                    label,
+                    Method::Clo,
+                    (lr, beta, dpop, lambda),
+                    progress,
+                )?);
             }
             let best = choose(&trials).expect("a grid of one or more").clone();
             tuned.insert(
-                CLO_DPOP.to_string(),
+                label.to_string(),
                 Tuning {
                     lr,
                     beta,
                     dpop: best.dpop,
+                    lambda: best.lambda,
                     trials,
                 },
             );
@@ -527,6 +578,9 @@ pub fn study(
             if !config.dpop_grid.is_empty() {
                 jobs.push((lang, CLO_DPOP.to_string(), Method::Clo, n));
             }
+            if !config.nll_lambda_grid.is_empty() {
+                jobs.push((lang, CLO_NLL.to_string(), Method::Clo, n));
+            }
         }
         for &m in &config.baselines {
             if !config.main_methods.contains(&m) {
@@ -544,11 +598,11 @@ pub fn study(
             let name = format!("{}-n{n}-s{seed}", label.replace('+', "-"));
             // The tuning run of the chosen setting is this very run: it is reused.
             let dir = if n == config.tune_size && seed == config.tune_seed {
-                tune_dir(lang, label, t.lr, t.beta, t.dpop)
+                tune_dir(lang, label, (t.lr, t.beta, t.dpop, t.lambda))
             } else {
                 out.join("runs").join(lang.code()).join(&name)
             };
-            let run = spec(dir, lang, method, n, seed, t.lr, t.beta, t.dpop);
+            let run = spec(dir, lang, method, n, seed, (t.lr, t.beta, t.dpop, t.lambda));
             lab.train(&format!("{lang} {name}"), &run, progress)?;
             let eval_dir = run.dir.join("eval");
             let r = lab.evaluate(
@@ -767,14 +821,17 @@ pub fn study_tables(r: &StudyResults) -> String {
             e.answered_in_english
         );
     }
-    s.push_str("\n### Tuned settings (chosen on the validation questions)\n\n| language | method | lr | beta | dpop | validation score |\n|---|---|---|---|---|---|\n");
+    s.push_str("\n### Tuned settings (chosen on the validation questions)\n\n| language | method | lr | beta | dpop | lambda | validation score |\n|---|---|---|---|---|---|---|\n");
     for (l, methods) in &r.tuning {
         for (m, t) in methods {
             let score = choose(&t.trials).map_or(f64::NAN, |b| b.validation_score);
             let _ = writeln!(
                 s,
-                "| {l} | {m} | {} | {} | {} | {score:.3} |",
-                t.lr, t.beta, t.dpop
+                "| {l} | {m} | {} | {} | {} | {} | {score:.3} |",
+                t.lr,
+                t.beta,
+                t.dpop,
+                t.lambda.unwrap_or(r.config.lambda)
             );
         }
     }
@@ -869,6 +926,7 @@ pub fn render_study(r: &StudyResults) -> BTreeMap<String, String> {
                 match row.size {
                     Some(n)
                         if row.method == CLO_DPOP
+                            || row.method == CLO_NLL
                             || c.main_methods.iter().any(|m| m.name() == row.method) =>
                     {
                         series
@@ -951,6 +1009,7 @@ mod tests {
             lr,
             beta: 0.1,
             dpop: 0.0,
+            lambda: None,
             validation_score: s,
             best_val_loss: Some(1.0 / lr),
         };
