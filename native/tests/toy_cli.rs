@@ -219,6 +219,25 @@ fn quickstart_runs_end_to_end_on_the_shipped_model_and_resumes() {
             .collect::<Vec<_>>()
     };
     assert_eq!(table(&stdout), table(&stdout2));
+
+    // Other settings: a run made with the old ones is not reused but moved aside and retrained.
+    let mut other = args.to_vec();
+    other.extend(["--lr", "1e-4"]);
+    let (_, stderr3) = ok(clo(&other));
+    assert!(stderr3.contains("train clo-n24-s0"), "{stderr3}");
+    let config = std::fs::read_to_string(out.join("runs/clo-n24-s0/config.toml")).unwrap();
+    assert!(config.contains("lr = 0.0001"), "{config}");
+    let aside = std::fs::read_dir(out.join("runs"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("clo-n24-s0.replaced-")
+        })
+        .count();
+    assert_eq!(aside, 1);
 }
 
 /// The shipped base model is English-centric in the paper's sense, before any adaptation: it

@@ -453,12 +453,21 @@ impl Lab<'_> {
     ) -> Result<crate::train::RunSummary> {
         let run = self.run_config(spec);
         let summary_path = spec.dir.join("summary.json");
-        if !summary_path.exists() {
+        // A run made with other settings (a tuning choice that changed) is never reused: it is
+        // moved aside (`DIR.replaced-TIME`) and trained again.
+        let saved = spec.dir.join("config.toml");
+        let stale = saved.exists()
+            && RunConfig::from_file(&saved).map_or(true, |previous| previous != run);
+        if stale {
+            tracing::warn!(dir = %spec.dir.display(), "the run was made with other settings: training it again");
+        }
+        if stale || !summary_path.exists() {
             progress(QuickProgress::Phase {
                 what: format!("train {name}"),
             });
             let mut opts = TrainOptions::new(&spec.dir, &self.cache);
-            opts.resume = spec.dir.join("config.toml").exists();
+            opts.resume = !stale && saved.exists();
+            opts.force = stale;
             opts.keep_checkpoints = 1;
             let outcome = train(&run, &opts, self.device, &mut |p| {
                 progress(QuickProgress::Train(p))

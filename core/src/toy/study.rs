@@ -182,10 +182,12 @@ pub const CLO_DPOP: &str = "clo+dpop";
 /// The name of the remedy in results: CLO with a larger NLL weight.
 pub const CLO_NLL: &str = "clo+nll";
 
-/// The best trial: highest validation score, the first in grid order on a tie.
+/// The best trial: highest validation score, the first in grid order on a tie. Scores within
+/// 1e-9 tie: they are shares of the same questions, and two sums of the same shares may differ
+/// in the last bit.
 pub fn choose(trials: &[Trial]) -> Option<&Trial> {
     trials.iter().fold(None, |best: Option<&Trial>, t| match best {
-        Some(b) if b.validation_score >= t.validation_score => Some(b),
+        Some(b) if b.validation_score + 1e-9 >= t.validation_score => Some(b),
         _ => Some(t),
     })
 }
@@ -1015,6 +1017,10 @@ mod tests {
         };
         let trials = [t(1e-4, 0.2), t(3e-4, 0.5), t(1e-3, 0.5), t(3e-3, 0.1)];
         assert_eq!(choose(&trials).unwrap().lr, 3e-4);
+        // 6/52 + 51/52 and 5/52 + 52/52 differ in the last bit: a tie, the first wins.
+        let (a, b) = (6.0 / 52.0 + 51.0 / 52.0, 5.0 / 52.0 + 52.0 / 52.0);
+        let trials = [t(1e-4, a.min(b) / 2.0), t(3e-4, a.max(b) / 2.0)];
+        assert_eq!(choose(&trials).unwrap().lr, 1e-4);
         assert!(choose(&[]).is_none());
         let r = ToyResults {
             task: "toy".into(),
