@@ -1018,7 +1018,7 @@ mod tests {
         let trials = [t(1e-4, 0.2), t(3e-4, 0.5), t(1e-3, 0.5), t(3e-3, 0.1)];
         assert_eq!(choose(&trials).unwrap().lr, 3e-4);
         // 6/52 + 51/52 and 5/52 + 52/52 differ in the last bit: a tie, the first wins.
-        let (a, b) = (6.0 / 52.0 + 51.0 / 52.0, 5.0 / 52.0 + 52.0 / 52.0);
+        let (a, b): (f64, f64) = (6.0 / 52.0 + 51.0 / 52.0, 5.0 / 52.0 + 52.0 / 52.0);
         let trials = [t(1e-4, a.min(b) / 2.0), t(3e-4, a.max(b) / 2.0)];
         assert_eq!(choose(&trials).unwrap().lr, 1e-4);
         assert!(choose(&[]).is_none());
