@@ -78,7 +78,9 @@ fn parse_share(s: &str) -> Result<(Lang, f64), String> {
         .ok_or_else(|| format!("`{s}`: write LANG=SHARE, e.g. zir=0.005"))?;
     let lang: Lang = lang.trim().parse()?;
     if lang == Lang::En {
-        return Err("English has the share the toy languages leave; name toy languages only".into());
+        return Err(
+            "English has the share the toy languages leave; name toy languages only".into(),
+        );
     }
     let share: f64 = share
         .trim()

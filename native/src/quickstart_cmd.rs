@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use clo_core::toy::quickstart::{QuickProgress, QuickstartConfig, quickstart, table};
+use clo_core::toy::shipped::write_shipped_model;
 use clo_core::toy::study::{StudyConfig, study, study_tables};
 use clo_core::toy::world::Lang;
-use clo_core::toy::shipped::write_shipped_model;
 use clo_core::train::Method;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -135,7 +135,12 @@ fn run_study(args: QuickstartArgs, base: PathBuf, out: PathBuf) -> anyhow::Resul
         config.dpop_grid = args.dpop.iter().copied().filter(|d| *d > 0.0).collect();
     }
     if !args.nll_lambda.is_empty() {
-        config.nll_lambda_grid = args.nll_lambda.iter().copied().filter(|l| *l > 0.0).collect();
+        config.nll_lambda_grid = args
+            .nll_lambda
+            .iter()
+            .copied()
+            .filter(|l| *l > 0.0)
+            .collect();
     }
     if let Some(list) = &args.baselines {
         config.baselines = list
@@ -163,13 +168,21 @@ fn run_study(args: QuickstartArgs, base: PathBuf, out: PathBuf) -> anyhow::Resul
     let results = study(&base, &out, &config, &device, &mut reporter())
         .with_context(|| format!("study in {}", out.display()))?;
     println!("{}", study_tables(&results));
-    println!("wall time {:.0} s; report: {}", results.wall_s, out.join("report.md").display());
+    println!(
+        "wall time {:.0} s; report: {}",
+        results.wall_s,
+        out.join("report.md").display()
+    );
     Ok(())
 }
 
 pub fn run_quickstart(args: QuickstartArgs) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(if args.study { "clo-study" } else { "clo-quickstart" })
+        PathBuf::from(if args.study {
+            "clo-study"
+        } else {
+            "clo-quickstart"
+        })
     });
     let base = match &args.model {
         Some(dir) => dir.clone(),

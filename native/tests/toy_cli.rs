@@ -319,7 +319,10 @@ fn study_tunes_on_validation_and_reports_every_tier() {
     let (stdout, stderr) = ok(clo(&args));
     for lang in ["vel", "toy", "zir"] {
         assert!(stdout.contains(&format!("### `{lang}`")), "{stdout}");
-        assert!(stderr.contains(&format!("train {lang} clo-n24-s1")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("train {lang} clo-n24-s1")),
+            "{stderr}"
+        );
     }
     let results: StudyResults = read(&out.join("results.json"));
     let test: Vec<EvalQuestion> = read(&out.join("data/test.json"));
@@ -329,16 +332,19 @@ fn study_tunes_on_validation_and_reports_every_tier() {
     for (lang, methods) in &results.tuning {
         // The remedy is tuned (its DPO-Positive weight) at CLO's chosen lr and beta.
         let remedy = &methods["clo+dpop"];
-        assert_eq!((remedy.lr, remedy.beta, remedy.dpop), (methods["clo"].lr, 0.1, 5.0));
+        assert_eq!(
+            (remedy.lr, remedy.beta, remedy.dpop),
+            (methods["clo"].lr, 0.1, 5.0)
+        );
         let remedy = &methods["clo+nll"];
         assert_eq!((remedy.lr, remedy.lambda), (methods["clo"].lr, Some(0.9)));
         for (method, t) in methods.iter().filter(|(m, _)| !m.starts_with("clo+")) {
             let mut best = (f64::MIN, 0.0);
             for lr in [1e-4, 3e-3] {
                 // The tuning run's answers: validation questions only, re-checked from the text.
-                let items = items(
-                    &out.join(format!("tune/{lang}/{method}-lr{lr:e}-b0.1/val-eval/responses.jsonl")),
-                );
+                let items = items(&out.join(format!(
+                    "tune/{lang}/{method}-lr{lr:e}-b0.1/val-eval/responses.jsonl"
+                )));
                 assert_eq!(items.len(), 2 * val.len());
                 let (mut right, mut en) = (0usize, 0usize);
                 for i in &items {
@@ -381,11 +387,26 @@ fn study_tunes_on_validation_and_reports_every_tier() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     for svg in ["correct_zir.svg", "win_rate_vel.svg", "en_accuracy_toy.svg"] {
         assert!(report.contains(svg), "{svg}");
-        assert!(std::fs::read_to_string(out.join(svg)).unwrap().starts_with("<svg"));
+        assert!(
+            std::fs::read_to_string(out.join(svg))
+                .unwrap()
+                .starts_with("<svg")
+        );
     }
     // Run again: nothing is retrained or re-answered.
     let (stdout2, stderr2) = ok(clo(&args));
-    assert!(!stderr2.contains("train ") && !stderr2.contains("eval "), "{stderr2}");
-    assert_eq!(stdout.lines().filter(|l| l.starts_with('|')).collect::<Vec<_>>(),
-        stdout2.lines().filter(|l| l.starts_with('|')).collect::<Vec<_>>());
+    assert!(
+        !stderr2.contains("train ") && !stderr2.contains("eval "),
+        "{stderr2}"
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .collect::<Vec<_>>(),
+        stdout2
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .collect::<Vec<_>>()
+    );
 }

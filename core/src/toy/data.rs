@@ -476,10 +476,18 @@ mod tests {
         }
         // Each tier's share is as designed (within 3 binomial standard errors).
         let n = docs.len() as f64;
-        for (lang, want) in config.shares.iter().map(|(l, s)| (*l, *s)).chain([(Lang::En, config.english_share())]) {
+        for (lang, want) in config
+            .shares
+            .iter()
+            .map(|(l, s)| (*l, *s))
+            .chain([(Lang::En, config.english_share())])
+        {
             let got = per_lang.get(&lang).copied().unwrap_or(0) as f64 / n;
             let se = (want * (1.0 - want) / n).sqrt();
-            assert!((got - want).abs() < 3.0 * se + 1e-9, "{lang}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 3.0 * se + 1e-9,
+                "{lang}: {got} vs {want}"
+            );
         }
         assert!(config.shares[&Lang::Vel] > config.shares[&Lang::Toy]);
         assert!(config.shares[&Lang::Toy] > config.shares[&Lang::Zir]);

@@ -74,8 +74,20 @@ fn default_lang() -> Lang {
 /// toy study"). The study's output is kept in `core/assets/toy-study/`; a test checks these
 /// values against its `tuning.json`.
 pub const TUNED: [(Method, Tuned); 2] = [
-    (Method::Sft, Tuned { lr: 1e-3, beta: 0.1 }),
-    (Method::Clo, Tuned { lr: 3e-4, beta: 0.1 }),
+    (
+        Method::Sft,
+        Tuned {
+            lr: 1e-3,
+            beta: 0.1,
+        },
+    ),
+    (
+        Method::Clo,
+        Tuned {
+            lr: 3e-4,
+            beta: 0.1,
+        },
+    ),
 ];
 
 impl QuickstartConfig {
@@ -456,8 +468,8 @@ impl Lab<'_> {
         // A run made with other settings (a tuning choice that changed) is never reused: it is
         // moved aside (`DIR.replaced-TIME`) and trained again.
         let saved = spec.dir.join("config.toml");
-        let stale = saved.exists()
-            && RunConfig::from_file(&saved).map_or(true, |previous| previous != run);
+        let stale =
+            saved.exists() && RunConfig::from_file(&saved).map_or(true, |previous| previous != run);
         if stale {
             tracing::warn!(dir = %spec.dir.display(), "the run was made with other settings: training it again");
         }

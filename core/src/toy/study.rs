@@ -186,10 +186,12 @@ pub const CLO_NLL: &str = "clo+nll";
 /// 1e-9 tie: they are shares of the same questions, and two sums of the same shares may differ
 /// in the last bit.
 pub fn choose(trials: &[Trial]) -> Option<&Trial> {
-    trials.iter().fold(None, |best: Option<&Trial>, t| match best {
-        Some(b) if b.validation_score + 1e-9 >= t.validation_score => Some(b),
-        _ => Some(t),
-    })
+    trials
+        .iter()
+        .fold(None, |best: Option<&Trial>, t| match best {
+            Some(b) if b.validation_score + 1e-9 >= t.validation_score => Some(b),
+            _ => Some(t),
+        })
 }
 
 /// How the base model treats each language before any adaptation.
@@ -244,12 +246,12 @@ pub fn right_kind(items: &[ToyItem], lang: Lang) -> Option<f64> {
     }
     let ok = mine
         .iter()
-        .filter(|i| {
-            match (parse(&i.response, lang), parse(&i.expected, lang)) {
+        .filter(
+            |i| match (parse(&i.response, lang), parse(&i.expected, lang)) {
                 (Some(a), Some(b)) => std::mem::discriminant(&a) == std::mem::discriminant(&b),
                 _ => false,
-            }
-        })
+            },
+        )
         .count();
     Some(ok as f64 / mine.len() as f64)
 }
@@ -441,25 +443,26 @@ pub fn study(
         lambda: lambda.unwrap_or(config.lambda),
         dpop,
     };
-    let tune_dir = |lang: Lang, label: &str, (lr, beta, dpop, lambda): (f64, f64, f64, Option<f64>)| {
-        let mut tag = lr_tag(lr, beta);
-        if dpop > 0.0 {
-            let _ = write!(tag, "-dpop{dpop}");
-        }
-        if let Some(l) = lambda {
-            let _ = write!(tag, "-lambda{l}");
-        }
-        out.join("tune")
-            .join(lang.code())
-            .join(format!("{}-{tag}", label.replace('+', "-")))
-    };
+    let tune_dir =
+        |lang: Lang, label: &str, (lr, beta, dpop, lambda): (f64, f64, f64, Option<f64>)| {
+            let mut tag = lr_tag(lr, beta);
+            if dpop > 0.0 {
+                let _ = write!(tag, "-dpop{dpop}");
+            }
+            if let Some(l) = lambda {
+                let _ = write!(tag, "-lambda{l}");
+            }
+            out.join("tune")
+                .join(lang.code())
+                .join(format!("{}-{tag}", label.replace('+', "-")))
+        };
     let mut tuning: BTreeMap<Lang, BTreeMap<String, Tuning>> = BTreeMap::new();
     // One tuning run: trained at the tuning size and seed, answers the validation questions.
     let trial = |lang: Lang,
-                     label: &str,
-                     method: Method,
-                     knobs: (f64, f64, f64, Option<f64>),
-                     progress: &mut dyn FnMut(QuickProgress)|
+                 label: &str,
+                 method: Method,
+                 knobs: (f64, f64, f64, Option<f64>),
+                 progress: &mut dyn FnMut(QuickProgress)|
      -> Result<Trial> {
         let (lr, beta, dpop, lambda) = knobs;
         let mut name = format!("{lang} {label} {}", lr_tag(lr, beta));
@@ -522,14 +525,19 @@ pub fn study(
         }
         // The remedies, at CLO's tuned learning rate and beta: DPO-Positive weights, and
         // larger NLL weights.
-        let remedies: [(&str, Vec<(f64, Option<f64>)>); 2] = [
+        type Grid = Vec<(f64, Option<f64>)>;
+        let remedies: [(&str, Grid); 2] = [
             (
                 CLO_DPOP,
                 config.dpop_grid.iter().map(|d| (*d, None)).collect(),
             ),
             (
                 CLO_NLL,
-                config.nll_lambda_grid.iter().map(|l| (0.0, Some(*l))).collect(),
+                config
+                    .nll_lambda_grid
+                    .iter()
+                    .map(|l| (0.0, Some(*l)))
+                    .collect(),
             ),
         ];
         for (label, grid) in remedies {
@@ -615,9 +623,11 @@ pub fn study(
                 &[Lang::En, lang],
                 progress,
             )?;
-            done.entry((lang, label.clone(), n))
-                .or_default()
-                .push((r, read_items(&eval_dir)?, run.dir.clone()));
+            done.entry((lang, label.clone(), n)).or_default().push((
+                r,
+                read_items(&eval_dir)?,
+                run.dir.clone(),
+            ));
         }
     }
 
@@ -681,7 +691,8 @@ pub fn english_centric(items: &[ToyItem], langs: &[Lang]) -> BTreeMap<Lang, Engl
         .map(|&l| {
             let mine: Vec<&ToyItem> = items.iter().filter(|i| i.lang == l.code()).collect();
             let n = mine.len().max(1) as f64;
-            let share = |f: &dyn Fn(&ToyItem) -> bool| mine.iter().filter(|i| f(i)).count() as f64 / n;
+            let share =
+                |f: &dyn Fn(&ToyItem) -> bool| mine.iter().filter(|i| f(i)).count() as f64 / n;
             (
                 l,
                 EnglishCentric {
@@ -743,7 +754,10 @@ fn study_row(
             .collect();
         (wins.len() == runs.len() && size.is_some()).then(|| pooled(&wins))
     });
-    let rewards: Vec<[f64; 4]> = runs.iter().filter_map(|(_, _, d)| final_rewards(d)).collect();
+    let rewards: Vec<[f64; 4]> = runs
+        .iter()
+        .filter_map(|(_, _, d)| final_rewards(d))
+        .collect();
     let rewards = (!rewards.is_empty() && rewards.iter().flatten().any(|x| *x != 0.0)).then(|| {
         let mut m = [0.0; 4];
         for r in &rewards {
@@ -780,19 +794,19 @@ fn verdict(lang: Lang, rows: &[StudyRow], sizes: &[usize]) -> Verdict {
             .find(|r| r.lang == lang && r.method == m && r.size == n)
     };
     let base_en = find("base", None).map(|r| r.en_accuracy.value);
-    let clo_beats_sft = small.iter().all(|&n| {
-        match (find("clo", Some(n)), find("sft", Some(n))) {
+    let clo_beats_sft = small
+        .iter()
+        .all(|&n| match (find("clo", Some(n)), find("sft", Some(n))) {
             (Some(c), Some(s)) => {
                 c.tgt_correct_in_language.value > s.tgt_correct_in_language.value
                     && c.tgt_fidelity.value > s.tgt_fidelity.value
             }
             _ => false,
-        }
-    });
+        });
     let english_kept = base_en.is_some_and(|b| {
-        sizes.iter().all(|&n| {
-            find("clo", Some(n)).is_some_and(|c| c.en_accuracy.value >= b - 0.02)
-        })
+        sizes
+            .iter()
+            .all(|&n| find("clo", Some(n)).is_some_and(|c| c.en_accuracy.value >= b - 0.02))
     });
     Verdict {
         lang,
@@ -890,7 +904,8 @@ pub fn study_tables(r: &StudyResults) -> String {
 pub fn render_study(r: &StudyResults) -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
     let c = &r.config;
-    let mut md = String::from("# clo quickstart --study: CLO against SFT on three toy languages\n\n");
+    let mut md =
+        String::from("# clo quickstart --study: CLO against SFT on three toy languages\n\n");
     let _ = writeln!(
         md,
         "Base model `{}`. Every run trains its attention projections for {} epoch(s) (batch {}, lambda {}) and keeps its checkpoint with the lowest validation loss. Learning rates {:?} (and beta {:?} for {}) were tuned per method and language at {} quadruples (seed {}) on {} validation questions; {} test questions, never overlapping them, give every number below. Sizes {:?}, seeds {:?}; baselines at {}. Wall time {:.0} s.\n",
@@ -900,7 +915,11 @@ pub fn render_study(r: &StudyResults) -> BTreeMap<String, String> {
         c.lambda,
         c.lr_grid,
         c.beta_grid,
-        c.beta_methods.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "),
+        c.beta_methods
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", "),
         c.tune_size,
         c.tune_seed,
         r.validation_questions,
@@ -914,11 +933,19 @@ pub fn render_study(r: &StudyResults) -> BTreeMap<String, String> {
     md.push_str("\n## Figures\n\n");
     type Pick = fn(&StudyRow) -> Option<Estimate>;
     let charts: [(&str, &str, Pick); 5] = [
-        ("right and in language", "correct", |r| Some(r.tgt_correct_in_language)),
-        ("accuracy (right, in any language)", "accuracy", |r| Some(r.tgt_accuracy)),
+        ("right and in language", "correct", |r| {
+            Some(r.tgt_correct_in_language)
+        }),
+        ("accuracy (right, in any language)", "accuracy", |r| {
+            Some(r.tgt_accuracy)
+        }),
         ("fidelity", "fidelity", |r| Some(r.tgt_fidelity)),
         ("English accuracy", "en_accuracy", |r| Some(r.en_accuracy)),
-        ("win rate against SFT at the largest size", "win_rate", |r| r.win_rate),
+        (
+            "win rate against SFT at the largest size",
+            "win_rate",
+            |r| r.win_rate,
+        ),
     ];
     for &lang in &c.langs {
         for (what, file, pick) in charts {
@@ -975,7 +1002,11 @@ mod tests {
             response: String::new(),
             expected: String::new(),
             correct,
-            detected: Some(if in_language { lang.into() } else { "en".into() }),
+            detected: Some(if in_language {
+                lang.into()
+            } else {
+                "en".into()
+            }),
             in_language,
             s_index: None,
             stop: StopReason::Eos,
@@ -1026,8 +1057,14 @@ mod tests {
             task: "toy".into(),
             model: "m".into(),
             per_language: [
-                ("en".to_string(), ToyStats::of(&[&item("1", "en", true, true)])),
-                ("vel".to_string(), ToyStats::of(&[&item("1", "vel", true, false)])),
+                (
+                    "en".to_string(),
+                    ToyStats::of(&[&item("1", "en", true, true)]),
+                ),
+                (
+                    "vel".to_string(),
+                    ToyStats::of(&[&item("1", "vel", true, false)]),
+                ),
             ]
             .into_iter()
             .collect(),
@@ -1064,8 +1101,19 @@ mod tests {
             c.grid(Method::Clo).len(),
             c.lr_grid.len() * c.beta_grid.len()
         );
-        assert!(c.grid(Method::Sft).iter().all(|(_, b)| *b == c.beta_grid[0]));
-        assert!(StudyConfig { langs: vec![Lang::En], ..c.clone() }.check().is_err());
+        assert!(
+            c.grid(Method::Sft)
+                .iter()
+                .all(|(_, b)| *b == c.beta_grid[0])
+        );
+        assert!(
+            StudyConfig {
+                langs: vec![Lang::En],
+                ..c.clone()
+            }
+            .check()
+            .is_err()
+        );
         assert!(c.check().is_ok());
     }
 }

@@ -776,15 +776,18 @@ pub fn word_lang(word: &str) -> Option<Lang> {
     let lower = word.to_lowercase();
     Lang::ALL.into_iter().find(|&lang| {
         let g = lang.grammar();
-        stems(&lower, lang).into_iter().enumerate().any(|(i, stem)| {
-            g.function.contains(&stem)
+        stems(&lower, lang)
+            .into_iter()
+            .enumerate()
+            .any(|(i, stem)| {
+                g.function.contains(&stem)
                 || g.animals.contains(&stem)
                 || g.colors.contains(&stem)
                 || stem == g.book
                 || stem == g.books
                 // A name with a case affix (`Paroro`) is that language's morphology.
                 || (i > 0 && index_of(&CITIES, stem).is_some())
-        })
+            })
     })
 }
 
@@ -971,11 +974,7 @@ mod tests {
                 let text = render(&f, lang);
                 assert_eq!(parse(&text, lang), Some(f.clone()), "{lang:?}: {text}");
                 for other in Lang::ALL.into_iter().filter(|l| *l != lang) {
-                    assert_eq!(
-                        parse(&text, other),
-                        None,
-                        "{text} parses as {other:?} too"
-                    );
+                    assert_eq!(parse(&text, other), None, "{text} parses as {other:?} too");
                     let there = translate(&text, lang, other).unwrap();
                     assert_eq!(
                         translate(&there, other, lang).as_deref(),
@@ -1034,7 +1033,11 @@ mod tests {
             }
         }
         assert_eq!("vel".parse::<Lang>(), Ok(Lang::Vel));
-        assert!("xx".parse::<Lang>().unwrap_err().contains("en, vel, toy, zir"));
+        assert!(
+            "xx".parse::<Lang>()
+                .unwrap_err()
+                .contains("en, vel, toy, zir")
+        );
     }
 
     #[test]

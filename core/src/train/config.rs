@@ -471,7 +471,10 @@ impl RunConfig {
             return bad("lambda", "must be in [0, 1] (paper: 0.5)");
         }
         if !(self.dpop >= 0.0 && self.dpop.is_finite()) {
-            return bad("dpop", "must be 0 (off) or a positive number (Smaug: 5 to 500)");
+            return bad(
+                "dpop",
+                "must be 0 (off) or a positive number (Smaug: 5 to 500)",
+            );
         }
         if self.max_len < 2 {
             return bad("max_len", "must be at least 2 tokens");

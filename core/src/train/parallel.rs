@@ -419,7 +419,10 @@ mod tests {
 
     #[test]
     fn dpo_shards_keep_their_directions() {
-        let objective = Objective::Dpo { beta: 0.1, dpop: 0.0 };
+        let objective = Objective::Dpo {
+            beta: 0.1,
+            dpop: 0.0,
+        };
         let batch = MicroBatch {
             rows: (0..4).map(|r| pair(r, 2)).collect(),
             reference: vec![0., 1., 2., 3.],

@@ -929,7 +929,14 @@ mod tests {
             .map(|r| r.response.len() as f32)
             .collect();
         let counts = Tensor::<1>::from_data(TensorData::new(counts, [2]), &model.device().inner());
-        let terms = super::super::loss::clo_loss(policy, reference, counts, 0.1, 0.5, NllReduction::TokenMean);
+        let terms = super::super::loss::clo_loss(
+            policy,
+            reference,
+            counts,
+            0.1,
+            0.5,
+            NllReduction::TokenMean,
+        );
         let expect = terms.loss.into_scalar::<f32>() as f64;
         let expect_en: Vec<f32> = terms
             .en
@@ -1084,7 +1091,13 @@ mod tests {
                 },
                 quads,
             ),
-            (Objective::Dpo { beta: 0.2, dpop: 0.0 }, pairs),
+            (
+                Objective::Dpo {
+                    beta: 0.2,
+                    dpop: 0.0,
+                },
+                pairs,
+            ),
             (
                 Objective::Sft {
                     reduction: NllReduction::TokenMean,
@@ -1191,7 +1204,13 @@ mod tests {
         };
         let cases = [
             (clo(), clo_batch()),
-            (Objective::Dpo { beta: 0.1, dpop: 0.0 }, dpo_batch),
+            (
+                Objective::Dpo {
+                    beta: 0.1,
+                    dpop: 0.0,
+                },
+                dpo_batch,
+            ),
             (
                 Objective::Sft {
                     reduction: NllReduction::TokenMean,

@@ -17,7 +17,11 @@ pub async fn detect(
 ) -> ApiResult<LangIdResponse> {
     use clo_core::eval::langid::LanguageIdentifier as _;
     let toy = clo_core::toy::ToyLangId.detect(&req.text);
-    let is_toy = |l: &str| clo_core::toy::world::Lang::TARGETS.iter().any(|t| t.code() == l);
+    let is_toy = |l: &str| {
+        clo_core::toy::world::Lang::TARGETS
+            .iter()
+            .any(|t| t.code() == l)
+    };
     let lang = if toy.as_deref().is_some_and(is_toy) {
         toy
     } else {
@@ -32,7 +36,11 @@ pub async fn detect(
 /// The language identifier for a dataset's languages: the toy world's lexicons, lingua for the
 /// languages it knows, none otherwise.
 pub(super) fn langid_for(langs: &[String]) -> Option<Arc<dyn LanguageIdentifier>> {
-    let toy = |l: &str| clo_core::toy::world::Lang::TARGETS.iter().any(|t| t.code() == l);
+    let toy = |l: &str| {
+        clo_core::toy::world::Lang::TARGETS
+            .iter()
+            .any(|t| t.code() == l)
+    };
     if langs.iter().any(|l| toy(l)) {
         return Some(Arc::new(clo_core::toy::ToyLangId));
     }
