@@ -1229,11 +1229,14 @@ mod tests {
         ];
         for (objective, batch) in &cases {
             for set in &sets {
+                // One initial model for every run: tests drawing random weights elsewhere (a
+                // pretraining, a session) may advance the shared device RNG between two draws.
+                let device = Device::flex().autodiff();
+                let init = crate::seeded(&device, 7, || {
+                    set.apply(tiny_test_decoder().init(&device)).unwrap()
+                });
                 let run = |chunk: usize| {
-                    let device = Device::flex().autodiff();
-                    let mut model = crate::seeded(&device, 7, || {
-                        set.apply(tiny_test_decoder().init(&device)).unwrap()
-                    });
+                    let mut model = init.clone();
                     let mut t = Trainer::new(*objective, OptimizerSettings::fine_tuning(0.0, 1.0))
                         .with_logp_chunk(chunk);
                     let mut out = Vec::new();
