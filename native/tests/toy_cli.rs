@@ -333,11 +333,14 @@ fn study_tunes_on_validation_and_reports_every_tier() {
         // The remedy is tuned (its DPO-Positive weight) at CLO's chosen lr and beta.
         let remedy = &methods["clo+dpop"];
         assert_eq!(
-            (remedy.lr, remedy.beta, remedy.dpop),
-            (methods["clo"].lr, 0.1, 5.0)
+            (remedy.setting.lr, remedy.setting.beta, remedy.setting.dpop),
+            (methods["clo"].setting.lr, 0.1, 5.0)
         );
         let remedy = &methods["clo+nll"];
-        assert_eq!((remedy.lr, remedy.lambda), (methods["clo"].lr, Some(0.9)));
+        assert_eq!(
+            (remedy.setting.lr, remedy.setting.lambda),
+            (methods["clo"].setting.lr, Some(0.9))
+        );
         for (method, t) in methods.iter().filter(|(m, _)| !m.starts_with("clo+")) {
             let mut best = (f64::MIN, 0.0);
             for lr in [1e-4, 3e-3] {
@@ -360,7 +363,10 @@ fn study_tunes_on_validation_and_reports_every_tier() {
                     best = (score, lr);
                 }
             }
-            assert_eq!(t.lr, best.1, "{lang} {method}: chosen on validation");
+            assert_eq!(
+                t.setting.lr, best.1,
+                "{lang} {method}: chosen on validation"
+            );
         }
     }
     // Rows: base, sft, clo, clo+dpop and clo+nll at both sizes, sft-tgt at 16, per language;

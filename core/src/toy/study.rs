@@ -151,30 +151,65 @@ pub fn validation_score(r: &ToyResults, lang: Lang) -> f64 {
     (tgt + en) / 2.0
 }
 
-/// One tried setting and how it did on the validation questions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trial {
+/// What a tuning run tries and a tuned run trains with.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Setting {
     pub lr: f64,
     pub beta: f64,
+    /// DPO-Positive weight (0: off).
     #[serde(default)]
     pub dpop: f64,
     /// The NLL weight when it is not the study's `lambda`.
     #[serde(default)]
     pub lambda: Option<f64>,
+}
+
+impl Setting {
+    fn new(lr: f64, beta: f64) -> Self {
+        Setting {
+            lr,
+            beta,
+            dpop: 0.0,
+            lambda: None,
+        }
+    }
+
+    /// `lr1e-3-b0.1[-dpop5][-lambda0.8]`: the tuning run's directory tag.
+    fn tag(&self) -> String {
+        let mut tag = format!("lr{:e}-b{}", self.lr, self.beta);
+        if self.dpop > 0.0 {
+            let _ = write!(tag, "-dpop{}", self.dpop);
+        }
+        if let Some(l) = self.lambda {
+            let _ = write!(tag, "-lambda{l}");
+        }
+        tag
+    }
+}
+
+/// One tried setting and how it did on the validation questions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    #[serde(flatten)]
+    pub setting: Setting,
     pub validation_score: f64,
     pub best_val_loss: Option<f64>,
 }
 
-/// The tuning of one method for one language.
+/// The tuning of one method for one language: the trials and the chosen setting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tuning {
     pub trials: Vec<Trial>,
-    pub lr: f64,
-    pub beta: f64,
-    #[serde(default)]
-    pub dpop: f64,
-    #[serde(default)]
-    pub lambda: Option<f64>,
+    #[serde(flatten)]
+    pub setting: Setting,
+}
+
+impl Tuning {
+    /// The trials and the best of them ([`choose`]).
+    fn of(trials: Vec<Trial>) -> Self {
+        let setting = choose(&trials).expect("a grid of one or more").setting;
+        Tuning { trials, setting }
+    }
 }
 
 /// The name of the remedy in results: CLO with DPO-Positive terms.
@@ -338,10 +373,6 @@ fn final_rewards(run: &Path) -> Option<[f64; 4]> {
     Some(mean)
 }
 
-fn lr_tag(lr: f64, beta: f64) -> String {
-    format!("lr{lr:e}-b{beta}")
-}
-
 /// Runs the study from the toy model in `base` into `out`.
 pub fn study(
     base: &Path,
@@ -426,59 +457,42 @@ pub fn study(
     let english_centric = english_centric(&base_items, &all_langs);
 
     // 2. Tuning on the validation questions.
-    let spec = |dir: PathBuf,
-                lang: Lang,
-                method: Method,
-                n: usize,
-                seed: u64,
-                (lr, beta, dpop, lambda): (f64, f64, f64, Option<f64>)| RunSpec {
-        dir,
-        data: data[&(lang, n, seed)].clone(),
-        method,
-        seed,
-        epochs: config.epochs,
-        batch_size: config.batch_size,
-        lr,
-        beta,
-        lambda: lambda.unwrap_or(config.lambda),
-        dpop,
-    };
-    let tune_dir =
-        |lang: Lang, label: &str, (lr, beta, dpop, lambda): (f64, f64, f64, Option<f64>)| {
-            let mut tag = lr_tag(lr, beta);
-            if dpop > 0.0 {
-                let _ = write!(tag, "-dpop{dpop}");
-            }
-            if let Some(l) = lambda {
-                let _ = write!(tag, "-lambda{l}");
-            }
-            out.join("tune")
-                .join(lang.code())
-                .join(format!("{}-{tag}", label.replace('+', "-")))
+    let spec =
+        |dir: PathBuf, lang: Lang, method: Method, n: usize, seed: u64, set: Setting| RunSpec {
+            dir,
+            data: data[&(lang, n, seed)].clone(),
+            method,
+            seed,
+            epochs: config.epochs,
+            batch_size: config.batch_size,
+            lr: set.lr,
+            beta: set.beta,
+            lambda: set.lambda.unwrap_or(config.lambda),
+            dpop: set.dpop,
         };
+    let tune_dir = |lang: Lang, label: &str, set: &Setting| {
+        out.join("tune").join(lang.code()).join(format!(
+            "{}-{}",
+            label.replace('+', "-"),
+            set.tag()
+        ))
+    };
     let mut tuning: BTreeMap<Lang, BTreeMap<String, Tuning>> = BTreeMap::new();
     // One tuning run: trained at the tuning size and seed, answers the validation questions.
     let trial = |lang: Lang,
                  label: &str,
                  method: Method,
-                 knobs: (f64, f64, f64, Option<f64>),
+                 setting: Setting,
                  progress: &mut dyn FnMut(QuickProgress)|
      -> Result<Trial> {
-        let (lr, beta, dpop, lambda) = knobs;
-        let mut name = format!("{lang} {label} {}", lr_tag(lr, beta));
-        if dpop > 0.0 {
-            let _ = write!(name, " dpop {dpop}");
-        }
-        if let Some(l) = lambda {
-            let _ = write!(name, " lambda {l}");
-        }
+        let name = format!("{lang} {label} {}", setting.tag());
         let run = spec(
-            tune_dir(lang, label, knobs),
+            tune_dir(lang, label, &setting),
             lang,
             method,
             config.tune_size,
             config.tune_seed,
-            knobs,
+            setting,
         );
         let summary = lab.train(&name, &run, progress)?;
         let r = lab.evaluate(
@@ -490,10 +504,7 @@ pub fn study(
             progress,
         )?;
         Ok(Trial {
-            lr,
-            beta,
-            dpop,
-            lambda,
+            setting,
             validation_score: validation_score(&r, lang),
             best_val_loss: summary.best_val_loss,
         })
@@ -501,76 +512,52 @@ pub fn study(
     for &lang in &config.langs {
         let mut tuned = BTreeMap::new();
         for method in config.all_methods() {
-            let mut trials = Vec::new();
-            for (lr, beta) in config.grid(method) {
-                trials.push(trial(
-                    lang,
-                    method.name(),
-                    method,
-                    (lr, beta, 0.0, None),
-                    progress,
-                )?);
-            }
-            let best = choose(&trials).expect("a grid of one or more").clone();
-            tuned.insert(
-                method.name().to_string(),
-                Tuning {
-                    lr: best.lr,
-                    beta: best.beta,
-                    dpop: 0.0,
-                    lambda: None,
-                    trials,
-                },
-            );
+            let trials = config
+                .grid(method)
+                .into_iter()
+                .map(|(lr, beta)| {
+                    trial(
+                        lang,
+                        method.name(),
+                        method,
+                        Setting::new(lr, beta),
+                        progress,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            tuned.insert(method.name().to_string(), Tuning::of(trials));
         }
         // The remedies, at CLO's tuned learning rate and beta: DPO-Positive weights, and
         // larger NLL weights.
-        type Grid = Vec<(f64, Option<f64>)>;
-        let remedies: [(&str, Grid); 2] = [
-            (
-                CLO_DPOP,
-                config.dpop_grid.iter().map(|d| (*d, None)).collect(),
-            ),
-            (
-                CLO_NLL,
-                config
-                    .nll_lambda_grid
-                    .iter()
-                    .map(|l| (0.0, Some(*l)))
-                    .collect(),
-            ),
+        let remedies: [(&str, &[f64]); 2] = [
+            (CLO_DPOP, &config.dpop_grid),
+            (CLO_NLL, &config.nll_lambda_grid),
         ];
         for (label, grid) in remedies {
             if grid.is_empty() {
                 continue;
             }
-            let (lr, beta) = tuned
+            let clo = tuned
                 .get(Method::Clo.name())
-                .map(|t: &Tuning| (t.lr, t.beta))
+                .map(|t: &Tuning| t.setting)
                 .ok_or_else(|| {
                     CoreError::Invalid(format!("study settings: the {label} remedy needs clo"))
                 })?;
-            let mut trials = Vec::new();
-            for (dpop, lambda) in grid {
-                trials.push(trial(
-                    lang,
-                    label,
-                    Method::Clo,
-                    (lr, beta, dpop, lambda),
-                    progress,
-                )?);
-            }
-            let best = choose(&trials).expect("a grid of one or more").clone();
-            tuned.insert(
-                label.to_string(),
-                Tuning {
-                    lr,
-                    beta,
-                    dpop: best.dpop,
-                    lambda: best.lambda,
-                    trials,
-                },
-            );
+            let trials = grid
+                .iter()
+                .map(|&w| {
+                    let set = if label == CLO_DPOP {
+                        Setting { dpop: w, ..clo }
+                    } else {
+                        Setting {
+                            lambda: Some(w),
+                            ..clo
+                        }
+                    };
+                    trial(lang, label, Method::Clo, set, progress)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            tuned.insert(label.to_string(), Tuning::of(trials));
         }
         tuning.insert(lang, tuned);
         write_json_atomically(&out.join("tuning.json"), &tuning)?;
@@ -608,11 +595,11 @@ pub fn study(
             let name = format!("{}-n{n}-s{seed}", label.replace('+', "-"));
             // The tuning run of the chosen setting is this very run: it is reused.
             let dir = if n == config.tune_size && seed == config.tune_seed {
-                tune_dir(lang, label, (t.lr, t.beta, t.dpop, t.lambda))
+                tune_dir(lang, label, &t.setting)
             } else {
                 out.join("runs").join(lang.code()).join(&name)
             };
-            let run = spec(dir, lang, method, n, seed, (t.lr, t.beta, t.dpop, t.lambda));
+            let run = spec(dir, lang, method, n, seed, t.setting);
             lab.train(&format!("{lang} {name}"), &run, progress)?;
             let eval_dir = run.dir.join("eval");
             let r = lab.evaluate(
@@ -772,8 +759,8 @@ fn study_row(
         method: method.into(),
         size,
         seeds: runs.len(),
-        lr: tuned.map(|t| t.lr),
-        beta: tuned.map(|t| t.beta),
+        lr: tuned.map(|t| t.setting.lr),
+        beta: tuned.map(|t| t.setting.beta),
         tgt_fidelity: est(tgt, &|s| s.fidelity),
         tgt_accuracy: est(tgt, &|s| s.accuracy),
         tgt_correct_in_language: est(tgt, &|s| s.correct_in_language),
@@ -844,10 +831,10 @@ pub fn study_tables(r: &StudyResults) -> String {
             let _ = writeln!(
                 s,
                 "| {l} | {m} | {} | {} | {} | {} | {score:.3} |",
-                t.lr,
-                t.beta,
-                t.dpop,
-                t.lambda.unwrap_or(r.config.lambda)
+                t.setting.lr,
+                t.setting.beta,
+                t.setting.dpop,
+                t.setting.lambda.unwrap_or(r.config.lambda)
             );
         }
     }
@@ -1039,19 +1026,16 @@ mod tests {
     #[test]
     fn choice_takes_the_best_validation_score() {
         let t = |lr: f64, s: f64| Trial {
-            lr,
-            beta: 0.1,
-            dpop: 0.0,
-            lambda: None,
+            setting: Setting::new(lr, 0.1),
             validation_score: s,
             best_val_loss: Some(1.0 / lr),
         };
         let trials = [t(1e-4, 0.2), t(3e-4, 0.5), t(1e-3, 0.5), t(3e-3, 0.1)];
-        assert_eq!(choose(&trials).unwrap().lr, 3e-4);
+        assert_eq!(choose(&trials).unwrap().setting.lr, 3e-4);
         // 6/52 + 51/52 and 5/52 + 52/52 differ in the last bit: a tie, the first wins.
         let (a, b): (f64, f64) = (6.0 / 52.0 + 51.0 / 52.0, 5.0 / 52.0 + 52.0 / 52.0);
         let trials = [t(1e-4, a.min(b) / 2.0), t(3e-4, a.max(b) / 2.0)];
-        assert_eq!(choose(&trials).unwrap().lr, 1e-4);
+        assert_eq!(choose(&trials).unwrap().setting.lr, 1e-4);
         assert!(choose(&[]).is_none());
         let r = ToyResults {
             task: "toy".into(),
