@@ -541,6 +541,32 @@ impl RunConfig {
 mod tests {
     use super::*;
 
+    /// `dpop` reaches the objectives of clo and dpo (and is refused when negative).
+    #[test]
+    fn dpop_reaches_the_preference_objectives() {
+        use crate::train::step::Objective;
+        let c = RunConfig {
+            dpop: 5.0,
+            ..RunConfig::default()
+        };
+        assert!(matches!(
+            crate::train::run::objective(Method::Clo, &c),
+            Objective::Clo { dpop, .. } if dpop == 5.0
+        ));
+        assert!(matches!(
+            crate::train::run::objective(Method::Dpo, &c),
+            Objective::Dpo { dpop, .. } if dpop == 5.0
+        ));
+        assert_eq!(RunConfig::default().dpop, 0.0);
+        let bad = RunConfig {
+            dpop: -1.0,
+            model: "m".into(),
+            data: "d".into(),
+            ..RunConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("dpop"));
+    }
+
     /// Every key of `RUN/config.toml` has one help text, and every help text is a key's; the
     /// defaults shown come from `RunConfig::default()`.
     #[test]
