@@ -629,6 +629,7 @@ fn time_train_steps(
         OptimizerSettings::fine_tuning(run_config.weight_decay, run_config.max_grad_norm),
     )
     .with_logp_chunk(run_config.logp_chunk)
+    .with_grad_checkpoint(run_config.grad_checkpoint)
     .with_replicas(
         &devices[1..]
             .iter()

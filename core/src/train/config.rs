@@ -165,8 +165,9 @@ pub struct RunConfig {
     pub eval_every: Option<usize>,
     /// Write a resumable checkpoint every K optimizer steps; default: `eval_every`.
     pub save_every: Option<usize>,
-    /// Gradient checkpointing (Burn's balanced strategy): memory-bound activations are
-    /// recomputed in the backward pass instead of kept. Same losses and gradients.
+    /// Per-layer activation checkpointing: only each decoder layer's input is kept in the forward
+    /// pass, and each layer is recomputed from it in the backward pass. Same losses and
+    /// gradients.
     pub grad_checkpoint: bool,
     /// Log-probs computed this many positions at a time in training (0: the whole sequence):
     /// the `[rows, seq, vocab]` logits are never kept for the backward pass. Same losses and
@@ -295,7 +296,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         key: "grad_checkpoint",
-        help: "Gradient checkpointing: recompute memory-bound activations (elementwise ops) in the backward pass instead of keeping them; same losses and gradients, less memory, more time.",
+        help: "Per-layer activation checkpointing: keep only each decoder layer's input in the forward pass and recompute one layer at a time in the backward pass; same losses and gradients, much less memory, one more forward pass.",
     },
     Setting {
         key: "logp_chunk",
@@ -382,15 +383,10 @@ impl Default for RunConfig {
 }
 
 impl RunConfig {
-    /// The autodiff device a run trains on: `device`'s, with gradient checkpointing when the
-    /// run asks for it.
+    /// The autodiff device a run trains on. (`grad_checkpoint` is the trainer's per-layer
+    /// checkpointing, not Burn's per-operation strategy.)
     pub fn autodiff_device(&self, device: &Device) -> Device {
-        let ad = device.clone().autodiff();
-        if self.grad_checkpoint {
-            ad.gradient_checkpointing()
-        } else {
-            ad
-        }
+        device.clone().autodiff()
     }
 }
 

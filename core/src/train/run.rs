@@ -511,6 +511,7 @@ pub fn train(
             OptimizerSettings::fine_tuning(config.weight_decay, config.max_grad_norm),
         )
         .with_logp_chunk(config.logp_chunk)
+        .with_grad_checkpoint(config.grad_checkpoint)
         .with_replicas(
             &opts
                 .replicas

@@ -67,7 +67,7 @@ impl Session {
     /// Prepares a training of `base` (a plain model on `device`) on `quads`: tokenizes and splits
     /// them as `clo train` does, puts the model under autodiff, applies the trainable set, and
     /// keeps the starting model as the reference, whose log-probs each step computes for the
-    /// examples it uses first. (`grad_checkpoint` does not apply here.) `config.model` and `config.data` only name things in messages.
+    /// examples it uses first. `config.model` and `config.data` only name things in messages.
     pub async fn new(
         base: &CausalLm,
         tokenizer: &ChatTokenizer,
@@ -107,7 +107,8 @@ impl Session {
             objective(stage, &config),
             OptimizerSettings::fine_tuning(config.weight_decay, config.max_grad_norm),
         )
-        .with_logp_chunk(config.logp_chunk);
+        .with_logp_chunk(config.logp_chunk)
+        .with_grad_checkpoint(config.grad_checkpoint);
         Ok(Self {
             model,
             trainer,

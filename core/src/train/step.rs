@@ -340,16 +340,7 @@ fn loss_of(
 
 /// The gradients of a micro-batch's loss (scaled by `scale`) with the log-probs computed
 /// `chunk` positions at a time, so that no `[rows, seq, vocab]` tensor is kept for the backward
-/// pass: only `[rows, chunk, vocab]` while a chunk is computed.
-///
-/// 1. The decoder's hidden states `h` are computed under autodiff; the per-token log-probs are
-///    computed from a detached copy, chunk by chunk, without a graph.
-/// 2. The loss is computed from those log-probs made a leaf, and differentiated: `g`, the
-///    gradient of the loss for each token's log-prob (`[rows, seq]`, small).
-/// 3. Chunk by chunk, the log-probs are recomputed from a leaf copy of `h` under autodiff and
-///    `sum(g * logp)` is differentiated: the gradient for `h` (and for the output layer's
-///    weights, when they train), after which the chunk's graph is dropped.
-/// 4. `sum(h * dh)` is differentiated through the decoder: the same gradients as the loss's.
+/// pass: only `[rows, chunk, vocab]` while a chunk is computed. See [`head_backward`].
 fn chunked_gradients(
     model: &CausalLm,
     objective: &Objective,
@@ -357,42 +348,132 @@ fn chunked_gradients(
     (share, micro, scale, chunk): (Share, usize, f64, usize),
     packed: &mut Packed,
 ) -> Result<GradientsParams> {
-    use crate::infer::score::{chunked_logps, position_logps};
     check_batch(objective, batch)?;
-    let device = model.device();
-    let collated = collate(&batch.rows, &device);
-    let [rows, width] = collated.inputs.dims();
-    let chunk = chunk.max(1);
+    let collated = collate(&batch.rows, &model.device());
     let hidden = model.hidden_states(collated.inputs.clone(), None); // [rows, width, hidden]
+    let mut accumulator = GradientsAccumulator::<CausalLm>::new();
+    let head = (&collated, objective, batch, (share, micro, scale, chunk));
+    let grads = head_backward(model, hidden, head, packed, &mut accumulator)?;
+    accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+    Ok(accumulator.grads())
+}
+
+/// The backward pass from a micro-batch's loss (scaled by `scale`) into `hidden`, the decoder's
+/// output after the final norm (`[rows, width, hidden]`, under autodiff), and through `hidden`'s
+/// graph. Returns that pass's gradients (what `hidden`'s graph reaches); the output layer's
+/// gradients of the chunks (below) go to `accumulator`.
+///
+/// With `chunk` 0, the log-probs are formed from `hidden` at once and the loss differentiated.
+/// Otherwise they are formed `chunk` positions at a time:
+/// 1. the per-token log-probs are computed from a detached copy of `hidden`, chunk by chunk,
+///    without a graph;
+/// 2. the loss is computed from those log-probs made a leaf, and differentiated: `g`, the
+///    gradient of the loss for each token's log-prob (`[rows, seq]`, small);
+/// 3. chunk by chunk, the log-probs are recomputed from a leaf copy of `hidden` under autodiff
+///    and `sum(g * logp)` is differentiated: the gradient for `hidden` (and for the output
+///    layer's weights, when they train), after which the chunk's graph is dropped;
+/// 4. `sum(hidden * dh)` is differentiated through `hidden`'s graph: the same gradients as the
+///    loss's.
+#[allow(clippy::type_complexity)]
+fn head_backward(
+    model: &CausalLm,
+    hidden: Tensor<3>,
+    (collated, objective, batch, (share, micro, scale, chunk)): (
+        &crate::infer::score::Collated,
+        &Objective,
+        &MicroBatch,
+        (Share, usize, f64, usize),
+    ),
+    packed: &mut Packed,
+    accumulator: &mut GradientsAccumulator<CausalLm>,
+) -> Result<burn::tensor::Gradients> {
+    use crate::infer::score::{chunked_logps, position_logps};
+    let device = model.device();
+    let [rows, width] = collated.inputs.dims();
+    let scaled = |loss: Tensor<1>| if scale != 1.0 { loss * scale } else { loss };
+    if chunk == 0 {
+        let policy = position_logps(model, hidden, collated, 0, width)
+            .sum_dim(1)
+            .reshape([rows]);
+        let loss = loss_of(policy, collated, objective, batch, share, micro, packed)?;
+        return Ok(scaled(loss).backward());
+    }
     let fixed = hidden.clone().detach();
-    let logps = chunked_logps(model, &fixed, &collated, chunk)
+    let logps = chunked_logps(model, &fixed, collated, chunk)
         .detach()
         .require_grad(); // [rows, width]
     let policy = logps.clone().sum_dim(1).reshape([rows]);
-    let loss = loss_of(policy, &collated, objective, batch, share, micro, packed)?;
-    let loss = if scale != 1.0 { loss * scale } else { loss };
+    let loss = scaled(loss_of(policy, collated, objective, batch, share, micro, packed)?);
     let g = logps
         .grad(&loss.backward())
         .unwrap_or_else(|| Tensor::zeros([rows, width], &device.clone().inner()));
-    let mut accumulator = GradientsAccumulator::<CausalLm>::new();
     let mut dh = Vec::new();
     for s in (0..width).step_by(chunk) {
         let len = chunk.min(width - s);
         let h = fixed.clone().narrow(1, s, len).detach().require_grad();
-        let surrogate = (position_logps(model, h.clone(), &collated, s, len)
+        let surrogate = (position_logps(model, h.clone(), collated, s, len)
             * g.clone().narrow(1, s, len))
         .sum();
         let mut grads = surrogate.backward();
-        dh.push(
-            h.grad_remove(&mut grads).ok_or_else(|| {
-                CoreError::Invalid("no gradient reached the hidden states".into())
-            })?,
-        );
+        dh.push(h.grad_remove(&mut grads).ok_or_else(no_gradient)?);
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
     }
     let dh = Tensor::cat(dh, 1); // [rows, width, hidden], no graph
-    let trunk = (hidden * dh).sum();
-    accumulator.accumulate(model, GradientsParams::from_grads(trunk.backward(), model));
+    Ok((hidden * dh).sum().backward())
+}
+
+fn no_gradient() -> CoreError {
+    CoreError::Invalid("no gradient reached the hidden states".into())
+}
+
+/// The gradients of a micro-batch's loss (scaled by `scale`) with per-layer checkpoints
+/// (`grad_checkpoint`): the activations of one decoder layer at a time are kept, not those of
+/// all of them.
+///
+/// 1. The forward pass runs on the plain model (no graph) and keeps only each layer's input.
+/// 2. The final norm and the loss ([`head_backward`], chunked when `chunk` > 0) are
+///    differentiated from a leaf copy of the last layer's output: its gradient `dh`.
+/// 3. From the last layer down, each layer is recomputed from a leaf copy of its input under
+///    autodiff and `sum(layer(x) * dh)` differentiated: its parameters' gradients, and `dh`
+///    for the layer below; the layer's graph is then dropped.
+/// 4. Last, when the embeddings train, `sum(embed(ids) * dh)`: their gradient.
+fn layered_gradients(
+    model: &CausalLm,
+    objective: &Objective,
+    batch: &MicroBatch,
+    (share, micro, scale, chunk): (Share, usize, f64, usize),
+    packed: &mut Packed,
+) -> Result<GradientsParams> {
+    check_batch(objective, batch)?;
+    let device = model.device();
+    let collated = collate(&batch.rows, &device);
+    let [_, width] = collated.inputs.dims();
+    let mut inputs = model.valid().layer_inputs(collated.inputs.clone().inner());
+    let top = inputs
+        .pop()
+        .expect("the last layer's output")
+        .autodiff()
+        .require_grad();
+    let mut accumulator = GradientsAccumulator::<CausalLm>::new();
+    let head = (&collated, objective, batch, (share, micro, scale, chunk));
+    let hidden = model.final_norm(top.clone());
+    let mut grads = head_backward(model, hidden, head, packed, &mut accumulator)?;
+    let mut dh = top.grad_remove(&mut grads).ok_or_else(no_gradient)?;
+    accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+    let pass = model.training_pass(width, &device);
+    while let Some(x) = inputs.pop() {
+        let layer = inputs.len();
+        let x = x.autodiff().require_grad();
+        let y = model.layer_forward(layer, x.clone(), &pass);
+        let mut grads = (y * dh).sum().backward();
+        dh = x.grad_remove(&mut grads).ok_or_else(no_gradient)?;
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+    }
+    let embedded = model.embed(collated.inputs.clone());
+    if embedded.is_tracked() {
+        let grads = (embedded * dh).sum().backward();
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+    }
     Ok(accumulator.grads())
 }
 
@@ -462,6 +543,8 @@ pub struct Trainer {
     collective: Option<Arc<dyn Collective>>,
     /// Positions per chunk of the chunked log-probs (0: the whole sequence at once).
     logp_chunk: usize,
+    /// Per-layer checkpoints (see [`layered_gradients`]).
+    layer_checkpoints: bool,
 }
 
 impl Trainer {
@@ -473,7 +556,15 @@ impl Trainer {
             replicas: Replicas::new(&[]),
             collective: None,
             logp_chunk: 0,
+            layer_checkpoints: false,
         }
+    }
+
+    /// Per-layer activation checkpointing (see [`layered_gradients`]): one decoder layer's
+    /// activations are kept at a time, each recomputed from its input in the backward pass.
+    pub fn with_grad_checkpoint(mut self, on: bool) -> Self {
+        self.layer_checkpoints = on;
+        self
     }
 
     /// Log-probs `chunk` positions at a time (see [`chunked_gradients`]): the `[rows, seq,
@@ -567,6 +658,7 @@ impl Trainer {
         let slots = mine.iter().map(|(_, _, slot, _)| *slot).collect();
         let objective = self.objective;
         let chunk = self.logp_chunk;
+        let layered = self.layer_checkpoints;
         let micro_batches = batches.len();
         let main = model.device();
         let work = |d: usize, (m, shard): (usize, Shard)| -> Result<(GradientsParams, Packed)> {
@@ -576,7 +668,15 @@ impl Trainer {
                 values: Vec::new(),
             };
             let scale = 1.0 / micro_batches as f64;
-            let grads = if chunk > 0 {
+            let grads = if layered {
+                layered_gradients(
+                    replica,
+                    &objective,
+                    &shard.batch,
+                    (shard.share, m, scale, chunk),
+                    &mut packed,
+                )?
+            } else if chunk > 0 {
                 chunked_gradients(
                     replica,
                     &objective,
@@ -1155,49 +1255,13 @@ mod tests {
         }
     }
 
-    /// Gradient checkpointing recomputes instead of keeping: the same losses, gradient norms
-    /// and weights as without it.
+    /// Chunked log-probs (the two-phase backward of `chunked_gradients`) and per-layer
+    /// checkpoints (`layered_gradients`, alone and with chunks) give the losses, the gradient
+    /// norms and the weights of the plain step: CLO, DPO and SFT; every parameter training (the
+    /// tied output layer and the embeddings included), attention only, and LoRA; chunks of 1
+    /// and 3 positions (not dividing the width); two micro-batches.
     #[test]
-    fn gradient_checkpointing_changes_nothing_but_memory() {
-        let batch = clo_batch();
-        let run = |device: Device| {
-            let mut model =
-                crate::seeded(&device, 7, || tiny_test_decoder().init(&device).unfreeze());
-            let mut t = Trainer::new(clo(), OptimizerSettings::fine_tuning(0.0, 1.0));
-            let mut out = Vec::new();
-            for _ in 0..2 {
-                let (next, r) = t.step(model, std::slice::from_ref(&batch), 1e-2).unwrap();
-                out.push((r.loss, r.grad_norm));
-                model = next;
-            }
-            (out, all_weights(&model))
-        };
-        let plain = Device::flex().autodiff();
-        let checkpointed = Device::flex().autodiff().gradient_checkpointing();
-        assert!(
-            checkpointed.gradient_checkpointing_strategy()
-                != plain.gradient_checkpointing_strategy()
-        );
-        let (a, wa) = run(plain);
-        let (b, wb) = run(checkpointed);
-        for ((la, ga), (lb, gb)) in a.iter().zip(&b) {
-            assert!((la - lb).abs() < 1e-6, "{la} vs {lb}");
-            assert!((ga - gb).abs() < 1e-5 * ga.max(1.0), "{ga} vs {gb}");
-        }
-        let worst = wa
-            .iter()
-            .zip(&wb)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-6, "weights differ by {worst}");
-    }
-
-    /// Chunked log-probs (the two-phase backward of `chunked_gradients`) give the losses, the
-    /// gradient norms and the weights of the plain step: CLO, DPO and SFT; every parameter
-    /// training (the tied output layer included), attention only, and LoRA; chunks of 1 and 3
-    /// positions (not dividing the width); two micro-batches.
-    #[test]
-    fn chunked_log_probs_change_nothing_but_memory() {
+    fn memory_savers_change_nothing_but_memory() {
         let dpo_batch = MicroBatch {
             english: vec![true, false, true, false],
             ..clo_batch()
@@ -1235,10 +1299,11 @@ mod tests {
                 let init = crate::seeded(&device, 7, || {
                     set.apply(tiny_test_decoder().init(&device)).unwrap()
                 });
-                let run = |chunk: usize| {
+                let run = |(chunk, layered): (usize, bool)| {
                     let mut model = init.clone();
                     let mut t = Trainer::new(*objective, OptimizerSettings::fine_tuning(0.0, 1.0))
-                        .with_logp_chunk(chunk);
+                        .with_logp_chunk(chunk)
+                        .with_grad_checkpoint(layered);
                     let mut out = Vec::new();
                     for _ in 0..2 {
                         let two = [batch.clone(), batch.clone()];
@@ -1248,17 +1313,17 @@ mod tests {
                     }
                     (out, all_weights(&model))
                 };
-                let (plain, wp) = run(0);
-                for chunk in [1, 3] {
+                let (plain, wp) = run((0, false));
+                for chunk in [(1, false), (3, false), (0, true), (3, true)] {
                     let (chunked, wc) = run(chunk);
                     for ((la, ga), (lb, gb)) in plain.iter().zip(&chunked) {
                         assert!(
                             (la - lb).abs() < 1e-5,
-                            "{objective:?} {set:?} {chunk}: loss {la} vs {lb}"
+                            "{objective:?} {set:?} {chunk:?}: loss {la} vs {lb}"
                         );
                         assert!(
                             (ga - gb).abs() < 1e-5 * ga.max(1.0),
-                            "{objective:?} {set:?} {chunk}: grad norm {ga} vs {gb}"
+                            "{objective:?} {set:?} {chunk:?}: grad norm {ga} vs {gb}"
                         );
                     }
                     let worst = wp
@@ -1268,7 +1333,7 @@ mod tests {
                         .fold(0f32, f32::max);
                     assert!(
                         worst < 1e-5,
-                        "{objective:?} {set:?} {chunk}: weights differ by {worst}"
+                        "{objective:?} {set:?} {chunk:?}: weights differ by {worst}"
                     );
                 }
                 assert!(plain[0].1 > 0.0, "{objective:?} {set:?}: a gradient");

@@ -611,46 +611,128 @@ impl CausalLm {
                 &mut scratch
             }
         };
-        let start = cache.len();
-        let (cos, sin) = rope_at(
-            self.rope_tables.get(&self.rope, start + seq, &device),
-            start,
-            seq,
-            &cache.padding,
-        );
-        let local = (self.local_rope.as_ref()).map(|local| {
-            rope_at(
-                self.local_rope_tables.get(local, start + seq, &device),
-                start,
-                seq,
-                &cache.padding,
-            )
-        });
-        // One mask per distinct sliding window, shared by the layers that use it.
-        let mut masks: Vec<(usize, Tensor<3, Bool>)> = Vec::new();
-        let mut x = self.model.embed_tokens.forward(ids); // [b, seq, hidden]
-        if self.embed_scale != 1.0 {
-            // Gemma rounds the factor to the weights' dtype; f32 here.
-            x = x * (self.embed_scale as f32) as f64;
-        }
-        for (layer, slot) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
-            let window = layer.self_attn.sliding_window;
-            let mask = match masks.iter().find(|(w, _)| *w == window) {
-                Some((_, m)) => m.clone(),
-                None => {
-                    let m = attention_mask(seq, start + seq, window, &cache.padding, &device);
-                    masks.push((window, m.clone()));
-                    m
-                }
-            };
-            let (cos, sin) = match (&local, layer.self_attn.local_rope) {
-                (Some((cos, sin)), true) => (cos, sin),
-                _ => (&cos, &sin),
-            };
-            x = layer.forward(x, cos, sin, &mask, slot);
+        let pass = self.pass(seq, cache.len(), &cache.padding, &device);
+        let mut x = self.embed(ids); // [b, seq, hidden]
+        for (i, slot) in cache.layers.iter_mut().enumerate() {
+            x = self.layer(i, x, &pass, slot);
         }
         self.model.norm.forward(x)
     }
+
+    /// The token embeddings (scaled as the model scales them).
+    ///
+    /// # Shapes
+    /// - ids: `[batch, seq]` -> `[batch, seq, hidden]`
+    pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let x = self.model.embed_tokens.forward(ids);
+        if self.embed_scale != 1.0 {
+            // Gemma rounds the factor to the weights' dtype; f32 here.
+            x * (self.embed_scale as f32) as f64
+        } else {
+            x
+        }
+    }
+
+    /// The last norm, applied to the last layer's output.
+    pub fn final_norm(&self, x: Tensor<3>) -> Tensor<3> {
+        self.model.norm.forward(x)
+    }
+
+    /// Decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    /// What every layer of a forward pass of `seq` positions after `start` cached ones shares:
+    /// the RoPE rows, and one mask per distinct sliding window.
+    fn pass(&self, seq: usize, start: usize, padding: &[usize], device: &Device) -> Pass {
+        let rope = rope_at(
+            self.rope_tables.get(&self.rope, start + seq, device),
+            start,
+            seq,
+            padding,
+        );
+        let local = (self.local_rope.as_ref()).map(|local| {
+            rope_at(
+                self.local_rope_tables.get(local, start + seq, device),
+                start,
+                seq,
+                padding,
+            )
+        });
+        let mut masks: Vec<(usize, Tensor<3, Bool>)> = Vec::new();
+        for layer in &self.model.layers {
+            let window = layer.self_attn.sliding_window;
+            if !masks.iter().any(|(w, _)| *w == window) {
+                let m = attention_mask(seq, start + seq, window, padding, device);
+                masks.push((window, m));
+            }
+        }
+        Pass { rope, local, masks }
+    }
+
+    /// Layer `i` on `x` within `pass`, with its cache slot.
+    fn layer(
+        &self,
+        i: usize,
+        x: Tensor<3>,
+        pass: &Pass,
+        slot: &mut Option<(Tensor<4>, Tensor<4>)>,
+    ) -> Tensor<3> {
+        let layer = &self.model.layers[i];
+        let window = layer.self_attn.sliding_window;
+        let mask = &pass
+            .masks
+            .iter()
+            .find(|(w, _)| *w == window)
+            .expect("a mask per window")
+            .1;
+        let (cos, sin) = match (&pass.local, layer.self_attn.local_rope) {
+            (Some((cos, sin)), true) => (cos, sin),
+            _ => (&pass.rope.0, &pass.rope.1),
+        };
+        layer.forward(x, cos, sin, mask, slot)
+    }
+
+    /// Per-layer checkpoints of a training forward pass (no cache, no padding): the input of
+    /// every decoder layer and, last, the last layer's output before the final norm
+    /// (`num_layers + 1` tensors). Run it on the plain model (`valid()`): no
+    /// graph is kept, only these.
+    ///
+    /// # Shapes
+    /// - ids: `[batch, seq]`; each output `[batch, seq, hidden]`
+    pub fn layer_inputs(&self, ids: Tensor<2, Int>) -> Vec<Tensor<3>> {
+        let [_, seq] = ids.dims();
+        let pass = self.training_pass(seq, &ids.device());
+        let mut x = self.embed(ids);
+        let mut inputs = Vec::with_capacity(self.num_layers() + 1);
+        for i in 0..self.num_layers() {
+            inputs.push(x.clone());
+            x = self.layer(i, x, &pass, &mut None);
+        }
+        inputs.push(x);
+        inputs
+    }
+
+    /// The shared part of a training forward pass over `seq` positions (no cache, no padding),
+    /// for [`CausalLm::layer_forward`].
+    pub fn training_pass(&self, seq: usize, device: &Device) -> Pass {
+        self.pass(seq, 0, &[], device)
+    }
+
+    /// Decoder layer `i` alone on its input `x`, within a [`CausalLm::training_pass`]: what
+    /// per-layer checkpointing recomputes in the backward pass.
+    pub fn layer_forward(&self, i: usize, x: Tensor<3>, pass: &Pass) -> Tensor<3> {
+        self.layer(i, x, pass, &mut None)
+    }
+}
+
+/// The RoPE rows and attention masks that every layer of one forward pass shares.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    rope: (Tensor<4>, Tensor<4>),
+    local: Option<(Tensor<4>, Tensor<4>)>,
+    masks: Vec<(usize, Tensor<3, Bool>)>,
 }
 
 /// The rows of RoPE tables for positions `start .. start + seq` (each row's counted from its
