@@ -97,7 +97,7 @@ pub struct TrainBenchArgs {
     /// efficiency (tokens/s on k devices / (k x tokens/s on one)). Overrides --device.
     #[arg(long, value_name = "LIST")]
     devices: Option<String>,
-    /// Gradient checkpointing, as `clo train --grad-checkpoint` (Burn's balanced strategy).
+    /// Per-layer activation checkpointing, as `clo train --grad-checkpoint`.
     #[arg(long)]
     grad_checkpoint: bool,
     /// Log-probs this many positions at a time, as `clo train --logp-chunk` (0: all at once).
