@@ -172,11 +172,17 @@ impl PretrainConfig {
 /// A decoder of a few thousand parameters for unit tests (one layer, hidden 16, GQA).
 #[cfg(test)]
 pub(crate) fn tiny_test_decoder() -> DecoderConfig {
+    tiny_test_decoder_of(1)
+}
+
+/// [`tiny_test_decoder`] with `layers` layers.
+#[cfg(test)]
+pub(crate) fn tiny_test_decoder_of(layers: usize) -> DecoderConfig {
     PretrainConfig {
         vocab_size: 320,
         hidden_size: 16,
         intermediate_size: 32,
-        num_layers: 1,
+        num_layers: layers,
         num_heads: 2,
         num_kv_heads: 1,
         ..Default::default()

@@ -1296,9 +1296,9 @@ mod tests {
                 // One initial model for every run: tests drawing random weights elsewhere (a
                 // pretraining, a session) may advance the shared device RNG between two draws.
                 let device = Device::flex().autodiff();
-                let init = crate::seeded(&device, 7, || {
-                    set.apply(tiny_test_decoder().init(&device)).unwrap()
-                });
+                // Two layers: the gradient must pass from one recomputed layer to the next.
+                let config = crate::train::pretrain::tiny_test_decoder_of(2);
+                let init = crate::seeded(&device, 7, || set.apply(config.init(&device)).unwrap());
                 let run = |(chunk, layered): (usize, bool)| {
                     let mut model = init.clone();
                     let mut t = Trainer::new(*objective, OptimizerSettings::fine_tuning(0.0, 1.0))

@@ -4,6 +4,7 @@
 pub mod gemma;
 pub mod llama;
 pub mod mistral;
+pub mod precision;
 pub mod qwen2;
 pub mod qwen3;
 pub mod rope;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{CoreError, Result, read_to_string};
+pub use precision::Precision;
 pub use rope::{RopeConfig, RopeScaling};
 pub use transformer::{Activation, ArchOptions, CausalLm, DecoderConfig, KvCache};
 

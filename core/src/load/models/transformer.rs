@@ -10,6 +10,7 @@ use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax, tanh};
+use burn::tensor::{DType, FloatDType};
 use serde::{Deserialize, Serialize};
 
 use super::rope::{RopeConfig, apply_rotary};
@@ -320,8 +321,27 @@ impl Attention {
 /// s) it is `x W + s (x a) b`: the low-rank path runs on the activations, and the `[in, out]`
 /// sum `W + s a b` that Burn's reparameterized weight composes on every forward (and its
 /// gradient) is never formed. `W` is the frozen base; the gradients reach `a` and `b`.
+///
+/// A weight stored in half precision (`--dtype`, see `precision.rs`) multiplies the input cast
+/// to its type; the product comes back in the input's type (f32), and the bias is added in it.
 fn project<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     use burn::tensor::module::linear;
+    let stored = layer.weight.base().dtype();
+    if stored != x.dtype() {
+        let compute = x.dtype();
+        let bias = layer.bias.as_ref().map(|b| b.val());
+        let base = linear(x.clone().cast(stored), layer.weight.base(), None).cast(compute);
+        let base = match bias {
+            Some(b) => base + b.unsqueeze(),
+            None => base,
+        };
+        return match layer.weight.adapter() {
+            None => base,
+            Some(lora) => {
+                base + linear(linear(x, lora.a.val(), None), lora.b.val(), None) * lora.scale
+            }
+        };
+    }
     match layer.weight.adapter() {
         None => layer.forward(x),
         Some(lora) => {
@@ -625,6 +645,12 @@ impl CausalLm {
     /// - ids: `[batch, seq]` -> `[batch, seq, hidden]`
     pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         let x = self.model.embed_tokens.forward(ids);
+        // Embeddings stored in half precision come out in f32.
+        let x = if x.dtype() != DType::F32 {
+            x.cast(FloatDType::F32)
+        } else {
+            x
+        };
         if self.embed_scale != 1.0 {
             // Gemma rounds the factor to the weights' dtype; f32 here.
             x * (self.embed_scale as f32) as f64
@@ -785,15 +811,27 @@ impl CausalLm {
 
     fn raw_logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => project(head, hidden),
             None => {
                 let [b, s, h] = hidden.dims();
                 let weight: Param<Tensor<2>> = self.model.embed_tokens.weight.clone();
                 let [vocab, _] = weight.dims();
-                hidden
-                    .reshape([b * s, h])
+                let stored = weight.dtype();
+                let compute = hidden.dtype();
+                let hidden = hidden.reshape([b * s, h]);
+                let hidden = if stored != compute {
+                    hidden.cast(stored)
+                } else {
+                    hidden
+                };
+                let logits = hidden
                     .matmul(weight.val().transpose())
-                    .reshape([b, s, vocab])
+                    .reshape([b, s, vocab]);
+                if stored != compute {
+                    logits.cast(compute)
+                } else {
+                    logits
+                }
             }
         }
     }
