@@ -44,10 +44,10 @@ pub struct Common {
     /// qwen2.5-0.5b, llama-3.2-1b, llama-3-8b.
     #[arg(long)]
     shape: Option<String>,
-    /// Precision of weights and compute. Only f32 today: half precision is the memory work
-    /// still open (f16/bf16 are refused, not emulated).
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Storage of the weights that do not train, as `clo train --dtype`: f32, f16, bf16 or
+    /// auto. PyTorch's side stays f32.
+    #[arg(long, default_value = "f32", value_name = "DTYPE")]
+    dtype: clo_core::load::models::Precision,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
     /// Timed repetitions (the median is reported).
@@ -201,12 +201,6 @@ struct Subject {
 }
 
 fn subject(common: &Common) -> anyhow::Result<Subject> {
-    if common.dtype != "f32" {
-        bail!(
-            "--dtype {}: clo computes in f32 today; half precision (f16/bf16 with f32 master weights) is not built yet",
-            common.dtype
-        );
-    }
     if common.steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -607,7 +601,10 @@ fn time_train_steps(
     let device = devices[0].clone();
     let ad = run_config.autodiff_device(&device);
     let model = build_model(subject, &ad, common.seed)?;
-    let model = run_config.trainable_set().apply(model)?;
+    let model = run_config
+        .trainable_set()
+        .apply(model)?
+        .store_frozen_in(common.dtype.resolve(&ad)?);
     let mut memory: Vec<MemoryWatch> = devices
         .iter()
         .zip(specs)
@@ -684,7 +681,8 @@ fn bench_generate(args: &GenerateBenchArgs) -> anyhow::Result<Printed> {
     let flops =
         MatmulParams::of(decoder).generate_flops(args.batch_size, args.seq_len, args.new_tokens);
     let device = parse_device(&common.device)?;
-    let model = build_model(&subject, &device, common.seed)?;
+    let model = build_model(&subject, &device, common.seed)?
+        .store_frozen_in(common.dtype.resolve(&device)?);
     let mut memory = MemoryWatch::new(&device, &common.device);
     let configs = vec![
         SamplingConfig {

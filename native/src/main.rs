@@ -19,6 +19,7 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 use clo_core::generate::SamplingConfig;
 use clo_core::score::read_score_input;
+use clo_core::load::models::Precision;
 use clo_core::{CoreError, Pretrained};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -91,6 +92,10 @@ enum Command {
         /// beyond the model's context).
         #[arg(long)]
         max_prompt_tokens: Option<usize>,
+        /// Weight storage: f32, f16, bf16 (half the memory; products in that type, the rest in
+        /// f32) or auto (bf16/f16 where a GPU offers it, else f32).
+        #[arg(long, default_value = "f32", value_name = "DTYPE")]
+        dtype: Precision,
     },
     /// Continue a prompt (greedy with --temperature 0).
     Generate {
@@ -124,6 +129,10 @@ enum Command {
         /// context). --max-new-tokens is capped so that prompt and answer fit the context.
         #[arg(long)]
         max_prompt_tokens: Option<usize>,
+        /// Weight storage: f32, f16, bf16 (half the memory; products in that type, the rest in
+        /// f32) or auto (bf16/f16 where a GPU offers it, else f32).
+        #[arg(long, default_value = "f32", value_name = "DTYPE")]
+        dtype: Precision,
     },
     /// Train a model on quadruples with CLO or a baseline (SFT, DPO, SFT+DPO).
     ///
@@ -204,6 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             chat_template,
             batch_size,
             max_prompt_tokens,
+            dtype,
         } => score(
             &ScoreJob {
                 model: &model,
@@ -213,6 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 chat: chat_template,
                 batch_size,
                 max_prompt_tokens,
+                dtype,
             },
             &device,
         ),
@@ -228,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             chat_template,
             json,
             max_prompt_tokens,
+            dtype,
         } => {
             let mut config = SamplingConfig {
                 temperature,
@@ -237,7 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             config.validate()?;
             let device = parse_device(&device)?;
-            let lm = load_model(&model, adapter.as_deref(), &device)?;
+            let lm = load_model(&model, adapter.as_deref(), &device, dtype)?;
             warn_if_no_template(&lm, chat_template);
             let prompt_ids = lm.tokenizer.prompt_ids(&prompt, chat_template)?;
             config.max_new_tokens = clo_core::generate::fit_to_context(
@@ -356,19 +368,24 @@ struct ScoreJob<'a> {
     chat: bool,
     batch_size: usize,
     max_prompt_tokens: Option<usize>,
+    dtype: Precision,
 }
 
-/// `--model`, with `--adapter`'s PEFT adapter on it when given.
+/// `--model`, with `--adapter`'s PEFT adapter on it when given, its weights stored as `dtype`.
 fn load_model(
     model: &Path,
     adapter: Option<&Path>,
     device: &burn::tensor::Device,
+    dtype: Precision,
 ) -> anyhow::Result<Pretrained> {
     let lm = Pretrained::load(model, device)?;
-    Ok(match adapter {
+    let mut lm = match adapter {
         Some(dir) => lm.with_adapter(dir)?,
         None => lm,
-    })
+    };
+    let stored = dtype.resolve(device)?;
+    lm.model = lm.model.store_frozen_in(stored);
+    Ok(lm)
 }
 
 /// `--chat-template` on a model that has none: say so on stderr, where a user sees it, instead
@@ -393,13 +410,14 @@ fn score(job: &ScoreJob, device: &str) -> anyhow::Result<()> {
         chat,
         batch_size,
         max_prompt_tokens,
+        dtype,
     } = *job;
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
     let device = &parse_device(device)?;
     let records = read_score_input(input)?;
-    let lm = load_model(model, adapter, device)?;
+    let lm = load_model(model, adapter, device, dtype)?;
     warn_if_no_template(&lm, job.chat);
     let vocab = lm.config.decoder.vocab_size;
     let mut pairs = Vec::with_capacity(records.len());

@@ -77,6 +77,8 @@ pub struct TrainArgs {
     grad_checkpoint: bool,
     #[arg(long, value_name = "N", help = setting_help_with_default("logp_chunk"))]
     logp_chunk: Option<usize>,
+    #[arg(long, value_name = "DTYPE", help = setting_help_with_default("dtype"))]
+    dtype: Option<clo_core::load::models::Precision>,
     #[arg(long, help = setting_help_with_default("dpop"))]
     dpop: Option<f64>,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
@@ -132,7 +134,7 @@ impl TrainArgs {
             seed,
             val_fraction
         );
-        set!(max_grad_norm, weight_decay, logp_chunk, dpop);
+        set!(max_grad_norm, weight_decay, logp_chunk, dpop, dtype);
         if self.steps.is_some() {
             c.steps = self.steps;
         }

@@ -135,7 +135,7 @@ fn bench_prints_a_table_and_refuses_bad_settings() {
     );
     for (args, says) in [
         (vec!["--shape", "gpt-9"], "unknown shape `gpt-9`"),
-        (vec!["--dtype", "bf16"], "--dtype bf16"),
+        (vec!["--dtype", "f64"], "unknown dtype `f64`"),
         (vec!["--method", "sft+dpo"], "two stages"),
         (vec!["--seq-len", "100000"], "exceeds the model's context"),
     ] {
@@ -151,6 +151,17 @@ fn bench_prints_a_table_and_refuses_bad_settings() {
         "bench train --shape tiny --steps 1 --compare-torch /nonexistent/python",
     ));
     assert!(!ok && stderr.contains("--compare-torch"), "{stderr}");
+    // Half-precision storage of the frozen weights trains, and the report says so.
+    for dtype in ["f16", "bf16"] {
+        let (ok, stdout, stderr) = clo(&words(&format!(
+            "bench train --shape tiny --steps 1 --seq-len 8 --dtype {dtype} --json"
+        )));
+        assert!(ok, "{dtype}: {stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["dtype"], dtype);
+        let losses = report["clo"]["losses"].as_array().unwrap();
+        assert!(losses.iter().all(|l| l.as_f64().unwrap().is_finite()), "{stdout}");
+    }
 }
 
 /// The PyTorch script and clo compute the same step-0 loss on the same batch and weights (so

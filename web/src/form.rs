@@ -82,7 +82,11 @@ pub const FIELDS: &[Field] = &[
         true,
     ),
     field("dpop", "DPO-Positive weight (0: off)", Kind::Float, true),
+    field("dtype", "Frozen weights' precision", Kind::Choice(DTYPES), true),
 ];
+
+/// The storage types of `dtype`.
+pub const DTYPES: &[&str] = &["f32", "f16", "bf16", "auto"];
 
 /// The text a field starts with: the default's value (`""` for an unset one).
 pub fn default_text(defaults: &Map<String, Value>, key: &str) -> String {

@@ -173,6 +173,8 @@ pub struct RunConfig {
     /// the `[rows, seq, vocab]` logits are never kept for the backward pass. Same losses and
     /// gradients.
     pub logp_chunk: usize,
+    /// How the frozen weights are stored (`auto`, `f32`, `f16`, `bf16`); what trains stays f32.
+    pub dtype: crate::load::models::Precision,
     /// DPO-Positive weight of the preference terms of clo and dpo (0: off, the paper's loss):
     /// the margin is also penalised where the chosen response falls below the reference.
     pub dpop: f64,
@@ -303,6 +305,10 @@ pub const SETTINGS: &[Setting] = &[
         help: "Compute the training log-probs this many positions at a time (0: the whole sequence), so the [rows, seq, vocab] logits are never kept for the backward pass; same losses and gradients, less memory, one more output-layer pass.",
     },
     Setting {
+        key: "dtype",
+        help: "Storage of the weights that do not train: f32, f16 or bf16 (half the memory; their products run in that type, everything else in f32), or auto (bf16 or f16 where a GPU offers it, else f32). What trains keeps f32 weights and AdamW state.",
+    },
+    Setting {
         key: "dpop",
         help: "DPO-Positive (Pal et al. 2024) for clo and dpo: the preference margin also loses dpop times how far the chosen response fell below the reference, so training cannot raise the margin by making the chosen answer less likely. 0: off (the paper's loss).",
     },
@@ -377,6 +383,7 @@ impl Default for RunConfig {
             save_every: None,
             grad_checkpoint: false,
             logp_chunk: 0,
+            dtype: crate::load::models::Precision::F32,
             dpop: 0.0,
         }
     }

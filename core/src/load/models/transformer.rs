@@ -338,7 +338,17 @@ fn project<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
         return match layer.weight.adapter() {
             None => base,
             Some(lora) => {
-                base + linear(linear(x, lora.a.val(), None), lora.b.val(), None) * lora.scale
+                // The factors are f32 when they train, and stored like the base otherwise.
+                let (a, b) = (lora.a.val(), lora.b.val());
+                let factors = a.dtype();
+                let x = if factors != compute { x.cast(factors) } else { x };
+                let low = linear(linear(x, a, None), b, None);
+                let low = if factors != compute {
+                    low.cast(compute)
+                } else {
+                    low
+                };
+                base + low * lora.scale
             }
         };
     }
