@@ -51,33 +51,46 @@ fn score_text_and_ids_match_transformers() {
     std::fs::write(&input, lines).unwrap();
 
     let model = fixture("llama3");
-    let out = clo(&[
-        "score",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--chat-template",
-        "--batch-size",
-        "2",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let got: Vec<Value> = std::fs::read_to_string(&output)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(got.len(), cases.len() + 1);
-    for (g, want) in got.iter().zip(cases.iter().chain([&cases[0]])) {
-        assert_eq!(g["n_tokens"], want["n_tokens"]);
-        assert_eq!(
-            g["token_logps"].as_array().unwrap().len(),
-            want["n_tokens"].as_u64().unwrap() as usize
-        );
-        let (g, w) = (g["logp"].as_f64().unwrap(), want["logp"].as_f64().unwrap());
-        assert!((g - w).abs() < 1e-3, "logp {g} vs transformers {w}");
+    // f32; and `--dtype f16|bf16` (weights stored in half precision) within the rounding of
+    // their type: summed log-probs, measured worst |diff| f16 3.1e-3, bf16 2.6e-2.
+    for (dtype, tolerance) in [("f32", 1e-3), ("f16", 1e-2), ("bf16", 6e-2)] {
+        let out = clo(&[
+            "score",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--chat-template",
+            "--batch-size",
+            "2",
+            "--dtype",
+            dtype,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let got: Vec<Value> = std::fs::read_to_string(&output)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(got.len(), cases.len() + 1);
+        let mut worst = 0f64;
+        for (g, want) in got.iter().zip(cases.iter().chain([&cases[0]])) {
+            assert_eq!(g["n_tokens"], want["n_tokens"]);
+            assert_eq!(
+                g["token_logps"].as_array().unwrap().len(),
+                want["n_tokens"].as_u64().unwrap() as usize
+            );
+            let (g, w) = (g["logp"].as_f64().unwrap(), want["logp"].as_f64().unwrap());
+            assert!(
+                (g - w).abs() < tolerance,
+                "{dtype}: logp {g} vs transformers {w}"
+            );
+            worst = worst.max((g - w).abs());
+        }
+        assert!(dtype == "f32" || worst > 1e-5, "{dtype}: nothing was rounded");
+        std::fs::remove_file(&output).unwrap();
     }
 }
 

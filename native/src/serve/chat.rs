@@ -117,6 +117,10 @@ fn load(s: &Shared, name: &str) -> Result<Arc<Pretrained>, ApiError> {
     } else {
         Pretrained::load(&s.model_dir(name)?, &s.device)?
     };
+    let lm = Pretrained {
+        model: lm.model.store_frozen_in(s.dtype),
+        ..lm
+    };
     let lm = Arc::new(lm);
     s.chat
         .loaded

@@ -55,6 +55,11 @@ pub struct ServeArgs {
     web: PathBuf,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
+    /// Storage of the chat models' weights: f32, f16, bf16 (half the memory; products in that
+    /// type, the rest in f32) or auto (bf16/f16 where a GPU offers it, else f32). Runs use
+    /// their own `dtype` setting.
+    #[arg(long, default_value = "f32", value_name = "DTYPE")]
+    dtype: clo_core::load::models::Precision,
     /// Also offer clo's built-in toy model (`toy`) and 800 toy quadruples (dataset `toy`),
     /// written into WORKDIR when missing: a UI to try with no download.
     #[arg(long)]
@@ -102,6 +107,8 @@ pub struct AppState {
     pub device: Device,
     /// The `--device` spec (what `GET /api/devices` names as the default).
     pub device_spec: String,
+    /// How chat models' weights are stored (`--dtype`, resolved for `device`).
+    pub dtype: burn::tensor::FloatDType,
     pub jobs: runs::Jobs,
     pub chat: chat::Models,
     pub gens: chat::Generations,
@@ -287,9 +294,11 @@ impl AppState {
         model_dirs: &[PathBuf],
         token: Option<String>,
         device_spec: &str,
+        dtype: clo_core::load::models::Precision,
         limits: GenLimits,
     ) -> anyhow::Result<Shared> {
         let device = parse_device(device_spec)?;
+        let dtype = dtype.resolve(&device).context("--dtype")?;
         if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             bail!(
                 "--token is empty: give a non-empty secret (or leave --token and CLO_TOKEN unset on loopback)"
@@ -331,6 +340,7 @@ impl AppState {
             token,
             device,
             device_spec: device_spec.to_string(),
+            dtype,
         });
         Ok(state)
     }
@@ -485,6 +495,7 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         &args.model,
         args.token.clone(),
         &args.device,
+        args.dtype,
         GenLimits {
             max_generations: args.max_generations,
             queue: args.generation_queue,

@@ -5,6 +5,7 @@ use axum::http::Request;
 use tower::ServiceExt;
 
 use super::*;
+use clo_core::load::models::Precision;
 
 /// Each kind of core error answers with its own status and error kind in the body.
 #[tokio::test]
@@ -83,6 +84,7 @@ fn app(token: Option<&str>) -> (tempfile::TempDir, Router) {
         &[model],
         token.map(String::from),
         "cpu",
+        Precision::F32,
         GenLimits::default(),
     )
     .unwrap();
@@ -399,7 +401,15 @@ async fn a_full_queue_answers_503_with_retry_after() {
         queue: 1,
         max_prompt_tokens: None,
     };
-    let state = AppState::new(dir.path().join("work"), &[model], None, "cpu", limits).unwrap();
+    let state = AppState::new(
+        dir.path().join("work"),
+        &[model],
+        None,
+        "cpu",
+        Precision::F32,
+        limits,
+    )
+    .unwrap();
     runs::start(&state).unwrap();
     let app = router(state, None);
     let req = || {
@@ -589,6 +599,7 @@ fn state_in(work: &Path) -> Shared {
         &[model],
         None,
         "cpu",
+        Precision::F32,
         GenLimits::default(),
     )
     .unwrap();
