@@ -340,9 +340,129 @@ impl MatmulParams {
     }
 }
 
+/// What a training step's peak memory is made of, in bytes: a model of it (see
+/// [`train_memory`]). Each field is one term; `total` is their sum.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MemoryEstimate {
+    /// Every weight, the frozen ones in their storage type.
+    pub weights: f64,
+    /// Gradients and AdamW's two moments of what trains (f32).
+    pub optimizer: f64,
+    /// Activations kept for the backward pass: every layer's, or with per-layer checkpoints
+    /// each layer's input plus one layer's activations.
+    pub activations: f64,
+    /// The output layer's `[rows, positions, vocab]` tensors while log-probs are formed
+    /// (the whole sequence, or a chunk of positions).
+    pub head: f64,
+    /// The process itself (code, allocator, tokenizer, batch): a constant.
+    pub process: f64,
+    pub total: f64,
+}
+
+/// The memory model of a training step on `rows` rows of `seq` tokens (f32 activations).
+///
+/// Per token and layer, the activations a backward pass needs are counted as `6 h + 3 q + 2 kv
+/// + 4 i` values (norm inputs and outputs, projections, the MLP's gate, up, activation and
+/// product) plus `3 heads x seq` (attention scores, masked scores, probabilities: the
+/// materialised attention); with per-layer checkpoints, each layer's input and one layer's
+/// activations. The output layer holds 2 copies of `[rows, positions, vocab]` (logits and
+/// log-softmax, whose gradient takes the place of one). Trainable weights keep f32 values,
+/// gradients and AdamW's two moments (16 bytes each). The coefficients are counts of what the
+/// code keeps, fitted to peaks measured on the CPU (`clo bench train` prints both; the
+/// README's Memory section lists them); they do not model a GPU allocator's pools.
+#[allow(clippy::too_many_arguments)]
+pub fn train_memory(
+    config: &DecoderConfig,
+    rows: usize,
+    seq: usize,
+    trainable: TrainableKind,
+    lora_rank: usize,
+    stored_bytes: usize,
+    grad_checkpoint: bool,
+    logp_chunk: usize,
+) -> MemoryEstimate {
+    let f = |x: usize| x as f64;
+    let (h, i, l, v) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_layers,
+        config.vocab_size,
+    );
+    let q = config.num_heads * config.head_dim;
+    let kv = config.num_kv_heads * config.head_dim;
+    let total_params = f(config.num_parameters());
+    let attention = f(l * (2 * h * q + 2 * h * kv));
+    let trained = match trainable {
+        TrainableKind::Full => total_params,
+        TrainableKind::Attention => attention,
+        // Adapters on q, k, v, o (the default targets): r x (in + out) each.
+        TrainableKind::Lora => f(l * lora_rank * (2 * (h + q) + 2 * (h + kv))),
+    };
+    let frozen = match trainable {
+        TrainableKind::Lora => total_params,
+        _ => total_params - trained,
+    };
+    let weights = frozen * f(stored_bytes) + trained * 4.0;
+    let optimizer = trained * 12.0;
+    let tokens = f(rows * seq);
+    let per_layer = tokens * f(6 * h + 3 * q + 2 * kv + 4 * i + 3 * config.num_heads * seq) * 4.0;
+    let activations = if grad_checkpoint {
+        // Each layer's input, and one layer's activations.
+        f(l + 1) * tokens * f(h) * 4.0 + per_layer
+    } else {
+        f(l) * per_layer
+    };
+    let positions = if logp_chunk > 0 {
+        logp_chunk.min(seq)
+    } else {
+        seq
+    };
+    let head = 2.0 * f(rows * positions * v) * 4.0;
+    let process = 0.25 * (1u64 << 30) as f64;
+    MemoryEstimate {
+        weights,
+        optimizer,
+        activations,
+        head,
+        process,
+        total: weights + optimizer + activations + head + process,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The memory model's terms: half storage halves the frozen weights only, chunks shrink the
+    /// output layer's term, checkpoints the activations; and it predicts the peaks measured on
+    /// the CPU (README, Memory) within 15%.
+    #[test]
+    fn memory_model_terms_and_measured_peaks() {
+        let smol = "smollm2-135m".parse::<Shape>().unwrap().config().decoder;
+        let qwen = "qwen2.5-0.5b".parse::<Shape>().unwrap().config().decoder;
+        let att = TrainableKind::Attention;
+        let gib = |e: MemoryEstimate| e.total / (1u64 << 30) as f64;
+        let plain = train_memory(&smol, 8, 128, att, 8, 4, false, 0);
+        let half = train_memory(&smol, 8, 128, att, 8, 2, false, 0);
+        assert!(half.weights < plain.weights && half.weights > plain.weights / 2.0);
+        assert_eq!(half.optimizer, plain.optimizer);
+        let ckpt = train_memory(&smol, 8, 128, att, 8, 4, true, 0);
+        assert!(ckpt.activations < plain.activations / 5.0);
+        let chunked = train_memory(&smol, 8, 128, att, 8, 4, true, 32);
+        assert!((chunked.head - ckpt.head / 4.0).abs() < 1.0);
+        // (prediction, measured GiB): `clo bench train` on the 2-core CPU.
+        for (predicted, measured) in [
+            (gib(plain), 3.09),
+            (gib(ckpt), 1.60),
+            (gib(chunked), 1.23),
+            (gib(train_memory(&qwen, 16, 256, att, 8, 4, true, 64)), 4.45),
+        ] {
+            assert!(
+                (predicted - measured).abs() / measured < 0.15,
+                "predicted {predicted:.2} GiB, measured {measured:.2}"
+            );
+        }
+    }
 
     #[test]
     fn shapes_parse_and_count_the_published_parameters() {

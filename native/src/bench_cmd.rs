@@ -5,6 +5,7 @@
 //!
 //! Nothing here is a test: the numbers are printed (and written with `--json`), never asserted.
 
+use clo_core::load::models::Precision;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -103,6 +104,11 @@ pub struct TrainBenchArgs {
     /// Log-probs this many positions at a time, as `clo train --logp-chunk` (0: all at once).
     #[arg(long, default_value_t = 0)]
     logp_chunk: usize,
+    /// Print the memory model's prediction of this step's peak memory, term by term, and stop:
+    /// no model is built, so a shape larger than this machine can be sized (every run prints
+    /// the prediction beside the measured peak).
+    #[arg(long)]
+    predict_memory: bool,
 }
 
 #[derive(Args, Debug)]
@@ -415,6 +421,64 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         .map(|(p, r)| p.len() + r.len() - 1)
         .collect();
     let flops = MatmulParams::of(decoder).train_flops(&row_lens, trainable, run_config.lora_rank);
+    let stored_bytes = match common.dtype {
+        Precision::F16 | Precision::Bf16 => 2,
+        Precision::F32 => 4,
+        Precision::Auto => match common
+            .dtype
+            .resolve(&parse_device(&common.device)?)?
+        {
+            burn::tensor::FloatDType::F32 => 4,
+            _ => 2,
+        },
+    };
+    let predicted = clo_core::bench::train_memory(
+        decoder,
+        work.rows.len(),
+        args.seq_len,
+        trainable,
+        run_config.lora_rank,
+        stored_bytes,
+        args.grad_checkpoint,
+        args.logp_chunk,
+    );
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    let prediction = format!(
+        "memory model: {:.2} GiB predicted (weights {:.2}, optimizer {:.2}, activations {:.2}, output layer {:.2}, process {:.2})",
+        gib(predicted.total),
+        gib(predicted.weights),
+        gib(predicted.optimizer),
+        gib(predicted.activations),
+        gib(predicted.head),
+        gib(predicted.process)
+    );
+    if args.predict_memory {
+        return Ok(Printed {
+            json: common.json,
+            value: json!({
+                "kind": "train",
+                "model": subject.label,
+                "method": method.name(),
+                "trainable": args.trainable,
+                "batch_size": args.batch_size,
+                "seq_len": args.seq_len,
+                "rows": work.rows.len(),
+                "dtype": common.dtype,
+                "grad_checkpoint": args.grad_checkpoint,
+                "logp_chunk": args.logp_chunk,
+                "predicted_memory": predicted,
+            }),
+            text: format!(
+                "clo bench train --predict-memory: {}, {} ({}), {} rows x {} tokens, {}\n{prediction}\n",
+                subject.label,
+                method.name(),
+                args.trainable,
+                work.rows.len(),
+                args.seq_len,
+                common.dtype
+            ),
+        });
+    }
 
     let devices = match &args.devices {
         Some(list) => parse_devices(list)?,
@@ -532,8 +596,9 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         "lr": args.lr,
         "grad_checkpoint": args.grad_checkpoint,
         "logp_chunk": args.logp_chunk,
+        "predicted_memory": predicted,
     });
-    let mut head = head;
+    let mut head = format!("{head}\n{prediction}");
     if devices.len() > 1 {
         value["scaling"] = Value::Array(scaling.clone());
         head.push_str(

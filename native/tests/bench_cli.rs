@@ -151,6 +151,20 @@ fn bench_prints_a_table_and_refuses_bad_settings() {
         "bench train --shape tiny --steps 1 --compare-torch /nonexistent/python",
     ));
     assert!(!ok && stderr.contains("--compare-torch"), "{stderr}");
+    // The memory model sizes a shape larger than this machine without building it: the
+    // issue's Llama-3-8B LoRA step (1 quadruple of 512 tokens) fits 24 GiB in f16 with
+    // per-layer checkpoints and chunked log-probs, and not in f32 without them.
+    let predict = |extra: &str| -> f64 {
+        let (ok, stdout, stderr) = clo(&words(&format!(
+            "bench train --shape llama-3-8b --trainable lora --batch-size 1 --seq-len 512 --predict-memory --json {extra}"
+        )));
+        assert!(ok, "{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        report["predicted_memory"]["total"].as_f64().unwrap() / (1u64 << 30) as f64
+    };
+    let fits = predict("--dtype f16 --grad-checkpoint --logp-chunk 64");
+    assert!(fits > 15.0 && fits < 24.0, "{fits} GiB");
+    assert!(predict("") > 24.0);
     // Half-precision storage of the frozen weights trains, and the report says so.
     for dtype in ["f16", "bf16"] {
         let (ok, stdout, stderr) = clo(&words(&format!(
