@@ -452,22 +452,24 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         gib(predicted.head),
         gib(predicted.process)
     );
+    // What was asked: the report's first fields, with or without a run.
+    let mut value = json!({
+        "kind": "train",
+        "model": subject.label,
+        "method": method.name(),
+        "trainable": args.trainable,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "rows": work.rows.len(),
+        "grad_checkpoint": args.grad_checkpoint,
+        "logp_chunk": args.logp_chunk,
+        "predicted_memory": predicted,
+    });
     if args.predict_memory {
+        value["dtype"] = json!(common.dtype);
         return Ok(Printed {
             json: common.json,
-            value: json!({
-                "kind": "train",
-                "model": subject.label,
-                "method": method.name(),
-                "trainable": args.trainable,
-                "batch_size": args.batch_size,
-                "seq_len": args.seq_len,
-                "rows": work.rows.len(),
-                "dtype": common.dtype,
-                "grad_checkpoint": args.grad_checkpoint,
-                "logp_chunk": args.logp_chunk,
-                "predicted_memory": predicted,
-            }),
+            value,
             text: format!(
                 "clo bench train --predict-memory: {}, {} ({}), {} rows x {} tokens, {}\n{prediction}\n",
                 subject.label,
@@ -584,20 +586,8 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         common.dtype,
         common.device
     );
-    let mut value = json!({
-        "kind": "train",
-        "model": subject.label,
-        "method": method.name(),
-        "trainable": args.trainable,
-        "batch_size": args.batch_size,
-        "seq_len": args.seq_len,
-        "rows": work.rows.len(),
-        "tokens_per_step": tokens,
-        "lr": args.lr,
-        "grad_checkpoint": args.grad_checkpoint,
-        "logp_chunk": args.logp_chunk,
-        "predicted_memory": predicted,
-    });
+    value["tokens_per_step"] = json!(tokens);
+    value["lr"] = json!(args.lr);
     let mut head = format!("{head}\n{prediction}");
     if devices.len() > 1 {
         value["scaling"] = Value::Array(scaling.clone());
