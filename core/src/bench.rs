@@ -361,9 +361,9 @@ pub struct MemoryEstimate {
 
 /// The memory model of a training step on `rows` rows of `seq` tokens (f32 activations).
 ///
-/// Per token and layer, the activations a backward pass needs are counted as `6 h + 3 q + 2 kv
-/// + 4 i` values (norm inputs and outputs, projections, the MLP's gate, up, activation and
-/// product) plus `3 heads x seq` (attention scores, masked scores, probabilities: the
+/// Per token and layer, the activations a backward pass needs are counted as
+/// `6 h + 3 q + 2 kv + 4 i` values (norm inputs and outputs, projections, the MLP's gate, up,
+/// activation and product) plus `3 heads x seq` (attention scores, masked scores, probabilities: the
 /// materialised attention); with per-layer checkpoints, each layer's input and one layer's
 /// activations. The output layer holds 2 copies of `[rows, positions, vocab]` (logits and
 /// log-softmax, whose gradient takes the place of one). Trainable weights keep f32 values,
