@@ -424,10 +424,7 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
     let stored_bytes = match common.dtype {
         Precision::F16 | Precision::Bf16 => 2,
         Precision::F32 => 4,
-        Precision::Auto => match common
-            .dtype
-            .resolve(&parse_device(&common.device)?)?
-        {
+        Precision::Auto => match common.dtype.resolve(&parse_device(&common.device)?)? {
             burn::tensor::FloatDType::F32 => 4,
             _ => 2,
         },

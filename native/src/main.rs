@@ -18,8 +18,8 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::{Parser, Subcommand};
 use clo_core::generate::SamplingConfig;
-use clo_core::score::read_score_input;
 use clo_core::load::models::Precision;
+use clo_core::score::read_score_input;
 use clo_core::{CoreError, Pretrained};
 use indicatif::{ProgressBar, ProgressStyle};
 

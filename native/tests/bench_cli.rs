@@ -174,7 +174,10 @@ fn bench_prints_a_table_and_refuses_bad_settings() {
         let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(report["dtype"], dtype);
         let losses = report["clo"]["losses"].as_array().unwrap();
-        assert!(losses.iter().all(|l| l.as_f64().unwrap().is_finite()), "{stdout}");
+        assert!(
+            losses.iter().all(|l| l.as_f64().unwrap().is_finite()),
+            "{stdout}"
+        );
     }
 }
 

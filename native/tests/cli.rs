@@ -89,7 +89,10 @@ fn score_text_and_ids_match_transformers() {
             );
             worst = worst.max((g - w).abs());
         }
-        assert!(dtype == "f32" || worst > 1e-5, "{dtype}: nothing was rounded");
+        assert!(
+            dtype == "f32" || worst > 1e-5,
+            "{dtype}: nothing was rounded"
+        );
         std::fs::remove_file(&output).unwrap();
     }
 }

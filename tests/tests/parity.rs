@@ -60,7 +60,10 @@ fn half_precision_logits_stay_near_transformers() {
     let bf16 = logits_parity_stored(&device, FloatDType::BF16, HALF_TOLERANCE[1]);
     eprintln!("half precision worst |logit diff|: f16 {f16}, bf16 {bf16}");
     // The rounding is there: bf16 (8 mantissa bits) is coarser than f16 (11).
-    assert!(f16 > LOGIT_TOLERANCE / 10.0 && bf16 > f16, "f16 {f16}, bf16 {bf16}");
+    assert!(
+        f16 > LOGIT_TOLERANCE / 10.0 && bf16 > f16,
+        "f16 {f16}, bf16 {bf16}"
+    );
     // On wgpu where the adapter has shader-f16 (lavapipe may not).
     let gpu = wgpu_device();
     if gpu.supports_dtype(FloatDType::F16) {

@@ -491,13 +491,22 @@ fn memory_savers_reproduce_the_loss_curve() {
         let (a, b, h) = (curve(&plain), curve(&saving), curve(&half));
         assert_eq!(a.len(), b.len());
         for (step, ((la, va), (lb, vb))) in a.iter().zip(&b).enumerate() {
-            assert!((la - lb).abs() < 1e-5, "{name} step {step}: loss {la} vs {lb}");
+            assert!(
+                (la - lb).abs() < 1e-5,
+                "{name} step {step}: loss {la} vs {lb}"
+            );
             if let (Some(va), Some(vb)) = (va, vb) {
-                assert!((va - vb).abs() < 1e-5, "{name} step {step}: val {va} vs {vb}");
+                assert!(
+                    (va - vb).abs() < 1e-5,
+                    "{name} step {step}: val {va} vs {vb}"
+                );
             }
         }
         for (step, ((la, _), (lh, _))) in a.iter().zip(&h).enumerate() {
-            assert!((la - lh).abs() < 2e-2, "{name} step {step}: f16 loss {lh} vs {la}");
+            assert!(
+                (la - lh).abs() < 2e-2,
+                "{name} step {step}: f16 loss {lh} vs {la}"
+            );
         }
     }
 }

@@ -82,7 +82,12 @@ pub const FIELDS: &[Field] = &[
         true,
     ),
     field("dpop", "DPO-Positive weight (0: off)", Kind::Float, true),
-    field("dtype", "Frozen weights' precision", Kind::Choice(DTYPES), true),
+    field(
+        "dtype",
+        "Frozen weights' precision",
+        Kind::Choice(DTYPES),
+        true,
+    ),
 ];
 
 /// The storage types of `dtype`.

@@ -403,7 +403,9 @@ fn head_backward(
         .detach()
         .require_grad(); // [rows, width]
     let policy = logps.clone().sum_dim(1).reshape([rows]);
-    let loss = scaled(loss_of(policy, collated, objective, batch, share, micro, packed)?);
+    let loss = scaled(loss_of(
+        policy, collated, objective, batch, share, micro, packed,
+    )?);
     let g = logps
         .grad(&loss.backward())
         .unwrap_or_else(|| Tensor::zeros([rows, width], &device.clone().inner()));

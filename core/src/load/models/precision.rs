@@ -115,7 +115,11 @@ impl CausalLm {
         }
         let mut mapper = StoreFrozen { dtype, cast: 0 };
         let model = self.map(&mut mapper);
-        tracing::debug!(?dtype, matrices = mapper.cast, "frozen weights stored in half precision");
+        tracing::debug!(
+            ?dtype,
+            matrices = mapper.cast,
+            "frozen weights stored in half precision"
+        );
         model
     }
 }
@@ -163,7 +167,11 @@ mod tests {
     fn half_storage_keeps_the_logits() {
         let device = Device::flex();
         let model = crate::seeded(&device, 3, || config().init(&device));
-        let reference = model.forward(ids(&device), None).into_data().try_to_vec::<f32>().unwrap();
+        let reference = model
+            .forward(ids(&device), None)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         for (dtype, tolerance) in [(FloatDType::F16, 2e-2), (FloatDType::BF16, 1e-1)] {
             let half = model.clone().store_frozen_in(dtype);
             let (matrices, vectors) = dtypes(&half);

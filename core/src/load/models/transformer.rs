@@ -341,7 +341,11 @@ fn project<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
                 // The factors are f32 when they train, and stored like the base otherwise.
                 let (a, b) = (lora.a.val(), lora.b.val());
                 let factors = a.dtype();
-                let x = if factors != compute { x.cast(factors) } else { x };
+                let x = if factors != compute {
+                    x.cast(factors)
+                } else {
+                    x
+                };
                 let low = linear(linear(x, a, None), b, None);
                 let low = if factors != compute {
                     low.cast(compute)
