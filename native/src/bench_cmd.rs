@@ -48,7 +48,7 @@ pub struct Common {
     /// Storage of the weights that do not train, as `clo train --dtype`: f32, f16, bf16 or
     /// auto. PyTorch's side stays f32.
     #[arg(long, default_value = "f32", value_name = "DTYPE")]
-    dtype: clo_core::load::models::Precision,
+    dtype: Precision,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
     /// Timed repetitions (the median is reported).
@@ -395,6 +395,7 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         lr: args.lr,
         grad_checkpoint: args.grad_checkpoint,
         logp_chunk: args.logp_chunk,
+        dtype: common.dtype,
         ..RunConfig::default()
     };
     let decoder = &subject.config.decoder;
@@ -421,14 +422,11 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         .map(|(p, r)| p.len() + r.len() - 1)
         .collect();
     let flops = MatmulParams::of(decoder).train_flops(&row_lens, trainable, run_config.lora_rank);
-    let stored_bytes = match common.dtype {
-        Precision::F16 | Precision::Bf16 => 2,
-        Precision::F32 => 4,
-        Precision::Auto => match common.dtype.resolve(&parse_device(&common.device)?)? {
-            burn::tensor::FloatDType::F32 => 4,
-            _ => 2,
-        },
+    let devices = match &args.devices {
+        Some(list) => parse_devices(list)?,
+        None => vec![parse_device(&common.device)?],
     };
+    let stored_bytes = common.dtype.bytes(&devices[0])?;
     let predicted = clo_core::bench::train_memory(
         decoder,
         work.rows.len(),
@@ -479,10 +477,6 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         });
     }
 
-    let devices = match &args.devices {
-        Some(list) => parse_devices(list)?,
-        None => vec![parse_device(&common.device)?],
-    };
     // The specs as given (`all`: the discrete GPUs it found, wgpu:0..N).
     let specs: Vec<String> = match &args.devices {
         Some(list) if list.trim() == "all" => {
@@ -653,10 +647,7 @@ fn time_train_steps(
     let device = devices[0].clone();
     let ad = run_config.autodiff_device(&device);
     let model = build_model(subject, &ad, common.seed)?;
-    let model = run_config
-        .trainable_set()
-        .apply(model)?
-        .store_frozen_in(common.dtype.resolve(&ad)?);
+    let model = run_config.trainable_model(model, &ad)?;
     let mut memory: Vec<MemoryWatch> = devices
         .iter()
         .zip(specs)

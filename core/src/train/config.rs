@@ -434,6 +434,17 @@ impl RunConfig {
         }
     }
 
+    /// `model` (under autodiff on `device`) as this run trains it: the trainable set applied,
+    /// and what does not train stored in `dtype`.
+    pub fn trainable_model(
+        &self,
+        model: crate::load::models::CausalLm,
+        device: &Device,
+    ) -> Result<crate::load::models::CausalLm> {
+        let dtype = self.dtype.resolve(device)?;
+        Ok(self.trainable_set().apply(model)?.store_frozen_in(dtype))
+    }
+
     /// Refuses values that cannot train, naming the key.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, why: &str| Err(CoreError::Invalid(format!("{key}: {why}")));

@@ -468,10 +468,7 @@ pub fn train(
         val: data.val.len(),
         dropped,
     });
-    let mut model = config
-        .trainable_set()
-        .apply(base)?
-        .store_frozen_in(config.dtype.resolve(&ad)?);
+    let mut model = config.trainable_model(base, &ad)?;
     if let Some(dir) = &resume_from {
         load_trainable(&mut model, &dir.join("trainable.bpk"))?;
         tracing::info!(dir = %dir.display(), step = state.global_step, "resuming");

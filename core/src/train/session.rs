@@ -94,10 +94,7 @@ impl Session {
         let ad = config.autodiff_device(device);
         ad.seed(config.seed);
         // `train()` puts the (plain) weights under autodiff, on the same device.
-        let model = config
-            .trainable_set()
-            .apply(base.clone().train())?
-            .store_frozen_in(config.dtype.resolve(&ad)?);
+        let model = config.trainable_model(base.clone().train(), &ad)?;
         let reference = stage.needs_reference().then(|| model.valid());
         let refs = if stage.needs_reference() {
             vec![vec![0f32; examples.ref_width()]; examples.len()]

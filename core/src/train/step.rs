@@ -196,8 +196,8 @@ impl Packed {
     }
 }
 
-/// The loss of a micro-batch (a graph to differentiate on an autodiff device), with what is
-/// logged of it pushed to `packed`.
+/// The loss of a micro-batch as validation computes it (training goes through
+/// [`micro_gradients`]), with what is logged of it pushed to `packed`.
 ///
 /// `share` is the batch's part of a larger micro-batch split across devices (data parallelism):
 /// the loss and its logged parts are that share of the whole micro-batch's, so that the shards'
@@ -338,33 +338,81 @@ fn loss_of(
     })
 }
 
-/// The gradients of a micro-batch's loss (scaled by `scale`) with the log-probs computed
-/// `chunk` positions at a time, so that no `[rows, seq, vocab]` tensor is kept for the backward
-/// pass: only `[rows, chunk, vocab]` while a chunk is computed. See [`head_backward`].
-fn chunked_gradients(
+/// One micro-batch's share of a step: its loss is scaled by `scale`, and `chunk` positions of
+/// log-probs are formed at a time (0: all).
+struct MicroJob<'a> {
+    objective: &'a Objective,
+    batch: &'a MicroBatch,
+    share: Share,
+    micro: usize,
+    scale: f64,
+    chunk: usize,
+}
+
+/// The gradients of a micro-batch's loss: a forward pass under autodiff and [`head_backward`]
+/// (with chunked log-probs when `chunk` > 0); or, when `layered`, with per-layer checkpoints
+/// (`grad_checkpoint`), which keep the activations of one decoder layer at a time, not those
+/// of all of them:
+///
+/// 1. The forward pass runs on the plain model (no graph) and keeps only each layer's input.
+/// 2. The final norm and the loss are differentiated from a leaf copy of the last layer's
+///    output: its gradient `dh`.
+/// 3. From the last layer down, each layer is recomputed from a leaf copy of its input under
+///    autodiff and `sum(layer(x) * dh)` differentiated: its parameters' gradients, and `dh`
+///    for the layer below; the layer's graph is then dropped.
+/// 4. Last, when the embeddings train, `sum(embed(ids) * dh)`: their gradient.
+fn micro_gradients(
     model: &CausalLm,
-    objective: &Objective,
-    batch: &MicroBatch,
-    (share, micro, scale, chunk): (Share, usize, f64, usize),
+    job: &MicroJob<'_>,
+    layered: bool,
     packed: &mut Packed,
 ) -> Result<GradientsParams> {
-    check_batch(objective, batch)?;
-    let collated = collate(&batch.rows, &model.device());
-    let hidden = model.hidden_states(collated.inputs.clone(), None); // [rows, width, hidden]
+    check_batch(job.objective, job.batch)?;
+    let device = model.device();
+    let collated = collate(&job.batch.rows, &device);
     let mut accumulator = GradientsAccumulator::<CausalLm>::new();
-    let head = (&collated, objective, batch, (share, micro, scale, chunk));
-    let grads = head_backward(model, hidden, head, packed, &mut accumulator)?;
+    if !layered {
+        let hidden = model.hidden_states(collated.inputs.clone(), None); // [rows, width, hidden]
+        let grads = head_backward(model, hidden, &collated, job, packed, &mut accumulator)?;
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        return Ok(accumulator.grads());
+    }
+    let [_, width] = collated.inputs.dims();
+    let mut inputs = model.valid().layer_inputs(collated.inputs.clone().inner());
+    let top = inputs
+        .pop()
+        .expect("the last layer's output")
+        .autodiff()
+        .require_grad();
+    let hidden = model.final_norm(top.clone());
+    let mut grads = head_backward(model, hidden, &collated, job, packed, &mut accumulator)?;
+    let mut dh = top.grad_remove(&mut grads).ok_or_else(no_gradient)?;
     accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+    let pass = model.training_pass(width, &device);
+    while let Some(x) = inputs.pop() {
+        let layer = inputs.len();
+        let x = x.autodiff().require_grad();
+        let y = model.layer_forward(layer, x.clone(), &pass);
+        let mut grads = (y * dh).sum().backward();
+        dh = x.grad_remove(&mut grads).ok_or_else(no_gradient)?;
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+    }
+    let embedded = model.embed(collated.inputs.clone());
+    if embedded.is_tracked() {
+        let grads = (embedded * dh).sum().backward();
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+    }
     Ok(accumulator.grads())
 }
 
-/// The backward pass from a micro-batch's loss (scaled by `scale`) into `hidden`, the decoder's
-/// output after the final norm (`[rows, width, hidden]`, under autodiff), and through `hidden`'s
-/// graph. Returns that pass's gradients (what `hidden`'s graph reaches); the output layer's
-/// gradients of the chunks (below) go to `accumulator`.
+/// The backward pass from a micro-batch's loss into `hidden`, the decoder's output after the
+/// final norm (`[rows, width, hidden]`, under autodiff), and through `hidden`'s graph. Returns
+/// that pass's gradients (what `hidden`'s graph reaches); the output layer's gradients of the
+/// chunks (below) go to `accumulator`.
 ///
 /// With `chunk` 0, the log-probs are formed from `hidden` at once and the loss differentiated.
-/// Otherwise they are formed `chunk` positions at a time:
+/// Otherwise they are formed `chunk` positions at a time, so that no `[rows, seq, vocab]`
+/// tensor is kept for the backward pass, only `[rows, chunk, vocab]` while a chunk is computed:
 /// 1. the per-token log-probs are computed from a detached copy of `hidden`, chunk by chunk,
 ///    without a graph;
 /// 2. the loss is computed from those log-probs made a leaf, and differentiated: `g`, the
@@ -374,40 +422,47 @@ fn chunked_gradients(
 ///    layer's weights, when they train), after which the chunk's graph is dropped;
 /// 4. `sum(hidden * dh)` is differentiated through `hidden`'s graph: the same gradients as the
 ///    loss's.
-#[allow(clippy::type_complexity)]
 fn head_backward(
     model: &CausalLm,
     hidden: Tensor<3>,
-    (collated, objective, batch, (share, micro, scale, chunk)): (
-        &crate::infer::score::Collated,
-        &Objective,
-        &MicroBatch,
-        (Share, usize, f64, usize),
-    ),
+    collated: &crate::infer::score::Collated,
+    job: &MicroJob<'_>,
     packed: &mut Packed,
     accumulator: &mut GradientsAccumulator<CausalLm>,
 ) -> Result<burn::tensor::Gradients> {
     use crate::infer::score::{chunked_logps, position_logps};
     let device = model.device();
     let [rows, width] = collated.inputs.dims();
-    let scaled = |loss: Tensor<1>| if scale != 1.0 { loss * scale } else { loss };
+    let chunk = job.chunk;
+    let loss = |policy: Tensor<1>, packed: &mut Packed| -> Result<Tensor<1>> {
+        let loss = loss_of(
+            policy,
+            collated,
+            job.objective,
+            job.batch,
+            job.share,
+            job.micro,
+            packed,
+        )?;
+        Ok(if job.scale != 1.0 {
+            loss * job.scale
+        } else {
+            loss
+        })
+    };
     if chunk == 0 {
         let policy = position_logps(model, hidden, collated, 0, width)
             .sum_dim(1)
             .reshape([rows]);
-        let loss = loss_of(policy, collated, objective, batch, share, micro, packed)?;
-        return Ok(scaled(loss).backward());
+        return Ok(loss(policy, packed)?.backward());
     }
     let fixed = hidden.clone().detach();
     let logps = chunked_logps(model, &fixed, collated, chunk)
         .detach()
         .require_grad(); // [rows, width]
     let policy = logps.clone().sum_dim(1).reshape([rows]);
-    let loss = scaled(loss_of(
-        policy, collated, objective, batch, share, micro, packed,
-    )?);
     let g = logps
-        .grad(&loss.backward())
+        .grad(&loss(policy, packed)?.backward())
         .unwrap_or_else(|| Tensor::zeros([rows, width], &device.clone().inner()));
     let mut dh = Vec::new();
     for s in (0..width).step_by(chunk) {
@@ -426,57 +481,6 @@ fn head_backward(
 
 fn no_gradient() -> CoreError {
     CoreError::Invalid("no gradient reached the hidden states".into())
-}
-
-/// The gradients of a micro-batch's loss (scaled by `scale`) with per-layer checkpoints
-/// (`grad_checkpoint`): the activations of one decoder layer at a time are kept, not those of
-/// all of them.
-///
-/// 1. The forward pass runs on the plain model (no graph) and keeps only each layer's input.
-/// 2. The final norm and the loss ([`head_backward`], chunked when `chunk` > 0) are
-///    differentiated from a leaf copy of the last layer's output: its gradient `dh`.
-/// 3. From the last layer down, each layer is recomputed from a leaf copy of its input under
-///    autodiff and `sum(layer(x) * dh)` differentiated: its parameters' gradients, and `dh`
-///    for the layer below; the layer's graph is then dropped.
-/// 4. Last, when the embeddings train, `sum(embed(ids) * dh)`: their gradient.
-fn layered_gradients(
-    model: &CausalLm,
-    objective: &Objective,
-    batch: &MicroBatch,
-    (share, micro, scale, chunk): (Share, usize, f64, usize),
-    packed: &mut Packed,
-) -> Result<GradientsParams> {
-    check_batch(objective, batch)?;
-    let device = model.device();
-    let collated = collate(&batch.rows, &device);
-    let [_, width] = collated.inputs.dims();
-    let mut inputs = model.valid().layer_inputs(collated.inputs.clone().inner());
-    let top = inputs
-        .pop()
-        .expect("the last layer's output")
-        .autodiff()
-        .require_grad();
-    let mut accumulator = GradientsAccumulator::<CausalLm>::new();
-    let head = (&collated, objective, batch, (share, micro, scale, chunk));
-    let hidden = model.final_norm(top.clone());
-    let mut grads = head_backward(model, hidden, head, packed, &mut accumulator)?;
-    let mut dh = top.grad_remove(&mut grads).ok_or_else(no_gradient)?;
-    accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
-    let pass = model.training_pass(width, &device);
-    while let Some(x) = inputs.pop() {
-        let layer = inputs.len();
-        let x = x.autodiff().require_grad();
-        let y = model.layer_forward(layer, x.clone(), &pass);
-        let mut grads = (y * dh).sum().backward();
-        dh = x.grad_remove(&mut grads).ok_or_else(no_gradient)?;
-        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
-    }
-    let embedded = model.embed(collated.inputs.clone());
-    if embedded.is_tracked() {
-        let grads = (embedded * dh).sum().backward();
-        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
-    }
-    Ok(accumulator.grads())
 }
 
 /// The shards of `batch` that rank `rank` of `ranks` computes on its `local` devices, as
@@ -545,7 +549,7 @@ pub struct Trainer {
     collective: Option<Arc<dyn Collective>>,
     /// Positions per chunk of the chunked log-probs (0: the whole sequence at once).
     logp_chunk: usize,
-    /// Per-layer checkpoints (see [`layered_gradients`]).
+    /// Per-layer checkpoints (see [`micro_gradients`]).
     layer_checkpoints: bool,
 }
 
@@ -562,14 +566,14 @@ impl Trainer {
         }
     }
 
-    /// Per-layer activation checkpointing (see [`layered_gradients`]): one decoder layer's
+    /// Per-layer activation checkpointing (see [`micro_gradients`]): one decoder layer's
     /// activations are kept at a time, each recomputed from its input in the backward pass.
     pub fn with_grad_checkpoint(mut self, on: bool) -> Self {
         self.layer_checkpoints = on;
         self
     }
 
-    /// Log-probs `chunk` positions at a time (see [`chunked_gradients`]): the `[rows, seq,
+    /// Log-probs `chunk` positions at a time (see [`head_backward`]): the `[rows, seq,
     /// vocab]` logits are never kept for the backward pass. 0 turns it off.
     pub fn with_logp_chunk(mut self, chunk: usize) -> Self {
         self.logp_chunk = chunk;
@@ -669,39 +673,15 @@ impl Trainer {
                 layout: Vec::new(),
                 values: Vec::new(),
             };
-            let scale = 1.0 / micro_batches as f64;
-            let grads = if layered {
-                layered_gradients(
-                    replica,
-                    &objective,
-                    &shard.batch,
-                    (shard.share, m, scale, chunk),
-                    &mut packed,
-                )?
-            } else if chunk > 0 {
-                chunked_gradients(
-                    replica,
-                    &objective,
-                    &shard.batch,
-                    (shard.share, m, scale, chunk),
-                    &mut packed,
-                )?
-            } else {
-                let loss = micro_loss(
-                    replica,
-                    &objective,
-                    &shard.batch,
-                    shard.share,
-                    m,
-                    &mut packed,
-                )?;
-                let loss = if micro_batches > 1 {
-                    loss * scale
-                } else {
-                    loss
-                };
-                GradientsParams::from_grads(loss.backward(), replica)
+            let job = MicroJob {
+                objective: &objective,
+                batch: &shard.batch,
+                share: shard.share,
+                micro: m,
+                scale: 1.0 / micro_batches as f64,
+                chunk,
             };
+            let grads = micro_gradients(replica, &job, layered, &mut packed)?;
             if d != 0 {
                 packed.values = packed
                     .values
@@ -1257,8 +1237,8 @@ mod tests {
         }
     }
 
-    /// Chunked log-probs (the two-phase backward of `chunked_gradients`) and per-layer
-    /// checkpoints (`layered_gradients`, alone and with chunks) give the losses, the gradient
+    /// Chunked log-probs (the two-phase backward of `head_backward`) and per-layer
+    /// checkpoints (`micro_gradients`, alone and with chunks) give the losses, the gradient
     /// norms and the weights of the plain step: CLO, DPO and SFT; every parameter training (the
     /// tied output layer and the embeddings included), attention only, and LoRA; chunks of 1
     /// and 3 positions (not dividing the width); two micro-batches.

@@ -36,30 +36,36 @@ impl Precision {
 
     /// The storage type on `device`. A half type the device lacks is an error naming it.
     pub fn resolve(self, device: &Device) -> Result<FloatDType> {
-        let gpu = device.memory_pool_usage().is_some();
-        let supports = |d: FloatDType| device.supports_dtype(d);
-        match self {
-            Precision::F32 => Ok(FloatDType::F32),
-            Precision::Auto if !gpu => Ok(FloatDType::F32),
-            Precision::Auto => Ok([FloatDType::BF16, FloatDType::F16]
-                .into_iter()
-                .find(|&d| supports(d))
-                .unwrap_or(FloatDType::F32)),
-            Precision::F16 | Precision::Bf16 => {
-                let d = if self == Precision::F16 {
-                    FloatDType::F16
-                } else {
-                    FloatDType::BF16
-                };
-                if supports(d) {
-                    Ok(d)
-                } else {
-                    Err(CoreError::Invalid(format!(
-                        "this device has no {self} (WGSL has f16 only with the shader-f16 feature, and never bf16); use f32 or auto"
-                    )))
-                }
+        let half = match self {
+            Precision::F32 => return Ok(FloatDType::F32),
+            // Only a device with a memory pool (a GPU) gains from it; see `Auto`.
+            Precision::Auto if device.memory_pool_usage().is_none() => {
+                return Ok(FloatDType::F32);
             }
+            Precision::Auto => {
+                return Ok([FloatDType::BF16, FloatDType::F16]
+                    .into_iter()
+                    .find(|&d| device.supports_dtype(d))
+                    .unwrap_or(FloatDType::F32));
+            }
+            Precision::F16 => FloatDType::F16,
+            Precision::Bf16 => FloatDType::BF16,
+        };
+        if device.supports_dtype(half) {
+            Ok(half)
+        } else {
+            Err(CoreError::Invalid(format!(
+                "this device has no {self} (WGSL has f16 only with the shader-f16 feature, and never bf16); use f32 or auto"
+            )))
         }
+    }
+
+    /// Bytes per stored frozen weight on `device`.
+    pub fn bytes(self, device: &Device) -> Result<usize> {
+        Ok(match self.resolve(device)? {
+            FloatDType::F32 => 4,
+            _ => 2,
+        })
     }
 }
 

@@ -322,47 +322,35 @@ impl Attention {
 /// sum `W + s a b` that Burn's reparameterized weight composes on every forward (and its
 /// gradient) is never formed. `W` is the frozen base; the gradients reach `a` and `b`.
 ///
-/// A weight stored in half precision (`--dtype`, see `precision.rs`) multiplies the input cast
-/// to its type; the product comes back in the input's type (f32), and the bias is added in it.
+/// Weights stored in half precision (`--dtype`, see `precision.rs`) go through
+/// [`linear_stored`].
 fn project<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-    use burn::tensor::module::linear;
-    let stored = layer.weight.base().dtype();
-    if stored != x.dtype() {
-        let compute = x.dtype();
-        let bias = layer.bias.as_ref().map(|b| b.val());
-        let base = linear(x.clone().cast(stored), layer.weight.base(), None).cast(compute);
-        let base = match bias {
-            Some(b) => base + b.unsqueeze(),
-            None => base,
-        };
-        return match layer.weight.adapter() {
-            None => base,
-            Some(lora) => {
-                // The factors are f32 when they train, and stored like the base otherwise.
-                let (a, b) = (lora.a.val(), lora.b.val());
-                let factors = a.dtype();
-                let x = if factors != compute {
-                    x.cast(factors)
-                } else {
-                    x
-                };
-                let low = linear(linear(x, a, None), b, None);
-                let low = if factors != compute {
-                    low.cast(compute)
-                } else {
-                    low
-                };
-                base + low * lora.scale
-            }
-        };
-    }
+    let bias = layer.bias.as_ref().map(|b| b.val());
     match layer.weight.adapter() {
-        None => layer.forward(x),
+        None => linear_stored(x, layer.weight.base(), bias),
         Some(lora) => {
-            let bias = layer.bias.as_ref().map(|b| b.val());
-            let low = linear(linear(x.clone(), lora.a.val(), None), lora.b.val(), None);
-            linear(x, layer.weight.base(), bias) + low * lora.scale
+            let low = linear_stored(
+                linear_stored(x.clone(), lora.a.val(), None),
+                lora.b.val(),
+                None,
+            );
+            linear_stored(x, layer.weight.base(), bias) + low * lora.scale
         }
+    }
+}
+
+/// `x w (+ bias)` with `w` in its storage type: when that is not `x`'s (`--dtype`), `x` is cast
+/// to it and the product back to `x`'s type, and the bias (f32) is added there.
+fn linear_stored<const D: usize>(x: Tensor<D>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    use burn::tensor::module::linear;
+    let (stored, compute) = (w.dtype(), x.dtype());
+    if stored == compute {
+        return linear(x, w, bias);
+    }
+    let y = linear(x.cast(stored), w, None).cast(compute);
+    match bias {
+        Some(b) => y + b.unsqueeze(),
+        None => y,
     }
 }
 
@@ -830,22 +818,8 @@ impl CausalLm {
                 let [b, s, h] = hidden.dims();
                 let weight: Param<Tensor<2>> = self.model.embed_tokens.weight.clone();
                 let [vocab, _] = weight.dims();
-                let stored = weight.dtype();
-                let compute = hidden.dtype();
-                let hidden = hidden.reshape([b * s, h]);
-                let hidden = if stored != compute {
-                    hidden.cast(stored)
-                } else {
-                    hidden
-                };
-                let logits = hidden
-                    .matmul(weight.val().transpose())
-                    .reshape([b, s, vocab]);
-                if stored != compute {
-                    logits.cast(compute)
-                } else {
-                    logits
-                }
+                linear_stored(hidden.reshape([b * s, h]), weight.val().transpose(), None)
+                    .reshape([b, s, vocab])
             }
         }
     }
