@@ -1,4 +1,12 @@
 //! Custom GPU kernels for clo. Each kernel lives beside a reference written in plain Burn tensor
-//! ops, with a test that outputs and gradients agree and a benchmark against the reference.
+//! ops, with a test that outputs and gradients agree (`cargo test -p clo-shaders`) and a
+//! benchmark against the reference (`cargo bench -p clo-shaders`).
 //!
-//! No kernel has been needed yet: the model core runs on Burn's own kernels on every backend.
+//! - [`logp`]: per-token log-probabilities `log softmax(logits)[label]` of `[rows, vocab]`
+//!   logits, with a fused backward: one kernel reduces each row to its log-sum-exp, one writes
+//!   the gradient `g * (onehot(label) - softmax)` in a single pass. Neither the softmax nor the
+//!   shifted logits are kept for the backward.
+
+pub mod logp;
+
+pub use logp::{LogpBackend, token_logps, token_logps_reference};

@@ -1,0 +1,96 @@
+//! Per-token log-probabilities of labels under `[rows, vocab]` logits:
+//! `log softmax(logits)[row, label[row]] = logits[row, label] - logsumexp(logits[row])`.
+//!
+//! [`token_logps`] runs, per backend:
+//! - wgpu (any CubeCL runtime): two CubeCL kernels in [`kernel`], one cube per row for the
+//!   log-sum-exp (online max and sum in f32, then a tree reduction in shared memory), and one
+//!   elementwise pass for the gradient;
+//! - Flex (the CPU): the same two steps written with plain tensor operations (the trait's default
+//!   bodies), which Flex runs as fast as a kernel of ours would;
+//! - under autodiff: one graph node whose backward is `g * (onehot(label) - exp(logits - lse))`,
+//!   computed from the logits and the saved `[rows]` log-sum-exp. The plain tensor-op chain
+//!   ([`token_logps_reference`]) keeps the exponentials (`[rows, vocab]`) for its backward and
+//!   forms three more full-size tensors while differentiating.
+
+mod autodiff;
+mod kernel;
+
+#[cfg(test)]
+mod tests;
+
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
+use burn::tensor::{IndexingUpdateOp, Int, Shape, Tensor};
+
+/// The custom operations of this module, on every backend. The default bodies are the plain
+/// reference (used by Flex); the CubeCL backend overrides the two reductions with kernels and
+/// `Autodiff` overrides [`LogpBackend::token_logps`] with its fused backward.
+#[backend_extension(Autodiff, Flex, Cube)]
+pub trait LogpBackend: Backend {
+    /// `logsumexp` of each row of `[rows, vocab]` logits: `[rows]`.
+    fn row_logsumexp(logits: FloatTensor<Self>) -> FloatTensor<Self> {
+        let [rows, _] = dims2(&logits);
+        let max = Self::float_max_dim(logits.clone(), 1); // [rows, 1]
+        let shifted = Self::float_sub(logits, max.clone());
+        let sum = Self::float_sum_dim(Self::float_exp(shifted), 1);
+        let lse = Self::float_add(Self::float_log(sum), max);
+        Self::float_reshape(lse, Shape::new([rows]))
+    }
+
+    /// The gradient of `token_logps` with respect to `[rows, vocab]` logits, given the labels
+    /// (`[rows]`), the rows' log-sum-exp (`[rows]`) and the incoming gradient (`[rows]`):
+    /// `grad[row] * (onehot(label[row]) - exp(logits[row] - lse[row]))`.
+    fn token_logps_backward(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let [rows, _] = dims2(&logits);
+        let column = Shape::new([rows, 1]);
+        let probs = Self::float_exp(Self::float_sub(
+            logits,
+            Self::float_reshape(lse, column.clone()),
+        ));
+        let grad = Self::float_reshape(grad, column.clone());
+        let spread = Self::float_neg(Self::float_mul(probs, grad.clone()));
+        let labels = Self::int_reshape(labels, column);
+        Self::float_scatter(1, spread, labels, grad, IndexingUpdateOp::Add)
+    }
+
+    /// `log softmax(logits)[row, label[row]]` of `[rows, vocab]` logits and `[rows]` labels:
+    /// `[rows]`.
+    fn token_logps(logits: FloatTensor<Self>, labels: IntTensor<Self>) -> FloatTensor<Self> {
+        let [rows, _] = dims2(&logits);
+        let lse = Self::row_logsumexp(logits.clone());
+        let picked = Self::float_gather(1, logits, Self::int_reshape(labels, Shape::new([rows, 1])));
+        Self::float_sub(Self::float_reshape(picked, Shape::new([rows])), lse)
+    }
+}
+
+fn dims2<T: TensorMetadata>(tensor: &T) -> [usize; 2] {
+    let shape = tensor.shape();
+    assert_eq!(shape.num_dims(), 2, "token log-probs take [rows, vocab] logits");
+    [shape[0], shape[1]]
+}
+
+impl LogpBackend for burn::backend::Flex {}
+
+/// `log softmax(logits)[row, labels[row]]` for `[rows, vocab]` logits and `[rows]` labels, with
+/// the fused backward under autodiff (see the module's documentation).
+pub fn token_logps(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    Tensor::from_dispatch(<Dispatch as LogpBackend>::token_logps(
+        logits.into_dispatch(),
+        labels.into_dispatch(),
+    ))
+}
+
+/// The plain tensor-op reference of [`token_logps`]: the label's logit minus the row's
+/// log-sum-exp (max-shifted), differentiated by autodiff op by op.
+pub fn token_logps_reference(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let [rows, _] = logits.dims();
+    let picked = logits.clone().gather(1, labels.reshape([rows, 1])); // [rows, 1]
+    let max = logits.clone().detach().max_dim(1); // [rows, 1]
+    let lse = (logits - max.clone()).exp().sum_dim(1).log() + max;
+    (picked - lse).reshape([rows])
+}

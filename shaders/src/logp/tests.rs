@@ -1,0 +1,167 @@
+//! The kernels and the fused backward against the plain reference: outputs and gradients, on
+//! Flex and on wgpu (Mesa's lavapipe in CI), in f32 (tight) and f16 (a stated tolerance).
+
+use burn::tensor::{DType, Device, DeviceKind, FloatDType, Int, Tensor, TensorData};
+
+use super::{token_logps, token_logps_reference};
+
+/// Deterministic logits in `[-scale, scale]` with a few large spikes, and labels.
+fn case(rows: usize, vocab: usize, seed: u64) -> (Vec<f32>, Vec<i64>, Vec<f32>) {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as f64 / (1u64 << 31) as f64) as f32
+    };
+    let logits: Vec<f32> = (0..rows * vocab)
+        .map(|i| {
+            let x = (next() * 2.0 - 1.0) * 8.0;
+            if i % 97 == 3 { x + 40.0 } else { x }
+        })
+        .collect();
+    let labels: Vec<i64> = (0..rows)
+        .map(|_| ((next() * vocab as f32) as i64).min(vocab as i64 - 1))
+        .collect();
+    // The incoming gradient of each row: the last two rows are padding (masked to zero).
+    let weights: Vec<f32> = (0..rows)
+        .map(|r| if r + 2 >= rows && rows > 2 { 0.0 } else { next() * 2.0 - 1.0 })
+        .collect();
+    (logits, labels, weights)
+}
+
+struct Run {
+    logps: Vec<f32>,
+    grad: Vec<f32>,
+}
+
+fn run(
+    device: &Device,
+    dtype: FloatDType,
+    rows: usize,
+    vocab: usize,
+    seed: u64,
+    reference: bool,
+) -> Run {
+    let (logits, labels, weights) = case(rows, vocab, seed);
+    let device = device.clone().autodiff();
+    let logits = Tensor::<2>::from_data(TensorData::new(logits, [rows, vocab]), &device)
+        .cast(dtype)
+        .require_grad();
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [rows]), &device);
+    let weights = Tensor::<1>::from_data(TensorData::new(weights, [rows]), &device).cast(dtype);
+    let logps = if reference {
+        token_logps_reference(logits.clone(), labels)
+    } else {
+        token_logps(logits.clone(), labels)
+    };
+    assert_eq!(logps.dtype(), DType::from(dtype), "log-probs keep the logits' type");
+    let grads = (logps.clone() * weights).sum().backward();
+    let grad = logits.grad(&grads).expect("the logits have a gradient");
+    Run {
+        logps: floats(logps.inner()),
+        grad: floats(grad),
+    }
+}
+
+fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.cast(FloatDType::F32)
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("f32 data")
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Shapes: vocab not a multiple of the kernel's 256 units, below them, one column, and a single
+/// row; with padding rows (zero incoming gradient) wherever there are more than two rows.
+const SHAPES: [(usize, usize); 5] = [(7, 1000), (5, 100), (3, 1), (1, 4099), (9, 256)];
+
+fn check(device: &Device, dtype: FloatDType, out_tol: f32, grad_tol: f32) {
+    for (i, &(rows, vocab)) in SHAPES.iter().enumerate() {
+        let seed = 11 + i as u64;
+        let fused = run(device, dtype, rows, vocab, seed, false);
+        // The reference runs in f32 on the same (rounded) logits.
+        let reference = if dtype == FloatDType::F32 {
+            run(device, FloatDType::F32, rows, vocab, seed, true)
+        } else {
+            run_rounded_reference(device, dtype, rows, vocab, seed)
+        };
+        let (out, grad) = (
+            max_diff(&fused.logps, &reference.logps),
+            max_diff(&fused.grad, &reference.grad),
+        );
+        assert!(
+            out <= out_tol && grad <= grad_tol,
+            "{dtype:?} [{rows}, {vocab}] on {device:?}: log-probs differ by {out} (tolerance \
+             {out_tol}), gradients by {grad} (tolerance {grad_tol})"
+        );
+        if rows > 2 {
+            let padding = &fused.grad[(rows - 2) * vocab..];
+            assert!(
+                padding.iter().all(|g| *g == 0.0),
+                "padding rows get no gradient"
+            );
+        }
+        assert!(fused.logps.iter().all(|l| l.is_finite() && *l <= 1e-3));
+    }
+}
+
+/// The f32 reference on logits first rounded to `dtype`.
+fn run_rounded_reference(
+    device: &Device,
+    dtype: FloatDType,
+    rows: usize,
+    vocab: usize,
+    seed: u64,
+) -> Run {
+    let (logits, labels, weights) = case(rows, vocab, seed);
+    let device = device.clone().autodiff();
+    let round = |v: Vec<f32>, shape: Vec<usize>| {
+        Tensor::<2>::from_data(TensorData::new(v, shape), &device)
+            .cast(dtype)
+            .cast(FloatDType::F32)
+    };
+    let logits = round(logits, vec![rows, vocab]).detach().require_grad();
+    let weights = round(weights, vec![1, rows]).reshape([rows]);
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [rows]), &device);
+    let logps = token_logps_reference(logits.clone(), labels);
+    let grads = (logps.clone() * weights).sum().backward();
+    let grad = logits.grad(&grads).expect("gradient");
+    Run {
+        logps: floats(logps.inner()),
+        grad: floats(grad),
+    }
+}
+
+// f16: log-probs reach -50 here, where f16's spacing is 0.03, and the log-sum-exp is kept in
+// f16 too (an error of up to 0.03 in the exponent is 3% of a probability near 1).
+#[test]
+fn fused_log_probs_equal_the_reference_on_flex() {
+    check(&Device::flex(), FloatDType::F32, 2e-5, 5e-6);
+    check(&Device::flex(), FloatDType::F16, 5e-2, 1e-2);
+}
+
+#[test]
+fn fused_log_probs_equal_the_reference_on_wgpu() {
+    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    check(&device, FloatDType::F32, 2e-5, 5e-6);
+    if device.supports_dtype(DType::F16) {
+        check(&device, FloatDType::F16, 5e-2, 1e-2);
+    }
+}
+
+#[test]
+fn without_autodiff_the_kernels_give_the_reference() {
+    for device in [Device::flex(), Device::wgpu(DeviceKind::DefaultDevice)] {
+        let (logits, labels, _) = case(6, 777, 5);
+        let logits = Tensor::<2>::from_data(TensorData::new(logits, [6, 777]), &device);
+        let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [6]), &device);
+        let fused = floats(token_logps(logits.clone(), labels.clone()));
+        let reference = floats(token_logps_reference(logits, labels));
+        assert!(max_diff(&fused, &reference) <= 2e-5, "{device:?}");
+    }
+}
