@@ -1,6 +1,6 @@
 //! Custom GPU kernels for clo. Each kernel lives beside a reference written in plain Burn tensor
 //! ops, with a test that outputs and gradients agree (`cargo test -p clo-shaders`) and a
-//! benchmark against the reference (`cargo bench -p clo-shaders`).
+//! benchmark against the reference (`cargo run -p clo-shaders --example bench_logp`).
 //!
 //! - [`logp`]: per-token log-probabilities `log softmax(logits)[label]` of `[rows, vocab]`
 //!   logits, with a fused backward: one kernel reduces each row to its log-sum-exp, one writes
