@@ -18,14 +18,16 @@ pub fn sequence_logps(
     labels: Tensor<2, Int>,
     mask: Tensor<2>,
 ) -> (Tensor<1>, Tensor<2>) {
-    let [batch, seq, _] = logits.dims();
-    // log p(label) = logit(label) - logsumexp(logits): the label's logit is picked first, so the
-    // full `[batch, seq, vocab]` log-softmax is never formed (one full-size tensor less in the
-    // forward, the backward and the memory the backward keeps).
-    let picked = logits.clone().gather(2, labels.unsqueeze_dim::<3>(2)); // [batch, seq, 1]
-    let max = logits.clone().detach().max_dim(2); // [batch, seq, 1]
-    let log_sum_exp = (logits - max.clone()).exp().sum_dim(2).log() + max; // [batch, seq, 1]
-    let per_token = (picked - log_sum_exp).reshape([batch, seq]) * mask;
+    let [batch, seq, vocab] = logits.dims();
+    // log p(label) = logit(label) - logsumexp(logits), one fused operation (clo-shaders): under
+    // autodiff it keeps only the logits and a [rows] log-sum-exp for its backward, never a
+    // [batch, seq, vocab] softmax or log-softmax.
+    let per_token = clo_shaders::token_logps(
+        logits.reshape([batch * seq, vocab]),
+        labels.reshape([batch * seq]),
+    )
+    .reshape([batch, seq])
+        * mask;
     (per_token.clone().sum_dim(1).reshape([batch]), per_token)
 }
 
