@@ -46,11 +46,8 @@ fn main() {
         }
         .autodiff();
         let logits = Tensor::<2>::random([rows, vocab], Distribution::Normal(0.0, 4.0), &device);
-        let labels = Tensor::<1, Int>::random(
-            [rows],
-            Distribution::Uniform(0.0, vocab as f64),
-            &device,
-        );
+        let labels =
+            Tensor::<1, Int>::random([rows], Distribution::Uniform(0.0, vocab as f64), &device);
         let mut times = [Vec::new(), Vec::new()];
         for i in 0..8 {
             for (k, fused) in [false, true].into_iter().enumerate() {

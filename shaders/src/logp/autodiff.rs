@@ -58,7 +58,9 @@ impl<B: LogpBackend, C: CheckpointStrategy> LogpBackend for Autodiff<B, C> {
                 );
                 prep.finish((node, labels, lse), output)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::token_logps(logits.into_primitive(), labels)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::token_logps(logits.into_primitive(), labels))
+            }
         }
     }
 }

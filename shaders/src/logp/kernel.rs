@@ -99,6 +99,34 @@ fn token_logps_backward_kernel<F: Float, I: Int>(
     output[pos] = F::cast_from(d);
 }
 
+/// [`token_logps_backward_kernel`] writing the gradient over the logits (when no one else holds
+/// them): each unit reads its logit before it writes there, so the backward needs no second
+/// `[rows, vocab]` buffer.
+#[cube(launch_unchecked)]
+fn token_logps_backward_inplace_kernel<F: Float, I: Int>(
+    logits: &mut Tensor<F>,
+    labels: &Tensor<I>,
+    lse: &Tensor<F>,
+    grad: &Tensor<F>,
+    total: usize,
+    vocab: usize,
+    #[define(F, I)] _dtypes: [ElemType; 2],
+) {
+    let pos = ABSOLUTE_POS;
+    if pos >= total {
+        terminate!();
+    }
+    let row = pos / vocab;
+    let col = pos % vocab;
+    let g = f32::cast_from(grad[row]);
+    let p = f32::exp(f32::cast_from(logits[pos]) - f32::cast_from(lse[row]));
+    let mut d = -g * p;
+    if usize::cast_from(labels[row]) == col {
+        d += g;
+    }
+    logits[pos] = F::cast_from(d);
+}
+
 /// The largest power of two up to [`ROW_UNITS`] that the device runs in one cube.
 fn row_units(tensor: &CubeTensor) -> u32 {
     let limit = tensor.client.properties().hardware.max_units_per_cube;
@@ -156,20 +184,41 @@ impl LogpBackend for Cube {
             into_contiguous(grad),
         );
         let dtype = logits.dtype;
+        let total = rows * vocab;
+        if total == 0 {
+            return logits;
+        }
+        let client = logits.client.clone();
+        let cube_dim = CubeDim::new(&client, total);
+        let cube_count = calculate_cube_count_elemwise(&client, total, cube_dim);
+        let label_dtype = labels.dtype;
+        let dtypes = [
+            dtype_to_storage_type(dtype),
+            dtype_to_storage_type(label_dtype),
+        ];
+        if logits.can_mut() && logits.is_contiguous_buffer() {
+            unsafe {
+                token_logps_backward_inplace_kernel::launch_unchecked(
+                    &client,
+                    cube_count,
+                    cube_dim,
+                    logits.clone().into_tensor_arg(),
+                    labels.into_tensor_arg(),
+                    lse.into_tensor_arg(),
+                    grad.into_tensor_arg(),
+                    total,
+                    vocab,
+                    dtypes,
+                )
+            };
+            return logits;
+        }
         let output = empty_device_dtype(
             logits.client.clone(),
             logits.device.clone(),
             Shape::new([rows, vocab]),
             dtype,
         );
-        let total = rows * vocab;
-        if total == 0 {
-            return output;
-        }
-        let client = logits.client.clone();
-        let cube_dim = CubeDim::new(&client, total);
-        let cube_count = calculate_cube_count_elemwise(&client, total, cube_dim);
-        let label_dtype = labels.dtype;
         unsafe {
             token_logps_backward_kernel::launch_unchecked(
                 &client,
@@ -182,10 +231,7 @@ impl LogpBackend for Cube {
                 output.clone().into_tensor_arg(),
                 total,
                 vocab,
-                [
-                    dtype_to_storage_type(dtype),
-                    dtype_to_storage_type(label_dtype),
-                ],
+                dtypes,
             )
         };
         output

@@ -63,14 +63,19 @@ pub trait LogpBackend: Backend {
     fn token_logps(logits: FloatTensor<Self>, labels: IntTensor<Self>) -> FloatTensor<Self> {
         let [rows, _] = dims2(&logits);
         let lse = Self::row_logsumexp(logits.clone());
-        let picked = Self::float_gather(1, logits, Self::int_reshape(labels, Shape::new([rows, 1])));
+        let picked =
+            Self::float_gather(1, logits, Self::int_reshape(labels, Shape::new([rows, 1])));
         Self::float_sub(Self::float_reshape(picked, Shape::new([rows])), lse)
     }
 }
 
 fn dims2<T: TensorMetadata>(tensor: &T) -> [usize; 2] {
     let shape = tensor.shape();
-    assert_eq!(shape.num_dims(), 2, "token log-probs take [rows, vocab] logits");
+    assert_eq!(
+        shape.num_dims(),
+        2,
+        "token log-probs take [rows, vocab] logits"
+    );
     [shape[0], shape[1]]
 }
 

@@ -7,7 +7,9 @@ use super::{token_logps, token_logps_reference};
 
 /// Deterministic logits in `[-scale, scale]` with a few large spikes, and labels.
 fn case(rows: usize, vocab: usize, seed: u64) -> (Vec<f32>, Vec<i64>, Vec<f32>) {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = move || {
         state = state
             .wrapping_mul(6364136223846793005)
@@ -25,7 +27,13 @@ fn case(rows: usize, vocab: usize, seed: u64) -> (Vec<f32>, Vec<i64>, Vec<f32>) 
         .collect();
     // The incoming gradient of each row: the last two rows are padding (masked to zero).
     let weights: Vec<f32> = (0..rows)
-        .map(|r| if r + 2 >= rows && rows > 2 { 0.0 } else { next() * 2.0 - 1.0 })
+        .map(|r| {
+            if r + 2 >= rows && rows > 2 {
+                0.0
+            } else {
+                next() * 2.0 - 1.0
+            }
+        })
         .collect();
     (logits, labels, weights)
 }
@@ -35,13 +43,25 @@ struct Run {
     grad: Vec<f32>,
 }
 
+/// Which computation [`run`] differentiates.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Reference,
+    /// The fused operation on the leaf: its backward writes a new gradient buffer.
+    Fused,
+    /// The fused operation on an intermediate (`logits * 1`), as in training where the logits
+    /// come out of the output layer: nothing else holds them, so the backward writes the
+    /// gradient over them (the in-place kernel on wgpu, in-place tensor operations on Flex).
+    FusedInPlace,
+}
+
 fn run(
     device: &Device,
     dtype: FloatDType,
     rows: usize,
     vocab: usize,
     seed: u64,
-    reference: bool,
+    path: Path,
 ) -> Run {
     let (logits, labels, weights) = case(rows, vocab, seed);
     let device = device.clone().autodiff();
@@ -50,12 +70,16 @@ fn run(
         .require_grad();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [rows]), &device);
     let weights = Tensor::<1>::from_data(TensorData::new(weights, [rows]), &device).cast(dtype);
-    let logps = if reference {
-        token_logps_reference(logits.clone(), labels)
-    } else {
-        token_logps(logits.clone(), labels)
+    let logps = match path {
+        Path::Reference => token_logps_reference(logits.clone(), labels),
+        Path::Fused => token_logps(logits.clone(), labels),
+        Path::FusedInPlace => token_logps(logits.clone() * 1.0, labels),
     };
-    assert_eq!(logps.dtype(), DType::from(dtype), "log-probs keep the logits' type");
+    assert_eq!(
+        logps.dtype(),
+        DType::from(dtype),
+        "log-probs keep the logits' type"
+    );
     let grads = (logps.clone() * weights).sum().backward();
     let grad = logits.grad(&grads).expect("the logits have a gradient");
     Run {
@@ -73,7 +97,10 @@ fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Shapes: vocab not a multiple of the kernel's 256 units, below them, one column, and a single
@@ -83,30 +110,33 @@ const SHAPES: [(usize, usize); 5] = [(7, 1000), (5, 100), (3, 1), (1, 4099), (9,
 fn check(device: &Device, dtype: FloatDType, out_tol: f32, grad_tol: f32) {
     for (i, &(rows, vocab)) in SHAPES.iter().enumerate() {
         let seed = 11 + i as u64;
-        let fused = run(device, dtype, rows, vocab, seed, false);
         // The reference runs in f32 on the same (rounded) logits.
         let reference = if dtype == FloatDType::F32 {
-            run(device, FloatDType::F32, rows, vocab, seed, true)
+            run(device, FloatDType::F32, rows, vocab, seed, Path::Reference)
         } else {
             run_rounded_reference(device, dtype, rows, vocab, seed)
         };
-        let (out, grad) = (
-            max_diff(&fused.logps, &reference.logps),
-            max_diff(&fused.grad, &reference.grad),
-        );
-        assert!(
-            out <= out_tol && grad <= grad_tol,
-            "{dtype:?} [{rows}, {vocab}] on {device:?}: log-probs differ by {out} (tolerance \
-             {out_tol}), gradients by {grad} (tolerance {grad_tol})"
-        );
-        if rows > 2 {
-            let padding = &fused.grad[(rows - 2) * vocab..];
-            assert!(
-                padding.iter().all(|g| *g == 0.0),
-                "padding rows get no gradient"
+        for path in [Path::Fused, Path::FusedInPlace] {
+            let fused = run(device, dtype, rows, vocab, seed, path);
+            let (out, grad) = (
+                max_diff(&fused.logps, &reference.logps),
+                max_diff(&fused.grad, &reference.grad),
             );
+            assert!(
+                out <= out_tol && grad <= grad_tol,
+                "{dtype:?} [{rows}, {vocab}] on {device:?}, in place: {}: log-probs differ by {out} (tolerance \
+             {out_tol}), gradients by {grad} (tolerance {grad_tol})",
+                path == Path::FusedInPlace
+            );
+            if rows > 2 {
+                let padding = &fused.grad[(rows - 2) * vocab..];
+                assert!(
+                    padding.iter().all(|g| *g == 0.0),
+                    "padding rows get no gradient"
+                );
+            }
+            assert!(fused.logps.iter().all(|l| l.is_finite() && *l <= 1e-3));
         }
-        assert!(fused.logps.iter().all(|l| l.is_finite() && *l <= 1e-3));
     }
 }
 
