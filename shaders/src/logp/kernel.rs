@@ -72,6 +72,17 @@ fn row_logsumexp_kernel<F: Float>(
     }
 }
 
+/// The gradient of a row's token log-prob with respect to its logit in column `col`, in f32.
+#[cube]
+fn logit_gradient<F: Float, I: Int>(logit: F, label: I, lse: F, grad: F, col: usize) -> f32 {
+    let g = f32::cast_from(grad);
+    let mut d = -g * f32::exp(f32::cast_from(logit) - f32::cast_from(lse));
+    if usize::cast_from(label) == col {
+        d += g;
+    }
+    d
+}
+
 /// One unit per logit: `grad[row] * (onehot(label[row]) - exp(logit - lse[row]))`.
 #[cube(launch_unchecked)]
 fn token_logps_backward_kernel<F: Float, I: Int>(
@@ -89,13 +100,7 @@ fn token_logps_backward_kernel<F: Float, I: Int>(
         terminate!();
     }
     let row = pos / vocab;
-    let col = pos % vocab;
-    let g = f32::cast_from(grad[row]);
-    let p = f32::exp(f32::cast_from(logits[pos]) - f32::cast_from(lse[row]));
-    let mut d = -g * p;
-    if usize::cast_from(labels[row]) == col {
-        d += g;
-    }
+    let d = logit_gradient::<F, I>(logits[pos], labels[row], lse[row], grad[row], pos % vocab);
     output[pos] = F::cast_from(d);
 }
 
@@ -117,13 +122,7 @@ fn token_logps_backward_inplace_kernel<F: Float, I: Int>(
         terminate!();
     }
     let row = pos / vocab;
-    let col = pos % vocab;
-    let g = f32::cast_from(grad[row]);
-    let p = f32::exp(f32::cast_from(logits[pos]) - f32::cast_from(lse[row]));
-    let mut d = -g * p;
-    if usize::cast_from(labels[row]) == col {
-        d += g;
-    }
+    let d = logit_gradient::<F, I>(logits[pos], labels[row], lse[row], grad[row], pos % vocab);
     logits[pos] = F::cast_from(d);
 }
 
