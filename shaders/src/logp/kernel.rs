@@ -72,43 +72,10 @@ fn row_logsumexp_kernel<F: Float>(
     }
 }
 
-/// The gradient of a row's token log-prob with respect to its logit in column `col`, in f32.
-#[cube]
-fn logit_gradient<F: Float, I: Int>(logit: F, label: I, lse: F, grad: F, col: usize) -> f32 {
-    let g = f32::cast_from(grad);
-    let mut d = -g * f32::exp(f32::cast_from(logit) - f32::cast_from(lse));
-    if usize::cast_from(label) == col {
-        d += g;
-    }
-    d
-}
-
-/// One unit per logit: `grad[row] * (onehot(label[row]) - exp(logit - lse[row]))`.
+/// One unit per logit: `grad[row] * (onehot(label[row]) - exp(logit - lse[row]))`, written over
+/// the logit it was computed from (each unit reads its logit before it writes there).
 #[cube(launch_unchecked)]
 fn token_logps_backward_kernel<F: Float, I: Int>(
-    logits: &Tensor<F>,
-    labels: &Tensor<I>,
-    lse: &Tensor<F>,
-    grad: &Tensor<F>,
-    output: &mut Tensor<F>,
-    total: usize,
-    vocab: usize,
-    #[define(F, I)] _dtypes: [ElemType; 2],
-) {
-    let pos = ABSOLUTE_POS;
-    if pos >= total {
-        terminate!();
-    }
-    let row = pos / vocab;
-    let d = logit_gradient::<F, I>(logits[pos], labels[row], lse[row], grad[row], pos % vocab);
-    output[pos] = F::cast_from(d);
-}
-
-/// [`token_logps_backward_kernel`] writing the gradient over the logits (when no one else holds
-/// them): each unit reads its logit before it writes there, so the backward needs no second
-/// `[rows, vocab]` buffer.
-#[cube(launch_unchecked)]
-fn token_logps_backward_inplace_kernel<F: Float, I: Int>(
     logits: &mut Tensor<F>,
     labels: &Tensor<I>,
     lse: &Tensor<F>,
@@ -122,7 +89,11 @@ fn token_logps_backward_inplace_kernel<F: Float, I: Int>(
         terminate!();
     }
     let row = pos / vocab;
-    let d = logit_gradient::<F, I>(logits[pos], labels[row], lse[row], grad[row], pos % vocab);
+    let g = f32::cast_from(grad[row]);
+    let mut d = -g * f32::exp(f32::cast_from(logits[pos]) - f32::cast_from(lse[row]));
+    if usize::cast_from(labels[row]) == pos % vocab {
+        d += g;
+    }
     logits[pos] = F::cast_from(d);
 }
 
@@ -176,63 +147,45 @@ impl LogpBackend for Cube {
         grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         let [rows, vocab] = dims2(&logits);
+        let total = rows * vocab;
+        if total == 0 {
+            return logits;
+        }
+        // The gradient goes over the logits. In training nothing else holds them (they come out
+        // of the output layer); otherwise (a leaf, a view) they are copied first, which costs
+        // the same buffer an out-of-place kernel would write.
         let logits = into_contiguous(logits);
+        let logits = if logits.can_mut() && logits.is_contiguous_buffer() {
+            logits
+        } else {
+            logits.copy()
+        };
         let (labels, lse, grad) = (
             into_contiguous(labels),
             into_contiguous(lse),
             into_contiguous(grad),
         );
-        let dtype = logits.dtype;
-        let total = rows * vocab;
-        if total == 0 {
-            return logits;
-        }
         let client = logits.client.clone();
         let cube_dim = CubeDim::new(&client, total);
         let cube_count = calculate_cube_count_elemwise(&client, total, cube_dim);
-        let label_dtype = labels.dtype;
         let dtypes = [
-            dtype_to_storage_type(dtype),
-            dtype_to_storage_type(label_dtype),
+            dtype_to_storage_type(logits.dtype),
+            dtype_to_storage_type(labels.dtype),
         ];
-        if logits.can_mut() && logits.is_contiguous_buffer() {
-            unsafe {
-                token_logps_backward_inplace_kernel::launch_unchecked(
-                    &client,
-                    cube_count,
-                    cube_dim,
-                    logits.clone().into_tensor_arg(),
-                    labels.into_tensor_arg(),
-                    lse.into_tensor_arg(),
-                    grad.into_tensor_arg(),
-                    total,
-                    vocab,
-                    dtypes,
-                )
-            };
-            return logits;
-        }
-        let output = empty_device_dtype(
-            logits.client.clone(),
-            logits.device.clone(),
-            Shape::new([rows, vocab]),
-            dtype,
-        );
         unsafe {
             token_logps_backward_kernel::launch_unchecked(
                 &client,
                 cube_count,
                 cube_dim,
-                logits.into_tensor_arg(),
+                logits.clone().into_tensor_arg(),
                 labels.into_tensor_arg(),
                 lse.into_tensor_arg(),
                 grad.into_tensor_arg(),
-                output.clone().into_tensor_arg(),
                 total,
                 vocab,
                 dtypes,
             )
         };
-        output
+        logits
     }
 }
