@@ -7,6 +7,8 @@
 //!   the gradient `g * (onehot(label) - softmax)` in a single pass. Neither the softmax nor the
 //!   shifted logits are kept for the backward.
 
+pub mod attention;
 pub mod logp;
 
+pub use attention::{AttentionBackend, attention, attention_reference};
 pub use logp::{LogpBackend, token_logps, token_logps_reference};
