@@ -745,7 +745,9 @@ fn study_row(
         .iter()
         .filter_map(|(_, _, d)| final_rewards(d))
         .collect();
-    let rewards = (!rewards.is_empty() && rewards.iter().flatten().any(|x| *x != 0.0)).then(|| {
+    // Runs with a preference loss log rewards (zero while the policy is still the reference);
+    // the others log none.
+    let rewards = (!rewards.is_empty()).then(|| {
         let mut m = [0.0; 4];
         for r in &rewards {
             for (m, x) in m.iter_mut().zip(r) {

@@ -947,6 +947,7 @@ fn read(data: TensorData) -> Result<Vec<f32>> {
 mod tests {
     use super::*;
     use crate::train::pretrain::tiny_test_decoder;
+    use crate::load::models::AttentionKind;
 
     fn tiny() -> CausalLm {
         let device = Device::flex().autodiff();
@@ -1237,9 +1238,10 @@ mod tests {
         }
     }
 
-    /// Chunked log-probs (the two-phase backward of `head_backward`) and per-layer
-    /// checkpoints (`micro_gradients`, alone and with chunks) give the losses, the gradient
-    /// norms and the weights of the plain step: CLO, DPO and SFT; every parameter training (the
+    /// Chunked log-probs (the two-phase backward of `head_backward`), per-layer
+    /// checkpoints (`micro_gradients`, alone and with chunks) and memory-efficient attention
+    /// (alone and with both) give the losses, the gradient norms and the weights of the plain
+    /// step with materialised attention: CLO, DPO and SFT; every parameter training (the
     /// tied output layer and the embeddings included), attention only, and LoRA; chunks of 1
     /// and 3 positions (not dividing the width); two micro-batches.
     #[test]
@@ -1281,8 +1283,8 @@ mod tests {
                 // Two layers: the gradient must pass from one recomputed layer to the next.
                 let config = crate::train::pretrain::tiny_test_decoder_of(2);
                 let init = crate::seeded(&device, 7, || set.apply(config.init(&device)).unwrap());
-                let run = |(chunk, layered): (usize, bool)| {
-                    let mut model = init.clone();
+                let run = |(chunk, layered, attention): (usize, bool, AttentionKind)| {
+                    let mut model = init.clone().with_attention(attention);
                     let mut t = Trainer::new(*objective, OptimizerSettings::fine_tuning(0.0, 1.0))
                         .with_logp_chunk(chunk)
                         .with_grad_checkpoint(layered);
@@ -1295,8 +1297,16 @@ mod tests {
                     }
                     (out, all_weights(&model))
                 };
-                let (plain, wp) = run((0, false));
-                for chunk in [(1, false), (3, false), (0, true), (3, true)] {
+                use AttentionKind::{Materialized, MemoryEfficient};
+                let (plain, wp) = run((0, false, Materialized));
+                for chunk in [
+                    (1, false, Materialized),
+                    (3, false, Materialized),
+                    (0, true, Materialized),
+                    (3, true, Materialized),
+                    (0, false, MemoryEfficient),
+                    (3, true, MemoryEfficient),
+                ] {
                     let (chunked, wc) = run(chunk);
                     for ((la, ga), (lb, gb)) in plain.iter().zip(&chunked) {
                         assert!(

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::error::{CoreError, Result, read_to_string};
 pub use precision::Precision;
 pub use rope::{RopeConfig, RopeScaling};
-pub use transformer::{Activation, ArchOptions, CausalLm, DecoderConfig, KvCache};
+pub use transformer::{Activation, ArchOptions, AttentionKind, CausalLm, DecoderConfig, KvCache};
 
 /// The architectures clo implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -170,6 +170,7 @@ impl DecoderConfig {
             local_rope: self.local_rope(),
             rope_tables: RopeTables::default(),
             local_rope_tables: RopeTables::default(),
+            attention: AttentionKind::default(),
         }
     }
 
@@ -275,6 +276,8 @@ impl Attention {
     /// # Shapes
     /// - x: `[batch, seq, hidden]`; cos, sin: `[batch or 1, 1, seq, head_dim]`
     /// - mask: `[batch or 1, seq, cached + seq]`, true where a query may not look
+    /// - bias: the same mask as an additive bias (0 or `-inf`), given when attention is
+    ///   memory-efficient ([`AttentionKind`])
     /// - output: `[batch, seq, hidden]`
     fn forward(
         &self,
@@ -282,6 +285,7 @@ impl Attention {
         cos: &Tensor<4>,
         sin: &Tensor<4>,
         mask: &Tensor<3, Bool>,
+        bias: Option<&Tensor<3>>,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
@@ -303,6 +307,11 @@ impl Attention {
         };
         *cache = Some((k.clone(), v.clone()));
 
+        if let Some(bias) = bias {
+            let out = clo_shaders::attention(q, k, v, bias.clone(), self.scale, self.softcap);
+            let out = out.swap_dims(1, 2).reshape([batch, seq, nh * hd]);
+            return project(&self.o_proj, out);
+        }
         let k = repeat_kv(k, nh / nkv); // [b, nh, total, hd]
         let v = repeat_kv(v, nh / nkv);
         let mut scores = q.matmul(k.swap_dims(2, 3)) * self.scale; // [b, nh, seq, total]
@@ -467,6 +476,7 @@ impl DecoderLayer {
         cos: &Tensor<4>,
         sin: &Tensor<4>,
         mask: &Tensor<3, Bool>,
+        bias: Option<&Tensor<3>>,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
     ) -> Tensor<3> {
         let attn = (self.self_attn).forward(
@@ -474,6 +484,7 @@ impl DecoderLayer {
             cos,
             sin,
             mask,
+            bias,
             cache,
         );
         match (
@@ -520,6 +531,24 @@ pub struct CausalLm {
     rope_tables: RopeTables,
     #[module(skip)]
     local_rope_tables: RopeTables,
+    /// How attention is computed (memory-efficient unless set otherwise).
+    #[module(skip)]
+    attention: AttentionKind,
+}
+
+/// How a model computes attention.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttentionKind {
+    /// `clo_shaders::attention`: under autodiff it keeps `q`, `k`, `v`, the output and one
+    /// log-sum-exp per query, and recomputes the scores in the backward pass (CubeCL kernels
+    /// on wgpu, blocks of tensor operations on the CPU). Never forms a `[batch, heads, queries,
+    /// keys]` tensor on wgpu; at most one 16 MiB block of it on the CPU.
+    #[default]
+    MemoryEfficient,
+    /// The score matrix, its softmax and (under autodiff) their gradients, as transformers'
+    /// eager attention computes them.
+    Materialized,
 }
 
 /// A RoPE's cos and sin for positions `0..len`, one per device (plain and autodiff apart).
@@ -613,6 +642,17 @@ impl CausalLm {
         self.logits(hidden)
     }
 
+    /// The model with attention computed as `kind` says.
+    pub fn with_attention(mut self, kind: AttentionKind) -> Self {
+        self.attention = kind;
+        self
+    }
+
+    /// How this model computes attention.
+    pub fn attention(&self) -> AttentionKind {
+        self.attention
+    }
+
     /// The model's RoPE parameters.
     pub fn rope(&self) -> &RopeConfig {
         &self.rope
@@ -688,12 +728,15 @@ impl CausalLm {
                 padding,
             )
         });
-        let mut masks: Vec<(usize, Tensor<3, Bool>)> = Vec::new();
+        let mut masks: Vec<(usize, Tensor<3, Bool>, Option<Tensor<3>>)> = Vec::new();
         for layer in &self.model.layers {
             let window = layer.self_attn.sliding_window;
-            if !masks.iter().any(|(w, _)| *w == window) {
+            if !masks.iter().any(|(w, _, _)| *w == window) {
                 let m = attention_mask(seq, start + seq, window, padding, device);
-                masks.push((window, m));
+                let bias = (self.attention == AttentionKind::MemoryEfficient).then(|| {
+                    Tensor::<3>::zeros(m.dims(), device).mask_fill(m.clone(), f32::NEG_INFINITY)
+                });
+                masks.push((window, m, bias));
             }
         }
         Pass { rope, local, masks }
@@ -709,17 +752,16 @@ impl CausalLm {
     ) -> Tensor<3> {
         let layer = &self.model.layers[i];
         let window = layer.self_attn.sliding_window;
-        let mask = &pass
+        let (_, mask, bias) = &pass
             .masks
             .iter()
-            .find(|(w, _)| *w == window)
-            .expect("a mask per window")
-            .1;
+            .find(|(w, _, _)| *w == window)
+            .expect("a mask per window");
         let (cos, sin) = match (&pass.local, layer.self_attn.local_rope) {
             (Some((cos, sin)), true) => (cos, sin),
             _ => (&pass.rope.0, &pass.rope.1),
         };
-        layer.forward(x, cos, sin, mask, slot)
+        layer.forward(x, cos, sin, mask, bias.as_ref(), slot)
     }
 
     /// Per-layer checkpoints of a training forward pass (no cache, no padding): the input of
@@ -760,7 +802,8 @@ impl CausalLm {
 pub struct Pass {
     rope: (Tensor<4>, Tensor<4>),
     local: Option<(Tensor<4>, Tensor<4>)>,
-    masks: Vec<(usize, Tensor<3, Bool>)>,
+    /// Per sliding window: the mask and, with memory-efficient attention, the same as a bias.
+    masks: Vec<(usize, Tensor<3, Bool>, Option<Tensor<3>>)>,
 }
 
 /// The rows of RoPE tables for positions `start .. start + seq` (each row's counted from its
