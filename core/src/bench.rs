@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::error::{CoreError, Result};
 use crate::infer::score::Pair;
-use crate::load::models::{DecoderConfig, ModelConfig};
+use crate::load::models::{AttentionKind, DecoderConfig, ModelConfig};
 use crate::train::batch::TokenizedQuad;
 use crate::train::config::{Method, TrainableKind};
 use crate::train::examples::Examples;
@@ -363,8 +363,9 @@ pub struct MemoryEstimate {
 ///
 /// Per token and layer, the activations a backward pass needs are counted as
 /// `6 h + 3 q + 2 kv + 4 i` values (norm inputs and outputs, projections, the MLP's gate, up,
-/// activation and product) plus `3 heads x seq` (attention scores, masked scores, probabilities: the
-/// materialised attention); with per-layer checkpoints, each layer's input and one layer's
+/// activation and product) plus, for attention, `3 heads x seq` (scores, masked scores,
+/// probabilities) when it is materialised, or `heads` (one log-sum-exp per query and head) when
+/// it is memory-efficient; with per-layer checkpoints, each layer's input and one layer's
 /// activations. The output layer holds one `[rows, positions, vocab]` tensor: the logits, which
 /// the fused log-probs of `clo-shaders` keep for their backward and overwrite with their
 /// gradient. Trainable weights keep f32 values,
@@ -381,6 +382,7 @@ pub fn train_memory(
     stored_bytes: usize,
     grad_checkpoint: bool,
     logp_chunk: usize,
+    attention: AttentionKind,
 ) -> MemoryEstimate {
     let f = |x: usize| x as f64;
     let (h, i, l, v) = (
@@ -392,10 +394,10 @@ pub fn train_memory(
     let q = config.num_heads * config.head_dim;
     let kv = config.num_kv_heads * config.head_dim;
     let total_params = f(config.num_parameters());
-    let attention = f(l * (2 * h * q + 2 * h * kv));
+    let attention_weights = f(l * (2 * h * q + 2 * h * kv));
     let trained = match trainable {
         TrainableKind::Full => total_params,
-        TrainableKind::Attention => attention,
+        TrainableKind::Attention => attention_weights,
         // Adapters on q, k, v, o (the default targets): r x (in + out) each.
         TrainableKind::Lora => f(l * lora_rank * (2 * (h + q) + 2 * (h + kv))),
     };
@@ -406,7 +408,11 @@ pub fn train_memory(
     let weights = frozen * f(stored_bytes) + trained * 4.0;
     let optimizer = trained * 12.0;
     let tokens = f(rows * seq);
-    let per_layer = tokens * f(6 * h + 3 * q + 2 * kv + 4 * i + 3 * config.num_heads * seq) * 4.0;
+    let scores = match attention {
+        AttentionKind::Materialized => 3 * config.num_heads * seq,
+        AttentionKind::MemoryEfficient => config.num_heads,
+    };
+    let per_layer = tokens * f(6 * h + 3 * q + 2 * kv + 4 * i + scores) * 4.0;
     let activations = if grad_checkpoint {
         // Each layer's input, and one layer's activations.
         f(l + 1) * tokens * f(h) * 4.0 + per_layer
@@ -442,21 +448,22 @@ mod tests {
         let smol = "smollm2-135m".parse::<Shape>().unwrap().config().decoder;
         let qwen = "qwen2.5-0.5b".parse::<Shape>().unwrap().config().decoder;
         let att = TrainableKind::Attention;
+        let mat = AttentionKind::Materialized;
         let gib = |e: MemoryEstimate| e.total / (1u64 << 30) as f64;
-        let plain = train_memory(&smol, 8, 128, att, 8, 4, false, 0);
-        let half = train_memory(&smol, 8, 128, att, 8, 2, false, 0);
+        let plain = train_memory(&smol, 8, 128, att, 8, 4, false, 0, mat);
+        let half = train_memory(&smol, 8, 128, att, 8, 2, false, 0, mat);
         assert!(half.weights < plain.weights && half.weights > plain.weights / 2.0);
         assert_eq!(half.optimizer, plain.optimizer);
-        let ckpt = train_memory(&smol, 8, 128, att, 8, 4, true, 0);
+        let ckpt = train_memory(&smol, 8, 128, att, 8, 4, true, 0, mat);
         assert!(ckpt.activations < plain.activations / 5.0);
-        let chunked = train_memory(&smol, 8, 128, att, 8, 4, true, 32);
+        let chunked = train_memory(&smol, 8, 128, att, 8, 4, true, 32, mat);
         assert!((chunked.head - ckpt.head / 4.0).abs() < 1.0);
         // (prediction, measured GiB): `clo bench train` on the 2-core CPU.
         for (predicted, measured) in [
             (gib(plain), 2.95),
             (gib(ckpt), 1.42),
             (gib(chunked), 1.23),
-            (gib(train_memory(&qwen, 16, 256, att, 8, 4, true, 64)), 3.87),
+            (gib(train_memory(&qwen, 16, 256, att, 8, 4, true, 64, mat)), 3.87),
         ] {
             assert!(
                 (predicted - measured).abs() / measured < 0.15,

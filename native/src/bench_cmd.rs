@@ -104,6 +104,10 @@ pub struct TrainBenchArgs {
     /// Log-probs this many positions at a time, as `clo train --logp-chunk` (0: all at once).
     #[arg(long, default_value_t = 0)]
     logp_chunk: usize,
+    /// How attention is computed, as `clo train --attention`: memory-efficient (the default) or
+    /// materialized.
+    #[arg(long, value_name = "KIND", default_value_t = clo_core::load::models::AttentionKind::MemoryEfficient)]
+    attention: clo_core::load::models::AttentionKind,
     /// Print the memory model's prediction of this step's peak memory, term by term, and stop:
     /// no model is built, so a shape larger than this machine can be sized (every run prints
     /// the prediction beside the measured peak).
@@ -395,6 +399,7 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         lr: args.lr,
         grad_checkpoint: args.grad_checkpoint,
         logp_chunk: args.logp_chunk,
+        attention: args.attention,
         dtype: common.dtype,
         ..RunConfig::default()
     };
@@ -436,6 +441,7 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         stored_bytes,
         args.grad_checkpoint,
         args.logp_chunk,
+        args.attention,
     );
     let gib = |b: f64| b / (1u64 << 30) as f64;
     let prediction = format!(
@@ -458,6 +464,7 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         "rows": work.rows.len(),
         "grad_checkpoint": args.grad_checkpoint,
         "logp_chunk": args.logp_chunk,
+        "attention": args.attention.to_string(),
         "predicted_memory": predicted,
     });
     if args.predict_memory {

@@ -79,6 +79,8 @@ pub struct TrainArgs {
     logp_chunk: Option<usize>,
     #[arg(long, value_name = "DTYPE", help = setting_help_with_default("dtype"))]
     dtype: Option<clo_core::load::models::Precision>,
+    #[arg(long, value_name = "KIND", help = setting_help_with_default("attention"))]
+    attention: Option<clo_core::load::models::AttentionKind>,
     #[arg(long, help = setting_help_with_default("dpop"))]
     dpop: Option<f64>,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
@@ -134,7 +136,7 @@ impl TrainArgs {
             seed,
             val_fraction
         );
-        set!(max_grad_norm, weight_decay, logp_chunk, dpop, dtype);
+        set!(max_grad_norm, weight_decay, logp_chunk, dpop, dtype, attention);
         if self.steps.is_some() {
             c.steps = self.steps;
         }

@@ -173,6 +173,9 @@ pub struct RunConfig {
     /// the `[rows, seq, vocab]` logits are never kept for the backward pass. Same losses and
     /// gradients.
     pub logp_chunk: usize,
+    /// How attention is computed in training: `memory-efficient` (the default: no score matrix
+    /// kept for the backward pass) or `materialized`. Same losses and gradients.
+    pub attention: crate::load::models::AttentionKind,
     /// How the frozen weights are stored (`auto`, `f32`, `f16`, `bf16`); what trains stays f32.
     pub dtype: crate::load::models::Precision,
     /// DPO-Positive weight of the preference terms of clo and dpo (0: off, the paper's loss):
@@ -305,6 +308,10 @@ pub const SETTINGS: &[Setting] = &[
         help: "Compute the training log-probs this many positions at a time (0: the whole sequence), so the [rows, seq, vocab] logits are never kept for the backward pass; same losses and gradients, less memory, one more output-layer pass.",
     },
     Setting {
+        key: "attention",
+        help: "How attention is computed: memory-efficient (the default: only q, k, v, the output and one log-sum-exp per query are kept, the scores are recomputed in the backward pass; custom kernels on GPUs) or materialized (the [rows, heads, seq, seq] scores and softmax kept per layer, as transformers' eager attention); same losses and gradients.",
+    },
+    Setting {
         key: "dtype",
         help: "Storage of the weights that do not train: f32, f16 or bf16 (half the memory; their products run in that type, everything else in f32), or auto (bf16 or f16 where a GPU offers it, else f32). What trains keeps f32 weights and AdamW state.",
     },
@@ -383,6 +390,7 @@ impl Default for RunConfig {
             save_every: None,
             grad_checkpoint: false,
             logp_chunk: 0,
+            attention: crate::load::models::AttentionKind::MemoryEfficient,
             dtype: crate::load::models::Precision::F32,
             dpop: 0.0,
         }
@@ -442,7 +450,11 @@ impl RunConfig {
         device: &Device,
     ) -> Result<crate::load::models::CausalLm> {
         let dtype = self.dtype.resolve(device)?;
-        Ok(self.trainable_set().apply(model)?.store_frozen_in(dtype))
+        Ok(self
+            .trainable_set()
+            .apply(model)?
+            .store_frozen_in(dtype)
+            .with_attention(self.attention))
     }
 
     /// Refuses values that cannot train, naming the key.

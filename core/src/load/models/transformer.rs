@@ -543,12 +543,37 @@ pub enum AttentionKind {
     /// `clo_shaders::attention`: under autodiff it keeps `q`, `k`, `v`, the output and one
     /// log-sum-exp per query, and recomputes the scores in the backward pass (CubeCL kernels
     /// on wgpu, blocks of tensor operations on the CPU). Never forms a `[batch, heads, queries,
-    /// keys]` tensor on wgpu; at most one 16 MiB block of it on the CPU.
+    /// keys]` tensor on wgpu; at most one 16 MiB block of it on the CPU. Decoding steps (one
+    /// new position) use the materialised path, whose scores are one row per head.
     #[default]
     MemoryEfficient,
     /// The score matrix, its softmax and (under autodiff) their gradients, as transformers'
     /// eager attention computes them.
     Materialized,
+}
+
+impl AttentionKind {
+    pub const CHOICES: &'static str = "memory-efficient or materialized";
+}
+
+impl std::fmt::Display for AttentionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttentionKind::MemoryEfficient => "memory-efficient",
+            AttentionKind::Materialized => "materialized",
+        })
+    }
+}
+
+impl std::str::FromStr for AttentionKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "memory-efficient" | "flash" => Ok(AttentionKind::MemoryEfficient),
+            "materialized" | "materialised" | "eager" => Ok(AttentionKind::Materialized),
+            other => Err(format!("unknown attention `{other}`: {}", Self::CHOICES)),
+        }
+    }
 }
 
 /// A RoPE's cos and sin for positions `0..len`, one per device (plain and autodiff apart).
@@ -733,7 +758,10 @@ impl CausalLm {
             let window = layer.self_attn.sliding_window;
             if !masks.iter().any(|(w, _, _)| *w == window) {
                 let m = attention_mask(seq, start + seq, window, padding, device);
-                let bias = (self.attention == AttentionKind::MemoryEfficient).then(|| {
+                // One new position (a decoding step) has a `[heads, 1, keys]` score matrix:
+                // nothing to save, and one kernel unit per head would walk every key alone.
+                let efficient = self.attention == AttentionKind::MemoryEfficient && seq > 1;
+                let bias = efficient.then(|| {
                     Tensor::<3>::zeros(m.dims(), device).mask_fill(m.clone(), f32::NEG_INFINITY)
                 });
                 masks.push((window, m, bias));
