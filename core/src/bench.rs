@@ -448,7 +448,7 @@ mod tests {
         let smol = "smollm2-135m".parse::<Shape>().unwrap().config().decoder;
         let qwen = "qwen2.5-0.5b".parse::<Shape>().unwrap().config().decoder;
         let att = TrainableKind::Attention;
-        let mat = AttentionKind::Materialized;
+        let (mat, eff) = (AttentionKind::Materialized, AttentionKind::MemoryEfficient);
         let gib = |e: MemoryEstimate| e.total / (1u64 << 30) as f64;
         let plain = train_memory(&smol, 8, 128, att, 8, 4, false, 0, mat);
         let half = train_memory(&smol, 8, 128, att, 8, 2, false, 0, mat);
@@ -463,7 +463,27 @@ mod tests {
             (gib(plain), 2.95),
             (gib(ckpt), 1.42),
             (gib(chunked), 1.23),
-            (gib(train_memory(&qwen, 16, 256, att, 8, 4, true, 64, mat)), 3.87),
+            (
+                gib(train_memory(&qwen, 16, 256, att, 8, 4, true, 64, mat)),
+                3.87,
+            ),
+            (
+                gib(train_memory(&qwen, 16, 256, att, 8, 4, false, 64, mat)),
+                17.79,
+            ),
+            // Memory-efficient attention (the default).
+            (
+                gib(train_memory(&smol, 8, 128, att, 8, 4, false, 0, eff)),
+                2.54,
+            ),
+            (
+                gib(train_memory(&qwen, 16, 256, att, 8, 4, false, 64, eff)),
+                13.10,
+            ),
+            (
+                gib(train_memory(&qwen, 16, 256, att, 8, 4, true, 64, eff)),
+                3.85,
+            ),
         ] {
             assert!(
                 (predicted - measured).abs() / measured < 0.15,

@@ -136,7 +136,14 @@ impl TrainArgs {
             seed,
             val_fraction
         );
-        set!(max_grad_norm, weight_decay, logp_chunk, dpop, dtype, attention);
+        set!(
+            max_grad_norm,
+            weight_decay,
+            logp_chunk,
+            dpop,
+            dtype,
+            attention
+        );
         if self.steps.is_some() {
             c.steps = self.steps;
         }

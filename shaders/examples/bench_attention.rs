@@ -13,15 +13,29 @@ use burn::tensor::{Bool, Device, DeviceKind, Distribution, Int, Tensor};
 use clo_shaders::{attention, attention_reference};
 
 /// Forward, then backward; the time of both and the bytes in use between them.
-fn step(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, bias: &Tensor<3>, fused: bool) -> (Duration, Option<u64>) {
+fn step(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    bias: &Tensor<3>,
+    fused: bool,
+) -> (Duration, Option<u64>) {
     let device = q.device();
     let in_use = || device.memory_pool_usage().map(|u| u.bytes_in_use);
     let _: f32 = q.clone().sum().into_scalar(); // the inputs exist before the clock starts
     let before = in_use();
     let start = Instant::now();
-    let (q, k, v) = (q.clone().require_grad(), k.clone().require_grad(), v.clone().require_grad());
+    let (q, k, v) = (
+        q.clone().require_grad(),
+        k.clone().require_grad(),
+        v.clone().require_grad(),
+    );
     let scale = (q.dims()[3] as f64).powf(-0.5);
-    let f = if fused { attention } else { attention_reference };
+    let f = if fused {
+        attention
+    } else {
+        attention_reference
+    };
     let out = f(q.clone(), k.clone(), v.clone(), bias.clone(), scale, 0.0);
     let loss = out.sum();
     let _: f32 = loss.clone().inner().into_scalar();
@@ -44,7 +58,10 @@ fn median(mut times: Vec<Duration>) -> Duration {
 
 fn main() {
     let shape = std::env::var("CLO_BENCH_SHAPE").unwrap_or_else(|_| "4x14x2x256x64".into());
-    let dims: Vec<usize> = shape.split('x').map(|d| d.parse().expect("a number")).collect();
+    let dims: Vec<usize> = shape
+        .split('x')
+        .map(|d| d.parse().expect("a number"))
+        .collect();
     let [batch, heads, kv_heads, seq, head_dim] = dims[..] else {
         panic!("CLO_BENCH_SHAPE is BATCHxHEADSxKV_HEADSxSEQxHEAD_DIM")
     };

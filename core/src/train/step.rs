@@ -946,8 +946,8 @@ fn read(data: TensorData) -> Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::pretrain::tiny_test_decoder;
     use crate::load::models::AttentionKind;
+    use crate::train::pretrain::tiny_test_decoder;
 
     fn tiny() -> CausalLm {
         let device = Device::flex().autodiff();
