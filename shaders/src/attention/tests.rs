@@ -1,5 +1,6 @@
 //! Memory-efficient attention against the materialised reference: outputs and the gradients of
-//! `q`, `k` and `v`, on Flex (several query blocks per case) and on wgpu (the kernels), with
+//! `q`, `k` and `v`, on Flex (several query blocks per case) and on wgpu (the kernels, with
+//! several cubes and tiles per case, then with the real sizes), with
 //! causal masks, GQA, sliding windows, left padding, cached keys and Gemma 2's soft cap.
 
 use burn::tensor::{DType, Device, DeviceKind, FloatDType, Tensor, TensorData};
@@ -22,7 +23,7 @@ struct Case {
     softcap: f64,
 }
 
-const CASES: [Case; 5] = [
+const CASES: [Case; 6] = [
     // Causal with GQA (two query heads per key/value head).
     Case {
         batch: 2,
@@ -81,6 +82,18 @@ const CASES: [Case; 5] = [
         head_dim: 64,
         window: 0,
         padding: [0, 0],
+        softcap: 0.0,
+    },
+    // More queries than a real cube's 64 rows and more keys than its tile of 32, with padding.
+    Case {
+        batch: 2,
+        heads: 2,
+        kv_heads: 1,
+        queries: 70,
+        keys: 70,
+        head_dim: 64,
+        window: 0,
+        padding: [0, 9],
         softcap: 0.0,
     },
 ];
@@ -215,9 +228,13 @@ fn memory_efficient_attention_equals_the_reference_on_flex() {
 #[test]
 fn attention_kernels_equal_the_reference_on_wgpu() {
     let device = Device::wgpu(DeviceKind::DefaultDevice);
-    check(&device, FloatDType::F32, 2e-5);
-    if device.supports_dtype(DType::F16) {
-        check(&device, FloatDType::F16, 2e-2);
+    // Small cubes and tiles (several per case), then the real ones (a case fits in one).
+    for small in [true, false] {
+        super::kernel::SMALL_TILES.with(|s| s.set(small));
+        check(&device, FloatDType::F32, 2e-5);
+        if device.supports_dtype(DType::F16) {
+            check(&device, FloatDType::F16, 2e-2);
+        }
     }
 }
 
