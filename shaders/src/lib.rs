@@ -13,6 +13,8 @@
 
 pub mod attention;
 pub mod logp;
+#[cfg(test)]
+mod test_util;
 
 pub use attention::{AttentionBackend, attention, attention_reference};
 pub use logp::{LogpBackend, token_logps, token_logps_reference};

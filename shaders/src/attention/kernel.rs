@@ -38,7 +38,7 @@ thread_local! {
 
 /// `dot(a[a_base..], shared[s_base..])` over `head_dim`, for a row held in a local array.
 #[cube]
-fn dot_local<F: Float>(
+fn dot_local(
     a: &Array<f32>,
     shared: &Shared<[f32]>,
     s_base: usize,
@@ -49,6 +49,64 @@ fn dot_local<F: Float>(
         dot += a[d] * shared[s_base + d];
     }
     dot
+}
+
+/// Where the query row of this unit is: a cube per block of `CUBE_DIM` query rows of one head.
+#[derive(CubeType)]
+struct QueryRow {
+    /// The row exists (the last block of a head may be partly empty).
+    active: bool,
+    /// Index of the row in `[batch, heads, queries]`.
+    row: usize,
+    /// First row of its key/value head in `[batch, kv_heads, keys]`.
+    kv_row: usize,
+    /// Start of its bias row.
+    bias_base: usize,
+}
+
+#[cube]
+fn query_row(
+    heads: usize,
+    group: usize,
+    queries: usize,
+    keys: usize,
+    bias_rows: usize,
+) -> QueryRow {
+    let per_head = queries.div_ceil(CUBE_DIM as usize);
+    let bh = CUBE_POS / per_head;
+    let i = (CUBE_POS % per_head) * CUBE_DIM as usize + UNIT_POS as usize;
+    let b = bh / heads;
+    QueryRow {
+        active: i < queries,
+        row: bh * queries + i,
+        kv_row: (b * (heads / group) + (bh % heads) / group) * keys,
+        bias_base: (b % bias_rows) * queries * keys + i * keys,
+    }
+}
+
+/// `dst` set to row `row` of a `[.., head_dim]` tensor, in f32 (zeros when `active` is false).
+#[cube]
+fn fill_row<F: Float>(
+    dst: &mut Array<f32>,
+    src: &Tensor<F>,
+    row: usize,
+    active: bool,
+    #[comptime] head_dim: usize,
+) {
+    for d in 0..head_dim {
+        dst[d] = f32::new(0.0);
+        if active {
+            dst[d] = f32::cast_from(src[row * head_dim + d]);
+        }
+    }
+}
+
+/// `dst` set to zeros.
+#[cube]
+fn zeros(dst: &mut Array<f32>, #[comptime] head_dim: usize) {
+    for d in 0..head_dim {
+        dst[d] = f32::new(0.0);
+    }
 }
 
 /// `scale` and the soft cap applied to a raw product.
@@ -109,28 +167,15 @@ fn forward_kernel<F: Float>(
 ) {
     let mut k_tile = Shared::<[f32]>::new_slice(tile * head_dim);
     let mut v_tile = Shared::<[f32]>::new_slice(tile * head_dim);
-    let per_head = queries.div_ceil(CUBE_DIM as usize);
-    let cube = CUBE_POS;
-    if cube >= blocks {
+    if CUBE_POS >= blocks {
         terminate!();
     }
-    let bh = cube / per_head;
-    let i = (cube % per_head) * CUBE_DIM as usize + UNIT_POS as usize;
-    let active = i < queries;
-    let b = bh / heads;
-    let kv_row = (b * (heads / group) + (bh % heads) / group) * keys;
-    let row = bh * queries + i;
-    let bias_base = (b % bias_rows) * queries * keys + i * keys;
-
+    let at = query_row(heads, group, queries, keys, bias_rows);
+    let (active, row, kv_row, bias_base) = (at.active, at.row, at.kv_row, at.bias_base);
     let mut q_row = Array::<f32>::new(head_dim);
     let mut acc = Array::<f32>::new(head_dim);
-    for d in 0..head_dim {
-        acc[d] = f32::new(0.0);
-        q_row[d] = f32::new(0.0);
-        if active {
-            q_row[d] = f32::cast_from(q[row * head_dim + d]);
-        }
-    }
+    fill_row::<F>(&mut q_row, q, row, active, head_dim);
+    zeros(&mut acc, head_dim);
     let mut max = f32::new(-3.0e38);
     let mut sum = f32::new(0.0);
     let mut j0 = 0;
@@ -144,7 +189,7 @@ fn forward_kernel<F: Float>(
                 if j < keys {
                     let bj = f32::cast_from(bias[bias_base + j]);
                     if bj > f32::new(MASKED) {
-                        let dot = dot_local::<F>(&q_row, &k_tile, jj * head_dim, head_dim);
+                        let dot = dot_local(&q_row, &k_tile, jj * head_dim, head_dim);
                         let s = capped(dot, scale, softcap) + bj;
                         let new_max = f32::max(max, s);
                         let correction = f32::exp(max - new_max);
@@ -196,18 +241,11 @@ fn dq_kernel<F: Float>(
 ) {
     let mut k_tile = Shared::<[f32]>::new_slice(tile * head_dim);
     let mut v_tile = Shared::<[f32]>::new_slice(tile * head_dim);
-    let per_head = queries.div_ceil(CUBE_DIM as usize);
-    let cube = CUBE_POS;
-    if cube >= blocks {
+    if CUBE_POS >= blocks {
         terminate!();
     }
-    let bh = cube / per_head;
-    let i = (cube % per_head) * CUBE_DIM as usize + UNIT_POS as usize;
-    let active = i < queries;
-    let b = bh / heads;
-    let kv_row = (b * (heads / group) + (bh % heads) / group) * keys;
-    let row = bh * queries + i;
-    let bias_base = (b % bias_rows) * queries * keys + i * keys;
+    let at = query_row(heads, group, queries, keys, bias_rows);
+    let (active, row, kv_row, bias_base) = (at.active, at.row, at.kv_row, at.bias_base);
     let mut lse_i = f32::new(0.0);
     let mut delta_i = f32::new(0.0);
     if active {
@@ -218,15 +256,9 @@ fn dq_kernel<F: Float>(
     let mut q_row = Array::<f32>::new(head_dim);
     let mut g_row = Array::<f32>::new(head_dim);
     let mut acc = Array::<f32>::new(head_dim);
-    for d in 0..head_dim {
-        acc[d] = f32::new(0.0);
-        q_row[d] = f32::new(0.0);
-        g_row[d] = f32::new(0.0);
-        if active {
-            q_row[d] = f32::cast_from(q[row * head_dim + d]);
-            g_row[d] = f32::cast_from(grad[row * head_dim + d]);
-        }
-    }
+    fill_row::<F>(&mut q_row, q, row, active, head_dim);
+    fill_row::<F>(&mut g_row, grad, row, active, head_dim);
+    zeros(&mut acc, head_dim);
     let mut j0 = 0;
     while j0 < keys {
         load_tile::<F>(k, &mut k_tile, kv_row, j0, keys, tile, head_dim);
@@ -239,13 +271,9 @@ fn dq_kernel<F: Float>(
                     let bj = f32::cast_from(bias[bias_base + j]);
                     if bj > f32::new(MASKED) {
                         let base = jj * head_dim;
-                        let s = capped(
-                            dot_local::<F>(&q_row, &k_tile, base, head_dim),
-                            scale,
-                            softcap,
-                        );
+                        let s = capped(dot_local(&q_row, &k_tile, base, head_dim), scale, softcap);
                         let p = f32::exp(s + bj - lse_i);
-                        let dp = dot_local::<F>(&g_row, &v_tile, base, head_dim);
+                        let dp = dot_local(&g_row, &v_tile, base, head_dim);
                         let mut ds = p * (dp - delta_i) * scale;
                         if softcap > f32::new(0.0) {
                             // d(cap tanh(x / cap))/dx = 1 - tanh^2, and tanh = s / cap.
@@ -316,16 +344,10 @@ fn dkv_kernel<F: Float>(
     let mut v_row = Array::<f32>::new(head_dim);
     let mut dk_acc = Array::<f32>::new(head_dim);
     let mut dv_acc = Array::<f32>::new(head_dim);
-    for d in 0..head_dim {
-        dk_acc[d] = f32::new(0.0);
-        dv_acc[d] = f32::new(0.0);
-        k_row[d] = f32::new(0.0);
-        v_row[d] = f32::new(0.0);
-        if active {
-            k_row[d] = f32::cast_from(k[row * head_dim + d]);
-            v_row[d] = f32::cast_from(v[row * head_dim + d]);
-        }
-    }
+    fill_row::<F>(&mut k_row, k, row, active, head_dim);
+    fill_row::<F>(&mut v_row, v, row, active, head_dim);
+    zeros(&mut dk_acc, head_dim);
+    zeros(&mut dv_acc, head_dim);
     for h in 0..group {
         let q_row0 = (first_head + h) * queries;
         let mut i0 = 0;
@@ -341,13 +363,10 @@ fn dkv_kernel<F: Float>(
                         if bj > f32::new(MASKED) {
                             let qrow = q_row0 + i;
                             let base = ii * head_dim;
-                            let s = capped(
-                                dot_local::<F>(&k_row, &q_tile, base, head_dim),
-                                scale,
-                                softcap,
-                            );
+                            let s =
+                                capped(dot_local(&k_row, &q_tile, base, head_dim), scale, softcap);
                             let p = f32::exp(s + bj - f32::cast_from(lse[qrow]));
-                            let dp = dot_local::<F>(&v_row, &g_tile, base, head_dim);
+                            let dp = dot_local(&v_row, &g_tile, base, head_dim);
                             let mut ds = p * (dp - f32::cast_from(delta[qrow])) * scale;
                             if softcap > f32::new(0.0) {
                                 let t = s / softcap;
@@ -469,11 +488,10 @@ impl AttentionBackend for Cube {
         scale: f32,
         softcap: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        use burn::backend::ops::FloatTensorOps;
         let dims = Dims::of(&q, &k, &bias);
         let grad = into_contiguous(grad);
-        // D = rowsum(dO * O): [b, heads, queries, 1].
-        let delta = into_contiguous(Self::float_sum_dim(Self::float_mul(grad.clone(), out), 3));
+
+        let delta = into_contiguous(super::row_delta::<Self>(grad.clone(), out));
         let (q, k, v, bias, lse) = (
             into_contiguous(q),
             into_contiguous(k),

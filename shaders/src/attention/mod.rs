@@ -99,8 +99,8 @@ pub trait AttentionBackend: Backend {
         softcap: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let dims = Dims::of(&q, &k, &bias);
-        // D = rowsum(dO * O): [b, heads, queries, 1].
-        let delta = Self::float_sum_dim(Self::float_mul(grad.clone(), out), 3);
+
+        let delta = row_delta::<Self>(grad.clone(), out);
         let lse = Self::float_reshape(lse, Shape::new([dims.batch, dims.heads, dims.queries, 1]));
         let (mut dq, mut dk, mut dv) = (Vec::new(), None, None);
         let add = |acc: Option<FloatTensor<Self>>, x| match acc {
@@ -295,6 +295,12 @@ fn block_scores<B: Backend>(
     let bias = B::float_reshape(bias, Shape::new([dims.bias_rows, 1, 1, n, dims.keys]));
     let bias = B::float_expand(bias, five);
     (B::float_add(scores, bias), tanh)
+}
+
+/// `D = rowsum(dO * O)`, `[b, heads, queries, 1]`: the softmax backward's correction of each
+/// query row, from the output's gradient and the output.
+fn row_delta<B: Backend>(grad: FloatTensor<B>, out: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_sum_dim(B::float_mul(grad, out), 3)
 }
 
 impl AttentionBackend for burn::backend::Flex {}

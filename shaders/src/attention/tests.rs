@@ -5,6 +5,8 @@
 
 use burn::tensor::{DType, Device, DeviceKind, FloatDType, Tensor, TensorData};
 
+use crate::test_util::{floats, max_diff};
+
 use super::{attention, attention_reference};
 
 /// One attention call: `heads` query heads over `kv_heads` key/value heads, `queries` new
@@ -178,24 +180,6 @@ fn run(device: &Device, case: &Case, stored: FloatDType, dtype: FloatDType, fuse
         out: floats(out.inner()),
         grads: [grad(&q), grad(&k), grad(&v)],
     }
-}
-
-fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.cast(FloatDType::F32)
-        .into_data()
-        .try_to_vec::<f32>()
-        .expect("f32 data")
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            assert!(x.is_finite(), "a non-finite value: {x}");
-            (x - y).abs()
-        })
-        .fold(0.0, f32::max)
 }
 
 fn check(device: &Device, dtype: FloatDType, tol: f32) {

@@ -3,6 +3,8 @@
 
 use burn::tensor::{DType, Device, DeviceKind, FloatDType, Int, Tensor, TensorData};
 
+use crate::test_util::{floats, max_diff};
+
 use super::{token_logps, token_logps_reference};
 
 /// Deterministic logits in `[-scale, scale]` with a few large spikes, and labels.
@@ -94,21 +96,6 @@ fn run(
         logps: floats(logps.inner()),
         grad: floats(grad),
     }
-}
-
-fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.cast(FloatDType::F32)
-        .into_data()
-        .try_to_vec::<f32>()
-        .expect("f32 data")
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Shapes: vocab not a multiple of the kernel's 256 units, below them, one column, and a single
