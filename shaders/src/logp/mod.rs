@@ -13,6 +13,7 @@
 //!   forms three more full-size tensors while differentiating.
 
 mod autodiff;
+mod flex;
 mod kernel;
 
 #[cfg(test)]
@@ -29,12 +30,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Shape, Tensor};
 pub trait LogpBackend: Backend {
     /// `logsumexp` of each row of `[rows, vocab]` logits: `[rows]`.
     fn row_logsumexp(logits: FloatTensor<Self>) -> FloatTensor<Self> {
-        let [rows, _] = dims2(&logits);
-        let max = Self::float_max_dim(logits.clone(), 1); // [rows, 1]
-        let shifted = Self::float_sub(logits, max.clone());
-        let sum = Self::float_sum_dim(Self::float_exp(shifted), 1);
-        let lse = Self::float_add(Self::float_log(sum), max);
-        Self::float_reshape(lse, Shape::new([rows]))
+        row_logsumexp_ops::<Self>(logits)
     }
 
     /// The gradient of `token_logps` with respect to `[rows, vocab]` logits, given the labels
@@ -46,16 +42,7 @@ pub trait LogpBackend: Backend {
         lse: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let [rows, _] = dims2(&logits);
-        let column = Shape::new([rows, 1]);
-        let probs = Self::float_exp(Self::float_sub(
-            logits,
-            Self::float_reshape(lse, column.clone()),
-        ));
-        let grad = Self::float_reshape(grad, column.clone());
-        let spread = Self::float_neg(Self::float_mul(probs, grad.clone()));
-        let labels = Self::int_reshape(labels, column);
-        Self::float_scatter(1, spread, labels, grad, IndexingUpdateOp::Add)
+        token_logps_backward_ops::<Self>(logits, labels, lse, grad)
     }
 
     /// `log softmax(logits)[row, label[row]]` of `[rows, vocab]` logits and `[rows]` labels:
@@ -69,6 +56,32 @@ pub trait LogpBackend: Backend {
     }
 }
 
+/// [`LogpBackend::row_logsumexp`] in tensor operations: max-shifted, on any backend.
+fn row_logsumexp_ops<B: Backend>(logits: FloatTensor<B>) -> FloatTensor<B> {
+    let [rows, _] = dims2(&logits);
+    let max = B::float_max_dim(logits.clone(), 1); // [rows, 1]
+    let shifted = B::float_sub(logits, max.clone());
+    let sum = B::float_sum_dim(B::float_exp(shifted), 1);
+    let lse = B::float_add(B::float_log(sum), max);
+    B::float_reshape(lse, Shape::new([rows]))
+}
+
+/// [`LogpBackend::token_logps_backward`] in tensor operations, on any backend.
+fn token_logps_backward_ops<B: Backend>(
+    logits: FloatTensor<B>,
+    labels: IntTensor<B>,
+    lse: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let [rows, _] = dims2(&logits);
+    let column = Shape::new([rows, 1]);
+    let probs = B::float_exp(B::float_sub(logits, B::float_reshape(lse, column.clone())));
+    let grad = B::float_reshape(grad, column.clone());
+    let spread = B::float_neg(B::float_mul(probs, grad.clone()));
+    let labels = B::int_reshape(labels, column);
+    B::float_scatter(1, spread, labels, grad, IndexingUpdateOp::Add)
+}
+
 fn dims2<T: TensorMetadata>(tensor: &T) -> [usize; 2] {
     let shape = tensor.shape();
     assert_eq!(
@@ -78,8 +91,6 @@ fn dims2<T: TensorMetadata>(tensor: &T) -> [usize; 2] {
     );
     [shape[0], shape[1]]
 }
-
-impl LogpBackend for burn::backend::Flex {}
 
 /// `log softmax(logits)[row, labels[row]]` for `[rows, vocab]` logits and `[rows]` labels, with
 /// the fused backward under autodiff (see the module's documentation).
