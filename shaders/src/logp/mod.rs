@@ -5,8 +5,8 @@
 //! - wgpu (any CubeCL runtime): two CubeCL kernels in [`kernel`], one cube per row for the
 //!   log-sum-exp (online max and sum in f32, then a tree reduction in shared memory), and one
 //!   elementwise pass for the gradient;
-//! - Flex (the CPU): the same two steps written with plain tensor operations (the trait's default
-//!   bodies), which Flex runs as fast as a kernel of ours would;
+//! - Flex (the CPU): the same two steps as loops over rows in [`flex`], spread over the cores
+//!   (f16 takes the trait's default bodies, in tensor operations);
 //! - under autodiff: one graph node whose backward is `g * (onehot(label) - exp(logits - lse))`,
 //!   computed from the logits and the saved `[rows]` log-sum-exp. The plain tensor-op chain
 //!   ([`token_logps_reference`]) keeps the exponentials (`[rows, vocab]`) for its backward and
@@ -23,8 +23,8 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::tensor::{IndexingUpdateOp, Int, Shape, Tensor};
 
-/// The custom operations of this module, on every backend. The default bodies are the plain
-/// reference (used by Flex); the CubeCL backend overrides the two reductions with kernels and
+/// The custom operations of this module, on every backend. The default bodies are tensor
+/// operations; the CubeCL backend and Flex override the two reductions (kernels; row loops) and
 /// `Autodiff` overrides [`LogpBackend::token_logps`] with its fused backward.
 #[backend_extension(Autodiff, Flex, Cube)]
 pub trait LogpBackend: Backend {
