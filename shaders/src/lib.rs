@@ -13,8 +13,10 @@
 
 pub mod attention;
 pub mod logp;
+pub mod swiglu;
 #[cfg(test)]
 mod test_util;
 
 pub use attention::{AttentionBackend, attention, attention_reference};
 pub use logp::{LogpBackend, token_logps, token_logps_reference};
+pub use swiglu::{SwigluBackend, swiglu, swiglu_reference};
