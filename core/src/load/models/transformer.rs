@@ -9,7 +9,7 @@
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax, tanh};
+use burn::tensor::activation::{softmax, tanh};
 use burn::tensor::{DType, FloatDType};
 use serde::{Deserialize, Serialize};
 
@@ -447,12 +447,14 @@ impl Mlp {
     /// `[.., hidden] -> [.., hidden]`.
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gate = project(&self.gate_proj, x.clone());
-        let gate = if self.gelu_tanh {
-            gelu_tanh(gate)
+        let up = project(&self.up_proj, x);
+        let hidden = if self.gelu_tanh {
+            gelu_tanh(gate) * up
         } else {
-            silu(gate)
+            // One operation whose backward keeps `gate` and `up` only (`clo_shaders::swiglu`).
+            clo_shaders::swiglu(gate, up)
         };
-        project(&self.down_proj, gate * project(&self.up_proj, x))
+        project(&self.down_proj, hidden)
     }
 }
 
