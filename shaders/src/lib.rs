@@ -12,6 +12,7 @@
 //!   `[batch, heads, queries, keys]` tensor is kept (kernels on CubeCL, query blocks on Flex).
 
 pub mod attention;
+mod cpu;
 pub mod logp;
 pub mod swiglu;
 #[cfg(test)]

@@ -9,17 +9,9 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::tensor::{DType, TensorData};
 use burn_flex::FlexTensor;
 
-use super::{LogpBackend, dims2, row_logsumexp_ops, token_logps_backward_ops};
+use crate::cpu::{dense, each};
 
-/// `tensor` as a contiguous buffer of its own elements, starting at 0.
-fn dense(tensor: FlexTensor) -> FlexTensor {
-    let layout = tensor.layout();
-    if layout.is_contiguous() && layout.start_offset() == 0 {
-        tensor
-    } else {
-        tensor.to_contiguous()
-    }
-}
+use super::{LogpBackend, dims2, row_logsumexp_ops, token_logps_backward_ops};
 
 /// `[rows]` values of a small tensor, as f32.
 fn values(tensor: FlexTensor) -> Vec<f32> {
@@ -47,17 +39,6 @@ fn row_backward(row: &mut [f32], label: usize, lse: f32, g: f32) {
     row[label] += g;
 }
 
-#[cfg(not(target_family = "wasm"))]
-fn each_row<T: Send>(rows: Vec<T>, f: impl Fn(T) + Send + Sync) {
-    use rayon::prelude::*;
-    rows.into_par_iter().for_each(f);
-}
-
-#[cfg(target_family = "wasm")]
-fn each_row<T: Send>(rows: Vec<T>, f: impl Fn(T) + Send + Sync) {
-    rows.into_iter().for_each(f);
-}
-
 impl LogpBackend for Flex {
     fn row_logsumexp(logits: FloatTensor<Self>) -> FloatTensor<Self> {
         let [rows, vocab] = dims2(&logits);
@@ -67,7 +48,7 @@ impl LogpBackend for Flex {
         let logits = dense(logits);
         let data = logits.as_slice::<f32>().expect("contiguous f32 logits");
         let mut out = vec![0.0f32; rows];
-        each_row(
+        each(
             out.iter_mut().zip(data.chunks(vocab)).collect(),
             |(o, row)| *o = row_lse(row),
         );
@@ -97,7 +78,7 @@ impl LogpBackend for Flex {
             .chunks_mut(vocab)
             .zip(labels.iter().zip(lse.iter().zip(&grad)))
             .collect();
-        each_row(work, |(row, (&label, (&l, &g)))| {
+        each(work, |(row, (&label, (&l, &g)))| {
             row_backward(row, label as usize, l, g)
         });
         logits

@@ -6,33 +6,15 @@ use burn::backend::tensor::FloatTensor;
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 
+use crate::cpu::{dense, each};
+
 use super::SwigluBackend;
 
 /// Elements per task.
 const CHUNK: usize = 1 << 14;
 
-fn dense(tensor: FlexTensor) -> FlexTensor {
-    let layout = tensor.layout();
-    if layout.is_contiguous() && layout.start_offset() == 0 {
-        tensor
-    } else {
-        tensor.to_contiguous()
-    }
-}
-
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
-}
-
-#[cfg(not(target_family = "wasm"))]
-fn each<T: Send>(work: Vec<T>, f: impl Fn(T) + Send + Sync) {
-    use rayon::prelude::*;
-    work.into_par_iter().for_each(f);
-}
-
-#[cfg(target_family = "wasm")]
-fn each<T: Send>(work: Vec<T>, f: impl Fn(T) + Send + Sync) {
-    work.into_iter().for_each(f);
 }
 
 fn f32_inputs(tensors: &[&FlexTensor]) -> bool {
