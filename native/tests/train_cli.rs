@@ -385,10 +385,11 @@ fn gguf_export_is_a_model_clo_trains_on_and_exports_again() {
     assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "mine");
 }
 
-/// `--logp-chunk` is a run setting (saved in config.toml) that changes no loss: a run with the
-/// log-probs 3 positions at a time logs the plain run's losses.
+/// `--logp-chunk` and `--attention` are run settings (saved in config.toml) that change no
+/// loss: a run with the log-probs 3 positions at a time, and one with materialised attention,
+/// log the plain (memory-efficient attention) run's losses.
 #[test]
-fn logp_chunk_changes_no_loss() {
+fn logp_chunk_and_attention_change_no_loss() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let run = |name: &str, extra: &[&str]| {
@@ -405,9 +406,13 @@ fn logp_chunk_changes_no_loss() {
     let (plain, _) = run("plain", &[]);
     let (chunked, config) = run("chunked", &["--logp-chunk", "3"]);
     assert!(config.contains("logp_chunk = 3"), "{config}");
+    let (materialized, config) = run("materialized", &["--attention", "materialized"]);
+    assert!(config.contains("attention = \"materialized\""), "{config}");
     assert_eq!(plain.len(), 3);
-    for (a, b) in plain.iter().zip(&chunked) {
-        let (a, b) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
-        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    for other in [&chunked, &materialized] {
+        for (a, b) in plain.iter().zip(other) {
+            let (a, b) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
     }
 }
