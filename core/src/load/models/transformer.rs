@@ -275,17 +275,14 @@ pub struct Attention {
 impl Attention {
     /// # Shapes
     /// - x: `[batch, seq, hidden]`; cos, sin: `[batch or 1, 1, seq, head_dim]`
-    /// - mask: `[batch or 1, seq, cached + seq]`, true where a query may not look
-    /// - bias: the same mask as an additive bias (0 or `-inf`), given when attention is
-    ///   memory-efficient ([`AttentionKind`])
+    /// - visible: `[batch or 1, seq, cached + seq]`, which keys each query may look at
     /// - output: `[batch, seq, hidden]`
     fn forward(
         &self,
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
-        mask: &Tensor<3, Bool>,
-        bias: Option<&Tensor<3>>,
+        visible: &Visible,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
@@ -307,11 +304,14 @@ impl Attention {
         };
         *cache = Some((k.clone(), v.clone()));
 
-        if let Some(bias) = bias {
-            let out = clo_shaders::attention(q, k, v, bias.clone(), self.scale, self.softcap);
-            let out = out.swap_dims(1, 2).reshape([batch, seq, nh * hd]);
-            return project(&self.o_proj, out);
-        }
+        let mask = match visible {
+            Visible::Mask(mask) => mask,
+            Visible::Bias(bias) => {
+                let out = clo_shaders::attention(q, k, v, bias.clone(), self.scale, self.softcap);
+                let out = out.swap_dims(1, 2).reshape([batch, seq, nh * hd]);
+                return project(&self.o_proj, out);
+            }
+        };
         let k = repeat_kv(k, nh / nkv); // [b, nh, total, hd]
         let v = repeat_kv(v, nh / nkv);
         let mut scores = q.matmul(k.swap_dims(2, 3)) * self.scale; // [b, nh, seq, total]
@@ -477,16 +477,14 @@ impl DecoderLayer {
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
-        mask: &Tensor<3, Bool>,
-        bias: Option<&Tensor<3>>,
+        visible: &Visible,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
     ) -> Tensor<3> {
         let attn = (self.self_attn).forward(
             self.input_layernorm.forward(x.clone()),
             cos,
             sin,
-            mask,
-            bias,
+            visible,
             cache,
         );
         match (
@@ -675,11 +673,6 @@ impl CausalLm {
         self
     }
 
-    /// How this model computes attention.
-    pub fn attention(&self) -> AttentionKind {
-        self.attention
-    }
-
     /// The model's RoPE parameters.
     pub fn rope(&self) -> &RopeConfig {
         &self.rope
@@ -755,18 +748,22 @@ impl CausalLm {
                 padding,
             )
         });
-        let mut masks: Vec<(usize, Tensor<3, Bool>, Option<Tensor<3>>)> = Vec::new();
+        // One new position (a decoding step) has a `[heads, 1, keys]` score matrix: nothing to
+        // save, and one kernel unit per head would walk every key alone.
+        let efficient = self.attention == AttentionKind::MemoryEfficient && seq > 1;
+        let mut masks: Vec<(usize, Visible)> = Vec::new();
         for layer in &self.model.layers {
             let window = layer.self_attn.sliding_window;
-            if !masks.iter().any(|(w, _, _)| *w == window) {
+            if !masks.iter().any(|(w, _)| *w == window) {
                 let m = attention_mask(seq, start + seq, window, padding, device);
-                // One new position (a decoding step) has a `[heads, 1, keys]` score matrix:
-                // nothing to save, and one kernel unit per head would walk every key alone.
-                let efficient = self.attention == AttentionKind::MemoryEfficient && seq > 1;
-                let bias = efficient.then(|| {
-                    Tensor::<3>::zeros(m.dims(), device).mask_fill(m.clone(), f32::NEG_INFINITY)
-                });
-                masks.push((window, m, bias));
+                let visible = if efficient {
+                    Visible::Bias(
+                        Tensor::<3>::zeros(m.dims(), device).mask_fill(m, f32::NEG_INFINITY),
+                    )
+                } else {
+                    Visible::Mask(m)
+                };
+                masks.push((window, visible));
             }
         }
         Pass { rope, local, masks }
@@ -782,16 +779,16 @@ impl CausalLm {
     ) -> Tensor<3> {
         let layer = &self.model.layers[i];
         let window = layer.self_attn.sliding_window;
-        let (_, mask, bias) = &pass
+        let (_, visible) = pass
             .masks
             .iter()
-            .find(|(w, _, _)| *w == window)
+            .find(|(w, _)| *w == window)
             .expect("a mask per window");
         let (cos, sin) = match (&pass.local, layer.self_attn.local_rope) {
             (Some((cos, sin)), true) => (cos, sin),
             _ => (&pass.rope.0, &pass.rope.1),
         };
-        layer.forward(x, cos, sin, mask, bias.as_ref(), slot)
+        layer.forward(x, cos, sin, visible, slot)
     }
 
     /// Per-layer checkpoints of a training forward pass (no cache, no padding): the input of
@@ -832,8 +829,17 @@ impl CausalLm {
 pub struct Pass {
     rope: (Tensor<4>, Tensor<4>),
     local: Option<(Tensor<4>, Tensor<4>)>,
-    /// Per sliding window: the mask and, with memory-efficient attention, the same as a bias.
-    masks: Vec<(usize, Tensor<3, Bool>, Option<Tensor<3>>)>,
+    /// Per sliding window, which keys each query may look at.
+    masks: Vec<(usize, Visible)>,
+}
+
+/// Which keys each query may look at, `[rows or 1, seq, total]`, in the form its attention takes.
+#[derive(Debug, Clone)]
+enum Visible {
+    /// True where a query may not look (materialised attention).
+    Mask(Tensor<3, Bool>),
+    /// 0 where a query may look, `-inf` where not (`clo_shaders::attention`).
+    Bias(Tensor<3>),
 }
 
 /// The rows of RoPE tables for positions `start .. start + seq` (each row's counted from its
