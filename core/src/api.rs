@@ -32,6 +32,10 @@ pub struct ModelInfo {
     pub source: String,
     pub model_type: Option<String>,
     pub num_parameters: Option<usize>,
+    /// Why the model cannot be used (its config, tokenizer or weights do not read), when it
+    /// cannot; the model is still listed so that the others are not hidden.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A quadruple file under `WORKDIR/datasets/`.

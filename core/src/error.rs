@@ -157,6 +157,39 @@ pub enum CoreError {
     #[error("{0}")]
     Invalid(String),
 
+    /// A size (in a model file, a setting or a request) outside clo's bounds
+    /// ([`crate::limits`]): the source, the field, the value and why.
+    #[error("{origin}: `{field}` = {value} {why}\nHINT: {hint}")]
+    OutOfBounds {
+        origin: String,
+        field: String,
+        value: String,
+        why: String,
+        hint: String,
+    },
+
+    /// Work whose memory estimate exceeds the memory this process may use; nothing was
+    /// allocated.
+    #[error(
+        "{what} needs about {} of memory, more than {limit_source} allows ({})\nHINT: {hint}",
+        crate::limits::human_bytes(*estimate),
+        crate::limits::human_bytes(*limit)
+    )]
+    TooLarge {
+        what: String,
+        estimate: u64,
+        limit: u64,
+        limit_source: String,
+        hint: String,
+    },
+
+    /// A fault of clo or the device that the input does not explain (a read-back from the
+    /// device failed, an invariant broke): the server answers 500, not 400.
+    #[error(
+        "internal error: {0}\nHINT: this is a fault of clo or the device, not of the input; please report it with the log"
+    )]
+    Internal(String),
+
     /// An HTTP endpoint (translator, judge) failed.
     #[error("{url}: {message}")]
     Endpoint { url: String, message: String },
@@ -202,7 +235,7 @@ impl CoreError {
             },
             CoreError::Locked { .. } | CoreError::Endpoint { .. } => ErrorKind::Resource,
             CoreError::UnsupportedConfig { .. } => ErrorKind::Unsupported,
-            CoreError::NonFinite { .. } => ErrorKind::Internal,
+            CoreError::NonFinite { .. } | CoreError::Internal(_) => ErrorKind::Internal,
             CoreError::OutputExists { .. }
             | CoreError::OutputInRun { .. }
             | CoreError::TooLong { .. }
@@ -214,6 +247,8 @@ impl CoreError {
             | CoreError::Tokenizer { .. }
             | CoreError::Template { .. }
             | CoreError::Input { .. }
+            | CoreError::OutOfBounds { .. }
+            | CoreError::TooLarge { .. }
             | CoreError::Invalid(_) => ErrorKind::InvalidInput,
         }
     }
@@ -250,6 +285,22 @@ pub(crate) fn read_to_string(path: &Path, what: &'static str) -> Result<String> 
             what,
         });
     }
+    // The JSON and TOML files read whole (configs, indexes, states, summaries) are small; one of
+    // gigabytes is not what it claims to be, and is not read into memory.
+    const MAX: u64 = 256 << 20;
+    let len = std::fs::metadata(path)
+        .map_err(|e| CoreError::io("stat", path, e))?
+        .len();
+    if len > MAX {
+        return Err(CoreError::OutOfBounds {
+            origin: path.display().to_string(),
+            field: format!("{what} size"),
+            value: format!("{len} bytes"),
+            why: format!("is above clo's limit of {MAX} bytes for such a file"),
+            hint: "check that the file is what its name says (a JSON or TOML file of settings)"
+                .into(),
+        });
+    }
     std::fs::read_to_string(path).map_err(|e| CoreError::io("read", path, e))
 }
 
@@ -277,5 +328,6 @@ mod tests {
         assert_eq!(io(std::io::ErrorKind::NotFound), ErrorKind::NotFound);
         assert_eq!(io(std::io::ErrorKind::StorageFull), ErrorKind::Resource);
         assert_eq!(io(std::io::ErrorKind::Other), ErrorKind::Internal);
+        assert_eq!(CoreError::Internal("x".into()).kind(), ErrorKind::Internal);
     }
 }

@@ -31,6 +31,7 @@ pub mod api;
 pub mod bench;
 pub mod error;
 pub mod fsutil;
+pub mod limits;
 #[cfg(feature = "net")]
 pub mod openai;
 pub mod parallel;

@@ -404,6 +404,8 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
         ..RunConfig::default()
     };
     let decoder = &subject.config.decoder;
+    clo_core::limits::BATCH_SIZE.check_as("--batch-size", "clo bench train", args.batch_size)?;
+    clo_core::limits::MAX_LEN.check_as("--seq-len", "clo bench train", args.seq_len)?;
     if args.seq_len > decoder.max_position_embeddings {
         bail!(
             "--seq-len {} exceeds the model's context of {} tokens",
@@ -483,6 +485,11 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
             ),
         });
     }
+    clo_core::limits::check_fits(
+        &format!("clo bench train on {}", subject.label),
+        predicted.total,
+        "lower --batch-size or --seq-len, or add --grad-checkpoint and --logp-chunk; --predict-memory prints the estimate without running",
+    )?;
 
     // The specs as given (`all`: the discrete GPUs it found, wgpu:0..N).
     let specs: Vec<String> = match &args.devices {

@@ -220,9 +220,7 @@ fn write_jsonl<T: serde::Serialize>(path: &std::path::Path, items: &[T]) -> anyh
 }
 
 fn generation(args: GenArgs) -> anyhow::Result<()> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
+    clo_core::limits::SCORE_BATCH.check_as("--batch-size", "clo eval", args.batch_size)?;
     let sampling = SamplingConfig {
         temperature: args.temperature,
         top_p: args.top_p,
@@ -361,9 +359,7 @@ fn judge(args: JudgeArgs) -> anyhow::Result<()> {
 }
 
 fn mc(args: McArgs) -> anyhow::Result<()> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
+    clo_core::limits::SCORE_BATCH.check_as("--batch-size", "clo eval", args.batch_size)?;
     claim_out(&args.out, args.force)?;
     let records = read_mc_tasks(&args.tasks)?;
     let device = parse_device(&args.device)?;

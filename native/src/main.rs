@@ -15,7 +15,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::{Parser, Subcommand};
 use clo_core::generate::SamplingConfig;
 use clo_core::load::models::Precision;
@@ -170,8 +169,24 @@ enum Command {
     },
 }
 
+/// Mesa's Vulkan device-select layer connects to the Wayland or X display to order the GPUs;
+/// where there is no session (`XDG_RUNTIME_DIR` unset: SSH, CI, a container) libwayland prints
+/// "error: XDG_RUNTIME_DIR is invalid or not set in the environment." several times on every
+/// command that opens wgpu. clo chooses its adapter itself (`--device`), so the layer is turned
+/// off there (its own switch, `NODEVICE_SELECT=1`); a user's own setting wins.
+fn quiet_headless_vulkan() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        // SAFETY: called at the start of `main`, before any other thread exists.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 fn main() -> ExitCode {
     keep_freed_pages();
+    quiet_headless_vulkan();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -412,9 +427,7 @@ fn score(job: &ScoreJob, device: &str) -> anyhow::Result<()> {
         max_prompt_tokens,
         dtype,
     } = *job;
-    if batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
+    clo_core::limits::SCORE_BATCH.check_as("--batch-size", "clo score", batch_size)?;
     let device = &parse_device(device)?;
     let records = read_score_input(input)?;
     let lm = load_model(model, adapter, device, dtype)?;

@@ -66,9 +66,7 @@ impl SamplingConfig {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p {}: must be in (0, 1]", self.top_p));
         }
-        if self.max_new_tokens == 0 {
-            return bad("max_new_tokens: must be at least 1".into());
-        }
+        crate::limits::NEW_TOKENS.check("sampling settings", self.max_new_tokens)?;
         Ok(())
     }
 }
@@ -292,7 +290,9 @@ impl Readback {
             Readback::Ids(t) => t.into_data_async().await,
             Readback::Logits(t) => t.into_data_async().await,
         };
-        data.map_err(|e| crate::CoreError::Invalid(format!("reading generated tokens back: {e:?}")))
+        data.map_err(|e| {
+            crate::CoreError::Internal(format!("reading generated tokens back: {e:?}"))
+        })
     }
 }
 

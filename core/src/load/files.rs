@@ -28,6 +28,27 @@ pub fn is_model_file(name: &str) -> bool {
         || (name.starts_with("model-") && name.ends_with(".safetensors"))
 }
 
+/// Checks a shard name that `model.safetensors.index.json` (at `index`) gives: a plain file name
+/// in the model directory ending in `.safetensors`, never a path (no separator, no `..`, not
+/// absolute), so that an index can never make clo open a file outside its model. Checked
+/// before anything is opened.
+pub fn check_shard_name(index: &Path, name: &str) -> Result<()> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0', ':'])
+        && Path::new(name).file_name() == Some(std::ffi::OsStr::new(name))
+        && name.ends_with(".safetensors");
+    if plain {
+        Ok(())
+    } else {
+        Err(CoreError::Invalid(format!(
+            "{}: `weight_map` names the shard {name:?}, which is not a plain `.safetensors` file name in the model directory; clo reads only files inside a model's directory\nHINT: the index is damaged or hostile; shard names look like model-00001-of-00002.safetensors",
+            index.display()
+        )))
+    }
+}
+
 /// A model directory's files.
 #[derive(Debug, Clone, Copy)]
 pub enum ModelFiles<'a> {
@@ -69,6 +90,21 @@ impl ModelFiles<'_> {
                 let path = dir.join(name);
                 if !path.exists() {
                     return Err(CoreError::MissingFile { path, what });
+                }
+                // Tokenizers, templates and configs: tens of MB at most (Gemma 3's tokenizer.json
+                // is 33 MB). A larger one is not read into memory.
+                const MAX: u64 = 1 << 30;
+                let len = std::fs::metadata(&path)
+                    .map_err(|e| CoreError::io("stat", &path, e))?
+                    .len();
+                if len > MAX {
+                    return Err(CoreError::OutOfBounds {
+                        origin: path.display().to_string(),
+                        field: format!("{what} size"),
+                        value: format!("{len} bytes"),
+                        why: format!("is above clo's limit of {MAX} bytes for such a file"),
+                        hint: "check that the file is what its name says".into(),
+                    });
                 }
                 std::fs::read(&path).map_err(|e| CoreError::io("read", &path, e))
             }

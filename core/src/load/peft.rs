@@ -61,8 +61,8 @@ impl AdapterConfig {
             .get("r")
             .and_then(Value::as_u64)
             .filter(|r| *r > 0)
-            .ok_or_else(|| bad("r", "must be a positive integer".into()))?
-            as usize;
+            .ok_or_else(|| bad("r", "must be a positive integer".into()))?;
+        let rank = crate::limits::LORA_RANK.check_as("r", path.display(), rank)? as usize;
         let alpha = value
             .get("lora_alpha")
             .and_then(Value::as_f64)

@@ -116,6 +116,7 @@ impl Pretrained {
             });
         }
         let (config, tokenizer) = config_and_tokenizer(dir)?;
+        crate::limits::check_model_fits(&config.decoder, dir.display())?;
         let mut model = config.decoder.init(device);
         load_weights(&mut model, dir, &config.decoder)?;
         tracing::info!(dir = %dir.display(), family = config.family.model_type(), "model loaded");
@@ -176,6 +177,7 @@ impl Pretrained {
                 model: config.decoder.vocab_size,
             });
         }
+        crate::limits::check_model_fits(&config.decoder, root.display())?;
         let mut model = config.decoder.init(device);
         crate::load::weights::load_weights_from_memory(&mut model, root, files, &config.decoder)?;
         Ok(Self {

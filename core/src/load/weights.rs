@@ -79,41 +79,33 @@ pub fn checkpoint_table(c: &DecoderConfig) -> Vec<TensorSpec> {
 /// The safetensors files of a model directory: `model.safetensors`, or the shards named by
 /// `model.safetensors.index.json`.
 pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.exists() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    if !index.exists() {
-        return Err(CoreError::MissingFile {
-            path: single,
-            what: "weights (model.safetensors or model.safetensors.index.json)",
-        });
-    }
+    Ok(checkpoint_names(&ModelFiles::Dir(dir))?
+        .into_iter()
+        .map(|name| dir.join(name))
+        .collect())
+}
+
+/// The shard names of `model.safetensors.index.json` (text read from `index`), sorted and
+/// deduplicated, each checked to be a plain file name before anything opens it.
+fn shard_names(index: &Path, text: &str) -> Result<Vec<String>> {
     #[derive(Deserialize)]
     struct Index {
         weight_map: BTreeMap<String, String>,
     }
-    let text = crate::error::read_to_string(&index, "shard index")?;
-    let parsed: Index = serde_json::from_str(&text).map_err(|e| {
+    let parsed: Index = serde_json::from_str(text).map_err(|e| {
         CoreError::json(
-            &index,
+            index,
             &e,
             "the index needs a `weight_map` of tensor name -> shard file",
         )
     })?;
-    let mut files: Vec<PathBuf> = parsed.weight_map.values().map(|f| dir.join(f)).collect();
-    files.sort();
-    files.dedup();
-    for f in &files {
-        if !f.exists() {
-            return Err(CoreError::MissingFile {
-                path: f.clone(),
-                what: "shard named by model.safetensors.index.json",
-            });
-        }
+    let mut names: Vec<String> = parsed.weight_map.into_values().collect();
+    names.sort();
+    names.dedup();
+    for name in &names {
+        crate::load::files::check_shard_name(index, name)?;
     }
-    Ok(files)
+    Ok(names)
 }
 
 /// Name, dtype and shape of every tensor in a safetensors file, read from its header alone.
@@ -196,38 +188,66 @@ fn header_entries(
                 entry.data_offsets[1]
             )));
         }
+        // The shape's bytes must be exactly the range the offsets give, computed without
+        // overflow (a hostile header's dims may multiply past u64).
+        let span = entry.data_offsets[1] - entry.data_offsets[0];
+        let fills = match dtype_bytes(&entry.dtype) {
+            Some(size) => {
+                entry
+                    .shape
+                    .iter()
+                    .try_fold(size, |n, &d| n.checked_mul(u64::try_from(d).ok()?))
+                    == Some(span)
+            }
+            None => true,
+        };
+        if entry.shape.len() > 8 || !fills {
+            return Err(bad(format!(
+                "tensor `{name}`: shape {:?} of {} does not fill its {span} bytes",
+                entry.shape, entry.dtype
+            )));
+        }
         out.insert(name, (entry.dtype, entry.shape));
     }
     Ok(out)
 }
 
-/// The safetensors files of a model directory held in memory (`model.safetensors`, or the
-/// shards that `model.safetensors.index.json` names), by name.
+/// Bytes per element of a safetensors dtype (`None`: a dtype clo does not know, checked later).
+fn dtype_bytes(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 1,
+        "U16" | "I16" | "F16" | "BF16" => 2,
+        "U32" | "I32" | "F32" => 4,
+        "U64" | "I64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// The safetensors files of a model directory (on disk or in memory): `model.safetensors`, or
+/// the shards that `model.safetensors.index.json` names, by name. Every shard must be there.
 pub fn checkpoint_names(files: &ModelFiles<'_>) -> Result<Vec<String>> {
     if files.exists("model.safetensors") {
         return Ok(vec!["model.safetensors".into()]);
     }
-    if !files.exists("model.safetensors.index.json") {
+    const INDEX: &str = "model.safetensors.index.json";
+    if !files.exists(INDEX) {
         return Err(CoreError::MissingFile {
             path: files.path("model.safetensors"),
             what: "weights (model.safetensors or model.safetensors.index.json)",
         });
     }
-    #[derive(Deserialize)]
-    struct Index {
-        weight_map: BTreeMap<String, String>,
+    let names = shard_names(
+        &files.path(INDEX),
+        &files.read_string(INDEX, "shard index")?,
+    )?;
+    for name in &names {
+        if !files.exists(name) {
+            return Err(CoreError::MissingFile {
+                path: files.path(name),
+                what: "shard named by model.safetensors.index.json",
+            });
+        }
     }
-    let text = files.read_string("model.safetensors.index.json", "shard index")?;
-    let parsed: Index = serde_json::from_str(&text).map_err(|e| {
-        CoreError::json(
-            &files.path("model.safetensors.index.json"),
-            &e,
-            "the index needs a `weight_map` of tensor name -> shard file",
-        )
-    })?;
-    let mut names: Vec<String> = parsed.weight_map.into_values().collect();
-    names.sort();
-    names.dedup();
     Ok(names)
 }
 

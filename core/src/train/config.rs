@@ -466,18 +466,47 @@ impl RunConfig {
         if self.data.as_os_str().is_empty() {
             return bad("data", "no quadruple file given (the `data` setting)");
         }
-        if self.batch_size == 0 {
-            return bad("batch_size", "must be at least 1");
+        // Sizes that become allocations or loop counts, in the bounds of crate::limits: the same
+        // rules for the command line, config.toml, the API and the web form.
+        use crate::limits;
+        let origin = "run setting";
+        limits::BATCH_SIZE.check(origin, self.batch_size)?;
+        limits::GRAD_ACCUM.check(origin, self.grad_accum)?;
+        if let Some(steps) = self.steps {
+            limits::STEPS.check(origin, steps)?;
+        } else {
+            limits::EPOCHS.check(origin, self.epochs)?;
         }
-        if self.grad_accum == 0 {
-            return bad("grad_accum", "must be at least 1");
+        limits::MAX_LEN.check(origin, self.max_len)?;
+        if self.trainable == TrainableKind::Lora {
+            limits::LORA_RANK.check(origin, self.lora_rank)?;
         }
-        if self.steps == Some(0) {
-            return bad("steps", "must be at least 1");
+        for (key, every) in [
+            ("eval_every", self.eval_every),
+            ("save_every", self.save_every),
+        ] {
+            if let Some(every) = every {
+                limits::Bound {
+                    field: key,
+                    ..limits::STEPS
+                }
+                .check(origin, every)?;
+            }
         }
-        if self.steps.is_none() && self.epochs == 0 {
-            return bad("epochs", "must be at least 1");
+        if let Some([from, to]) = self.layers {
+            limits::LAYERS.check_as("layers", origin, to)?;
+            limits::Bound {
+                min: 0,
+                ..limits::LAYERS
+            }
+            .check_as("layers", origin, from)?;
         }
+        limits::Bound {
+            field: "logp_chunk",
+            min: 0,
+            ..limits::MAX_LEN
+        }
+        .check(origin, self.logp_chunk)?;
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr", "must be a positive number");
         }
@@ -502,9 +531,6 @@ impl RunConfig {
                 "must be 0 (off) or a positive number (Smaug: 5 to 500)",
             );
         }
-        if self.max_len < 2 {
-            return bad("max_len", "must be at least 2 tokens");
-        }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return bad("weight_decay", "must be a number >= 0 (0 means none)");
         }
@@ -528,12 +554,6 @@ impl RunConfig {
                 "must be in [0, 1) (0 means no validation split)",
             );
         }
-        if self.eval_every == Some(0) || self.save_every == Some(0) {
-            return bad("eval_every/save_every", "must be at least 1");
-        }
-        if self.trainable == TrainableKind::Lora && self.lora_rank == 0 {
-            return bad("lora_rank", "must be at least 1");
-        }
         Ok(())
     }
 
@@ -542,7 +562,8 @@ impl RunConfig {
     pub fn validate_for_model(&self) -> Result<()> {
         self.validate()?;
         let model = crate::load::models::ModelConfig::of_model(&self.model)?;
-        let n = model.decoder.num_layers;
+        let d = &model.decoder;
+        let n = d.num_layers;
         if let Some([from, to]) = self.layers
             && to > n
         {
@@ -550,7 +571,67 @@ impl RunConfig {
                 "layers: [{from}, {to}) does not fit the model's {n} layers; use 0 <= FROM < TO <= {n}"
             )));
         }
-        Ok(())
+        if self.trainable == TrainableKind::Lora {
+            // A rank above the smallest dimension of what it adapts adds nothing but memory.
+            let smallest = d
+                .hidden_size
+                .min(d.num_heads * d.head_dim)
+                .min(d.num_kv_heads * d.head_dim);
+            crate::limits::Bound {
+                max: smallest as u64,
+                why: "the smallest dimension of the adapted projections of this model",
+                ..crate::limits::LORA_RANK
+            }
+            .check("run setting", self.lora_rank)?;
+        }
+        // Weights, gradients and optimizer state, which no batch shape changes; a step's
+        // activations are checked when the data's lengths are known ([`Self::check_step_fits`]).
+        self.check_step_fits(d, 0, 0)
+    }
+
+    /// Refuses a run whose training step, by the memory model of `clo bench`
+    /// ([`crate::bench::train_memory`]), needs more memory than this process may use:
+    /// `rows` sequences of `seq` tokens per micro-batch (0, 0: the weights and optimizer only).
+    pub fn check_step_fits(
+        &self,
+        model: &crate::load::models::DecoderConfig,
+        rows: usize,
+        seq: usize,
+    ) -> Result<()> {
+        let stored = match self.dtype {
+            crate::load::models::Precision::F16 | crate::load::models::Precision::Bf16 => 2,
+            _ => 4,
+        };
+        let estimate = crate::train::memory::train_memory(
+            model,
+            rows,
+            seq,
+            self.trainable,
+            self.lora_rank,
+            stored,
+            self.grad_checkpoint,
+            self.logp_chunk,
+            self.attention,
+        );
+        let (what, hint) = if rows == 0 {
+            (
+                format!(
+                    "training {} ({} set, weights and optimizer state)",
+                    self.model.display(),
+                    self.trainable.name()
+                ),
+                "train a smaller model or fewer weights (trainable = lora, a smaller lora_rank), or store frozen weights in half precision (dtype = f16)",
+            )
+        } else {
+            (
+                format!(
+                    "a training step of {rows} sequences x {seq} tokens on {}",
+                    self.model.display()
+                ),
+                "lower batch_size or max_len, or turn on grad_checkpoint and logp_chunk (same results, less memory)",
+            )
+        };
+        crate::limits::check_fits(&what, estimate.total, hint)
     }
 
     /// Warmup steps of a stage of `total` optimizer steps.

@@ -1,6 +1,10 @@
 //! How much memory training takes: what `metrics.jsonl` reports as `peak_mem_bytes`.
 
 use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::load::models::{AttentionKind, DecoderConfig};
+use crate::train::config::TrainableKind;
 
 /// Peak memory on `device` so far, in bytes: the device allocator's reserved bytes where the
 /// backend keeps a memory pool (wgpu; pools are kept, so this is their high-water mark), else
@@ -35,6 +39,107 @@ pub fn process_peak_rss() -> Option<u64> {
     }
     #[cfg(not(target_os = "linux"))]
     None
+}
+
+/// What a training step's peak memory is made of, in bytes: a model of it (see
+/// [`train_memory`]). Each field is one term; `total` is their sum.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MemoryEstimate {
+    /// Every weight, the frozen ones in their storage type.
+    pub weights: f64,
+    /// Gradients and AdamW's two moments of what trains (f32).
+    pub optimizer: f64,
+    /// Activations kept for the backward pass: every layer's, or with per-layer checkpoints
+    /// each layer's input plus one layer's activations.
+    pub activations: f64,
+    /// The output layer's `[rows, positions, vocab]` tensors while log-probs are formed
+    /// (the whole sequence, or a chunk of positions).
+    pub head: f64,
+    /// The process itself (code, allocator, tokenizer, batch): a constant.
+    pub process: f64,
+    pub total: f64,
+}
+
+/// The memory model of a training step on `rows` rows of `seq` tokens (f32 activations).
+///
+/// Per token and layer, the activations a backward pass needs are counted as
+/// `6 h + 3 q + 2 kv + 4 i` values (norm inputs and outputs, projections, the MLP's gate, up,
+/// activation and product) plus, for attention, `3 heads x seq` (scores, masked scores,
+/// probabilities) when it is materialised, or `heads` (one log-sum-exp per query and head) when
+/// it is memory-efficient; with per-layer checkpoints, each layer's input and one layer's
+/// activations. The output layer holds one `[rows, positions, vocab]` tensor: the logits, which
+/// the fused log-probs of `clo-shaders` keep for their backward and overwrite with their
+/// gradient. Trainable weights keep f32 values,
+/// gradients and AdamW's two moments (16 bytes each). The coefficients are counts of what the
+/// code keeps, fitted to peaks measured on the CPU (`clo bench train` prints both; the
+/// README's Memory section lists them); they do not model a GPU allocator's pools.
+#[allow(clippy::too_many_arguments)]
+pub fn train_memory(
+    config: &DecoderConfig,
+    rows: usize,
+    seq: usize,
+    trainable: TrainableKind,
+    lora_rank: usize,
+    stored_bytes: usize,
+    grad_checkpoint: bool,
+    logp_chunk: usize,
+    attention: AttentionKind,
+) -> MemoryEstimate {
+    let f = |x: usize| x as f64;
+    let (h, i, l, v) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_layers,
+        config.vocab_size,
+    );
+    let q = config.num_heads * config.head_dim;
+    let kv = config.num_kv_heads * config.head_dim;
+    let total_params = f(config.num_parameters());
+    let attention_weights = f(l * (2 * h * q + 2 * h * kv));
+    let trained = match trainable {
+        TrainableKind::Full => total_params,
+        TrainableKind::Attention => attention_weights,
+        // Adapters on q, k, v, o (the default targets): r x (in + out) each.
+        TrainableKind::Lora => f(l * lora_rank * (2 * (h + q) + 2 * (h + kv))),
+    };
+    let frozen = match trainable {
+        TrainableKind::Lora => total_params,
+        _ => total_params - trained,
+    };
+    let weights = frozen * f(stored_bytes) + trained * 4.0;
+    let optimizer = trained * 12.0;
+    let tokens = f(rows * seq);
+    let scores = match attention {
+        AttentionKind::Materialized => 3 * config.num_heads * seq,
+        AttentionKind::MemoryEfficient => config.num_heads,
+    };
+    // SwiGLU through `clo_shaders::swiglu` keeps its two inputs; GeGLU's tensor ops four.
+    let mlp = match config.options.activation {
+        crate::load::models::Activation::GeluTanh => 4 * i,
+        _ => 2 * i,
+    };
+    let per_layer = tokens * f(6 * h + 3 * q + 2 * kv + mlp + scores) * 4.0;
+    let activations = if grad_checkpoint {
+        // Each layer's input, and one layer's activations.
+        f(l + 1) * tokens * f(h) * 4.0 + per_layer
+    } else {
+        f(l) * per_layer
+    };
+    let positions = if logp_chunk > 0 {
+        logp_chunk.min(seq)
+    } else {
+        seq
+    };
+    let head = f(rows * positions * v) * 4.0;
+    let process = 0.25 * (1u64 << 30) as f64;
+    MemoryEstimate {
+        weights,
+        optimizer,
+        activations,
+        head,
+        process,
+        total: weights + optimizer + activations + head + process,
+    }
 }
 
 #[cfg(test)]

@@ -113,7 +113,23 @@ impl Default for PretrainConfig {
 
 impl PretrainConfig {
     pub fn validate(&self) -> Result<()> {
+        use crate::limits::{self, Bound};
         let bad = |m: String| Err(CoreError::Invalid(m));
+        // Sizes in their bounds (crate::limits) before any arithmetic on them.
+        let origin = "the pretraining settings";
+        limits::VOCAB.check(origin, self.vocab_size)?;
+        limits::HIDDEN.check(origin, self.hidden_size)?;
+        limits::INTERMEDIATE.check(origin, self.intermediate_size)?;
+        limits::LAYERS.check(origin, self.num_layers)?;
+        limits::HEADS.check(origin, self.num_heads)?;
+        limits::KV_HEADS.check(origin, self.num_kv_heads)?;
+        limits::STEPS.check(origin, self.steps)?;
+        limits::BATCH_SIZE.check(origin, self.batch_size)?;
+        Bound {
+            min: 8,
+            ..limits::MAX_LEN
+        }
+        .check(origin, self.max_len)?;
         if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad(format!(
                 "hidden size {} must be a multiple of the {} heads",
@@ -135,10 +151,8 @@ impl PretrainConfig {
                 self.vocab_size
             ));
         }
-        if self.steps == 0 || self.batch_size == 0 || self.max_len < 8 {
-            return bad("steps and batch size must be positive and max_len at least 8".into());
-        }
-        Ok(())
+        limits::check_decoder(&self.decoder(), origin)?;
+        limits::check_model_fits(&self.decoder(), "the model to pretrain")
     }
 
     /// The decoder this config describes.

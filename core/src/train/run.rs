@@ -32,7 +32,7 @@ use crate::fsutil::{
     Claim, DirLock, claim_output, holds_only, refuse_run_dir_output, remove_stale_temps,
     write_atomically, write_json_atomically,
 };
-use crate::load::models::CausalLm;
+use crate::load::models::{CausalLm, ModelConfig};
 use crate::load::tokenizer::ChatTokenizer;
 
 /// How a run is driven (not part of its config).
@@ -452,6 +452,10 @@ pub fn train(
     let Pretrained {
         model: base,
         tokenizer,
+        config: ModelConfig {
+            decoder: model_config,
+            ..
+        },
         ..
     } = Pretrained::load(&config.model, &ad)?;
     let (tokenized, dropped) = tokenize_quads(&tokenizer, &quads, config.max_len)?;
@@ -482,6 +486,23 @@ pub fn train(
         let last_stage = s + 1 == stages.len();
         let train_ex = Examples::for_method(stage, &data.train, config.max_len);
         let val_ex = Examples::for_method(stage, &data.val, config.max_len);
+        // The step's memory, now that the longest row is known, before any step allocates.
+        let longest = data
+            .train
+            .iter()
+            .flat_map(|q| {
+                let p = q.en_prompt.len().max(q.tgt_prompt.len());
+                let r = q.en_response.len().max(q.tgt_response.len());
+                [p + r]
+            })
+            .max()
+            .unwrap_or(0)
+            .min(config.max_len);
+        config.check_step_fits(
+            &model_config,
+            config.batch_size.min(train_ex.len()) * train_ex.ref_width(),
+            longest,
+        )?;
         let (train_refs, val_refs) = if stage.needs_reference() {
             let ctx = RunContext {
                 config,

@@ -112,8 +112,15 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// The number of elements; `u64::MAX` when the dims overflow (a file with such a tensor is
+    /// refused by [`GgufFile::parse`], so a parsed tensor's count is exact).
     pub fn elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.checked_elements().unwrap_or(u64::MAX)
+    }
+
+    /// The number of elements, `None` when the dims' product overflows.
+    pub fn checked_elements(&self) -> Option<u64> {
+        self.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
     }
 
     /// The PyTorch shape: `dims` reversed.
@@ -203,7 +210,8 @@ impl<'a> Reader<'a> {
                         self.err(&format!("`{key}`: array of {count} items exceeds the file"))
                     );
                 }
-                let mut items = Vec::with_capacity(count as usize);
+                // Grown as items are read: a count is not trusted with an allocation.
+                let mut items = Vec::with_capacity((count as usize).min(1 << 12));
                 for _ in 0..count {
                     items.push(self.value(item, key, depth + 1)?);
                 }
@@ -260,6 +268,20 @@ impl GgufFile {
         }
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata count")?;
+        // Each entry takes bytes of the file: a key/value at least 13 (key length, type, one
+        // byte), a tensor descriptor at least 32 (name length, dims count, one dim, type,
+        // offset). Counts beyond that are corrupt, whatever the loops below would find.
+        let room = (r.bytes.len() - r.pos) as u64;
+        if n_kv > room / 13 {
+            return Err(r.err(&format!(
+                "the header says {n_kv} metadata entries, more than the file's {room} remaining bytes can hold (corrupt or not a model file)"
+            )));
+        }
+        if n_tensors > room / 32 {
+            return Err(r.err(&format!(
+                "the header says {n_tensors} tensors, more than the file's {room} remaining bytes can hold (corrupt or not a model file)"
+            )));
+        }
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
             let key = r.string("metadata key")?;
@@ -287,6 +309,15 @@ impl GgufFile {
                 ))
             })?;
             let offset = r.u64(&name)?;
+            if dims
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d))
+                .is_none()
+            {
+                return Err(r.err(&format!(
+                    "tensor `{name}` has dims {dims:?}, whose product overflows 64 bits"
+                )));
+            }
             tensors.push(TensorInfo {
                 name,
                 dims,
@@ -297,23 +328,40 @@ impl GgufFile {
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
-                Some(a) if a > 0 && a.is_power_of_two() => a as usize,
-                _ => return Err(r.err(&format!("general.alignment = {v:?} is not a power of two"))),
+                Some(a) if a > 0 && a <= 1 << 16 && a.is_power_of_two() => a as usize,
+                _ => {
+                    return Err(r.err(&format!(
+                        "general.alignment = {v:?} is not a power of two up to 65536"
+                    )));
+                }
             },
         };
-        let start = r.pos.next_multiple_of(alignment).min(bytes.len());
+        let start = r
+            .pos
+            .checked_next_multiple_of(alignment)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
         let data = &bytes[start..];
         for t in &tensors {
             let size =
                 t.ty.bytes_for(t.elements())
                     .ok_or_else(|| CoreError::Gguf {
                         path: path.to_path_buf(),
-                        message: format!(
-                            "tensor `{}`: {} elements do not fill whole {:?} blocks",
-                            t.name,
-                            t.elements(),
-                            t.ty
-                        ),
+                        message: if t.elements().is_multiple_of(t.ty.block().0 as u64) {
+                            format!(
+                                "tensor `{}`: {} elements of {:?} take more than 2^64 bytes",
+                                t.name,
+                                t.elements(),
+                                t.ty
+                            )
+                        } else {
+                            format!(
+                                "tensor `{}`: {} elements do not fill whole {:?} blocks",
+                                t.name,
+                                t.elements(),
+                                t.ty
+                            )
+                        },
                     })?;
             if check_data
                 && t.offset
@@ -348,10 +396,17 @@ impl GgufFile {
     }
 
     /// The raw bytes of a tensor (checked in [`Self::parse`]).
+    /// Empty when the range lies outside the bytes read (a file read by
+    /// [`Self::read_metadata`], or a descriptor not from this file).
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
-        let size = info.ty.bytes_for(info.elements()).unwrap_or(0) as usize;
-        let start = self.data_start + info.offset as usize;
-        self.bytes.get(start..start + size).unwrap_or_default()
+        let range = (|| {
+            let size = usize::try_from(info.ty.bytes_for(info.elements())?).ok()?;
+            let start = self
+                .data_start
+                .checked_add(usize::try_from(info.offset).ok()?)?;
+            Some(start..start.checked_add(size)?)
+        })();
+        range.and_then(|r| self.bytes.get(r)).unwrap_or_default()
     }
 
     /// A tensor as f32 values in PyTorch order (dequantized). Needs a file read by [`Self::read`].

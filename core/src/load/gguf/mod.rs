@@ -174,9 +174,15 @@ fn hf_config(file: &GgufFile) -> Result<Json> {
         .or_else(|| embd.and_then(|t| t.dims.get(1)).map(|&d| d as usize))
         .or(tokens)
         .ok_or_else(|| bad("no vocabulary size (`{arch}.vocab_size`, token_embd.weight)".into()))?;
-    let hidden = need("embedding_length")?;
-    let heads = need("attention.head_count")?;
-    let layers = need("block_count")?;
+    // The sizes in their bounds, named by their GGUF keys, before any arithmetic uses them.
+    let origin = file.path.display();
+    let bounded = |name: &str, bound: &crate::limits::Bound| -> Result<u64> {
+        bound.check_as(&format!("{arch}.{name}"), &origin, need(name)?)
+    };
+    use crate::limits::{HEADS, HIDDEN, LAYERS};
+    let hidden = bounded("embedding_length", &HIDDEN)?;
+    let heads = bounded("attention.head_count", &HEADS)?;
+    let layers = bounded("block_count", &LAYERS)?;
     let mut c = json!({
         "model_type": model_type,
         "vocab_size": vocab,
@@ -364,6 +370,9 @@ fn bytemuck_f32(data: &[f32]) -> &[u8] {
 
 /// Loads a GGUF model onto `device` (weights dequantized to f32).
 pub fn load(path: &Path, device: &Device) -> Result<(ModelConfig, CausalLm, ChatTokenizer)> {
+    // The metadata first: the weights the config implies must fit before the file is read.
+    let config = model_config(path)?;
+    crate::limits::check_model_fits(&config.decoder, path.display())?;
     let (file, config, tokenizer) = config_and_tokenizer_of(GgufFile::read(path)?)?;
     let tensors = hf_tensors(&file, &config)?;
     drop(file);

@@ -82,7 +82,8 @@ impl GgmlType {
         let (n, size) = self.block();
         elements
             .is_multiple_of(n as u64)
-            .then(|| elements / n as u64 * size as u64)
+            .then(|| (elements / n as u64).checked_mul(size as u64))
+            .flatten()
     }
 }
 
@@ -105,7 +106,8 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
 /// Decodes `n` values of type `ty` from `bytes` (exactly their size).
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
     let (per_block, block_bytes) = ty.block();
-    if !n.is_multiple_of(per_block) || bytes.len() != n / per_block * block_bytes {
+    if !n.is_multiple_of(per_block) || (n / per_block).checked_mul(block_bytes) != Some(bytes.len())
+    {
         return Err(format!(
             "{} bytes do not hold {n} values of type {ty:?}",
             bytes.len()

@@ -135,9 +135,21 @@ impl HfCommon {
                 ));
             }
         };
-        let heads = self.num_attention_heads;
-        let kv_heads = self.num_key_value_heads.unwrap_or(heads);
-        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        // Every size in its bound before any arithmetic or allocation uses it.
+        let origin = path.display();
+        use crate::limits;
+        limits::VOCAB.check(&origin, self.vocab_size)?;
+        limits::HIDDEN.check(&origin, self.hidden_size)?;
+        limits::INTERMEDIATE.check(&origin, self.intermediate_size)?;
+        limits::LAYERS.check(&origin, self.num_hidden_layers)?;
+        limits::POSITIONS.check(&origin, self.max_position_embeddings)?;
+        let heads = limits::HEADS.check(&origin, self.num_attention_heads)?;
+        let kv_heads =
+            limits::KV_HEADS.check(&origin, self.num_key_value_heads.unwrap_or(heads))?;
+        if let Some(d) = self.head_dim {
+            limits::HEAD_DIM.check(&origin, d)?;
+        }
+        if !heads.is_multiple_of(kv_heads) {
             return Err(unsupported(
                 "num_key_value_heads",
                 kv_heads.to_string(),
@@ -315,6 +327,7 @@ impl ModelConfig {
                 });
             }
         };
+        crate::limits::check_decoder(&decoder, path.display())?;
         Ok(ModelConfig {
             family,
             decoder,

@@ -69,15 +69,6 @@ impl RopeConfig {
         }
     }
 
-    /// Cosine and sine tables for positions `offset .. offset + len`.
-    ///
-    /// # Shapes
-    /// - both outputs: `[len, head_dim]`, each row `[freqs, freqs]` as HF's `cat((freqs, freqs))`
-    pub fn cos_sin(&self, offset: usize, len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
-        let positions: Vec<usize> = (offset..offset + len).collect();
-        self.cos_sin_at(&positions, device)
-    }
-
     /// Cosine and sine tables for the given positions, one row each.
     ///
     /// # Shapes
