@@ -8,7 +8,9 @@
 mod chat;
 mod datasets;
 mod evals;
+pub mod guard;
 mod langid;
+mod listen;
 mod models;
 mod runs;
 #[cfg(test)]
@@ -74,6 +76,23 @@ pub struct ServeArgs {
     /// context), with 400.
     #[arg(long)]
     max_prompt_tokens: Option<usize>,
+    /// Another host name the server answers to (repeatable). Requests whose Host header is
+    /// not the bound address, localhost or such a name are refused (421): this stops
+    /// DNS-rebinding pages from reaching a loopback server.
+    #[arg(long, value_name = "NAME")]
+    allowed_host: Vec<String>,
+    /// Another origin (`https://app.example:8443`) whose pages may send requests that change
+    /// something (POST, PUT, DELETE); by default only the server's own pages may (403 for the
+    /// others). Repeatable.
+    #[arg(long, value_name = "ORIGIN")]
+    allowed_origin: Vec<String>,
+    /// Connections open at once; more are closed at once.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers, and the longest wait for the next
+    /// piece of its body; slower requests are dropped.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    read_timeout: u64,
 }
 
 /// Languages the playground's reply badges can name (besides `toy`): clo's lingua set.
@@ -131,8 +150,20 @@ impl ApiError {
     pub fn not_found(m: impl Into<String>) -> Self {
         ApiError(StatusCode::NOT_FOUND, m.into())
     }
+    /// A fault of the server, not of the request: 500, with an id that the log's line for it
+    /// carries (the whole error is logged; the answer says what failed and the id).
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = format!(
+            "E{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        tracing::error!(id = %id, error = %format!("{e:#}"), "internal error");
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{e:#} (error id {id}; the server's log has it)"),
+        )
     }
 }
 
@@ -150,7 +181,7 @@ impl From<clo_core::CoreError> for ApiError {
                 StatusCode::CONFLICT
             }
             ErrorKind::Resource => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Internal => return ApiError::internal(e),
         };
         ApiError(status, e.to_string())
     }
@@ -161,6 +192,9 @@ impl IntoResponse for ApiError {
         let kind = match self.0 {
             StatusCode::BAD_REQUEST => "invalid_request",
             StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::MISDIRECTED_REQUEST => "misdirected_request",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::CONFLICT => "conflict",
             StatusCode::UNPROCESSABLE_ENTITY => "unsupported",
@@ -235,19 +269,7 @@ async fn hide_paths(State(state): State<Shared>, req: Request, next: Next) -> Re
     let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
         return ApiError::internal("error body unreadable").into_response();
     };
-    let mut text = String::from_utf8_lossy(&bytes).into_owned();
-    for (root, shown) in state.path_aliases() {
-        // In JSON a path may appear escaped (backslashes on Windows): replace both forms.
-        let escaped = serde_json::to_string(&root).unwrap_or_default();
-        let escaped = escaped.trim_matches('"');
-        for form in [root.as_str(), escaped] {
-            if !form.is_empty() {
-                text = text
-                    .replace(&format!("{form}/"), &shown)
-                    .replace(form, &shown);
-            }
-        }
-    }
+    let text = state.hide_paths_in(&String::from_utf8_lossy(&bytes));
     let mut parts = parts;
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(text))
@@ -345,6 +367,24 @@ impl AppState {
         Ok(state)
     }
 
+    /// `text` with the server's paths cut to names relative to the work directory or a
+    /// `--model` (in JSON a path may appear escaped, backslashes on Windows: both forms go).
+    pub fn hide_paths_in(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for (root, shown) in self.path_aliases() {
+            let escaped = serde_json::to_string(&root).unwrap_or_default();
+            let escaped = escaped.trim_matches('"');
+            for form in [root.as_str(), escaped] {
+                if !form.is_empty() {
+                    text = text
+                        .replace(&format!("{form}/"), &shown)
+                        .replace(form, &shown);
+                }
+            }
+        }
+        text
+    }
+
     /// Server paths as they may appear in messages, longest first, with what replaces them.
     fn path_aliases(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -409,8 +449,38 @@ impl AppState {
     }
 }
 
-/// The whole application: API, `/v1`, and the web UI from `web_dir` (when built).
+/// The whole application behind the browser guard of a loopback server ([`guard::Guard`]),
+/// with the default body read timeout (the handler tests' application).
+#[cfg(test)]
 pub fn router(state: Shared, web_dir: Option<&Path>) -> Router {
+    router_with(
+        state,
+        web_dir,
+        guard::Guard::loopback(),
+        std::time::Duration::from_secs(10),
+    )
+}
+
+/// [`app`] behind `guard` (Host, Origin and content-type checks), each wait for a piece of a
+/// request body bounded by `body_timeout`.
+pub fn router_with(
+    state: Shared,
+    web_dir: Option<&Path>,
+    guard: guard::Guard,
+    body_timeout: std::time::Duration,
+) -> Router {
+    app(state, web_dir)
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(guard),
+            guard::guard,
+        ))
+}
+
+/// The whole application: API, `/v1`, and the web UI from `web_dir` (when built).
+fn app(state: Shared, web_dir: Option<&Path>) -> Router {
     let api = Router::new()
         .route("/api/models", get(models::list))
         .route("/api/models/{name}", get(models::inspect))
@@ -477,6 +547,9 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             "--token (or CLO_TOKEN) is empty: give a non-empty secret, or leave both unset on loopback"
         );
     }
+    if args.max_connections == 0 || args.read_timeout == 0 {
+        bail!("--max-connections and --read-timeout must be at least 1");
+    }
     if !ip.is_loopback() && args.token.is_none() {
         bail!(
             "--host {ip} is reachable from other machines: give --token (or CLO_TOKEN) so that every API call needs it"
@@ -515,8 +588,18 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             args.web.display()
         );
     }
-    let app = router(state, web);
+    let read_timeout = std::time::Duration::from_secs(args.read_timeout);
+    let app = router_with(
+        state,
+        web,
+        guard::Guard::new(ip, &args.allowed_host, &args.allowed_origin),
+        read_timeout,
+    );
     let addr = SocketAddr::new(ip, args.port);
+    let limits = listen::ConnLimits {
+        max_connections: args.max_connections,
+        header_timeout: read_timeout,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -526,11 +609,10 @@ pub fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {addr}"))?;
         println!("clo serve: http://{}", listener.local_addr()?);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("serving")
+        listen::serve(listener, app, limits, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving")
     })
 }

@@ -35,12 +35,24 @@ fn models_of(s: &Shared) -> Vec<ModelInfo> {
     }
     dirs.sort();
     for (name, dir) in dirs {
-        let summary = clo_core::Pretrained::summarize(&dir).ok();
+        // One broken model is listed with its error and hides none of the others (a panic
+        // while reading it, were one left, included).
+        let summary = std::panic::catch_unwind(|| clo_core::Pretrained::summarize(&dir))
+            .unwrap_or_else(|_| {
+                Err(clo_core::CoreError::Invalid(
+                    "reading this model's files failed unexpectedly".into(),
+                ))
+            });
+        let (summary, error) = match summary {
+            Ok(summary) => (Some(summary), None),
+            Err(e) => (None, Some(s.hide_paths_in(&e.to_string()))),
+        };
         out.push(ModelInfo {
             name,
             source: "dir".into(),
             model_type: summary.as_ref().map(|s| s.model_type.to_string()),
             num_parameters: summary.map(|s| s.num_parameters),
+            error,
         });
     }
     for run in super::runs::finished_runs(s) {
@@ -49,6 +61,7 @@ fn models_of(s: &Shared) -> Vec<ModelInfo> {
             source: "run".into(),
             model_type: None,
             num_parameters: None,
+            error: None,
         });
     }
     out
@@ -106,6 +119,17 @@ pub async fn file(
     req: Request,
 ) -> Result<Response, ApiError> {
     let dir = s.model_dir(&name)?;
+    // The route's parameter is decoded once (`%2f` is a `/` by now): only a single plain path
+    // component that names a model file is served, never a path.
+    let single = !file.is_empty()
+        && !file.starts_with('.')
+        && !file.contains(['/', '\\', '\0', ':'])
+        && std::path::Path::new(&file).file_name() == Some(std::ffi::OsStr::new(&file));
+    if !single {
+        return Err(ApiError::bad(format!(
+            "model {name:?}: {file:?} is not a file name; GET /api/models/{name}/files lists the model's files"
+        )));
+    }
     if !is_model_file(&file) || !dir.join(&file).is_file() {
         return Err(ApiError::not_found(format!(
             "model {name:?} has no file {file:?}; GET /api/models/{name}/files lists them"

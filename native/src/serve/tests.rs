@@ -63,6 +63,11 @@ async fn core_error_kinds_map_to_statuses() {
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
         ),
+        (
+            CoreError::Internal("reading numbers back".into()),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+        ),
     ];
     for (err, status, kind) in cases {
         let message = err.to_string();
@@ -73,6 +78,16 @@ async fn core_error_kinds_map_to_statuses() {
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["type"], kind, "{message}: {v}");
+        if kind == "internal" {
+            // An internal fault carries the id of its line in the server's log.
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("error id E"),
+                "{v}"
+            );
+        }
     }
 }
 
