@@ -12,7 +12,7 @@ mkdir -p "$ART"
 ART="$(cd "$ART" && pwd)"
 # The test files to run (arguments; default: all).
 TESTS=("$@")
-[ ${#TESTS[@]} -gt 0 ] || TESTS=(tests/browser/ui.test.mjs tests/browser/openai.test.mjs tests/browser/engine.test.mjs)
+[ ${#TESTS[@]} -gt 0 ] || TESTS=(tests/browser/ui.test.mjs tests/browser/openai.test.mjs tests/browser/engine.test.mjs tests/browser/csrf.test.mjs)
 
 trunk build
 # The features of the test command (README), so that this build reuses its binary.

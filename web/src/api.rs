@@ -56,11 +56,6 @@ async fn finish<T: DeserializeOwned>(resp: Result<Response, gloo_net::Error>) ->
         .map_err(|e| format!("an answer the UI cannot read: {e}"))
 }
 
-/// A GET with the API token, when one is set.
-pub fn authorized_get(url: &str) -> RequestBuilder {
-    authorized(Request::get(url))
-}
-
 /// `GET path` as JSON.
 pub async fn get_json<T: DeserializeOwned>(path: &str) -> Result<T, String> {
     get(path).await

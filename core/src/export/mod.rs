@@ -554,7 +554,7 @@ pub async fn copy_to_device(
         let data = t
             .into_data_async()
             .await
-            .map_err(|e| CoreError::Invalid(format!("reading a weight from the device: {e:?}")))?;
+            .map_err(|e| CoreError::Internal(format!("reading a weight from the device: {e:?}")))?;
         read.insert(id, (dims, data));
     }
     struct Put<'a> {

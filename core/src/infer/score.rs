@@ -208,7 +208,7 @@ pub async fn score_batch_async(
     let values: Vec<f32> = per_token
         .into_data_async()
         .await
-        .map_err(|e| crate::CoreError::Invalid(format!("reading log-probs: {e:?}")))?
+        .map_err(|e| crate::CoreError::Internal(format!("reading log-probs: {e:?}")))?
         .try_into_vec_as::<f32>()
         .map_err(|e| crate::CoreError::Invalid(format!("log-probs: {e:?}")))?;
     Ok(scores_of(pairs, width, &values))

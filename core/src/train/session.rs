@@ -35,7 +35,7 @@ pub async fn reference_logps_async(
         let sums: Vec<f32> = sums
             .into_data_async()
             .await
-            .map_err(|e| CoreError::Invalid(format!("reading reference log-probs: {e:?}")))?
+            .map_err(|e| CoreError::Internal(format!("reading reference log-probs: {e:?}")))?
             .try_into_vec_as()
             .map_err(|e| CoreError::Invalid(format!("reference log-probs: {e:?}")))?;
         for (r, v) in sums.into_iter().enumerate() {

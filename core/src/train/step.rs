@@ -480,7 +480,7 @@ fn head_backward(
 }
 
 fn no_gradient() -> CoreError {
-    CoreError::Invalid("no gradient reached the hidden states".into())
+    CoreError::Internal("no gradient reached the hidden states".into())
 }
 
 /// The shards of `batch` that rank `rank` of `ranks` computes on its `local` devices, as
@@ -887,7 +887,7 @@ impl Trainer {
         let data = Tensor::cat(pending.packed.values.clone(), 0)
             .into_data_async()
             .await
-            .map_err(|e| CoreError::Invalid(format!("reading the step's numbers back: {e:?}")))?;
+            .map_err(|e| CoreError::Internal(format!("reading the step's numbers back: {e:?}")))?;
         let values = read(data)?;
         Ok(self.finish(model, pending, &values, lr))
     }
@@ -898,16 +898,6 @@ impl Trainer {
         let (total, examples) = self.evaluate_lazy(model, batches)?;
         let values = read(total.into_data())?;
         Ok(f64::from(values[0]) / examples.max(1) as f64)
-    }
-
-    /// [`Self::evaluate`] with an awaited read-back.
-    pub async fn evaluate_async(&self, model: &CausalLm, batches: &[MicroBatch]) -> Result<f64> {
-        let (total, examples) = self.evaluate_lazy(model, batches)?;
-        let data = total
-            .into_data_async()
-            .await
-            .map_err(|e| CoreError::Invalid(format!("reading the validation loss back: {e:?}")))?;
-        Ok(f64::from(read(data)?[0]) / examples.max(1) as f64)
     }
 
     fn evaluate_lazy(
@@ -940,7 +930,7 @@ impl Trainer {
 fn read(data: TensorData) -> Result<Vec<f32>> {
     data.convert::<f32>()
         .try_into_vec::<f32>()
-        .map_err(|e| CoreError::Invalid(format!("reading numbers back: {e:?}")))
+        .map_err(|e| CoreError::Internal(format!("reading numbers back: {e:?}")))
 }
 
 #[cfg(test)]
