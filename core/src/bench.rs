@@ -342,7 +342,7 @@ impl MatmulParams {
 
 // The memory model lives with training (a run checks its step against memory before it
 // allocates); the bench prints it beside what it measures.
-pub use crate::train::memory::{MemoryEstimate, train_memory};
+pub use crate::train::memory::{MemoryEstimate, StepShape, train_memory};
 
 #[cfg(test)]
 mod tests {
@@ -359,18 +359,28 @@ mod tests {
         let att = TrainableKind::Attention;
         let (mat, eff) = (AttentionKind::Materialized, AttentionKind::MemoryEfficient);
         let gib = |e: MemoryEstimate| e.total / (1u64 << 30) as f64;
-        let plain = train_memory(&smol, 8, 128, att, 8, 4, false, 0, mat);
-        let half = train_memory(&smol, 8, 128, att, 8, 2, false, 0, mat);
+        let shape = |rows, seq, stored_bytes, grad_checkpoint, logp_chunk, attention| StepShape {
+            rows,
+            seq,
+            trainable: att,
+            lora_rank: 8,
+            stored_bytes,
+            grad_checkpoint,
+            logp_chunk,
+            attention,
+        };
+        let plain = train_memory(&smol, &shape(8, 128, 4, false, 0, mat));
+        let half = train_memory(&smol, &shape(8, 128, 2, false, 0, mat));
         assert!(half.weights < plain.weights && half.weights > plain.weights / 2.0);
         assert_eq!(half.optimizer, plain.optimizer);
-        let ckpt = train_memory(&smol, 8, 128, att, 8, 4, true, 0, mat);
+        let ckpt = train_memory(&smol, &shape(8, 128, 4, true, 0, mat));
         assert!(ckpt.activations < plain.activations / 5.0);
-        let chunked = train_memory(&smol, 8, 128, att, 8, 4, true, 32, mat);
+        let chunked = train_memory(&smol, &shape(8, 128, 4, true, 32, mat));
         assert!((chunked.head - ckpt.head / 4.0).abs() < 1.0);
         // (prediction, measured GiB): `clo bench train` on the 2-core CPU.
         // Measured with the fused SwiGLU (`clo_shaders::swiglu`), the MLP of both shapes.
         let memory =
-            |m, r, s, ckpt, chunk, kind| gib(train_memory(m, r, s, att, 8, 4, ckpt, chunk, kind));
+            |m, r, s, ckpt, chunk, kind| gib(train_memory(m, &shape(r, s, 4, ckpt, chunk, kind)));
         for (predicted, measured) in [
             (gib(plain), 2.60),
             (memory(&smol, 8, 128, false, 0, eff), 2.14),

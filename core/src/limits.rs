@@ -253,13 +253,7 @@ pub fn check_decoder(c: &DecoderConfig, origin: impl Display) -> Result<()> {
 
 /// The number of parameters of a checked decoder, in `u64` (wasm's `usize` is 32 bits).
 pub fn parameters(c: &DecoderConfig) -> u64 {
-    let u = |x: usize| x as u64;
-    let (h, i, v) = (u(c.hidden_size), u(c.intermediate_size), u(c.vocab_size));
-    let (q, kv) = (u(c.num_heads * c.head_dim), u(c.num_kv_heads * c.head_dim));
-    let attn = 2 * h * q + 2 * h * kv + 2 * q + 2 * kv + h;
-    let layer = attn + 3 * h * i + 2 * i + 6 * h;
-    let head = if c.tie_word_embeddings { 0 } else { h * v };
-    v * h + u(c.num_layers) * layer + h + head
+    c.parameter_count()
 }
 
 /// How much memory this process may use, and what sets it.

@@ -436,14 +436,16 @@ fn bench_train(args: &TrainBenchArgs) -> anyhow::Result<Printed> {
     let stored_bytes = common.dtype.bytes(&devices[0])?;
     let predicted = clo_core::bench::train_memory(
         decoder,
-        work.rows.len(),
-        args.seq_len,
-        trainable,
-        run_config.lora_rank,
-        stored_bytes,
-        args.grad_checkpoint,
-        args.logp_chunk,
-        args.attention,
+        &clo_core::bench::StepShape {
+            rows: work.rows.len(),
+            seq: args.seq_len,
+            trainable,
+            lora_rank: run_config.lora_rank,
+            stored_bytes,
+            grad_checkpoint: args.grad_checkpoint,
+            logp_chunk: args.logp_chunk,
+            attention: args.attention,
+        },
     );
     let gib = |b: f64| b / (1u64 << 30) as f64;
     let prediction = format!(

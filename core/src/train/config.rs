@@ -604,14 +604,16 @@ impl RunConfig {
         };
         let estimate = crate::train::memory::train_memory(
             model,
-            rows,
-            seq,
-            self.trainable,
-            self.lora_rank,
-            stored,
-            self.grad_checkpoint,
-            self.logp_chunk,
-            self.attention,
+            &crate::train::memory::StepShape {
+                rows,
+                seq,
+                trainable: self.trainable,
+                lora_rank: self.lora_rank,
+                stored_bytes: stored,
+                grad_checkpoint: self.grad_checkpoint,
+                logp_chunk: self.logp_chunk,
+                attention: self.attention,
+            },
         );
         let (what, hint) = if rows == 0 {
             (

@@ -60,6 +60,23 @@ pub struct MemoryEstimate {
     pub total: f64,
 }
 
+/// What a training step holds memory for, besides the model's shape: its batch and the
+/// settings that change what is kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepShape {
+    /// Sequences per micro-batch (4 per CLO quadruple, 2 per DPO pair, 1 per SFT pair).
+    pub rows: usize,
+    /// Tokens per sequence (the batch's longest).
+    pub seq: usize,
+    pub trainable: TrainableKind,
+    pub lora_rank: usize,
+    /// Bytes per frozen weight (4 for f32, 2 for f16/bf16).
+    pub stored_bytes: usize,
+    pub grad_checkpoint: bool,
+    pub logp_chunk: usize,
+    pub attention: AttentionKind,
+}
+
 /// The memory model of a training step on `rows` rows of `seq` tokens (f32 activations).
 ///
 /// Per token and layer, the activations a backward pass needs are counted as
@@ -73,34 +90,34 @@ pub struct MemoryEstimate {
 /// gradients and AdamW's two moments (16 bytes each). The coefficients are counts of what the
 /// code keeps, fitted to peaks measured on the CPU (`clo bench train` prints both; the
 /// README's Memory section lists them); they do not model a GPU allocator's pools.
-#[allow(clippy::too_many_arguments)]
-pub fn train_memory(
-    config: &DecoderConfig,
-    rows: usize,
-    seq: usize,
-    trainable: TrainableKind,
-    lora_rank: usize,
-    stored_bytes: usize,
-    grad_checkpoint: bool,
-    logp_chunk: usize,
-    attention: AttentionKind,
-) -> MemoryEstimate {
+pub fn train_memory(config: &DecoderConfig, step: &StepShape) -> MemoryEstimate {
+    let StepShape {
+        rows,
+        seq,
+        trainable,
+        lora_rank,
+        stored_bytes,
+        grad_checkpoint,
+        logp_chunk,
+        attention,
+    } = *step;
+    // In f64 from the start: the products of a large model's sizes pass 2^32 (wasm's usize).
     let f = |x: usize| x as f64;
     let (h, i, l, v) = (
-        config.hidden_size,
-        config.intermediate_size,
-        config.num_layers,
-        config.vocab_size,
+        f(config.hidden_size),
+        f(config.intermediate_size),
+        f(config.num_layers),
+        f(config.vocab_size),
     );
-    let q = config.num_heads * config.head_dim;
-    let kv = config.num_kv_heads * config.head_dim;
-    let total_params = f(config.num_parameters());
-    let attention_weights = f(l * (2 * h * q + 2 * h * kv));
+    let q = f(config.num_heads) * f(config.head_dim);
+    let kv = f(config.num_kv_heads) * f(config.head_dim);
+    let total_params = crate::limits::parameters(config) as f64;
+    let attention_weights = l * (2.0 * h * q + 2.0 * h * kv);
     let trained = match trainable {
         TrainableKind::Full => total_params,
         TrainableKind::Attention => attention_weights,
         // Adapters on q, k, v, o (the default targets): r x (in + out) each.
-        TrainableKind::Lora => f(l * lora_rank * (2 * (h + q) + 2 * (h + kv))),
+        TrainableKind::Lora => l * f(lora_rank) * (2.0 * (h + q) + 2.0 * (h + kv)),
     };
     let frozen = match trainable {
         TrainableKind::Lora => total_params,
@@ -108,29 +125,29 @@ pub fn train_memory(
     };
     let weights = frozen * f(stored_bytes) + trained * 4.0;
     let optimizer = trained * 12.0;
-    let tokens = f(rows * seq);
+    let tokens = f(rows) * f(seq);
     let scores = match attention {
-        AttentionKind::Materialized => 3 * config.num_heads * seq,
-        AttentionKind::MemoryEfficient => config.num_heads,
+        AttentionKind::Materialized => 3.0 * f(config.num_heads) * f(seq),
+        AttentionKind::MemoryEfficient => f(config.num_heads),
     };
     // SwiGLU through `clo_shaders::swiglu` keeps its two inputs; GeGLU's tensor ops four.
     let mlp = match config.options.activation {
-        crate::load::models::Activation::GeluTanh => 4 * i,
-        _ => 2 * i,
+        crate::load::models::Activation::GeluTanh => 4.0 * i,
+        _ => 2.0 * i,
     };
-    let per_layer = tokens * f(6 * h + 3 * q + 2 * kv + mlp + scores) * 4.0;
+    let per_layer = tokens * (6.0 * h + 3.0 * q + 2.0 * kv + mlp + scores) * 4.0;
     let activations = if grad_checkpoint {
         // Each layer's input, and one layer's activations.
-        f(l + 1) * tokens * f(h) * 4.0 + per_layer
+        (l + 1.0) * tokens * h * 4.0 + per_layer
     } else {
-        f(l) * per_layer
+        l * per_layer
     };
     let positions = if logp_chunk > 0 {
         logp_chunk.min(seq)
     } else {
         seq
     };
-    let head = f(rows * positions * v) * 4.0;
+    let head = f(rows) * f(positions) * v * 4.0;
     let process = 0.25 * (1u64 << 30) as f64;
     MemoryEstimate {
         weights,

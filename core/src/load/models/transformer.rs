@@ -185,10 +185,21 @@ impl DecoderConfig {
 
     /// Number of parameters, counting tied embeddings once.
     pub fn num_parameters(&self) -> usize {
-        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        self.parameter_count() as usize
+    }
+
+    /// [`Self::num_parameters`] in `u64`, which a large model's count fits on every target
+    /// (wasm's `usize` is 32 bits).
+    pub fn parameter_count(&self) -> u64 {
+        let u = |x: usize| x as u64;
+        let (h, i, v) = (
+            u(self.hidden_size),
+            u(self.intermediate_size),
+            u(self.vocab_size),
+        );
         let (q, kv) = (
-            self.num_heads * self.head_dim,
-            self.num_kv_heads * self.head_dim,
+            u(self.num_heads) * u(self.head_dim),
+            u(self.num_kv_heads) * u(self.head_dim),
         );
         let attn = h * q
             + 2 * h * kv
@@ -197,14 +208,14 @@ impl DecoderConfig {
             + if self.o_bias { h } else { 0 };
         let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
         let head_norms = if self.options.qk_norm {
-            2 * self.head_dim
+            2 * u(self.head_dim)
         } else {
             0
         };
         let norms = if self.options.sandwich_norms { 4 } else { 2 } * h;
         let layer = attn + head_norms + mlp + norms;
         let head = if self.tie_word_embeddings { 0 } else { h * v };
-        v * h + self.num_layers * layer + h + head
+        v * h + u(self.num_layers) * layer + h + head
     }
 }
 
