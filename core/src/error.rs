@@ -172,8 +172,8 @@ pub enum CoreError {
     /// allocated.
     #[error(
         "{what} needs about {} of memory, more than {limit_source} allows ({})\nHINT: {hint}",
-        crate::limits::human_bytes(*estimate),
-        crate::limits::human_bytes(*limit)
+        human_bytes(*estimate),
+        human_bytes(*limit)
     )]
     TooLarge {
         what: String,
@@ -271,6 +271,17 @@ fn missing_hint(what: &str) -> &'static str {
         "check the run directory (clo train writes RUN/config.toml, RUN/checkpoints/ and RUN/best/)"
     } else {
         "check the path (relative paths are taken from the current directory)"
+    }
+}
+
+/// A byte count for people: `1.50 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..0x10_0000 => format!("{:.1} KiB", b / 1024.0),
+        0x10_0000..0x4000_0000 => format!("{:.1} MiB", b / (1 << 20) as f64),
+        _ => format!("{:.2} GiB", b / (1u64 << 30) as f64),
     }
 }
 

@@ -369,16 +369,7 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
     (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
-/// A byte count for people: `1.50 GiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    let b = bytes as f64;
-    match bytes {
-        0..1024 => format!("{bytes} B"),
-        1024..0x10_0000 => format!("{:.1} KiB", b / 1024.0),
-        0x10_0000..0x4000_0000 => format!("{:.1} MiB", b / (1 << 20) as f64),
-        _ => format!("{:.2} GiB", b / (1u64 << 30) as f64),
-    }
-}
+pub use crate::error::human_bytes;
 
 /// Refuses work whose memory `estimate` (bytes) exceeds [`memory_limit`]; `what` names the
 /// work and `hint` the way to make it smaller.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
-use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+use burn::store::ModuleSnapshot;
 use burn::tensor::TensorData;
 use serde_json::{Value, json};
 
@@ -17,6 +17,8 @@ use crate::fsutil::{
     Claim, claim_output, refuse_run_dir_output, remove_stale_temps_beside, replace_dir_atomically,
     write_atomically, write_json_atomically,
 };
+// Safetensors writing lives with the weight mapping; `export::safetensors_bytes` stays a path.
+pub use crate::load::weights::{safetensors_bytes, save_safetensors};
 use crate::train::checkpoint::{RunDir, load_trained};
 use crate::train::{RunConfig, TrainableKind};
 
@@ -315,54 +317,6 @@ pub fn as_f32_config(hf_config: &mut Value) {
     if hf_config.get("dtype").is_some() {
         hf_config["dtype"] = json!("float32");
     }
-}
-
-/// Writes a model's weights as `model.safetensors` with Hugging Face tensor names and layouts
-/// (Gemma's norm weights back to `w - 1` when `config` says so).
-pub fn save_safetensors(
-    model: &crate::load::models::CausalLm,
-    config: &crate::load::models::DecoderConfig,
-    path: &Path,
-) -> Result<()> {
-    let shifted = shift_for_saving(model, config);
-    let model = shifted.as_ref().unwrap_or(model);
-    let mut store = SafetensorsStore::from_file(path)
-        .with_to_adapter(BurnToPyTorchAdapter)
-        .metadata("format", "pt")
-        .overwrite(true);
-    model.save_into(&mut store).map_err(|e| {
-        CoreError::Invalid(format!(
-            "{}: {e}\nHINT: check free disk space",
-            path.display()
-        ))
-    })
-}
-
-/// Gemma's norm weights back to the `w - 1` its checkpoints store (`None`: nothing to change).
-fn shift_for_saving(
-    model: &crate::load::models::CausalLm,
-    config: &crate::load::models::DecoderConfig,
-) -> Option<crate::load::models::CausalLm> {
-    config
-        .options
-        .norm_weight_offset
-        .then(|| model.clone().shift_norm_weights(-1.0))
-}
-
-/// The bytes of [`save_safetensors`]'s file, built in memory (f32 tensors).
-pub fn safetensors_bytes(
-    model: &crate::load::models::CausalLm,
-    config: &crate::load::models::DecoderConfig,
-) -> Result<Vec<u8>> {
-    let shifted = shift_for_saving(model, config);
-    let model = shifted.as_ref().unwrap_or(model);
-    let mut store = SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter);
-    let fail = |e: &dyn std::fmt::Display| CoreError::Safetensors {
-        path: PathBuf::from("(in memory)"),
-        message: e.to_string(),
-    };
-    model.save_into(&mut store).map_err(|e| fail(&e))?;
-    store.get_bytes().map_err(|e| fail(&e))
 }
 
 /// tokenizer.json, tokenizer_config.json (special tokens, template) and chat_template.jinja of

@@ -8,4 +8,5 @@ pub mod models;
 pub mod peft;
 pub mod pretrained;
 pub mod tokenizer;
+pub mod trainable;
 pub mod weights;

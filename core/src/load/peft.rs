@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::error::{CoreError, Result};
 use crate::load::gguf::HfTensors;
 use crate::load::models::CausalLm;
-use crate::train::trainable::{LORA_TARGETS, Trainable};
+use crate::load::trainable::{LORA_TARGETS, Trainable};
 
 /// The config file of a PEFT adapter directory.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";

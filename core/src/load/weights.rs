@@ -15,7 +15,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::store::{
-    FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
+    BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
+    SafetensorsStore,
 };
 use burn::tensor::DType;
 use serde::Deserialize;
@@ -370,4 +371,53 @@ pub fn load_weights(model: &mut CausalLm, dir: &Path, config: &DecoderConfig) ->
         *model = model.clone().shift_norm_weights(1.0);
     }
     Ok(())
+}
+
+/// Gemma's norm weights back to the `w - 1` its checkpoints store (`None`: nothing to change).
+pub(crate) fn shift_for_saving(
+    model: &crate::load::models::CausalLm,
+    config: &crate::load::models::DecoderConfig,
+) -> Option<crate::load::models::CausalLm> {
+    config
+        .options
+        .norm_weight_offset
+        .then(|| model.clone().shift_norm_weights(-1.0))
+}
+
+/// A model's weights as a safetensors file in memory, in Hugging Face's names and layouts
+/// (f32 tensors): what `clo export` writes as `model.safetensors`.
+pub fn safetensors_bytes(
+    model: &crate::load::models::CausalLm,
+    config: &crate::load::models::DecoderConfig,
+) -> Result<Vec<u8>> {
+    let shifted = shift_for_saving(model, config);
+    let model = shifted.as_ref().unwrap_or(model);
+    let mut store = SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter);
+    let fail = |e: &dyn std::fmt::Display| CoreError::Safetensors {
+        path: PathBuf::from("(in memory)"),
+        message: e.to_string(),
+    };
+    model.save_into(&mut store).map_err(|e| fail(&e))?;
+    store.get_bytes().map_err(|e| fail(&e))
+}
+
+/// Writes a model's weights as `model.safetensors` with Hugging Face tensor names and layouts
+/// (Gemma's norm weights back to `w - 1` when `config` says so).
+pub fn save_safetensors(
+    model: &crate::load::models::CausalLm,
+    config: &crate::load::models::DecoderConfig,
+    path: &Path,
+) -> Result<()> {
+    let shifted = shift_for_saving(model, config);
+    let model = shifted.as_ref().unwrap_or(model);
+    let mut store = SafetensorsStore::from_file(path)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .metadata("format", "pt")
+        .overwrite(true);
+    model.save_into(&mut store).map_err(|e| {
+        CoreError::Invalid(format!(
+            "{}: {e}\nHINT: check free disk space",
+            path.display()
+        ))
+    })
 }

@@ -86,43 +86,8 @@ impl std::str::FromStr for Method {
     }
 }
 
-/// Which parameters train, as named on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum TrainableKind {
-    #[default]
-    Attention,
-    Lora,
-    Full,
-}
-
-impl TrainableKind {
-    /// Every trainable set's name, as the command line, the API and the web form take it.
-    pub const NAMES: [&str; 3] = ["attention", "lora", "full"];
-
-    /// The name the command line takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            TrainableKind::Attention => "attention",
-            TrainableKind::Lora => "lora",
-            TrainableKind::Full => "full",
-        }
-    }
-}
-
-impl std::str::FromStr for TrainableKind {
-    type Err = CoreError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "attention" => Ok(TrainableKind::Attention),
-            "lora" => Ok(TrainableKind::Lora),
-            "full" => Ok(TrainableKind::Full),
-            _ => Err(CoreError::Invalid(format!(
-                "unknown trainable set `{s}`; choose attention, lora or full"
-            ))),
-        }
-    }
-}
+// The trainable set's name lives with the trainable-weights table (`load::trainable`).
+pub use crate::load::trainable::TrainableKind;
 
 /// Everything that determines a run. Saved as `RUN/config.toml` and in every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

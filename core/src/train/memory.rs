@@ -4,7 +4,7 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::load::models::{AttentionKind, DecoderConfig};
-use crate::train::config::TrainableKind;
+use crate::load::trainable::TrainableKind;
 
 /// Peak memory on `device` so far, in bytes: the device allocator's reserved bytes where the
 /// backend keeps a memory pool (wgpu; pools are kept, so this is their high-water mark), else

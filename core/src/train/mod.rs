@@ -9,6 +9,8 @@ pub mod driver;
 pub mod examples;
 pub mod loss;
 pub mod memory;
+pub mod metrics;
+pub mod objective;
 pub mod optim;
 pub mod parallel;
 pub mod pretrain;
@@ -16,7 +18,8 @@ pub mod reference;
 pub mod run;
 pub mod session;
 pub mod step;
-pub mod trainable;
+/// The trainable-weights table lives with the weight mapping (`load`); re-exported here.
+pub use crate::load::trainable;
 
 pub use config::{Method, RunConfig, TrainableKind};
 pub use run::{Outcome, Progress, RunSummary, StepMetrics, TrainOptions, train};

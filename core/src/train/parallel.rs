@@ -14,7 +14,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
-use super::step::{MicroBatch, Objective};
+use super::objective::{MicroBatch, Objective};
 use crate::error::Result;
 use crate::load::models::CausalLm;
 use crate::train::loss::NllReduction;

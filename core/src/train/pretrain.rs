@@ -387,7 +387,7 @@ pub fn write_model_dir(
         .map_err(|e| CoreError::Invalid(format!("tokenizer: {e}")))?;
     let model = model.clone().valid();
     replace_dir_atomically(out, |tmp| {
-        crate::export::save_safetensors(&model, &d, &tmp.join("model.safetensors"))?;
+        crate::load::weights::save_safetensors(&model, &d, &tmp.join("model.safetensors"))?;
         write_json_atomically(&tmp.join("config.json"), &hf)?;
         write_json_atomically(&tmp.join("tokenizer_config.json"), &tok_config)?;
         write_json_atomically(&tmp.join("generation_config.json"), &generation)?;

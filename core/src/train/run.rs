@@ -74,7 +74,7 @@ impl TrainOptions {
     }
 }
 
-pub use crate::api::StepMetrics;
+pub use super::metrics::StepMetrics;
 
 /// What the run reports while it works (the binary draws progress bars from it).
 #[derive(Debug)]

@@ -573,7 +573,7 @@ pub fn encode_tensor(
 /// A model's tensors in Hugging Face's names and layouts, f32 (Gemma norms as stored in
 /// safetensors, `w`, not `1 + w`).
 pub fn model_tensors(model: &CausalLm, config: &ModelConfig) -> Result<HfTensors> {
-    let bytes = crate::export::safetensors_bytes(model, &config.decoder)?;
+    let bytes = crate::load::weights::safetensors_bytes(model, &config.decoder)?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CoreError::Safetensors {
         path: PathBuf::from("(in memory)"),
         message: e.to_string(),
