@@ -41,8 +41,12 @@ const waitFor = async (what, check, ms = 120_000) => {
 
 before(async () => {
   work = mkdtempSync(join(tmpdir(), 'clo-csrf-'));
+  // No token: the default loopback set-up, where only the browser guard stands between a page
+  // and the server (run.sh's CLO_TOKEN would set one through the environment).
+  const env = { ...process.env };
+  delete env.CLO_TOKEN;
   server = spawn(process.env.CLO_BIN, ['serve', '--port', '0', '--toy', '--web', 'dist',
-    '--workdir', work], { stdio: ['ignore', 'pipe', 'inherit'] });
+    '--workdir', work], { stdio: ['ignore', 'pipe', 'inherit'], env });
   base = await new Promise((resolve, reject) => {
     let out = '';
     server.stdout.on('data', (d) => {
