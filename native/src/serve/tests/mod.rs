@@ -1,8 +1,8 @@
 //! The handler tests of `clo serve`, by resource; the helpers every file uses are here.
 
-mod chat;
-mod files;
-mod runs;
+mod chat_api;
+mod file_api;
+mod run_api;
 
 use axum::body::Body;
 use axum::http::Request;

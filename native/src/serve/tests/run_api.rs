@@ -1,7 +1,5 @@
 //! `/api/runs`: creating, streaming, cancelling, restarting and resuming runs.
 
-use axum::body::Body;
-use axum::http::Request;
 use tower::ServiceExt;
 
 use super::*;
