@@ -319,7 +319,7 @@ fn serve(extra: &[&str]) -> Server {
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(work.path().join("server.log")).unwrap())
         .spawn()
         .unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
@@ -411,10 +411,16 @@ fn the_server_refuses_huge_runs_and_lists_broken_models() {
     }
     let (status, body) = http(&server, "GET", "/v1/models", &[], "");
     assert_eq!(status, 200, "{body}");
+    let v1: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed = v1["data"].as_array().unwrap();
+    let ids: Vec<&str> = listed.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert!(
-        body.contains("\"toy\"") && body.contains("zero-heads"),
+        ids.contains(&"toy") && ids.contains(&"zero-heads"),
         "{body}"
     );
+    let broken = listed.iter().find(|m| m["id"] == "million-layers").unwrap();
+    let error = broken["error"].as_str().unwrap();
+    assert!(error.contains("num_hidden_layers"), "{broken}");
     let (status, body) = http(&server, "GET", "/api/models", &[], "");
     assert_eq!(status, 200, "{body}");
     let models: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
@@ -451,6 +457,9 @@ fn the_files_route_serves_single_names_only() {
     }
     let (status, _) = http(&server, "GET", "/api/models/toy/files/config.json", &[], "");
     assert_eq!(status, 200, "the model's own files are served");
+    // Nor does the server's log hold a byte of the canary.
+    let log = std::fs::read_to_string(server.work.path().join("server.log")).unwrap();
+    assert!(!log.contains(CANARY), "{log}");
 }
 
 /// Finding 4: a foreign Host (DNS rebinding) is 421; a state-changing request from another

@@ -134,7 +134,15 @@ pub async fn v1_models(State(s): State<Shared>) -> Result<Json<serde_json::Value
     let Json(models) = super::models::list(State(s)).await?;
     let data: Vec<serde_json::Value> = models
         .iter()
-        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "clo"}))
+        .map(|m| {
+            let mut v = json!({"id": m.name, "object": "model", "created": 0, "owned_by": "clo"});
+            // A model whose files do not read says why (clients that do not know the field
+            // ignore it).
+            if let Some(e) = &m.error {
+                v["error"] = json!(e);
+            }
+            v
+        })
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }
