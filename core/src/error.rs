@@ -296,23 +296,27 @@ pub(crate) fn read_to_string(path: &Path, what: &'static str) -> Result<String> 
             what,
         });
     }
-    // The JSON and TOML files read whole (configs, indexes, states, summaries) are small; one of
-    // gigabytes is not what it claims to be, and is not read into memory.
-    const MAX: u64 = 256 << 20;
+    // The JSON and TOML files read whole (configs, indexes, states, summaries) are small.
+    check_file_size(path, what, 256 << 20)?;
+    std::fs::read_to_string(path).map_err(|e| CoreError::io("read", path, e))
+}
+
+/// Refuses a file that is to be read whole into memory when it is larger than `max` bytes: one
+/// of gigabytes is not what its name says, and is not read.
+pub(crate) fn check_file_size(path: &Path, what: &str, max: u64) -> Result<()> {
     let len = std::fs::metadata(path)
         .map_err(|e| CoreError::io("stat", path, e))?
         .len();
-    if len > MAX {
+    if len > max {
         return Err(CoreError::OutOfBounds {
             origin: path.display().to_string(),
             field: format!("{what} size"),
             value: format!("{len} bytes"),
-            why: format!("is above clo's limit of {MAX} bytes for such a file"),
-            hint: "check that the file is what its name says (a JSON or TOML file of settings)"
-                .into(),
+            why: format!("is above clo's limit of {max} bytes for such a file"),
+            hint: "check that the file is what its name says".into(),
         });
     }
-    std::fs::read_to_string(path).map_err(|e| CoreError::io("read", path, e))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -251,11 +251,6 @@ pub fn check_decoder(c: &DecoderConfig, origin: impl Display) -> Result<()> {
     Ok(())
 }
 
-/// The number of parameters of a checked decoder, in `u64` (wasm's `usize` is 32 bits).
-pub fn parameters(c: &DecoderConfig) -> u64 {
-    c.parameter_count()
-}
-
 /// How much memory this process may use, and what sets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryLimit {
@@ -407,7 +402,7 @@ pub fn check_fits_in(
 
 /// Bytes of a model's weights as clo holds them when it loads it (f32).
 pub fn weight_bytes(c: &DecoderConfig) -> f64 {
-    parameters(c) as f64 * 4.0
+    c.parameter_count() as f64 * 4.0
 }
 
 /// Refuses to load a model whose weights alone do not fit in memory.
@@ -415,7 +410,7 @@ pub fn check_model_fits(c: &DecoderConfig, origin: impl Display) -> Result<()> {
     check_fits(
         &format!(
             "loading {origin} ({:.2}B parameters, f32)",
-            parameters(c) as f64 / 1e9
+            c.parameter_count() as f64 / 1e9
         ),
         weight_bytes(c),
         "use a smaller model, or a machine with more memory",

@@ -28,18 +28,22 @@ pub fn is_model_file(name: &str) -> bool {
         || (name.starts_with("model-") && name.ends_with(".safetensors"))
 }
 
+/// Whether `name` is one plain file name, never a path: not empty, not hidden (no leading
+/// `.`, so neither `.` nor `..`), no separator of any OS, no NUL, no drive colon. What the index
+/// check and the server's files route both require.
+pub fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0', ':'])
+        && Path::new(name).file_name() == Some(std::ffi::OsStr::new(name))
+}
+
 /// Checks a shard name that `model.safetensors.index.json` (at `index`) gives: a plain file name
 /// in the model directory ending in `.safetensors`, never a path (no separator, no `..`, not
 /// absolute), so that an index can never make clo open a file outside its model. Checked
 /// before anything is opened.
 pub fn check_shard_name(index: &Path, name: &str) -> Result<()> {
-    let plain = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.contains(['/', '\\', '\0', ':'])
-        && Path::new(name).file_name() == Some(std::ffi::OsStr::new(name))
-        && name.ends_with(".safetensors");
-    if plain {
+    if is_plain_file_name(name) && name.ends_with(".safetensors") {
         Ok(())
     } else {
         Err(CoreError::Invalid(format!(
@@ -92,20 +96,8 @@ impl ModelFiles<'_> {
                     return Err(CoreError::MissingFile { path, what });
                 }
                 // Tokenizers, templates and configs: tens of MB at most (Gemma 3's tokenizer.json
-                // is 33 MB). A larger one is not read into memory.
-                const MAX: u64 = 1 << 30;
-                let len = std::fs::metadata(&path)
-                    .map_err(|e| CoreError::io("stat", &path, e))?
-                    .len();
-                if len > MAX {
-                    return Err(CoreError::OutOfBounds {
-                        origin: path.display().to_string(),
-                        field: format!("{what} size"),
-                        value: format!("{len} bytes"),
-                        why: format!("is above clo's limit of {MAX} bytes for such a file"),
-                        hint: "check that the file is what its name says".into(),
-                    });
-                }
+                // is 33 MB).
+                crate::error::check_file_size(&path, what, 1 << 30)?;
                 std::fs::read(&path).map_err(|e| CoreError::io("read", &path, e))
             }
             ModelFiles::Memory { files, .. } => {

@@ -111,7 +111,7 @@ pub fn train_memory(config: &DecoderConfig, step: &StepShape) -> MemoryEstimate 
     );
     let q = f(config.num_heads) * f(config.head_dim);
     let kv = f(config.num_kv_heads) * f(config.head_dim);
-    let total_params = crate::limits::parameters(config) as f64;
+    let total_params = config.parameter_count() as f64;
     let attention_weights = l * (2.0 * h * q + 2.0 * h * kv);
     let trained = match trainable {
         TrainableKind::Full => total_params,

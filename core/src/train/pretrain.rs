@@ -115,11 +115,9 @@ impl PretrainConfig {
     pub fn validate(&self) -> Result<()> {
         use crate::limits::{self, Bound};
         let bad = |m: String| Err(CoreError::Invalid(m));
-        // Sizes in their bounds (crate::limits) before any arithmetic on them.
+        // What `decoder()` divides by or allocates per is bounded first; `check_decoder` below
+        // checks the whole shape.
         let origin = "the pretraining settings";
-        limits::VOCAB.check(origin, self.vocab_size)?;
-        limits::HIDDEN.check(origin, self.hidden_size)?;
-        limits::INTERMEDIATE.check(origin, self.intermediate_size)?;
         limits::LAYERS.check(origin, self.num_layers)?;
         limits::HEADS.check(origin, self.num_heads)?;
         limits::KV_HEADS.check(origin, self.num_kv_heads)?;
@@ -151,8 +149,9 @@ impl PretrainConfig {
                 self.vocab_size
             ));
         }
-        limits::check_decoder(&self.decoder(), origin)?;
-        limits::check_model_fits(&self.decoder(), "the model to pretrain")
+        let decoder = self.decoder();
+        limits::check_decoder(&decoder, origin)?;
+        limits::check_model_fits(&decoder, "the model to pretrain")
     }
 
     /// The decoder this config describes.

@@ -490,10 +490,9 @@ pub fn train(
         let longest = data
             .train
             .iter()
-            .flat_map(|q| {
-                let p = q.en_prompt.len().max(q.tgt_prompt.len());
-                let r = q.en_response.len().max(q.tgt_response.len());
-                [p + r]
+            .map(|q| {
+                q.en_prompt.len().max(q.tgt_prompt.len())
+                    + q.en_response.len().max(q.tgt_response.len())
             })
             .max()
             .unwrap_or(0)

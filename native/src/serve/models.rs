@@ -121,11 +121,7 @@ pub async fn file(
     let dir = s.model_dir(&name)?;
     // The route's parameter is decoded once (`%2f` is a `/` by now): only a single plain path
     // component that names a model file is served, never a path.
-    let single = !file.is_empty()
-        && !file.starts_with('.')
-        && !file.contains(['/', '\\', '\0', ':'])
-        && std::path::Path::new(&file).file_name() == Some(std::ffi::OsStr::new(&file));
-    if !single {
+    if !clo_core::load::files::is_plain_file_name(&file) {
         return Err(ApiError::bad(format!(
             "model {name:?}: {file:?} is not a file name; GET /api/models/{name}/files lists the model's files"
         )));

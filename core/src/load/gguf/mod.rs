@@ -370,10 +370,17 @@ fn bytemuck_f32(data: &[f32]) -> &[u8] {
 
 /// Loads a GGUF model onto `device` (weights dequantized to f32).
 pub fn load(path: &Path, device: &Device) -> Result<(ModelConfig, CausalLm, ChatTokenizer)> {
-    // The metadata first: the weights the config implies must fit before the file is read.
-    let config = model_config(path)?;
-    crate::limits::check_model_fits(&config.decoder, path.display())?;
+    let size = std::fs::metadata(path)
+        .map_err(|e| CoreError::io("stat", path, e))?
+        .len();
+    crate::limits::check_fits(
+        &format!("reading {}", path.display()),
+        size as f64,
+        "use a smaller model file",
+    )?;
     let (file, config, tokenizer) = config_and_tokenizer_of(GgufFile::read(path)?)?;
+    // Before the tensors are dequantized to f32 (the large allocation).
+    crate::limits::check_model_fits(&config.decoder, path.display())?;
     let tensors = hf_tensors(&file, &config)?;
     drop(file);
     let mut model = config.decoder.init(device);

@@ -135,14 +135,11 @@ impl HfCommon {
                 ));
             }
         };
-        // Every size in its bound before any arithmetic or allocation uses it.
+        // The sizes that arithmetic (a division) or an allocation (a per-layer list) uses below
+        // are bounded first; `ModelConfig::from_value` checks the whole decoder at the end.
         let origin = path.display();
         use crate::limits;
-        limits::VOCAB.check(&origin, self.vocab_size)?;
-        limits::HIDDEN.check(&origin, self.hidden_size)?;
-        limits::INTERMEDIATE.check(&origin, self.intermediate_size)?;
         limits::LAYERS.check(&origin, self.num_hidden_layers)?;
-        limits::POSITIONS.check(&origin, self.max_position_embeddings)?;
         let heads = limits::HEADS.check(&origin, self.num_attention_heads)?;
         let kv_heads =
             limits::KV_HEADS.check(&origin, self.num_key_value_heads.unwrap_or(heads))?;
