@@ -3,6 +3,9 @@
 //! loopback spoken to over TCP), now an error with exit code 1 or an HTTP refusal, with the
 //! server still answering and no byte of a file outside the model read.
 
+mod common;
+use common::{fixtures, refused, s};
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -10,10 +13,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use clo_core::gguf::{GgufFile, TensorOut, Value, write_gguf};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
 
 /// The address space a hostile command runs in: enough for clo and a tiny model, far too
 /// little for what the hostile sizes would allocate.
@@ -29,25 +28,6 @@ fn clo_limited(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("prlimit runs clo (util-linux)")
-}
-
-/// Fails unless clo exited with 1 (an error it reports), not 101 (a panic), 134 (an abort) or a
-/// signal; returns stderr.
-fn refused(out: &Output) -> String {
-    let text = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected a reported error (exit 1), got {:?}:\n{text}",
-        out.status
-    );
-    assert!(text.contains("error: "), "{text}");
-    assert!(!text.contains("panicked"), "{text}");
-    text
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// A copy of fixture model `name` in a temporary directory, as `dir/model`.

@@ -2,13 +2,12 @@
 //! was found (the built binary, run as a user runs it), now refused with a clear error and exit
 //! code 1, with the data still there.
 
+mod common;
+use common::{fixtures, refused, s, stderr};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
 
 fn clo_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clo"));
@@ -23,31 +22,9 @@ fn clo(args: &[&str]) -> Output {
     clo_env(args, &[])
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Fails unless clo exited with 1 (an error it reports), not 101 (a panic) or a signal.
-fn refused(out: &Output) -> String {
-    let text = stderr(out);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected a reported error (exit 1), got {:?}:\n{text}",
-        out.status
-    );
-    assert!(text.contains("error: "), "{text}");
-    assert!(!text.contains("panicked"), "{text}");
-    text
-}
-
 fn ok(out: &Output) -> String {
     assert!(out.status.success(), "clo failed:\n{}", stderr(out));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn train_args<'a>(out: &'a Path, cache: &'a Path, steps: &'a str) -> Vec<String> {
