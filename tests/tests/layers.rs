@@ -54,9 +54,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// A file's code without its test module (everything from `#[cfg(test)]` + `mod tests` on) and
-/// without comments.
+/// A file's code without its test module (everything from `#[cfg(test)]` + `mod tests` on, or
+/// the whole of a `tests.rs`) and without comments.
 fn code(path: &Path) -> String {
+    if path.file_name().is_some_and(|n| n == "tests.rs") {
+        return String::new();
+    }
     let text = std::fs::read_to_string(path).unwrap();
     let mut out = String::new();
     let mut lines = text.lines().peekable();
