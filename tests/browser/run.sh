@@ -15,8 +15,10 @@ TESTS=("$@")
 [ ${#TESTS[@]} -gt 0 ] || TESTS=(tests/browser/ui.test.mjs tests/browser/openai.test.mjs tests/browser/engine.test.mjs tests/browser/csrf.test.mjs)
 
 trunk build
-# The features of the test command (README), so that this build reuses its binary.
-cargo build -p clo --features mpi
+# The test command's own build (README): `cargo test` builds target/debug/clo for the CLI tests,
+# and this reuses it (compiles nothing after that command). `cargo build -p clo` would compile
+# clo-core and clo again, as its features differ from the whole workspace's.
+cargo test --workspace --features clo/mpi --no-run --quiet
 (cd tests/browser && { npm ls --depth=0 >/dev/null 2>&1 || npm ci --no-audit --no-fund; })
 
 WORK="$(mktemp -d)"

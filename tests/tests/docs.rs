@@ -142,3 +142,51 @@ fn slugs_follow_github() {
         "gguf-models-from-and-for-llamacpp-ollama-and-lm-studio"
     );
 }
+
+/// mdBook: `CLO_MDBOOK`, else `target/tools/mdbook` (where `.ci/setup` puts it), else on PATH.
+fn mdbook() -> PathBuf {
+    if let Some(p) = std::env::var_os("CLO_MDBOOK") {
+        return PathBuf::from(p);
+    }
+    let local = root().join("target/tools/mdbook");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("mdbook")
+}
+
+#[test]
+fn the_book_builds_every_chapter_without_warnings() {
+    let out = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(mdbook())
+        .arg("build")
+        .arg(root().join("docs"))
+        .arg("--dest-dir")
+        .arg(out.path())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {}: {e}\nHINT: `bash .ci/setup` installs mdBook in target/tools",
+                mdbook().display()
+            )
+        });
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "mdbook build failed:\n{log}");
+    assert!(
+        !log.contains("WARN") && !log.contains("ERROR"),
+        "mdbook warned:\n{log}"
+    );
+    let summary = std::fs::read_to_string(root().join("docs/src/SUMMARY.md")).unwrap();
+    let chapters: Vec<String> = links(&summary);
+    assert!(chapters.len() > 10, "SUMMARY.md lists the chapters");
+    for chapter in chapters {
+        let html = out.path().join(chapter.replace(".md", ".html"));
+        let page = std::fs::read_to_string(&html)
+            .unwrap_or_else(|e| panic!("{} was not built: {e}", html.display()));
+        assert!(page.contains("<h1"), "{} has no title", html.display());
+    }
+}

@@ -516,3 +516,70 @@ fn memory_savers_reproduce_the_loss_curve() {
         }
     }
 }
+
+/// The metrics of a fixed-seed CLO run (attention projections, gradient accumulation,
+/// validation), the wall-clock fields aside, as committed in `fixtures/metrics/clo-seed11.jsonl`.
+/// That file was written by the code before the step's split into parts
+/// (`CLO_BLESS=1 cargo test --workspace --features clo/mpi --test train_run fixed_seed` rewrites
+/// it); a refactoring of the step, the batches or the run must leave it unchanged.
+/// `CLO_METRICS_EXACT=1` asks for the same bytes (what a refactoring is checked with, on the
+/// machine that wrote the file); otherwise each number must agree to 1e-5 (relative), as another
+/// CPU's SIMD kernels sum in another order.
+#[test]
+fn a_fixed_seed_clo_run_logs_the_committed_metrics() {
+    let mut c = config(Method::Clo, TrainableKind::Attention);
+    c.steps = Some(12);
+    c.eval_every = Some(4);
+    c.grad_accum = 2;
+    c.seed = 11;
+    let r = run(&c, &Device::flex());
+    let text = std::fs::read_to_string(r.out.join("metrics.jsonl")).unwrap();
+    let mut lines = String::new();
+    for line in text.lines() {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let map = v.as_object_mut().unwrap();
+        map.remove("tokens_per_s");
+        map.remove("peak_mem_bytes");
+        lines.push_str(&serde_json::to_string(&v).unwrap());
+        lines.push('\n');
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/metrics/clo-seed11.jsonl");
+    if std::env::var_os("CLO_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &lines).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap();
+    if std::env::var_os("CLO_METRICS_EXACT").is_some() {
+        assert_eq!(
+            lines,
+            expected,
+            "the metrics differ from {}",
+            path.display()
+        );
+        return;
+    }
+    let (got, want): (Vec<&str>, Vec<&str>) = (lines.lines().collect(), expected.lines().collect());
+    assert_eq!(got.len(), want.len(), "as many lines as {}", path.display());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let g: serde_json::Map<String, serde_json::Value> = serde_json::from_str(g).unwrap();
+        let w: serde_json::Map<String, serde_json::Value> = serde_json::from_str(w).unwrap();
+        assert_eq!(
+            g.keys().collect::<Vec<_>>(),
+            w.keys().collect::<Vec<_>>(),
+            "line {}",
+            i + 1
+        );
+        for (key, wv) in &w {
+            let gv = &g[key];
+            match (gv.as_f64(), wv.as_f64()) {
+                (Some(a), Some(b)) => assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1e-3),
+                    "line {} {key}: {a} against {b}",
+                    i + 1
+                ),
+                _ => assert_eq!(gv, wv, "line {} {key}", i + 1),
+            }
+        }
+    }
+}

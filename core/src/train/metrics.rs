@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::step::StepReport;
+
 /// One line of `RUN/metrics.jsonl`: one optimizer step. Losses, rewards and the grad norm are
 /// those of the step's batch under the weights *before* the step's update (so step 0 is the
 /// untouched model). Fields that do not apply to the method are `null`.
@@ -40,4 +42,41 @@ pub struct StepMetrics {
     /// from runs written before it existed.
     #[serde(default)]
     pub peak_mem_bytes: Option<u64>,
+}
+
+impl StepMetrics {
+    /// The line of a step: its report, learning rate and duration; no validation, no memory.
+    pub fn of_step(
+        step: usize,
+        stage: &str,
+        epoch: usize,
+        report: &StepReport,
+        lr: f64,
+        seconds: f64,
+    ) -> Self {
+        let [en_c, en_r, en_m, en_a] = report.direction(true);
+        let [tg_c, tg_r, tg_m, tg_a] = report.direction(false);
+        StepMetrics {
+            step,
+            stage: stage.into(),
+            epoch,
+            loss: report.loss,
+            loss_sft: report.loss_sft,
+            loss_cl: report.loss_cl,
+            reward_en_chosen: en_c,
+            reward_en_rejected: en_r,
+            reward_tgt_chosen: tg_c,
+            reward_tgt_rejected: tg_r,
+            margin_en: en_m,
+            margin_tgt: tg_m,
+            acc_en: en_a,
+            acc_tgt: tg_a,
+            grad_norm: report.grad_norm,
+            lr,
+            tokens_per_s: report.tokens as f64 / seconds.max(1e-9),
+            tokens: report.tokens,
+            val_loss: None,
+            peak_mem_bytes: None,
+        }
+    }
 }

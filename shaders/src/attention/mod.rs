@@ -66,7 +66,7 @@ pub trait AttentionBackend: Backend {
         let (mut outs, mut lses) = (Vec::new(), Vec::new());
         for (start, end) in dims.blocks() {
             let (scores, _) =
-                block_scores::<Self>(&dims, &q, &k, &bias, start, end, scale, softcap);
+                block_scores::<Self>(&dims, (&q, &k, &bias), (start, end), (scale, softcap));
             let max = Self::float_max_dim(scores.clone(), 4); // [b, kv, g, n, 1]
             let exp = Self::float_exp(Self::float_sub(scores, max.clone()));
             let sum = Self::float_sum_dim(exp.clone(), 4);
@@ -114,7 +114,7 @@ pub trait AttentionBackend: Backend {
                 dims.grouped::<Self>(t, n, width)
             };
             let (scores, capped) =
-                block_scores::<Self>(&dims, &q, &k, &bias, start, end, scale, softcap);
+                block_scores::<Self>(&dims, (&q, &k, &bias), (start, end), (scale, softcap));
             let lse = Self::float_reshape(
                 slice_axis::<Self>(lse.clone(), 2, start, end),
                 Shape::new([dims.batch, dims.kv_heads, dims.group, n, 1]),
@@ -262,16 +262,11 @@ fn slice_axis<B: Backend>(
 
 /// The scores of queries `start..end`: `cap(q k^T * scale) + bias` as `[b, kv, g, n, keys]`,
 /// and (with a soft cap) the tanh it went through, in the same shape.
-#[allow(clippy::too_many_arguments)]
 fn block_scores<B: Backend>(
     dims: &Dims,
-    q: &FloatTensor<B>,
-    k: &FloatTensor<B>,
-    bias: &FloatTensor<B>,
-    start: usize,
-    end: usize,
-    scale: f32,
-    softcap: f32,
+    (q, k, bias): (&FloatTensor<B>, &FloatTensor<B>, &FloatTensor<B>),
+    (start, end): (usize, usize),
+    (scale, softcap): (f32, f32),
 ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
     let n = end - start;
     let grouped = Shape::new([dims.batch, dims.kv_heads, dims.group * n, dims.head_dim]);

@@ -60,7 +60,6 @@ enum Path {
 
 /// Differentiates `path` on the case of `seed`: the logits and the incoming gradient rounded to
 /// `stored`, then computed in `dtype` (the same type, or f32 for a reference on rounded values).
-#[allow(clippy::too_many_arguments)]
 fn run(
     device: &Device,
     stored: FloatDType,

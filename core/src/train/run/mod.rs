@@ -8,30 +8,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::prelude::*;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use super::batch::{TokenizedQuad, tokenize_quads};
+mod batches;
+mod dir;
+
+use self::batches::evaluate;
+pub use self::batches::objective;
+pub(crate) use self::batches::{micro_batch, split, stage_schedule, step_batches};
+use self::dir::prepare_run_dir;
+use super::batch::tokenize_quads;
 use super::checkpoint::{RunDir, RunState, load_optimizer, load_trainable, read_state};
 use super::config::{Method, RunConfig};
 use super::data::read_quadruples;
 use super::driver::{Flow, MetricsLog, StepDone, Stopped, run_steps};
 use super::examples::Examples;
-use super::optim::Schedule;
 use super::parallel::Collective;
 use super::reference::{
     CachedReference, ReferenceCache, cache_key, read_run_reference, reference_logps_on,
     weights_digest,
 };
-use super::step::{MicroBatch, Objective, OptimizerSettings, Trainer};
+use super::step::{OptimizerSettings, Trainer};
 use crate::Pretrained;
 use crate::error::{CoreError, Result};
-use crate::fsutil::{
-    Claim, DirLock, claim_output, holds_only, refuse_run_dir_output, remove_stale_temps,
-    write_atomically, write_json_atomically,
-};
+use crate::fsutil::{write_atomically, write_json_atomically};
 use crate::load::models::{CausalLm, ModelConfig};
 use crate::load::tokenizer::ChatTokenizer;
 
@@ -127,168 +127,6 @@ pub enum Outcome {
         step: usize,
         checkpoint: PathBuf,
     },
-}
-
-/// The data of a run after tokenizing and splitting.
-pub(crate) struct Split {
-    pub(crate) train: Vec<TokenizedQuad>,
-    pub(crate) val: Vec<TokenizedQuad>,
-    pub(crate) dropped: usize,
-}
-
-/// Splits quadruples (not pairs, so no direction of a validation quadruple leaks into training)
-/// with a seeded shuffle: `max(1, round(fraction * n))` go to validation when fraction > 0.
-pub(crate) fn split(
-    quads: Vec<TokenizedQuad>,
-    dropped: usize,
-    config: &RunConfig,
-) -> Result<Split> {
-    let n = quads.len();
-    let n_val = if config.val_fraction > 0.0 {
-        ((config.val_fraction * n as f64).round() as usize).max(1)
-    } else {
-        0
-    };
-    if n < n_val + 1 {
-        return Err(CoreError::Invalid(format!(
-            "{}: {n} usable quadruple(s) ({dropped} dropped for prompts of max_len or more) leave none for training after a validation split of {n_val}; add data or set the `val_fraction` setting to 0",
-            config.data.display()
-        )));
-    }
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(config.seed ^ 0x5eed_5711));
-    let mut is_val = vec![false; n];
-    for &i in &order[..n_val] {
-        is_val[i] = true;
-    }
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for (q, v) in quads.into_iter().zip(is_val) {
-        if v { val.push(q) } else { train.push(q) }
-    }
-    Ok(Split {
-        train,
-        val,
-        dropped,
-    })
-}
-
-/// The objective a stage of `config` trains.
-pub fn objective(stage: Method, config: &RunConfig) -> Objective {
-    match stage {
-        Method::Clo => Objective::Clo {
-            beta: config.beta,
-            lambda: config.lambda,
-            reduction: config.nll_reduction,
-            dpop: config.dpop,
-        },
-        Method::Dpo => Objective::Dpo {
-            beta: config.beta,
-            dpop: config.dpop,
-        },
-        _ => Objective::Sft {
-            reduction: config.nll_reduction,
-        },
-    }
-}
-
-/// The micro-batches of optimizer step `step` of stage `stage` (`grad_accum` of them) and the
-/// epoch they come from.
-pub(crate) fn step_batches(
-    step: usize,
-    examples: &Examples,
-    refs: &[Vec<f32>],
-    config: &RunConfig,
-    stage: usize,
-) -> (usize, Vec<MicroBatch>) {
-    let mut epoch = 0;
-    let batches = (0..config.grad_accum)
-        .map(|k| {
-            let (e, idx) = micro_batch(step * config.grad_accum + k, examples.len(), config, stage);
-            epoch = e;
-            micro_batch_of(examples, refs, &idx, config.max_len)
-        })
-        .collect();
-    (epoch, batches)
-}
-
-/// A stage's optimizer steps over `examples` training examples, and its learning-rate schedule.
-pub(crate) fn stage_schedule(config: &RunConfig, examples: usize) -> (usize, Schedule) {
-    let per_epoch = examples.div_ceil(config.batch_size);
-    let total = config
-        .steps
-        .unwrap_or(config.epochs * per_epoch.div_ceil(config.grad_accum));
-    let schedule = Schedule {
-        lr: config.lr,
-        min_lr: config.min_lr,
-        warmup_steps: config.warmup_steps(total),
-        total_steps: total,
-    };
-    (total, schedule)
-}
-
-/// The micro-batch of examples `idx`: their rows, the rows' reference log-probs (in the same
-/// block layout) and, for DPO, each pair's direction.
-fn micro_batch_of(
-    examples: &Examples,
-    refs: &[Vec<f32>],
-    idx: &[usize],
-    max_len: usize,
-) -> MicroBatch {
-    let width = examples.ref_width();
-    let reference = if refs.is_empty() {
-        Vec::new()
-    } else {
-        (0..width)
-            .flat_map(|k| idx.iter().map(move |&i| refs[i][k]))
-            .collect()
-    };
-    let english = match examples {
-        Examples::Dpo { english, .. } => idx.iter().map(|&i| english[i]).collect(),
-        _ => Vec::new(),
-    };
-    MicroBatch {
-        rows: examples.rows(idx, max_len),
-        reference,
-        english,
-    }
-}
-
-/// Mean loss over a whole example set (validation), batch by batch, weighted by batch size.
-fn evaluate(
-    trainer: &Trainer,
-    model: &CausalLm,
-    examples: &Examples,
-    refs: &[Vec<f32>],
-    config: &RunConfig,
-) -> Result<f64> {
-    let all: Vec<usize> = (0..examples.len()).collect();
-    let batches: Vec<MicroBatch> = all
-        .chunks(config.batch_size)
-        .map(|chunk| micro_batch_of(examples, refs, chunk, config.max_len))
-        .collect();
-    trainer.evaluate(model, &batches)
-}
-
-/// Example indices of micro-batch `m` of a stage: epochs are seeded permutations (or the file
-/// order with `shuffle = false`), the last batch of an epoch may be smaller.
-pub(crate) fn micro_batch(
-    m: usize,
-    n: usize,
-    config: &RunConfig,
-    stage: usize,
-) -> (usize, Vec<usize>) {
-    let per_epoch = n.div_ceil(config.batch_size);
-    let (epoch, b) = (m / per_epoch, m % per_epoch);
-    let mut order: Vec<usize> = (0..n).collect();
-    if config.shuffle {
-        let seed = config
-            .seed
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .wrapping_add((stage as u64) << 32 | epoch as u64);
-        order.shuffle(&mut StdRng::seed_from_u64(seed));
-    }
-    let end = ((b + 1) * config.batch_size).min(n);
-    (epoch, order[b * config.batch_size..end].to_vec())
 }
 
 /// What a run's parts share: its settings, options, directory, and whether this process writes
@@ -709,43 +547,6 @@ pub fn train(
     Ok(Outcome::Finished(summary))
 }
 
-impl StepMetrics {
-    /// The line of a step: its report, learning rate and duration; no validation, no memory.
-    pub fn of_step(
-        step: usize,
-        stage: &str,
-        epoch: usize,
-        report: &super::step::StepReport,
-        lr: f64,
-        seconds: f64,
-    ) -> Self {
-        let [en_c, en_r, en_m, en_a] = report.direction(true);
-        let [tg_c, tg_r, tg_m, tg_a] = report.direction(false);
-        StepMetrics {
-            step,
-            stage: stage.into(),
-            epoch,
-            loss: report.loss,
-            loss_sft: report.loss_sft,
-            loss_cl: report.loss_cl,
-            reward_en_chosen: en_c,
-            reward_en_rejected: en_r,
-            reward_tgt_chosen: tg_c,
-            reward_tgt_rejected: tg_r,
-            margin_en: en_m,
-            margin_tgt: tg_m,
-            acc_en: en_a,
-            acc_tgt: tg_a,
-            grad_norm: report.grad_norm,
-            lr,
-            tokens_per_s: report.tokens as f64 / seconds.max(1e-9),
-            tokens: report.tokens,
-            val_loss: None,
-            peak_mem_bytes: None,
-        }
-    }
-}
-
 /// The fullest device's peak memory (see [`super::memory`]).
 fn memory_devices_peak(device: &Device, replicas: &[Device]) -> Option<u64> {
     let all: Vec<Device> = std::iter::once(device.clone())
@@ -777,97 +578,4 @@ fn first_logged_loss(path: &std::path::Path) -> Option<f64> {
     serde_json::from_str::<StepMetrics>(line)
         .ok()
         .map(|m| m.loss)
-}
-
-/// Entries a run directory may hold: what `clo train` writes and what `clo serve` adds.
-fn is_run_entry(name: &str) -> bool {
-    matches!(
-        name,
-        "config.toml"
-            | "metrics.jsonl"
-            | "summary.json"
-            | "checkpoints"
-            | "best"
-            | ".lock"
-            | "run.toml"
-            | "request.json"
-            | "status.json"
-    ) || (name.starts_with("reference-") && name.ends_with(".json"))
-}
-
-/// Takes the run directory's lock, removes what killed writers left, and creates the run
-/// directory and `config.toml`; or, when resuming, checks the saved config and returns the
-/// newest checkpoint. Refuses an `out` that lies inside another run, holds a run (without
-/// resume) or holds files clo did not write, unless `force` (which moves the old one aside).
-fn prepare_run_dir(
-    config: &RunConfig,
-    opts: &TrainOptions,
-    run: &RunDir,
-) -> Result<(Option<PathBuf>, DirLock)> {
-    refuse_run_dir_output(&run.root, Some(run.root.as_path()))?;
-    let mut lock = if run.root.is_dir() {
-        Some(DirLock::acquire(&run.root)?)
-    } else {
-        None
-    };
-    if !opts.resume {
-        let has_steps = std::fs::metadata(run.metrics()).is_ok_and(|m| m.len() > 0);
-        let holds_run = run.latest_checkpoint().is_some() || has_steps;
-        if holds_run && !opts.force {
-            return Err(CoreError::Invalid(format!(
-                "{} already holds a run\nHINT: continue it with the `resume` setting, start over with the `force` setting (the old run is moved aside), or choose another `out` setting",
-                run.root.display()
-            )));
-        }
-        let claim = claim_output(&run.root, "clo train", opts.force, |dir| {
-            !holds_run && holds_only(dir, is_run_entry)
-        })?;
-        if let Claim::MovedAside(old) = claim {
-            tracing::warn!(old = %old.display(), "the old contents of the run directory were moved aside");
-            lock = None;
-        }
-    }
-    let lock = match lock {
-        Some(lock) => lock,
-        None => DirLock::acquire(&run.root)?,
-    };
-    // Temporaries of a writer killed mid-write: with the lock held, none is anyone's.
-    remove_stale_temps(&run.root, true);
-    remove_stale_temps(&run.checkpoints(), true);
-    let latest = prepare_run_files(config, opts, run)?;
-    Ok((latest, lock))
-}
-
-/// Creates the run directory and `config.toml`, or, when resuming, checks the saved config and
-/// returns the newest checkpoint.
-fn prepare_run_files(
-    config: &RunConfig,
-    opts: &TrainOptions,
-    run: &RunDir,
-) -> Result<Option<PathBuf>> {
-    std::fs::create_dir_all(&run.root).map_err(|e| CoreError::io("create", &run.root, e))?;
-    let saved = run.config();
-    if opts.resume {
-        if saved.exists() {
-            let previous = RunConfig::from_file(&saved)?;
-            if &previous != config {
-                return Err(CoreError::Invalid(format!(
-                    "{}: resuming continues the run as configured there, and the given settings differ\nHINT: resume {} with the `resume` setting and no other settings",
-                    saved.display(),
-                    run.root.display()
-                )));
-            }
-        }
-        let latest = run.latest_checkpoint();
-        if latest.is_none() {
-            tracing::warn!(dir = %run.root.display(), "no checkpoint to resume from: starting at step 0");
-            let _ = std::fs::remove_file(run.metrics());
-        }
-        write_atomically(&saved, config.to_toml().as_bytes())?;
-        return Ok(latest);
-    }
-    // A fresh start (prepare_run_dir refused a directory holding steps): no old lines.
-    let _ = std::fs::remove_file(run.metrics());
-    write_atomically(&saved, config.to_toml().as_bytes())?;
-    Ok(None)
 }

@@ -1,7 +1,9 @@
 //! The training step: losses against PyTorch's, savers that change nothing but memory, shards, read-back.
 use super::*;
 use crate::infer::score::Pair;
+use crate::infer::score::{batch_logps, collate};
 use crate::load::models::AttentionKind;
+use crate::train::loss::NllReduction;
 use crate::train::pretrain::tiny_test_decoder;
 
 fn tiny() -> CausalLm {
@@ -416,4 +418,45 @@ fn evaluate_weights_batches_by_examples() {
         .unwrap();
     assert!((one(&rows) - split).abs() < 1e-5);
     assert!((split - (one(&rows[..1]) + 2.0 * one(&rows[1..])) / 3.0).abs() < 1e-5);
+}
+
+/// The read-back is laid out once (`readback::Logged`): each shard's numbers in a fixed order
+/// and width, then the squared gradient norm. Unpacking adds shards' shares per micro-batch,
+/// gives each pair its direction, and takes a read-back of another length for an internal fault
+/// instead of reading past it.
+#[test]
+fn the_read_back_unpacks_by_its_layout() {
+    use super::readback::{Logged, unpack};
+    let layout = vec![
+        Logged::Clo { micro: 0, pairs: 2 },
+        Logged::Dpo {
+            micro: 1,
+            english: vec![true, false],
+        },
+        Logged::Sft { micro: 1 },
+    ];
+    assert_eq!(
+        layout.iter().map(Logged::width).collect::<Vec<_>>(),
+        [11, 5, 1]
+    );
+    let values: Vec<f32> = (0..18).map(|i| i as f32).collect();
+    let u = unpack(&layout, &values).unwrap();
+    assert_eq!(u.losses, [0.0, 11.0 + 16.0]);
+    assert_eq!(u.sft, [1.0, 16.0]);
+    assert_eq!(u.cl, [2.0, 11.0]);
+    assert_eq!(
+        u.pairs,
+        [
+            (true, 3.0, 5.0),
+            (true, 4.0, 6.0),
+            (false, 7.0, 9.0),
+            (false, 8.0, 10.0),
+            (true, 12.0, 14.0),
+            (false, 13.0, 15.0),
+        ]
+    );
+    assert_eq!(u.grad_norm, 17f64.sqrt());
+    for bad in [&values[..17], &[values.clone(), vec![0.0]].concat()[..]] {
+        assert!(matches!(unpack(&layout, bad), Err(CoreError::Internal(_))));
+    }
 }
