@@ -13,8 +13,12 @@ use clo_core::train::{Method, Outcome, RunConfig, TrainOptions, TrainableKind, t
 use clo_tests::{fixture_dir, max_abs_diff};
 
 fn trained_run(trainable: TrainableKind, dir: &Path) -> (RunConfig, PathBuf) {
+    trained_run_of(fixture_dir("qwen2"), trainable, dir)
+}
+
+fn trained_run_of(model: PathBuf, trainable: TrainableKind, dir: &Path) -> (RunConfig, PathBuf) {
     let config = RunConfig {
-        model: fixture_dir("qwen2"),
+        model,
         data: Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/data/quads.jsonl"),
         method: Method::Clo,
         trainable,
@@ -80,6 +84,52 @@ fn merged_export_loads_back_with_the_trained_logits() {
             "training changed the model"
         );
     }
+}
+
+/// A base whose config.json says `dtype` (transformers 5) exports a config.json with `dtype`
+/// alone (f32), which loads again; a config holding both keys (what exports wrote before) loads
+/// too, `dtype` winning; the weights file is readable by others like the files beside it.
+#[test]
+fn a_transformers_5_config_exports_a_model_that_loads_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for e in std::fs::read_dir(fixture_dir("qwen2")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), base.join(e.file_name())).unwrap();
+    }
+    let config_path = base.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let map = config.as_object_mut().unwrap();
+    map.remove("torch_dtype");
+    map.insert("dtype".into(), "bfloat16".into());
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+
+    let (_, run) = trained_run_of(base, TrainableKind::Attention, dir.path());
+    let out = dir.path().join("merged");
+    export_merged(&run, "best", &out, &Device::flex(), false).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(written["dtype"], "float32");
+    assert!(written.get("torch_dtype").is_none(), "{written}");
+    let exported = Pretrained::load(&out, &Device::flex()).unwrap();
+    assert_eq!(exported.config.torch_dtype.as_deref(), Some("float32"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("model.safetensors"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "model.safetensors mode {mode:o}");
+    }
+
+    let mut both = written.clone();
+    both["torch_dtype"] = "bfloat16".into();
+    std::fs::write(out.join("config.json"), both.to_string()).unwrap();
+    let reloaded = Pretrained::load(&out, &Device::flex()).unwrap();
+    assert_eq!(reloaded.config.torch_dtype.as_deref(), Some("float32"));
 }
 
 /// The merged weight of every adapted module minus the base weight equals

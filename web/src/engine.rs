@@ -24,7 +24,7 @@ use crate::types::ChatMessage;
 
 mod files;
 
-use self::files::{Wanted, base_url, fetch_bytes, file_list};
+use self::files::{base_url, fetch_bytes, file_list};
 
 /// A model on the GPU.
 pub struct Loaded {

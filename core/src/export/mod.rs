@@ -311,11 +311,18 @@ pub fn export_model_gguf(
     Ok(())
 }
 
-/// Marks an HF `config.json` as f32 (what the merged export's weights are).
+/// Marks an HF `config.json` as f32 (what the merged export's weights are), under the keys the
+/// base used: `dtype` (transformers 5), `torch_dtype` (transformers 4, and the default), or
+/// both. Adding the other key made configs no reader of transformers 5 accepts.
 pub fn as_f32_config(hf_config: &mut Value) {
-    hf_config["torch_dtype"] = json!("float32");
-    if hf_config.get("dtype").is_some() {
-        hf_config["dtype"] = json!("float32");
+    let has = |k: &str| hf_config.get(k).is_some();
+    let keys: &[&str] = match (has("dtype"), has("torch_dtype")) {
+        (true, true) => &["dtype", "torch_dtype"],
+        (true, false) => &["dtype"],
+        (false, _) => &["torch_dtype"],
+    };
+    for key in keys {
+        hf_config[*key] = json!("float32");
     }
 }
 

@@ -419,5 +419,14 @@ pub fn save_safetensors(
             "{}: {e}\nHINT: check free disk space",
             path.display()
         ))
-    })
+    })?;
+    // safetensors writes through a temporary file, created 0600: the model file gets the mode
+    // of the files beside it (config.json, the tokenizer), readable by the group and others.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| CoreError::io("set the mode of", path, e))?;
+    }
+    Ok(())
 }

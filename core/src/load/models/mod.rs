@@ -102,9 +102,11 @@ pub struct HfCommon {
     pub tie_word_embeddings: bool,
     pub bos_token_id: Option<TokenIds>,
     pub eos_token_id: Option<TokenIds>,
-    /// `torch_dtype` in transformers 4, `dtype` in 5: the checkpoint's storage type.
-    #[serde(alias = "dtype")]
+    /// The checkpoint's storage type: `torch_dtype` in transformers 4, `dtype` in 5. A config
+    /// may hold both (a file that passed through both versions, or clo's own exports before
+    /// they wrote only the key the base used): `dtype` wins.
     pub torch_dtype: Option<String>,
+    pub dtype: Option<String>,
 }
 
 fn silu() -> String {
@@ -335,7 +337,7 @@ impl ModelConfig {
                 .eos_token_id
                 .map(|ids| ids.to_vec())
                 .unwrap_or_default(),
-            torch_dtype: common.torch_dtype,
+            torch_dtype: common.dtype.or(common.torch_dtype),
         })
     }
 }
