@@ -199,7 +199,7 @@ impl Trainer {
             };
             let grads = micro_gradients(replica, &job, layered, &mut packed)?;
             if d != 0 {
-                return Ok((grads.to_device(&main, replica), packed.to_device(&main)));
+                return Ok((grads.to_device(&main, replica), packed.into_device(&main)));
             }
             Ok((grads, packed))
         };

@@ -192,7 +192,7 @@ impl Packed {
     }
 
     /// The same numbers on `device`.
-    pub(super) fn to_device(self, device: &Device) -> Self {
+    pub(super) fn into_device(self, device: &Device) -> Self {
         Packed {
             layout: self.layout,
             values: self
