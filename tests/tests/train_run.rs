@@ -523,8 +523,10 @@ fn memory_savers_reproduce_the_loss_curve() {
 /// (`CLO_BLESS=1 cargo test --workspace --features clo/mpi --test train_run fixed_seed` rewrites
 /// it); a refactoring of the step, the batches or the run must leave it unchanged.
 /// `CLO_METRICS_EXACT=1` asks for the same bytes (what a refactoring is checked with, on the
-/// machine that wrote the file); otherwise each number must agree to 1e-5 (relative), as another
-/// CPU's SIMD kernels sum in another order.
+/// machine that wrote the file). Otherwise, as another CPU's SIMD kernels sum in another order,
+/// each number must agree to 1e-4 of its size (or 1e-4 absolute below 1: the first steps'
+/// rewards are f32 rounding noise, around 1e-7), and the accuracies, which count the signs of
+/// such margins, are left to the exact check.
 #[test]
 fn a_fixed_seed_clo_run_logs_the_committed_metrics() {
     let mut c = config(Method::Clo, TrainableKind::Attention);
@@ -571,10 +573,13 @@ fn a_fixed_seed_clo_run_logs_the_committed_metrics() {
             i + 1
         );
         for (key, wv) in &w {
+            if key.starts_with("acc_") {
+                continue;
+            }
             let gv = &g[key];
             match (gv.as_f64(), wv.as_f64()) {
                 (Some(a), Some(b)) => assert!(
-                    (a - b).abs() <= 1e-5 * b.abs().max(1e-3),
+                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
                     "line {} {key}: {a} against {b}",
                     i + 1
                 ),
