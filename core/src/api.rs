@@ -229,4 +229,5 @@ pub struct EvalReport {
 }
 
 /// One line of `RUN/metrics.jsonl` (defined with training, whose log it is).
+pub use crate::train::config::{Form as SettingForm, Section as SettingSection, SettingInfo};
 pub use crate::train::metrics::StepMetrics;

@@ -9,6 +9,7 @@ mod prepare_cmd;
 mod pretrain_cmd;
 mod quickstart_cmd;
 mod serve;
+mod settings_args;
 mod train_cmd;
 
 use std::io::Write;

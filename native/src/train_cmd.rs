@@ -4,85 +4,27 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use clo_core::train::{Method, Outcome, Progress, RunConfig, TrainOptions, TrainableKind, train};
+use clo_core::train::{Outcome, Progress, RunConfig, TrainOptions, train};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use clo_core::train::config::setting_help_with_default;
+use crate::settings_args::SettingArgs;
 
 use crate::device::{DEVICE_HELP, parse_device, parse_devices};
 
 /// Settings of `clo train`. Each one overrides `--config`, which overrides the paper's defaults.
-/// The settings' help and defaults are clo-core's (`train::config::SETTINGS`), which the web form
-/// and the API share.
+/// The setting flags are built from clo-core's table (`train::config::SETTINGS`), which the API's
+/// schema and the web form are built from too.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    #[arg(long, help = setting_help_with_default("model"))]
-    model: Option<PathBuf>,
-    #[arg(long, help = setting_help_with_default("data"))]
-    data: Option<PathBuf>,
-    #[arg(long, help = setting_help_with_default("method"))]
-    method: Option<Method>,
-    #[arg(long, help = setting_help_with_default("trainable"))]
-    trainable: Option<TrainableKind>,
     /// Run directory (config.toml, metrics.jsonl, checkpoints/, best/, summary.json).
     #[arg(long)]
     out: PathBuf,
     /// A run.toml with any of the keys of RUN/config.toml.
     #[arg(long)]
     config: Option<PathBuf>,
-    #[arg(long, help = setting_help_with_default("steps"))]
-    steps: Option<usize>,
-    #[arg(long, help = setting_help_with_default("epochs"))]
-    epochs: Option<usize>,
-    #[arg(long, help = setting_help_with_default("batch_size"))]
-    batch_size: Option<usize>,
-    #[arg(long, help = setting_help_with_default("grad_accum"))]
-    grad_accum: Option<usize>,
-    #[arg(long, help = setting_help_with_default("lr"))]
-    lr: Option<f64>,
-    #[arg(long, help = setting_help_with_default("min_lr"))]
-    min_lr: Option<f64>,
-    #[arg(long, help = setting_help_with_default("warmup"))]
-    warmup: Option<f64>,
-    #[arg(long, help = setting_help_with_default("beta"))]
-    beta: Option<f64>,
-    #[arg(long, help = setting_help_with_default("lambda"))]
-    lambda: Option<f64>,
-    #[arg(long, help = setting_help_with_default("max_len"))]
-    max_len: Option<usize>,
-    #[arg(long, help = setting_help_with_default("lora_rank"))]
-    lora_rank: Option<usize>,
-    #[arg(long, help = setting_help_with_default("lora_alpha"))]
-    lora_alpha: Option<f64>,
-    #[arg(long, value_delimiter = ',', help = setting_help_with_default("lora_targets"))]
-    lora_targets: Option<Vec<String>>,
-    #[arg(long, value_delimiter = ',', num_args = 2, help = setting_help_with_default("layers"))]
-    layers: Option<Vec<usize>>,
-    #[arg(long, help = setting_help_with_default("seed"))]
-    seed: Option<u64>,
-    /// Keep the file order instead of shuffling each epoch.
-    #[arg(long)]
-    no_shuffle: bool,
-    #[arg(long, help = setting_help_with_default("val_fraction"))]
-    val_fraction: Option<f64>,
-    #[arg(long, help = setting_help_with_default("eval_every"))]
-    eval_every: Option<usize>,
-    #[arg(long, help = setting_help_with_default("save_every"))]
-    save_every: Option<usize>,
-    #[arg(long, help = setting_help_with_default("max_grad_norm"))]
-    max_grad_norm: Option<f64>,
-    #[arg(long, help = setting_help_with_default("weight_decay"))]
-    weight_decay: Option<f64>,
-    #[arg(long, help = setting_help_with_default("grad_checkpoint"))]
-    grad_checkpoint: bool,
-    #[arg(long, value_name = "N", help = setting_help_with_default("logp_chunk"))]
-    logp_chunk: Option<usize>,
-    #[arg(long, value_name = "DTYPE", help = setting_help_with_default("dtype"))]
-    dtype: Option<clo_core::load::models::Precision>,
-    #[arg(long, value_name = "KIND", help = setting_help_with_default("attention"))]
-    attention: Option<clo_core::load::models::AttentionKind>,
-    #[arg(long, help = setting_help_with_default("dpop"))]
-    dpop: Option<f64>,
+    /// One flag per run setting, from clo-core's table.
+    #[command(flatten)]
+    settings: SettingArgs,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
     /// Data parallelism: comma-separated devices as --device takes them (e.g. wgpu:0,wgpu:1;
@@ -112,56 +54,16 @@ impl TrainArgs {
     /// Defaults, then RUN/config.toml (when resuming), then --config, then flags.
     fn resolve(&self) -> anyhow::Result<RunConfig> {
         let saved = self.out.join("config.toml");
-        let mut c = if self.resume && saved.exists() {
+        let c = if self.resume && saved.exists() {
             RunConfig::from_file(&saved)?
         } else {
             RunConfig::default()
         };
-        if let Some(path) = &self.config {
-            c = RunConfig::from_file(path)?;
-        }
-        macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone().into(); } )* };
-        }
-        set!(
-            model, data, method, trainable, epochs, batch_size, grad_accum, lr, min_lr, warmup
-        );
-        set!(
-            beta,
-            lambda,
-            max_len,
-            lora_rank,
-            lora_alpha,
-            lora_targets,
-            seed,
-            val_fraction
-        );
-        set!(
-            max_grad_norm,
-            weight_decay,
-            logp_chunk,
-            dpop,
-            dtype,
-            attention
-        );
-        if self.steps.is_some() {
-            c.steps = self.steps;
-        }
-        if self.eval_every.is_some() {
-            c.eval_every = self.eval_every;
-        }
-        if self.save_every.is_some() {
-            c.save_every = self.save_every;
-        }
-        if let Some(l) = &self.layers {
-            c.layers = Some([l[0], l[1]]);
-        }
-        if self.no_shuffle {
-            c.shuffle = false;
-        }
-        if self.grad_checkpoint {
-            c.grad_checkpoint = true;
-        }
+        let c = match &self.config {
+            Some(path) => RunConfig::from_file(path)?,
+            None => c,
+        };
+        let c = c.with_settings(self.settings.0.iter().map(|(k, v)| (*k, v.clone())))?;
         c.validate()?;
         Ok(c)
     }

@@ -248,7 +248,9 @@ fn train_refuses_bad_data_reused_dirs_and_changed_resumes() {
         .output()
         .unwrap());
     assert!(
-        msg.contains("unknown method `ppo`") && msg.contains("sft+dpo"),
+        msg.contains("'ppo' for '--method")
+            && msg.contains("choose one of")
+            && msg.contains("sft+dpo"),
         "{msg}"
     );
 }

@@ -135,9 +135,9 @@ pub async fn dataset_page(name: &str, offset: usize, limit: usize) -> Result<Dat
     .await
 }
 
-/// `GET /api/run-config`: the settings a run takes, with their defaults.
-pub async fn run_defaults() -> Result<serde_json::Map<String, serde_json::Value>, String> {
-    get("/api/run-config").await
+/// `GET /api/settings`: every setting a run takes (the new-run form is built from it).
+pub async fn settings() -> Result<Vec<clo_core::api::SettingInfo>, String> {
+    get("/api/settings").await
 }
 
 /// `GET /api/devices`.

@@ -10,6 +10,13 @@ use super::loss::NllReduction;
 use super::trainable::Trainable;
 use crate::error::{CoreError, Result};
 
+mod settings;
+pub use settings::{
+    ATTENTION_KINDS, DTYPES, Form, Kind, NLL_REDUCTIONS, SETTINGS, Section, Setting, SettingInfo,
+    default_value, parse_as, schema, setting, setting_default, setting_help, setting_help_with_default,
+    value_text,
+};
+
 /// The training objective (method.md section 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Method {
@@ -146,179 +153,6 @@ pub struct RunConfig {
     /// DPO-Positive weight of the preference terms of clo and dpo (0: off, the paper's loss):
     /// the margin is also penalised where the chosen response falls below the reference.
     pub dpop: f64,
-}
-
-/// One run setting as every front end presents it: its key (in `RUN/config.toml`, run.toml,
-/// the API's `config`, and as a flag with dashes) and its help. Defaults are not restated here:
-/// they are `RunConfig::default()`'s ([`setting_default`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Setting {
-    pub key: &'static str,
-    pub help: &'static str,
-}
-
-/// The help of every run setting: the one source `clo train --help`, the web form and the API
-/// use.
-pub const SETTINGS: &[Setting] = &[
-    Setting {
-        key: "model",
-        help: "Hugging Face model directory (or GGUF file) to adapt.",
-    },
-    Setting {
-        key: "data",
-        help: "Quadruple JSONL: {\"id\", \"lang\", \"x_en\", \"y_en\", \"x_tgt\", \"y_tgt\"} per line.",
-    },
-    Setting {
-        key: "method",
-        help: "clo: λ·NLL of the target response + (1−λ)·a DPO-style loss preferring the English answer to English prompts and the target answer to target prompts (the paper). sft: NLL on both languages; sft-eng / sft-tgt: on one; dpo: the preference loss alone; sft+dpo: sft, then dpo from it.",
-    },
-    Setting {
-        key: "trainable",
-        help: "attention: only the q/k/v/o projections train (the paper); lora: low-rank adapters on them; full: every weight.",
-    },
-    Setting {
-        key: "layers",
-        help: "With trainable attention: only layers FROM..TO train (4,8 trains layers 4-7).",
-    },
-    Setting {
-        key: "lora_rank",
-        help: "Rank of the adapters (trainable lora).",
-    },
-    Setting {
-        key: "lora_alpha",
-        help: "Scale of the adapters: their update is multiplied by alpha / rank.",
-    },
-    Setting {
-        key: "lora_targets",
-        help: "Modules that get adapters, comma-separated.",
-    },
-    Setting {
-        key: "steps",
-        help: "Optimizer steps per stage; unset: the epochs decide.",
-    },
-    Setting {
-        key: "epochs",
-        help: "Passes over the training split, when steps is unset.",
-    },
-    Setting {
-        key: "batch_size",
-        help: "Examples per micro-batch: quadruples (clo), preference pairs (dpo) or pairs (sft).",
-    },
-    Setting {
-        key: "grad_accum",
-        help: "Micro-batches per optimizer step.",
-    },
-    Setting {
-        key: "lr",
-        help: "Peak AdamW learning rate, reached after the warmup, then a cosine decay to min_lr.",
-    },
-    Setting {
-        key: "min_lr",
-        help: "Where the cosine decay of the learning rate ends.",
-    },
-    Setting {
-        key: "warmup",
-        help: "Linear warmup: a share of the steps when below 1, else a number of steps.",
-    },
-    Setting {
-        key: "beta",
-        help: "How strongly the preference term holds the model near the frozen reference; larger β, smaller steps away from it.",
-    },
-    Setting {
-        key: "lambda",
-        help: "Weight of the NLL term on target responses; 1−λ weighs the preference term.",
-    },
-    Setting {
-        key: "nll_reduction",
-        help: "How the NLL is averaged: token_mean (over response tokens) or sequence_mean (over sequences).",
-    },
-    Setting {
-        key: "max_len",
-        help: "Longest prompt + response in tokens; longer responses are cut, longer prompts dropped.",
-    },
-    Setting {
-        key: "max_grad_norm",
-        help: "Gradients are clipped to this global L2 norm.",
-    },
-    Setting {
-        key: "weight_decay",
-        help: "AdamW's decoupled weight decay.",
-    },
-    Setting {
-        key: "seed",
-        help: "Seeds the shuffling, the split and any random initialisation.",
-    },
-    Setting {
-        key: "shuffle",
-        help: "Shuffle the examples each epoch (else keep the file order).",
-    },
-    Setting {
-        key: "val_fraction",
-        help: "Share of the quadruples held out to validate (0: none); the best checkpoint is the one with the lowest validation loss.",
-    },
-    Setting {
-        key: "eval_every",
-        help: "Validate every K steps; unset: 10 times a stage.",
-    },
-    Setting {
-        key: "save_every",
-        help: "Write a resumable checkpoint every K steps; unset: eval_every.",
-    },
-    Setting {
-        key: "grad_checkpoint",
-        help: "Per-layer activation checkpointing: keep only each decoder layer's input in the forward pass and recompute one layer at a time in the backward pass; same losses and gradients, much less memory, one more forward pass.",
-    },
-    Setting {
-        key: "logp_chunk",
-        help: "Compute the training log-probs this many positions at a time (0: the whole sequence), so the [rows, seq, vocab] logits are never kept for the backward pass; same losses and gradients, less memory, one more output-layer pass.",
-    },
-    Setting {
-        key: "attention",
-        help: "How attention is computed: memory-efficient (the default: only q, k, v, the output and one log-sum-exp per query are kept, the scores are recomputed in the backward pass; custom kernels on GPUs) or materialized (the [rows, heads, seq, seq] scores and softmax kept per layer, as transformers' eager attention); same losses and gradients.",
-    },
-    Setting {
-        key: "dtype",
-        help: "Storage of the weights that do not train: f32, f16 or bf16 (half the memory; their products run in that type, everything else in f32), or auto (bf16 or f16 where a GPU offers it, else f32). What trains keeps f32 weights and AdamW state.",
-    },
-    Setting {
-        key: "dpop",
-        help: "DPO-Positive (Pal et al. 2024) for clo and dpo: the preference margin also loses dpop times how far the chosen response fell below the reference, so training cannot raise the margin by making the chosen answer less likely. 0: off (the paper's loss).",
-    },
-];
-
-/// The help of setting `key` (empty for a key that is not a setting).
-pub fn setting_help(key: &str) -> &'static str {
-    SETTINGS
-        .iter()
-        .find(|s| s.key == key)
-        .map_or("", |s| s.help)
-}
-
-/// The default of setting `key` as text (`RunConfig::default()`'s; `None` when it is unset by
-/// default or not a setting).
-pub fn setting_default(key: &str) -> Option<String> {
-    let value = serde_json::to_value(RunConfig::default()).ok()?;
-    match value.get(key)? {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) if s.is_empty() => None,
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Array(items) => Some(
-            items
-                .iter()
-                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        v => Some(v.to_string()),
-    }
-}
-
-/// The help of setting `key` with its default, as `clo train --help` shows it.
-pub fn setting_help_with_default(key: &str) -> String {
-    match setting_default(key) {
-        Some(d) => format!("{} [default: {d}]", setting_help(key)),
-        None => setting_help(key).to_string(),
-    }
 }
 
 impl Default for RunConfig {

@@ -499,6 +499,7 @@ fn app(state: Shared, web_dir: Option<&Path>) -> Router {
         .route("/api/evals", get(evals::list))
         .route("/api/evals/report", get(evals::report))
         .route("/api/run-config", get(runs::defaults))
+        .route("/api/settings", get(runs::settings))
         .route("/api/devices", get(runs::devices))
         .route("/api/langid", post(langid::detect))
         .route("/v1/models", get(chat::v1_models))

@@ -248,6 +248,13 @@ pub async fn defaults() -> ApiResult<serde_json::Map<String, serde_json::Value>>
     Ok(Json(obj))
 }
 
+/// `GET /api/settings`: every run setting (key, label, help, kind, choices, default, section,
+/// where the form shows it, the `clo train` flag), from clo-core's table; the web form is
+/// built from it.
+pub async fn settings() -> ApiResult<Vec<clo_core::api::SettingInfo>> {
+    Ok(Json(clo_core::train::config::schema()))
+}
+
 /// The run's config: the request's typed settings (defaults filled, unknown keys refused when
 /// the body was read), with the model and data of the names it gives.
 fn resolve(s: &Shared, req: &RunRequest) -> Result<RunConfig, ApiError> {

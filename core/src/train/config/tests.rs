@@ -1,5 +1,6 @@
 //! The run settings: defaults, help texts, checks.
 use super::*;
+use serde_json::Value;
 
 /// `dpop` reaches the objectives of clo and dpo (and is refused when negative).
 #[test]
@@ -90,4 +91,78 @@ fn defaults_are_the_papers() {
     assert_eq!((c.beta, c.lambda, c.max_len), (0.1, 0.5, 3000));
     assert_eq!(c.warmup_steps(100), 3);
     assert_eq!(c.trainable_set(), Trainable::Attention { layers: None });
+}
+
+/// Each setting's kind fits its field: the default's text reads back to the default, every
+/// choice is a value the field takes, and a bad text is refused with what the setting wants.
+#[test]
+fn every_setting_reads_its_own_text_and_its_choices() {
+    let base = RunConfig::default();
+    for s in SETTINGS {
+        let default = default_value(s.key);
+        if s.kind != Kind::Path {
+            let read = s.parse(&value_text(&default)).unwrap();
+            assert_eq!(read, default, "{}", s.key);
+            assert_eq!(
+                base.with_settings([(s.key, read)]).unwrap(),
+                base,
+                "{}",
+                s.key
+            );
+        }
+        if let Kind::Choice(names) = s.kind {
+            assert!(names.contains(&default.as_str().unwrap()), "{}", s.key);
+            for name in names {
+                let v = s.parse(name).unwrap();
+                let c = base.with_settings([(s.key, v.clone())]).unwrap();
+                assert_eq!(serde_json::to_value(&c).unwrap()[s.key], v, "{}", s.key);
+            }
+            assert!(s.parse("nonsense").unwrap_err().contains("choose one of"));
+        }
+    }
+    let get = |k| setting(k).unwrap();
+    assert_eq!(get("layers").parse("4, 8").unwrap(), serde_json::json!([4, 8]));
+    assert!(get("layers").parse("4").unwrap_err().contains("FROM,TO"));
+    assert_eq!(get("steps").parse(" ").unwrap(), Value::Null);
+    assert!(get("epochs").parse("two").unwrap_err().starts_with("give a whole number"));
+    assert!(get("lr").parse("inf").unwrap_err().contains("finite"));
+    assert_eq!(
+        get("lora_targets").parse("q_proj, v_proj").unwrap(),
+        serde_json::json!(["q_proj", "v_proj"])
+    );
+    assert_eq!(get("shuffle").flag(), "no-shuffle");
+    assert_eq!(get("grad_checkpoint").flag(), "grad-checkpoint");
+    assert_eq!(get("batch_size").flag(), "batch-size");
+    // A value the field does not take, or a key that is not a setting, is named.
+    let err = base
+        .with_settings([("batch_size", serde_json::json!(-3))])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("batch_size"), "{err}");
+    let err = base
+        .with_settings([("learning_rate", serde_json::json!(1))])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("learning_rate"), "{err}");
+}
+
+/// The schema the API serves names every setting once, with its kind, choices and default.
+#[test]
+fn the_schema_describes_every_setting() {
+    let schema = schema();
+    assert_eq!(schema.len(), SETTINGS.len());
+    let lr = schema.iter().find(|s| s.key == "lr").unwrap();
+    assert_eq!(
+        (lr.kind.as_str(), &lr.default, lr.flag.as_str()),
+        ("float", &serde_json::json!(5e-5), "--lr")
+    );
+    let method = schema.iter().find(|s| s.key == "method").unwrap();
+    assert_eq!(method.choices, Method::NAMES.map(String::from).to_vec());
+    assert!(
+        schema
+            .iter()
+            .filter(|s| s.form == Form::Hidden)
+            .map(|s| s.key.as_str())
+            .eq(["model", "data"])
+    );
 }

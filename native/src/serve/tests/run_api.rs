@@ -87,34 +87,39 @@ async fn runs_take_a_device_list() {
     assert_eq!(sse.lines().filter(|l| *l == "event: metric").count(), 2);
 }
 
-/// The web UI's run form offers only settings a run takes (its choices parse), and the
-/// server's defaults it starts from are the paper's.
+/// The settings schema the web form is built from is clo-core's table, its defaults are the
+/// paper's (as `/api/run-config` gives them), and a form filled from it is a config the server
+/// takes.
 #[tokio::test]
-async fn run_defaults_are_the_papers_and_cover_the_forms_fields() {
+async fn the_settings_schema_builds_a_form_the_server_takes() {
     let (_d, app) = app(None);
     let (status, d) = call(&app, get("/api/run-config")).await;
     assert_eq!(status, StatusCode::OK, "{d}");
-    for f in clo_web::form::FIELDS {
-        assert!(
-            d.get(f.key).is_some(),
-            "form field {} is no run setting",
-            f.key
-        );
-        if let clo_web::form::Kind::Choice(names) = f.kind {
-            for n in names {
-                let parsed = serde_json::from_value::<clo_core::train::RunConfig>(
-                    serde_json::json!({ f.key: n }),
-                );
-                assert!(parsed.is_ok(), "{}={n}: {parsed:?}", f.key);
-            }
-        }
-    }
     assert_eq!(d["method"], "clo");
     assert_eq!(d["trainable"], "attention");
     assert_eq!(d["beta"], 0.1);
     assert_eq!(d["lambda"], 0.5);
     assert_eq!(d["lr"], 5e-5);
     assert!(d.get("model").is_none() && d.get("data").is_none());
+
+    let (status, s) = call(&app, get("/api/settings")).await;
+    assert_eq!(status, StatusCode::OK, "{s}");
+    let schema: Vec<clo_core::api::SettingInfo> = serde_json::from_value(s).unwrap();
+    assert_eq!(schema, clo_core::train::config::schema());
+    for f in &schema {
+        if f.key != "model" && f.key != "data" {
+            assert_eq!(d[&f.key], f.default, "{}", f.key);
+        }
+    }
+    // Every choice of every field, sent as the form sends it, is a config.
+    for f in schema.iter().filter(|f| !f.choices.is_empty()) {
+        for n in &f.choices {
+            let mut values = clo_web::form::default_values(&schema);
+            values.insert(f.key.clone(), n.clone());
+            let config = clo_web::form::config_from_form(&values, &schema);
+            assert!(config.is_ok(), "{}={n}: {config:?}", f.key);
+        }
+    }
 }
 
 /// A running run stops on cancel (a queued one at once, before it starts); a finished one

@@ -7,7 +7,9 @@ use leptos::task::spawn_local;
 use leptos_router::hooks::use_navigate;
 
 use crate::api;
-use crate::form::{FIELDS, Field, Kind, config_from_form, default_text};
+use clo_core::api::{SettingForm, SettingInfo};
+
+use crate::form::{config_from_form, default_values, fields};
 use crate::pages::error_line;
 use crate::types::RunRequest;
 
@@ -37,7 +39,7 @@ pub fn NewRun() -> impl IntoView {
     let navigate = use_navigate();
     let models = LocalResource::new(api::models);
     let datasets = LocalResource::new(api::datasets);
-    let defaults = LocalResource::new(api::run_defaults);
+    let schema = LocalResource::new(api::settings);
     let devices = LocalResource::new(api::devices);
     // Devices ticked for data parallelism (none: the server's device).
     let chosen = RwSignal::new(Vec::<String>::new());
@@ -50,13 +52,8 @@ pub fn NewRun() -> impl IntoView {
 
     // The form starts from the server's defaults and the first model and dataset.
     Effect::new(move |_| {
-        if let Some(Ok(d)) = defaults.get() {
-            values.set(
-                FIELDS
-                    .iter()
-                    .map(|f| (f.key.to_string(), default_text(&d, f.key)))
-                    .collect(),
-            );
+        if let Some(Ok(schema)) = schema.get() {
+            values.set(default_values(&schema));
         }
     });
     Effect::new(move |_| {
@@ -78,11 +75,11 @@ pub fn NewRun() -> impl IntoView {
 
     let submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
-        let Some(Ok(d)) = defaults.get_untracked() else {
-            error.set(Some("the run defaults have not loaded yet".into()));
+        let Some(Ok(schema)) = schema.get_untracked() else {
+            error.set(Some("the run settings have not loaded yet".into()));
             return;
         };
-        let config = match config_from_form(&values.get_untracked(), &d) {
+        let config = match config_from_form(&values.get_untracked(), &schema) {
             Ok(c) => c,
             Err(e) => {
                 error.set(Some(e));
@@ -108,50 +105,78 @@ pub fn NewRun() -> impl IntoView {
         });
     };
 
-    let field_view = move |f: &'static Field| {
-        let key = f.key;
-        let current = move || values.with(|v| v.get(key).cloned().unwrap_or_default());
-        let input = match f.kind {
-            Kind::Choice(names) => {
+    let field_view = move |f: SettingInfo| {
+        let key = f.key.clone();
+        let current = {
+            let key = key.clone();
+            move || values.with(|v| v.get(&key).cloned().unwrap_or_default())
+        };
+        let set = {
+            let key = key.clone();
+            move |text: String| {
+                values.update(|v| {
+                    v.insert(key.clone(), text);
+                })
+            }
+        };
+        let choices = match f.kind.as_str() {
+            "choice" => Some(f.choices.clone()),
+            "bool" => Some(vec!["true".to_string(), "false".to_string()]),
+            _ => None,
+        };
+        let input = match choices {
+            Some(names) => {
                 let options = names
-                    .iter()
+                    .into_iter()
                     .map(|n| {
-                        view! {
-                            <option value=*n prop:selected=move || current() == *n>{*n}</option>
-                        }
+                        let current = current.clone();
+                        let selected = {
+                            let n = n.clone();
+                            move || current() == n
+                        };
+                        view! { <option value=n.clone() prop:selected=selected>{n.clone()}</option> }
                     })
                     .collect_view();
                 view! {
-                    <select
-                        name=key
-                        on:change=move |ev| values.update(|v| {
-                            v.insert(key.to_string(), event_target_value(&ev));
-                        })
-                    >
+                    <select name=key.clone() on:change=move |ev| set(event_target_value(&ev))>
                         {options}
                     </select>
                 }
                 .into_any()
             }
-            _ => view! {
+            None => view! {
                 <input
-                    name=key
+                    name=key.clone()
                     type="text"
-                    inputmode="decimal"
+                    inputmode=if matches!(f.kind.as_str(), "float" | "int" | "optional_int") {
+                        "decimal"
+                    } else {
+                        "text"
+                    }
                     prop:value=current
-                    on:input=move |ev| values.update(|v| {
-                        v.insert(key.to_string(), event_target_value(&ev));
-                    })
+                    on:input=move |ev| set(event_target_value(&ev))
                 />
             }
             .into_any(),
         };
         view! {
             <label class="field">
-                <span class="label">{f.label}</span>
+                <span class="label">{f.label.clone()}</span>
                 {input}
-                <small class="help">{f.help()}</small>
+                <small class="help">{f.help.clone()}</small>
             </label>
+        }
+    };
+    let fields_in = move |place: SettingForm| {
+        move || {
+            schema
+                .get()
+                .and_then(Result::ok)
+                .map(|s| fields(&s, place))
+                .unwrap_or_default()
+                .into_iter()
+                .map(field_view)
+                .collect_view()
         }
     };
 
@@ -195,7 +220,7 @@ pub fn NewRun() -> impl IntoView {
                         <input name="name" type="text" placeholder="made up when empty" bind:value=name />
                         <small class="help">"Letters, digits, '-', '_' and '.'."</small>
                     </label>
-                    {FIELDS.iter().filter(|f| !f.advanced).map(field_view).collect_view()}
+                    {fields_in(SettingForm::Basic)}
                 </div>
                 <fieldset class="devices">
                     <legend>"Devices"</legend>
@@ -251,7 +276,7 @@ pub fn NewRun() -> impl IntoView {
                 <details>
                     <summary>"More settings"</summary>
                     <div class="grid">
-                        {FIELDS.iter().filter(|f| f.advanced).map(field_view).collect_view()}
+                        {fields_in(SettingForm::Advanced)}
                     </div>
                 </details>
                 {error_line(move || error.get())}
