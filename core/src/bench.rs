@@ -204,15 +204,8 @@ impl TrainWork {
             .collect();
         let examples = Examples::for_method(method, &quads, seq_len);
         let idx: Vec<usize> = (0..batch_size.min(examples.len())).collect();
-        let rows = examples
-            .rows(&idx, seq_len)
-            .into_iter()
-            .map(|p| (p.prompt, p.response))
-            .collect();
-        let english = match &examples {
-            Examples::Dpo { english, .. } => idx.iter().map(|&i| english[i]).collect(),
-            _ => Vec::new(),
-        };
+        let MicroBatch { rows, english, .. } = examples.micro_batch(&idx, &[], seq_len);
+        let rows = rows.into_iter().map(|p| (p.prompt, p.response)).collect();
         Ok(Self {
             method,
             batch_size,

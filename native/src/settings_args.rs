@@ -16,11 +16,13 @@ fn arg(s: &'static Setting) -> Arg {
         .long(s.flag())
         .help(setting_help_with_default(s.key));
     match s.kind {
-        Kind::Bool => arg.action(ArgAction::SetTrue).help(if s.flag().starts_with("no-") {
-            format!("Turn off: {}", s.help)
-        } else {
-            s.help.to_string()
-        }),
+        Kind::Bool => arg
+            .action(ArgAction::SetTrue)
+            .help(if s.flag().starts_with("no-") {
+                format!("Turn off: {}", s.help)
+            } else {
+                s.help.to_string()
+            }),
         Kind::List => arg
             .action(ArgAction::Append)
             .value_delimiter(',')
@@ -66,16 +68,18 @@ impl FromArgMatches for SettingArgs {
                 Kind::Bool => m
                     .get_flag(s.key)
                     .then(|| Value::Bool(!s.flag().starts_with("no-"))),
-                Kind::List | Kind::Range => m.get_many::<String>(s.key).map(|parts| {
-                    let text = parts.cloned().collect::<Vec<_>>().join(",");
-                    s.parse(&text).map_err(|e| {
-                        clap::Error::raw(
-                            clap::error::ErrorKind::ValueValidation,
-                            format!("--{}: {e} (run setting `{}`)\n", s.flag(), s.key),
-                        )
+                Kind::List | Kind::Range => m
+                    .get_many::<String>(s.key)
+                    .map(|parts| {
+                        let text = parts.cloned().collect::<Vec<_>>().join(",");
+                        s.parse(&text).map_err(|e| {
+                            clap::Error::raw(
+                                clap::error::ErrorKind::ValueValidation,
+                                format!("--{}: {e} (run setting `{}`)\n", s.flag(), s.key),
+                            )
+                        })
                     })
-                })
-                .transpose()?,
+                    .transpose()?,
                 _ => m.get_one::<Value>(s.key).cloned(),
             };
             if let Some(value) = value {
@@ -150,7 +154,10 @@ mod tests {
         );
         assert!(parse(&[]).unwrap().is_empty());
         let err = parse(&["--epochs", "two"]).unwrap_err();
-        assert!(err.contains("--epochs") && err.contains("whole number"), "{err}");
+        assert!(
+            err.contains("--epochs") && err.contains("whole number"),
+            "{err}"
+        );
         let err = parse(&["--method", "magic"]).unwrap_err();
         assert!(err.contains("choose one of clo"), "{err}");
     }

@@ -11,10 +11,10 @@ use clo_core::CoreError;
 use clo_core::Pretrained;
 use clo_core::models::CausalLm;
 use clo_core::score::{batch_logps, collate};
+use clo_core::train::Batcher;
 use clo_core::train::batch::{TokenizedQuad, clo_rows, tokenize_quads};
 use clo_core::train::checkpoint::{RunDir, load_trained};
 use clo_core::train::data::read_quadruples;
-use clo_core::train::examples::Examples;
 use clo_core::train::loss::{NllReduction, clo_loss};
 use clo_core::train::reference::{adapters_off, read_run_reference, reference_logps};
 use clo_core::train::{
@@ -303,8 +303,16 @@ fn lora_with_adapters_off_reproduces_the_reference() {
     let lm = load_trained(&c, &last, &device).unwrap();
     let quads = read_quadruples(&c.data).unwrap();
     let (tok, _) = tokenize_quads(&lm.tokenizer, &quads, c.max_len).unwrap();
-    let examples = Examples::for_method(Method::Clo, &tok, c.max_len);
-    let score = |model: &CausalLm| reference_logps(model, &examples, 4, c.max_len, &mut |_, _| {});
+    let batcher = Batcher::new(
+        Method::Clo,
+        &tok,
+        &RunConfig {
+            batch_size: 4,
+            ..c.clone()
+        },
+        0,
+    );
+    let score = |model: &CausalLm| reference_logps(model, &batcher, &mut |_, _| {});
     let max_diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
         a.iter()
             .flatten()

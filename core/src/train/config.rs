@@ -13,8 +13,8 @@ use crate::error::{CoreError, Result};
 mod settings;
 pub use settings::{
     ATTENTION_KINDS, DTYPES, Form, Kind, NLL_REDUCTIONS, SETTINGS, Section, Setting, SettingInfo,
-    default_value, parse_as, schema, setting, setting_default, setting_help, setting_help_with_default,
-    value_text,
+    default_value, parse_as, schema, setting, setting_default, setting_help,
+    setting_help_with_default, value_text,
 };
 
 /// The training objective (method.md section 3).

@@ -5,6 +5,7 @@ use super::batch::{
     PreferencePair, SftPairs, TokenizedQuad, clo_rows, dpo_pairs, dpo_rows, sft_pairs,
 };
 use super::config::Method;
+use super::objective::MicroBatch;
 use crate::infer::score::Pair;
 
 /// The examples one stage trains on.
@@ -76,6 +77,29 @@ impl Examples {
                 dpo_rows(&idx.iter().map(|&i| &pairs[i]).collect::<Vec<_>>(), max_len)
             }
             Examples::Sft(p) => idx.iter().map(|&i| p[i].clone()).collect(),
+        }
+    }
+
+    /// The micro-batch of examples `idx`: their rows, the rows' reference log-probs from
+    /// `refs` (`[example][block]`, in the same block layout; none when `refs` is empty) and, for
+    /// DPO, each pair's direction.
+    pub fn micro_batch(&self, idx: &[usize], refs: &[Vec<f32>], max_len: usize) -> MicroBatch {
+        let width = self.ref_width();
+        let reference = if refs.is_empty() {
+            Vec::new()
+        } else {
+            (0..width)
+                .flat_map(|k| idx.iter().map(move |&i| refs[i][k]))
+                .collect()
+        };
+        let english = match self {
+            Examples::Dpo { english, .. } => idx.iter().map(|&i| english[i]).collect(),
+            _ => Vec::new(),
+        };
+        MicroBatch {
+            rows: self.rows(idx, max_len),
+            reference,
+            english,
         }
     }
 }

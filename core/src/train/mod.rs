@@ -2,6 +2,7 @@
 //! pretraining a model from scratch.
 
 pub mod batch;
+pub mod batcher;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -21,6 +22,7 @@ pub mod step;
 /// The trainable-weights table lives with the weight mapping (`load`); re-exported here.
 pub use crate::load::trainable;
 
+pub use batcher::Batcher;
 pub use config::{Method, RunConfig, TrainableKind};
 pub use run::{Outcome, Progress, RunSummary, StepMetrics, TrainOptions, train};
 pub use step::{MicroBatch, Objective, OptimizerSettings, StepReport, Trainer};

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::config::{Method, RunConfig};
 use super::loss::NllReduction;
 use crate::infer::score::Pair;
 
@@ -58,5 +59,24 @@ impl MicroBatch {
             .iter()
             .map(|r| r.prompt.len() + r.response.len())
             .sum()
+    }
+}
+
+/// The objective stage `stage` of a run with `config` trains.
+pub fn objective(stage: Method, config: &RunConfig) -> Objective {
+    match stage {
+        Method::Clo => Objective::Clo {
+            beta: config.beta,
+            lambda: config.lambda,
+            reduction: config.nll_reduction,
+            dpop: config.dpop,
+        },
+        Method::Dpo => Objective::Dpo {
+            beta: config.beta,
+            dpop: config.dpop,
+        },
+        _ => Objective::Sft {
+            reduction: config.nll_reduction,
+        },
     }
 }

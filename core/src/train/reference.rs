@@ -10,6 +10,7 @@ use burn::store::ModuleSnapshot;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::batcher::Batcher;
 use super::examples::Examples;
 use super::parallel::{run_on_replicas, split_ranges};
 use crate::error::{CoreError, Result};
@@ -55,39 +56,27 @@ pub fn cache_key(weights: &str, template: &str, max_len: usize, examples: &[&Exa
     hex(&hasher.finalize())
 }
 
-/// Summed log-probs of every reference row of `examples` under `model` (a plain, non-autodiff
-/// model, on its own device): `values[i][k]` is block `k` of example `i`. `on_batch(done,
-/// total)` reports progress.
+/// Summed log-probs of every reference row of the batcher's examples under `model` (a plain,
+/// non-autodiff model, on its own device): `values[i][k]` is block `k` of example `i`.
+/// `on_batch(done, total)` reports progress.
 pub fn reference_logps(
     model: &CausalLm,
-    examples: &Examples,
-    batch_size: usize,
-    max_len: usize,
+    batcher: &Batcher,
     on_batch: &mut dyn FnMut(usize, usize),
 ) -> Vec<Vec<f32>> {
-    reference_logps_on(
-        std::slice::from_ref(model),
-        examples,
-        batch_size,
-        max_len,
-        on_batch,
-    )
+    reference_logps_on(std::slice::from_ref(model), batcher, on_batch)
 }
 
 /// [`reference_logps`] with the model on several devices (data parallelism): each batch is split
 /// by whole examples across `models` (replicas of one model), which work at once.
 pub fn reference_logps_on(
     models: &[CausalLm],
-    examples: &Examples,
-    batch_size: usize,
-    max_len: usize,
+    batcher: &Batcher,
     on_batch: &mut dyn FnMut(usize, usize),
 ) -> Vec<Vec<f32>> {
-    let width = examples.ref_width();
-    let n = examples.len();
-    let mut values = vec![vec![0f32; width]; n];
-    let all: Vec<usize> = (0..n).collect();
-    for chunk in all.chunks(batch_size.max(1)) {
+    let n = batcher.len();
+    let mut values = no_values(batcher);
+    for chunk in batcher.chunks() {
         let parts: Vec<(usize, &[usize])> = split_ranges(chunk.len(), models.len())
             .into_iter()
             .enumerate()
@@ -95,22 +84,63 @@ pub fn reference_logps_on(
             .map(|(d, r)| (d, &chunk[r]))
             .collect();
         let sums = run_on_replicas(parts.clone(), |d, part: &[usize]| {
-            let model = &models[d];
-            let rows = examples.rows(part, max_len);
-            let batch = collate(&rows, &model.device());
-            let (sums, _) = batch_logps(model, &batch);
+            let (sums, _) = batch_logps(&models[d], &reference_batch(&models[d], batcher, part));
             let sums: Vec<f32> = sums.into_data().try_into_vec_as().expect("f32 log-probs");
             sums
         });
         for ((_, part), sums) in parts.iter().zip(sums) {
-            // Rows come in blocks of `part.len()` (see `Examples::rows`).
-            for (r, v) in sums.into_iter().enumerate() {
-                values[part[r % part.len()]][r / part.len()] = v;
-            }
+            scatter(&mut values, part, sums);
         }
         on_batch(chunk[chunk.len() - 1] + 1, n);
     }
     values
+}
+
+/// [`reference_logps`] of the examples `which` only, into `values` (from [`no_values`]), read
+/// back with awaited reads: the browser's pass (a blocking read panics there), which computes
+/// each example's values when a step first uses it.
+pub async fn reference_logps_async(
+    model: &CausalLm,
+    batcher: &Batcher,
+    which: &[usize],
+    values: &mut [Vec<f32>],
+) -> Result<()> {
+    for chunk in which.chunks(batcher.batch_size()) {
+        let (sums, _) = batch_logps(model, &reference_batch(model, batcher, chunk));
+        let sums: Vec<f32> = sums
+            .into_data_async()
+            .await
+            .map_err(|e| CoreError::Internal(format!("reading reference log-probs: {e:?}")))?
+            .try_into_vec_as()
+            .map_err(|e| CoreError::Internal(format!("reference log-probs: {e:?}")))?;
+        scatter(values, chunk, sums);
+    }
+    Ok(())
+}
+
+/// Room for every example's reference values (`[example][block]`, zeros).
+pub fn no_values(batcher: &Batcher) -> Vec<Vec<f32>> {
+    vec![vec![0f32; batcher.examples().ref_width()]; batcher.len()]
+}
+
+/// The rows of examples `part`, padded into one batch on `model`'s device.
+fn reference_batch(
+    model: &CausalLm,
+    batcher: &Batcher,
+    part: &[usize],
+) -> crate::infer::score::Collated {
+    collate(
+        &batcher.examples().rows(part, batcher.max_len()),
+        &model.device(),
+    )
+}
+
+/// Puts a batch's row sums in their place: rows come in blocks of `part.len()` (see
+/// `Examples::rows`), so row `r` is block `r / part.len()` of example `part[r % part.len()]`.
+fn scatter(values: &mut [Vec<f32>], part: &[usize], sums: Vec<f32>) {
+    for (r, v) in sums.into_iter().enumerate() {
+        values[part[r % part.len()]][r / part.len()] = v;
+    }
 }
 
 /// What a cache file holds.

@@ -7,56 +7,28 @@
 use burn::prelude::*;
 
 use super::batch::tokenize_quads;
+use super::batcher::{Batcher, split};
 use super::config::{Method, RunConfig};
 use super::data::Quadruple;
-use super::examples::Examples;
 use super::optim::Schedule;
-use super::run::{StepMetrics, micro_batch, objective, split, stage_schedule, step_batches};
+use super::reference::{no_values, reference_logps_async};
+use super::run::{StepMetrics, objective};
 use super::step::{OptimizerSettings, Trainer};
 use crate::error::{CoreError, Result};
-use crate::infer::score::{batch_logps, collate};
 use crate::load::models::CausalLm;
 use crate::load::tokenizer::ChatTokenizer;
-
-/// Summed log-probs of the reference rows of examples `which` under `model` (plain), read back
-/// with awaited reads, into `values`: `values[i][k]` is block `k` of example `i`.
-pub async fn reference_logps_async(
-    model: &CausalLm,
-    examples: &Examples,
-    which: &[usize],
-    batch_size: usize,
-    max_len: usize,
-    values: &mut [Vec<f32>],
-) -> Result<()> {
-    for chunk in which.chunks(batch_size.max(1)) {
-        let rows = examples.rows(chunk, max_len);
-        let batch = collate(&rows, &model.device());
-        let (sums, _) = batch_logps(model, &batch);
-        let sums: Vec<f32> = sums
-            .into_data_async()
-            .await
-            .map_err(|e| CoreError::Internal(format!("reading reference log-probs: {e:?}")))?
-            .try_into_vec_as()
-            .map_err(|e| CoreError::Invalid(format!("reference log-probs: {e:?}")))?;
-        for (r, v) in sums.into_iter().enumerate() {
-            values[chunk[r % chunk.len()]][r / chunk.len()] = v;
-        }
-    }
-    Ok(())
-}
 
 /// A single-stage training (clo, dpo, sft, sft-eng, sft-tgt) stepped by the caller.
 pub struct Session {
     model: CausalLm,
     trainer: Trainer,
-    examples: Examples,
+    batcher: Batcher,
     /// The frozen reference (the starting model, plain) while the method needs one.
     reference: Option<CausalLm>,
     /// Reference log-probs, computed for each example when a step first uses it (a browser
     /// does not wait for the whole data set's pass before step 0).
     refs: Vec<Vec<f32>>,
     have_ref: Vec<bool>,
-    config: RunConfig,
     stage: Method,
     schedule: Schedule,
     total: usize,
@@ -89,7 +61,7 @@ impl Session {
         }
         let (tokenized, dropped) = tokenize_quads(tokenizer, quads, config.max_len)?;
         let data = split(tokenized, dropped, &config)?;
-        let examples = Examples::for_method(stage, &data.train, config.max_len);
+        let batcher = Batcher::new(stage, &data.train, &config, 0);
         device.seed(config.seed);
         let ad = config.autodiff_device(device);
         ad.seed(config.seed);
@@ -97,12 +69,12 @@ impl Session {
         let model = config.trainable_model(base.clone().train(), &ad)?;
         let reference = stage.needs_reference().then(|| model.valid());
         let refs = if stage.needs_reference() {
-            vec![vec![0f32; examples.ref_width()]; examples.len()]
+            no_values(&batcher)
         } else {
             Vec::new()
         };
         let have_ref = vec![false; refs.len()];
-        let (total, schedule) = stage_schedule(&config, examples.len());
+        let (total, schedule) = batcher.schedule(&config);
         let trainer = Trainer::new(
             objective(stage, &config),
             OptimizerSettings::fine_tuning(config.weight_decay, config.max_grad_norm),
@@ -112,11 +84,10 @@ impl Session {
         Ok(Self {
             model,
             trainer,
-            examples,
+            batcher,
             reference,
             refs,
             have_ref,
-            config,
             stage,
             schedule,
             total,
@@ -148,34 +119,18 @@ impl Session {
             return Ok(None);
         }
         if let Some(reference) = &self.reference {
-            let mut missing: Vec<usize> = (0..self.config.grad_accum)
-                .flat_map(|k| {
-                    micro_batch(
-                        self.step * self.config.grad_accum + k,
-                        self.examples.len(),
-                        &self.config,
-                        0,
-                    )
-                    .1
-                })
+            let missing: Vec<usize> = self
+                .batcher
+                .step_examples(self.step)
+                .into_iter()
                 .filter(|i| !self.have_ref[*i])
                 .collect();
-            missing.sort_unstable();
-            missing.dedup();
-            reference_logps_async(
-                reference,
-                &self.examples,
-                &missing,
-                self.config.batch_size,
-                self.config.max_len,
-                &mut self.refs,
-            )
-            .await?;
+            reference_logps_async(reference, &self.batcher, &missing, &mut self.refs).await?;
             for i in missing {
                 self.have_ref[i] = true;
             }
         }
-        let (epoch, batches) = step_batches(self.step, &self.examples, &self.refs, &self.config, 0);
+        let (epoch, batches) = self.batcher.step(self.step, &self.refs);
         let lr = self.schedule.lr_at(self.step);
         let (model, report) = self
             .trainer

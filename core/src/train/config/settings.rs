@@ -96,7 +96,9 @@ pub fn parse_as(kind: &str, choices: &[&str], text: &str) -> std::result::Result
                 _ => Err(format!("{want}, not {text:?}")),
             }
         }
-        other => Err(format!("this version of clo does not know settings of kind `{other}`")),
+        other => Err(format!(
+            "this version of clo does not know settings of kind `{other}`"
+        )),
     }
 }
 

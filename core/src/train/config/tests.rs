@@ -121,10 +121,18 @@ fn every_setting_reads_its_own_text_and_its_choices() {
         }
     }
     let get = |k| setting(k).unwrap();
-    assert_eq!(get("layers").parse("4, 8").unwrap(), serde_json::json!([4, 8]));
+    assert_eq!(
+        get("layers").parse("4, 8").unwrap(),
+        serde_json::json!([4, 8])
+    );
     assert!(get("layers").parse("4").unwrap_err().contains("FROM,TO"));
     assert_eq!(get("steps").parse(" ").unwrap(), Value::Null);
-    assert!(get("epochs").parse("two").unwrap_err().starts_with("give a whole number"));
+    assert!(
+        get("epochs")
+            .parse("two")
+            .unwrap_err()
+            .starts_with("give a whole number")
+    );
     assert!(get("lr").parse("inf").unwrap_err().contains("finite"));
     assert_eq!(
         get("lora_targets").parse("q_proj, v_proj").unwrap(),

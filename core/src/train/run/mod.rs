@@ -10,19 +10,16 @@ use std::time::Instant;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-mod batches;
 mod dir;
 
-use self::batches::evaluate;
-pub use self::batches::objective;
-pub(crate) use self::batches::{micro_batch, split, stage_schedule, step_batches};
 use self::dir::prepare_run_dir;
 use super::batch::tokenize_quads;
+use super::batcher::{Batcher, split};
 use super::checkpoint::{RunDir, RunState, load_optimizer, load_trainable, read_state};
 use super::config::{Method, RunConfig};
 use super::data::read_quadruples;
 use super::driver::{Flow, MetricsLog, StepDone, Stopped, run_steps};
-use super::examples::Examples;
+pub use super::objective::objective;
 use super::parallel::Collective;
 use super::reference::{
     CachedReference, ReferenceCache, cache_key, read_run_reference, reference_logps_on,
@@ -149,7 +146,7 @@ fn stage_reference(
     tokenizer: &ChatTokenizer,
     model: &CausalLm,
     stage: Method,
-    [train, val]: [&Examples; 2],
+    [train, val]: [&Batcher; 2],
     ctx: &RunContext<'_>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<StageReference> {
@@ -169,7 +166,7 @@ fn stage_reference(
         &weights_digest(&reference),
         tokenizer.template_source(),
         config.max_len,
-        &[train, val],
+        &[train.examples(), val.examples()],
     );
     let cache = ReferenceCache::new(&opts.cache_dir);
     let (entry, cached) = match cache.get(&key) {
@@ -199,13 +196,7 @@ fn stage_reference(
                         cached: false,
                     })
                 };
-                sets.push(reference_logps_on(
-                    &models,
-                    set,
-                    config.batch_size,
-                    config.max_len,
-                    &mut report,
-                ));
+                sets.push(reference_logps_on(&models, set, &mut report));
                 offset += set.len();
             }
             let entry = CachedReference { key, sets };
@@ -322,8 +313,8 @@ pub fn train(
     let mut last_checkpoint = resume_from.clone();
     for (s, &stage) in stages.iter().enumerate().skip(state.stage) {
         let last_stage = s + 1 == stages.len();
-        let train_ex = Examples::for_method(stage, &data.train, config.max_len);
-        let val_ex = Examples::for_method(stage, &data.val, config.max_len);
+        let train_ex = Batcher::new(stage, &data.train, config, s);
+        let val_ex = Batcher::new(stage, &data.val, config, s);
         // The step's memory, now that the longest row is known, before any step allocates.
         let longest = data
             .train
@@ -337,7 +328,7 @@ pub fn train(
             .min(config.max_len);
         config.check_step_fits(
             &model_config,
-            config.batch_size.min(train_ex.len()) * train_ex.ref_width(),
+            config.batch_size.min(train_ex.len()) * train_ex.examples().ref_width(),
             longest,
         )?;
         let (train_refs, val_refs) = if stage.needs_reference() {
@@ -361,7 +352,7 @@ pub fn train(
             (Vec::new(), Vec::new())
         };
 
-        let (total, schedule) = stage_schedule(config, train_ex.len());
+        let (total, schedule) = train_ex.schedule(config);
         let eval_every = config.eval_every.unwrap_or((total / 10).max(1));
         let save_every = config.save_every.unwrap_or(eval_every);
         let mut trainer = Trainer::new(
@@ -396,7 +387,7 @@ pub fn train(
             done_steps: state.stage_step,
         });
 
-        let mut plan = |step: usize| step_batches(step, &train_ex, &train_refs, config, s);
+        let mut plan = |step: usize| train_ex.step(step, &train_refs);
         let first_step = state.stage_step;
         let mut cancelled = false;
         let mut after = |model: &CausalLm, trainer: &Trainer, done: StepDone| -> Result<Flow> {
@@ -409,13 +400,7 @@ pub fn train(
             let validate =
                 writer && !val_ex.is_empty() && (finished % eval_every == 0 || finished == total);
             let val_loss = if validate {
-                Some(evaluate(
-                    trainer,
-                    &model.valid(),
-                    &val_ex,
-                    &val_refs,
-                    config,
-                )?)
+                Some(trainer.evaluate(&model.valid(), &val_ex.all(&val_refs))?)
             } else {
                 None
             };
