@@ -12,8 +12,8 @@ use super::config::{Method, RunConfig};
 use super::data::Quadruple;
 use super::optim::Schedule;
 use super::reference::{no_values, reference_logps_async};
-use super::run::{StepMetrics, objective};
-use super::step::{OptimizerSettings, Trainer};
+use super::run::StepMetrics;
+use super::step::Trainer;
 use crate::error::{CoreError, Result};
 use crate::load::models::CausalLm;
 use crate::load::tokenizer::ChatTokenizer;
@@ -75,12 +75,7 @@ impl Session {
         };
         let have_ref = vec![false; refs.len()];
         let (total, schedule) = batcher.schedule(&config);
-        let trainer = Trainer::new(
-            objective(stage, &config),
-            OptimizerSettings::fine_tuning(config.weight_decay, config.max_grad_norm),
-        )
-        .with_logp_chunk(config.logp_chunk)
-        .with_grad_checkpoint(config.grad_checkpoint);
+        let trainer = Trainer::for_stage(stage, &config);
         Ok(Self {
             model,
             trainer,

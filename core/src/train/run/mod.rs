@@ -25,7 +25,7 @@ use super::reference::{
     CachedReference, ReferenceCache, cache_key, read_run_reference, reference_logps_on,
     weights_digest,
 };
-use super::step::{OptimizerSettings, Trainer};
+use super::step::Trainer;
 use crate::Pretrained;
 use crate::error::{CoreError, Result};
 use crate::fsutil::{write_atomically, write_json_atomically};
@@ -355,13 +355,7 @@ pub fn train(
         let (total, schedule) = train_ex.schedule(config);
         let eval_every = config.eval_every.unwrap_or((total / 10).max(1));
         let save_every = config.save_every.unwrap_or(eval_every);
-        let mut trainer = Trainer::new(
-            objective(stage, config),
-            OptimizerSettings::fine_tuning(config.weight_decay, config.max_grad_norm),
-        )
-        .with_logp_chunk(config.logp_chunk)
-        .with_grad_checkpoint(config.grad_checkpoint)
-        .with_replicas(
+        let mut trainer = Trainer::for_stage(stage, config).with_replicas(
             &opts
                 .replicas
                 .iter()

@@ -106,6 +106,21 @@ pub struct Trainer {
 }
 
 impl Trainer {
+    /// The trainer of stage `stage` of a fine-tuning run with `config`: its objective, AdamW
+    /// with its weight decay and clipping, and its memory settings (what `clo train` and the
+    /// browser's session both step with).
+    pub fn for_stage(
+        stage: crate::train::config::Method,
+        config: &crate::train::config::RunConfig,
+    ) -> Self {
+        Trainer::new(
+            crate::train::objective::objective(stage, config),
+            OptimizerSettings::fine_tuning(config.weight_decay, config.max_grad_norm),
+        )
+        .with_logp_chunk(config.logp_chunk)
+        .with_grad_checkpoint(config.grad_checkpoint)
+    }
+
     pub fn new(objective: Objective, settings: OptimizerSettings) -> Self {
         Self {
             objective,
