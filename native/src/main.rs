@@ -5,6 +5,7 @@ mod device;
 mod distributed;
 mod eval_cmd;
 mod hints;
+mod merge_cmd;
 mod prepare_cmd;
 mod pretrain_cmd;
 mod quickstart_cmd;
@@ -142,6 +143,9 @@ enum Command {
     Train(Box<train_cmd::TrainArgs>),
     /// Write a trained run as a Hugging Face model directory (--merged) or a PEFT adapter (--peft).
     Export(train_cmd::ExportArgs),
+    /// Merge a base and two experts fine-tuned from it (a task expert and a language expert):
+    /// layer swapping or task arithmetic, optionally reverting each expert's weak updates first.
+    Merge(Box<merge_cmd::MergeArgs>),
     /// Build quadruples from English SFT data and a translator (JSONL in, JSONL out; resumable).
     Prepare(Box<prepare_cmd::PrepareArgs>),
     /// Evaluate a model: `clo eval mc` (multiple choice by log-likelihood), `gen` (language
@@ -305,6 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train(args) => train_cmd::run_train(*args),
         Command::Export(args) => train_cmd::run_export(args),
+        Command::Merge(args) => merge_cmd::run_merge(*args),
         Command::Eval(cmd) => eval_cmd::run_eval(cmd),
         Command::Prepare(args) => prepare_cmd::run_prepare(*args),
         Command::Pretrain(args) => pretrain_cmd::run_pretrain(*args),

@@ -13,6 +13,8 @@ use burn::tensor::TensorData;
 use serde_json::{Value, json};
 
 use crate::error::{CoreError, Result};
+
+pub mod merge;
 use crate::fsutil::{
     Claim, claim_output, refuse_run_dir_output, remove_stale_temps_beside, replace_dir_atomically,
     write_atomically, write_json_atomically,
