@@ -112,6 +112,34 @@ pub struct DeviceList {
     pub default: String,
     /// Device specs of this machine (`cpu`, `wgpu:cpu`, `wgpu:0`, ...), as `devices` takes them.
     pub available: Vec<String>,
+    /// What each device is (`clo devices`), in the order of `available`.
+    #[serde(default)]
+    pub details: Vec<DeviceInfo>,
+}
+
+/// One device of this machine as `clo devices` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// The `--device` value that selects it (`cpu`, `wgpu:0`, `wgpu:integrated:0`, `wgpu:cpu`).
+    pub spec: String,
+    pub name: String,
+    /// `cpu` (Burn's Flex backend), `discrete`, `integrated`, `software` (a CPU adapter such as
+    /// lavapipe), `virtual` or `other`.
+    pub kind: String,
+    /// `flex` for the CPU; else the graphics API: `vulkan`, `metal`, `dx12`, `gl` or
+    /// `browser-webgpu`.
+    pub backend: String,
+    /// The driver as the API names it (empty where it does not).
+    #[serde(default)]
+    pub driver: String,
+    /// Memory in bytes where the API reports it: the CPU's usable memory (physical, cgroup or
+    /// `ulimit -v`, the least); wgpu reports none for GPUs.
+    pub memory_bytes: Option<u64>,
+    /// Half-precision arithmetic in shaders (`--dtype f16` computes in it).
+    pub shader_f16: bool,
+    /// The largest buffer and storage binding in bytes (GPUs).
+    pub max_buffer_bytes: Option<u64>,
+    pub max_storage_binding_bytes: Option<u64>,
 }
 
 /// Where a run stands.

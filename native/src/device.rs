@@ -2,6 +2,7 @@
 
 use anyhow::{Context, bail};
 use burn::tensor::{Device, DeviceKind};
+use clo_core::api::DeviceInfo;
 
 /// Help text of `--device`.
 pub const DEVICE_HELP: &str = "cpu (Burn's Flex backend), wgpu (best GPU through Vulkan/Metal/DX12), \
@@ -43,29 +44,68 @@ pub fn parse_devices(list: &str) -> anyhow::Result<Vec<Device>> {
     specs.into_iter().map(parse_device).collect()
 }
 
-/// Device specs of this machine, as `--device` takes them: `cpu`, then one per wgpu adapter
-/// (`wgpu:N`, `wgpu:integrated:N`, `wgpu:cpu`).
-pub fn available_devices() -> Vec<String> {
-    let mut specs = vec!["cpu".to_string()];
+/// Every device of this machine (`clo devices`, `GET /api/devices`): the CPU, then each wgpu
+/// adapter Burn can select, with the spec that selects it (an adapter another one already
+/// answers for, such as a second API to the same GPU, is left out).
+pub fn describe_devices() -> Vec<DeviceInfo> {
+    let cpu_name = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut out = vec![DeviceInfo {
+        spec: "cpu".into(),
+        name: format!("{cpu_name} ({threads} threads)"),
+        kind: "cpu".into(),
+        backend: "flex".into(),
+        driver: String::new(),
+        memory_bytes: clo_core::limits::memory_limit().map(|m| m.bytes),
+        shader_f16: false,
+        max_buffer_bytes: None,
+        max_storage_binding_bytes: None,
+    }];
     let (mut discrete, mut integrated) = (0, 0);
     for a in adapters() {
-        let spec = match a.device_type {
+        let (spec, kind) = match a.device_type {
             wgpu::DeviceType::DiscreteGpu => {
                 discrete += 1;
-                format!("wgpu:{}", discrete - 1)
+                (format!("wgpu:{}", discrete - 1), "discrete")
             }
             wgpu::DeviceType::IntegratedGpu => {
                 integrated += 1;
-                format!("wgpu:integrated:{}", integrated - 1)
+                (format!("wgpu:integrated:{}", integrated - 1), "integrated")
             }
-            wgpu::DeviceType::Cpu => "wgpu:cpu".to_string(),
+            wgpu::DeviceType::Cpu => ("wgpu:cpu".to_string(), "software"),
             _ => continue,
         };
-        if !specs.contains(&spec) {
-            specs.push(spec);
+        if out.iter().any(|d| d.spec == spec) {
+            continue;
         }
+        out.push(DeviceInfo {
+            spec,
+            name: a.name,
+            kind: kind.into(),
+            backend: match a.backend {
+                wgpu::Backend::Vulkan => "vulkan",
+                wgpu::Backend::Metal => "metal",
+                wgpu::Backend::Dx12 => "dx12",
+                wgpu::Backend::Gl => "gl",
+                wgpu::Backend::BrowserWebGpu => "browser-webgpu",
+                _ => "other",
+            }
+            .into(),
+            driver: a.driver,
+            memory_bytes: None,
+            shader_f16: a.shader_f16,
+            max_buffer_bytes: Some(a.max_buffer_size),
+            max_storage_binding_bytes: Some(a.max_storage_binding_size),
+        });
     }
-    specs
+    out
 }
 
 /// One adapter as wgpu reports it.
@@ -74,6 +114,10 @@ pub struct AdapterInfo {
     pub name: String,
     pub device_type: wgpu::DeviceType,
     pub backend: wgpu::Backend,
+    pub driver: String,
+    pub shader_f16: bool,
+    pub max_buffer_size: u64,
+    pub max_storage_binding_size: u64,
 }
 
 /// The adapters of the native graphics APIs (Vulkan, Metal, DX12), else of any API wgpu has.
@@ -87,10 +131,19 @@ pub fn adapters() -> Vec<AdapterInfo> {
             .iter()
             .map(|a| {
                 let info = a.get_info();
+                let limits = a.limits();
                 AdapterInfo {
                     name: info.name,
                     device_type: info.device_type,
                     backend: info.backend,
+                    driver: [info.driver, info.driver_info]
+                        .into_iter()
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
+                    max_buffer_size: limits.max_buffer_size,
+                    max_storage_binding_size: u64::from(limits.max_storage_buffer_binding_size),
                 }
             })
             .collect()
@@ -101,6 +154,82 @@ pub fn adapters() -> Vec<AdapterInfo> {
     } else {
         primary
     }
+}
+
+/// `clo devices`: the table (or `--json`).
+pub fn run_devices(json: bool) -> anyhow::Result<()> {
+    let devices = describe_devices();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&devices)?);
+        return Ok(());
+    }
+    let gib = |b: Option<u64>| {
+        b.map_or("-".to_string(), |b| {
+            if b >= 1 << 30 {
+                format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+            } else {
+                format!("{} MiB", b >> 20)
+            }
+        })
+    };
+    let rows: Vec<[String; 7]> = devices
+        .iter()
+        .map(|d| {
+            [
+                d.spec.clone(),
+                d.kind.clone(),
+                d.backend.clone(),
+                gib(d.memory_bytes),
+                if d.kind == "cpu" {
+                    "-".into()
+                } else if d.shader_f16 {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                gib(d.max_storage_binding_bytes),
+                d.name.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "--device",
+        "kind",
+        "backend",
+        "memory",
+        "shader-f16",
+        "max binding",
+        "name",
+    ];
+    let widths: Vec<usize> = (0..7)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(header.to_vec()));
+    for r in &rows {
+        println!("{}", line(r.iter().map(String::as_str).collect()));
+    }
+    if devices.len() == 1 {
+        println!(
+            "no GPU adapter answered (no Vulkan, Metal or DX12 driver); on Debian/Ubuntu, `apt install mesa-vulkan-drivers` gives the software adapter wgpu:cpu"
+        );
+    }
+    Ok(())
 }
 
 /// Whether `kind` names one of `adapters`, counted per device type as Burn counts them.
@@ -191,16 +320,17 @@ mod tests {
 
     #[test]
     fn a_missing_adapter_is_an_error_that_lists_the_adapters() {
-        let lavapipe = AdapterInfo {
-            name: "llvmpipe".into(),
-            device_type: wgpu::DeviceType::Cpu,
+        let adapter = |name: &str, device_type| AdapterInfo {
+            name: name.into(),
+            device_type,
             backend: wgpu::Backend::Vulkan,
+            driver: String::new(),
+            shader_f16: false,
+            max_buffer_size: 1 << 30,
+            max_storage_binding_size: 1 << 27,
         };
-        let gpu = AdapterInfo {
-            name: "Radeon".into(),
-            device_type: wgpu::DeviceType::DiscreteGpu,
-            backend: wgpu::Backend::Vulkan,
-        };
+        let lavapipe = adapter("llvmpipe", wgpu::DeviceType::Cpu);
+        let gpu = adapter("Radeon", wgpu::DeviceType::DiscreteGpu);
         let all = [lavapipe, gpu];
         assert!(check_adapter("wgpu:0", &DeviceKind::DiscreteGpu(0), &all).is_ok());
         assert!(check_adapter("wgpu:cpu", &DeviceKind::Cpu, &all).is_ok());
@@ -223,5 +353,25 @@ mod tests {
         // No machine has 4242 discrete GPUs: whatever this one has, the answer is an error.
         let err = parse_device("wgpu:4242").unwrap_err().to_string();
         assert!(err.contains("adapters found"), "{err}");
+    }
+
+    /// `clo devices` lists the CPU first, each device once, and every spec it shows selects
+    /// its device.
+    #[test]
+    fn every_listed_device_is_selectable() {
+        let devices = describe_devices();
+        assert_eq!(devices[0].spec, "cpu");
+        assert_eq!(devices[0].backend, "flex");
+        assert!(devices[0].memory_bytes.is_some_and(|b| b > 0));
+        let mut specs: Vec<&str> = devices.iter().map(|d| d.spec.as_str()).collect();
+        for d in &devices {
+            parse_device(&d.spec).unwrap_or_else(|e| panic!("{}: {e:#}", d.spec));
+            if d.kind != "cpu" {
+                assert!(d.max_storage_binding_bytes.is_some_and(|b| b > 0), "{d:?}");
+            }
+        }
+        specs.sort_unstable();
+        specs.dedup();
+        assert_eq!(specs.len(), devices.len());
     }
 }

@@ -164,6 +164,14 @@ enum Command {
     /// model directory; with --compare-torch, the same work in PyTorch eager and the ratios.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
+    /// Every device clo can train and run on: the CPU and each GPU adapter wgpu sees (kind,
+    /// API, memory where reported, shader-f16, largest binding), with the --device value that
+    /// selects it.
+    Devices {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Architecture, parameter count, dtype, vocabulary and layers of a model directory.
     Inspect {
         #[arg(long)]
@@ -310,6 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train_cmd::run_train(*args),
         Command::Export(args) => train_cmd::run_export(args),
         Command::Merge(args) => merge_cmd::run_merge(*args),
+        Command::Devices { json } => device::run_devices(json),
         Command::Eval(cmd) => eval_cmd::run_eval(cmd),
         Command::Prepare(args) => prepare_cmd::run_prepare(*args),
         Command::Pretrain(args) => pretrain_cmd::run_pretrain(*args),

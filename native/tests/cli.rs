@@ -424,3 +424,33 @@ fn a_peft_adapter_scores_generates_and_exports() {
         stderr(&missing)
     );
 }
+
+/// `clo devices` lists the CPU and each adapter with the `--device` value that selects it, as a
+/// table and as JSON, and each listed value works as `--device`.
+#[test]
+fn devices_lists_what_device_takes() {
+    let out = clo(&["devices", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["spec"], "cpu");
+    let table = clo(&["devices"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("--device"), "{text}");
+    let model = fixture("qwen2");
+    for d in &list {
+        let spec = d["spec"].as_str().unwrap();
+        assert!(text.contains(spec), "{text}");
+        let g = clo(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "2",
+            "--device",
+            spec,
+        ]);
+        assert!(g.status.success(), "{spec}: {}", stderr(&g));
+    }
+}

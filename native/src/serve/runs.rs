@@ -284,13 +284,18 @@ fn resolve(s: &Shared, req: &RunRequest) -> Result<RunConfig, ApiError> {
     Ok(config)
 }
 
-/// `GET /api/devices`: the server's device and every device a run may train on.
+/// `GET /api/devices`: the server's device and every device a run may train on, with what
+/// each one is (as `clo devices` lists them).
 pub async fn devices(State(s): State<Shared>) -> ApiResult<DeviceList> {
     let default = s.device_spec.clone();
-    let available = tokio::task::spawn_blocking(crate::device::available_devices)
+    let details = tokio::task::spawn_blocking(crate::device::describe_devices)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(DeviceList { default, available }))
+    Ok(Json(DeviceList {
+        default,
+        available: details.iter().map(|d| d.spec.clone()).collect(),
+        details,
+    }))
 }
 
 /// The replicas' devices of a run request (its `devices` after the first), and its main device.

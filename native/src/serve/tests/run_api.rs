@@ -73,6 +73,13 @@ async fn runs_take_a_device_list() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["default"], "cpu");
     assert_eq!(body["available"][0], "cpu", "{body}");
+    // What each device is, as `clo devices` lists it, in the same order.
+    let details = body["details"].as_array().unwrap();
+    assert_eq!(details.len(), body["available"].as_array().unwrap().len());
+    assert_eq!(details[0]["backend"], "flex", "{body}");
+    for (d, spec) in details.iter().zip(body["available"].as_array().unwrap()) {
+        assert_eq!(&d["spec"], spec);
+    }
     let (status, body) = call(&app, post("/api/runs", serde_json::json!({"name": "bad", "model": "qwen2", "dataset": "quads", "devices": "cpu,gpu9"}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let message = body["error"]["message"].as_str().unwrap();

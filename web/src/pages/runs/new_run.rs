@@ -227,10 +227,20 @@ pub fn NewRun() -> impl IntoView {
                     {move || match devices.get() {
                         Some(Ok(list)) => {
                             let default = list.default.clone();
+                            // What each device is (`clo devices`), beside its spec.
+                            let about = |spec: &str| {
+                                list.details
+                                    .iter()
+                                    .find(|d| d.spec == spec)
+                                    .map(|d| format!(" ({}, {})", d.name, d.kind))
+                                    .unwrap_or_default()
+                            };
                             let boxes = list
                                 .available
-                                .into_iter()
+                                .iter()
+                                .cloned()
                                 .map(|spec| {
+                                    let about = about(&spec);
                                     let value = spec.clone();
                                     let checked = {
                                         let spec = spec.clone();
@@ -255,6 +265,7 @@ pub fn NewRun() -> impl IntoView {
                                                 }
                                             />
                                             {spec}
+                                            <small class="about">{about}</small>
                                         </label>
                                     }
                                 })
