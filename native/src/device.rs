@@ -143,7 +143,7 @@ pub fn adapters() -> Vec<AdapterInfo> {
                         .join(" "),
                     shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
                     max_buffer_size: limits.max_buffer_size,
-                    max_storage_binding_size: u64::from(limits.max_storage_buffer_binding_size),
+                    max_storage_binding_size: limits.max_storage_buffer_binding_size,
                 }
             })
             .collect()
