@@ -25,7 +25,28 @@ pub struct System {
     pub dir: PathBuf,
 }
 
+/// What a table's rows are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// One row per method (and size): runs of the same method and size (seeds) pooled, as the
+    /// report of a study wants them.
+    Methods,
+    /// One row per run, named after its directory (the web UI's evals page).
+    Runs,
+}
+
 impl System {
+    /// The run directory's name for a run; the eval directory's name otherwise.
+    pub fn run_label(&self) -> String {
+        match self.size {
+            Some(_) => self
+                .dir
+                .file_name()
+                .map_or_else(|| self.method.clone(), |n| n.to_string_lossy().into_owned()),
+            None => self.method.clone(),
+        }
+    }
+
     /// `method`, or `method@size` when runs of several sizes are shown.
     pub fn label(&self, with_size: bool) -> String {
         match (with_size, self.size) {
@@ -301,11 +322,19 @@ pub struct ReportTable {
 }
 
 /// The report's tables (fidelity, generated-answer accuracy, log-likelihood accuracy, win
-/// rate), those with data, as typed numbers.
+/// rate), those with data, as typed numbers, one row per method.
 pub fn tables(entries: &[Entry]) -> Vec<ReportTable> {
+    tables_by(entries, Rows::Methods)
+}
+
+/// [`tables`] with the rows `rows` asks for.
+pub fn tables_by(entries: &[Entry], rows: Rows) -> Vec<ReportTable> {
     let sizes: BTreeSet<Option<usize>> = entries.iter().map(|e| e.system.size).collect();
     let with_size = sizes.len() > 1;
-    let label = |s: &System| s.label(with_size);
+    let label = |s: &System| match rows {
+        Rows::Methods => s.label(with_size),
+        Rows::Runs => s.run_label(),
+    };
     let fid = grid(entries.iter().filter_map(|e| match &e.result {
         EvalResult::Gen { fidelity, .. } => Some((label(&e.system), fidelity)),
         _ => None,

@@ -34,7 +34,8 @@ fn evals_of(s: &Shared) -> Vec<EvalInfo> {
     out
 }
 
-/// `clo eval report` over every eval under `WORKDIR/runs` and `WORKDIR/evals`.
+/// `clo eval report` over every eval under `WORKDIR/runs` and `WORKDIR/evals`; its `tables`
+/// have one row per run (the report's files pool runs of one method and size, as a study's do).
 pub async fn report(State(s): State<Shared>) -> ApiResult<EvalReport> {
     let dirs: Vec<PathBuf> = ["runs", "evals"]
         .iter()
@@ -46,7 +47,11 @@ pub async fn report(State(s): State<Shared>) -> ApiResult<EvalReport> {
             Ok(entries) => EvalReport {
                 files: clo_core::eval::report::render(&entries),
                 message: None,
-                tables: clo_core::eval::report::tables(&entries),
+                // One column per run: two runs of one method and size stay apart here.
+                tables: clo_core::eval::report::tables_by(
+                    &entries,
+                    clo_core::eval::report::Rows::Runs,
+                ),
             },
             Err(e) => EvalReport {
                 files: BTreeMap::new(),

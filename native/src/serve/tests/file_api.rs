@@ -199,4 +199,19 @@ async fn eval_results_are_listed_and_reported() {
             .any(|k| k.ends_with(".svg")),
         "{report}"
     );
+    // Two runs of one method and size: the page's tables keep them apart, by run name; the
+    // report's files pool them (seeds of a study).
+    let run2 = work.join("runs/r2");
+    std::fs::create_dir_all(run2.join("eval/gen")).unwrap();
+    std::fs::copy(run.join("summary.json"), run2.join("summary.json")).unwrap();
+    std::fs::copy(
+        run.join("eval/gen/results.json"),
+        run2.join("eval/gen/results.json"),
+    )
+    .unwrap();
+    let (_, report) = call(&app, get("/api/evals/report")).await;
+    let rows = report["tables"][0]["rows"].as_object().unwrap();
+    assert_eq!(rows.keys().collect::<Vec<_>>(), ["r1", "r2"], "{report}");
+    let md = report["files"]["report.md"].as_str().unwrap();
+    assert!(md.contains("| clo |"), "{md}");
 }
