@@ -271,6 +271,12 @@ fn resolve(s: &Shared, req: &RunRequest) -> Result<RunConfig, ApiError> {
     }
     config.model = s.model_dir(&req.model)?;
     config.data = s.dataset_path(&req.dataset)?;
+    if !has_a_record(&config.data) {
+        return Err(ApiError::bad(format!(
+            "dataset: {} holds no quadruples; prepare it first (clo prepare, or upload a JSONL file with one quadruple per line)",
+            req.dataset
+        )));
+    }
     // Checked now, not when the run starts: the settings and what needs the model's config.json
     // (the layer range).
     config.validate_for_model()?;
@@ -282,6 +288,18 @@ fn resolve(s: &Shared, req: &RunRequest) -> Result<RunConfig, ApiError> {
         })?;
     }
     Ok(config)
+}
+
+/// Whether a dataset file has a line that is not blank (a run of an empty file can only fail).
+fn has_a_record(path: &std::path::Path) -> bool {
+    use std::io::BufRead;
+    std::fs::File::open(path).is_ok_and(|f| {
+        std::io::BufReader::new(f)
+            .split(b'\n')
+            .take(10_000)
+            .map_while(Result::ok)
+            .any(|line| !line.trim_ascii().is_empty())
+    })
 }
 
 /// `GET /api/devices`: the server's device and every device a run may train on, with what

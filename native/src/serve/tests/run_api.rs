@@ -80,6 +80,24 @@ async fn runs_take_a_device_list() {
     for (d, spec) in details.iter().zip(body["available"].as_array().unwrap()) {
         assert_eq!(&d["spec"], spec);
     }
+    // An empty dataset is refused when the run is asked for, not failed when it starts.
+    std::fs::write(d.path().join("work/datasets/empty.jsonl"), "\n  \n").unwrap();
+    let (status, body) = call(
+        &app,
+        post(
+            "/api/runs",
+            serde_json::json!({"name": "e", "model": "qwen2", "dataset": "empty"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("holds no quadruples"),
+        "{body}"
+    );
     let (status, body) = call(&app, post("/api/runs", serde_json::json!({"name": "bad", "model": "qwen2", "dataset": "quads", "devices": "cpu,gpu9"}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let message = body["error"]["message"].as_str().unwrap();
