@@ -146,6 +146,17 @@ async fn finish_turn(turns: RwSignal<Vec<Turn>>) {
         .try_with_untracked(|t| t.last().map(|l| l.content.clone()))
         .flatten()
         .unwrap_or_default();
+    if text.is_empty() {
+        // Nothing came back (the error line says why): no empty answer bubble, and the
+        // unanswered question leaves the history, so the next one is not sent after it.
+        turns.try_update(|t| {
+            t.pop();
+            if t.last().is_some_and(|l| l.role == "user") {
+                t.pop();
+            }
+        });
+        return;
+    }
     let lang = api::langid(text).await.map(|r| r.lang).unwrap_or(None);
     turns.try_update(|t| {
         if let Some(last) = t.last_mut() {
