@@ -135,6 +135,28 @@ test('the data page shows quadruples side by side with language flags', async ()
   await shot('data');
 });
 
+test('a dataset uploaded from the data page is checked, stored and shown', async () => {
+  const quad = (i) => JSON.stringify({ id: `u${i}`, lang: 'toy', x_en: `Question ${i}?`, y_en: `Answer ${i}.`, x_tgt: `Kwestio ${i}?`, y_tgt: `Jibu ${i}.` });
+  await page.setInputFiles('input[name=upload_file]', {
+    name: 'mine.jsonl', mimeType: 'application/x-ndjson', buffer: Buffer.from(`${quad(1)}\n${quad(2)}\n`),
+  });
+  await page.click('form.upload button[type=submit]');
+  await page.getByText('mine uploaded: 2 records').waitFor();
+  assert.equal(await page.inputValue('select[name=dataset]'), 'mine');
+  await page.waitForSelector('table.quads tbody tr');
+  assert.equal(await page.locator('table.quads tbody tr').count(), 2);
+  // A bad line is refused, named by the upload's name and line; nothing is stored.
+  await page.setInputFiles('input[name=upload_file]', {
+    name: 'broken.jsonl', mimeType: 'application/x-ndjson', buffer: Buffer.from(`${quad(1)}\n{"x_en": 3}\n`),
+  });
+  await page.click('form.upload button[type=submit]');
+  await page.getByText('broken.jsonl:2').waitFor();
+  const listed = await fetch(`${base}/api/datasets`, { headers: { Authorization: `Bearer ${token}` } });
+  const names = (await listed.json()).map((d) => d.name);
+  assert.ok(names.includes('mine') && !names.includes('broken'), names.join(','));
+  await shot('data-upload');
+});
+
 test('the playground streams a reply, with a language badge', async () => {
   await page.click('header nav >> text=Playground');
   await page.waitForSelector('select[name=a] option[value=toy]', { state: 'attached' });

@@ -135,6 +135,25 @@ pub async fn dataset_page(name: &str, offset: usize, limit: usize) -> Result<Dat
     .await
 }
 
+/// `PUT /api/datasets/NAME`: a quadruple JSONL file, checked by the server before it is kept.
+pub async fn upload_dataset(
+    name: &str,
+    bytes: &[u8],
+    replace: bool,
+) -> Result<DatasetInfo, String> {
+    let path = format!(
+        "/api/datasets/{}{}",
+        seg(name),
+        if replace { "?replace=true" } else { "" }
+    );
+    let body = js_sys::Uint8Array::from(bytes);
+    let req = authorized(Request::put(&path))
+        .header("Content-Type", "application/x-ndjson")
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    finish(req.send().await).await
+}
+
 /// `GET /api/settings`: every setting a run takes (the new-run form is built from it).
 pub async fn settings() -> Result<Vec<clo_core::api::SettingInfo>, String> {
     get("/api/settings").await

@@ -1,5 +1,5 @@
 //! `GET /api/datasets` and `GET /api/datasets/NAME`: quadruple files and pages of them, each
-//! text with the language it was identified as.
+//! text with the language it was identified as; `PUT /api/datasets/NAME`: an upload.
 
 use std::path::{Path, PathBuf};
 
@@ -54,6 +54,72 @@ fn datasets_of(s: &Shared) -> Result<Vec<DatasetInfo>, ApiError> {
         });
     }
     Ok(out)
+}
+
+/// The largest dataset upload; larger files are copied into `WORKDIR/datasets/`.
+pub const UPLOAD_LIMIT: usize = 256 << 20;
+
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    /// Replace a dataset of that name.
+    #[serde(default)]
+    replace: bool,
+}
+
+/// `PUT /api/datasets/NAME[?replace=true]`: a quadruple JSONL file as the body
+/// (`Content-Type: application/x-ndjson`), checked as `clo train` reads it (each line's fields
+/// named on error) before it becomes `WORKDIR/datasets/NAME.jsonl`; an existing dataset is
+/// replaced only with `replace`. Nothing is kept of a refused upload.
+pub async fn upload(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    QueryParams(q): QueryParams<UploadQuery>,
+    body: axum::body::Body,
+) -> ApiResult<DatasetInfo> {
+    super::check_name("dataset", &name)?;
+    let bytes = axum::body::to_bytes(body, UPLOAD_LIMIT).await.map_err(|_| {
+        ApiError(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a dataset upload takes at most {} MiB; copy larger files into WORKDIR/datasets/",
+                UPLOAD_LIMIT >> 20
+            ),
+        )
+    })?;
+    blocking(move || {
+        let dir = s.workdir.join("datasets");
+        let path = dir.join(format!("{name}.jsonl"));
+        if path.exists() && !q.replace {
+            return Err(ApiError(
+                axum::http::StatusCode::CONFLICT,
+                format!("a dataset {name:?} exists; upload with ?replace=true to replace it, or choose another name"),
+            ));
+        }
+        let tmp = dir.join(format!(".{name}.upload-{}", std::process::id()));
+        std::fs::write(&tmp, &bytes).map_err(ApiError::internal)?;
+        let checked = clo_core::train::data::read_quadruples(&tmp);
+        let refuse = |message: String| {
+            let _ = std::fs::remove_file(&tmp);
+            // The temporary file's path is the server's own: name the upload instead.
+            Err(ApiError::bad(
+                message.replace(&tmp.display().to_string(), &format!("{name}.jsonl")),
+            ))
+        };
+        match checked {
+            Err(e) => return refuse(e.to_string()),
+            Ok(quads) if quads.is_empty() => {
+                return refuse(format!("{name}.jsonl holds no quadruples: one JSON object per line with x_en, y_en, x_tgt and y_tgt"));
+            }
+            Ok(_) => {}
+        }
+        std::fs::rename(&tmp, &path).map_err(ApiError::internal)?;
+        tracing::info!(dataset = %name, bytes = bytes.len(), "dataset uploaded");
+        datasets_of(&s)?
+            .into_iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| ApiError::internal("the uploaded dataset is not listed"))
+    })
+    .await
 }
 
 /// `GET /api/datasets/NAME/file`: the quadruple JSONL itself, with `Content-Length` and range

@@ -487,7 +487,12 @@ fn app(state: Shared, web_dir: Option<&Path>) -> Router {
         .route("/api/models/{name}/files", get(models::files))
         .route("/api/models/{name}/files/{file}", get(models::file))
         .route("/api/datasets", get(datasets::list))
-        .route("/api/datasets/{name}", get(datasets::page))
+        .route(
+            "/api/datasets/{name}",
+            get(datasets::page)
+                .put(datasets::upload)
+                .layer(DefaultBodyLimit::max(datasets::UPLOAD_LIMIT)),
+        )
         .route("/api/datasets/{name}/file", get(datasets::file))
         .route("/api/runs", get(runs::list).post(runs::create))
         .route("/api/runs/{name}", get(runs::status))

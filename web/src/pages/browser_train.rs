@@ -21,7 +21,7 @@ use crate::series::CHARTS;
 use crate::types::StepMetrics;
 
 /// The files the user picked with an `<input type=file>` (`name`: the input's name attribute).
-fn picked_files(name: &str) -> Vec<web_sys::File> {
+pub(crate) fn picked_files(name: &str) -> Vec<web_sys::File> {
     let Some(input) = web_sys::window()
         .and_then(|w| w.document())
         .and_then(|d| {

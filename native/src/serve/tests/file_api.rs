@@ -215,3 +215,61 @@ async fn eval_results_are_listed_and_reported() {
     let md = report["files"]["report.md"].as_str().unwrap();
     assert!(md.contains("| clo |"), "{md}");
 }
+
+fn put(uri: &str, content_type: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::put(uri)
+        .header("content-type", content_type)
+        .body(body.into())
+        .unwrap()
+}
+
+/// A dataset uploaded from the Data page: checked as `clo train` reads it (a bad line named,
+/// with the upload's name, not the server's path), listed once stored, never replaced unless
+/// asked; nothing is kept of a refused upload, and a page's simple POST-like type is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn datasets_upload_checked_and_listed() {
+    let (d, app) = app(None);
+    let quads = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data/quads.jsonl"),
+    )
+    .unwrap();
+    let n = String::from_utf8_lossy(&quads)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    let ndjson = "application/x-ndjson";
+    let (status, body) = call(&app, put("/api/datasets/mine", ndjson, quads.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["name"].as_str(), body["records"].as_u64()),
+        (Some("mine"), Some(n as u64))
+    );
+    let (_, list) = call(&app, get("/api/datasets")).await;
+    assert!(
+        list.as_array().unwrap().iter().any(|d| d["name"] == "mine"),
+        "{list}"
+    );
+    let (status, body) = call(&app, put("/api/datasets/mine", ndjson, quads.clone())).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _) = call(&app, put("/api/datasets/mine?replace=true", ndjson, quads)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let bad = "{\"id\": \"1\", \"lang\": \"sw\", \"x_en\": \"a\", \"y_en\": \"b\", \"x_tgt\": \"c\", \"y_tgt\": \"d\"}\n{\"x_en\": 1}\n";
+    let (status, body) = call(&app, put("/api/datasets/broken", ndjson, bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("broken.jsonl:2"), "{message}");
+    assert!(!message.contains(".upload-"), "{message}");
+    let (status, body) = call(&app, put("/api/datasets/empty", ndjson, "\n")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = call(&app, put("/api/datasets/..%2Fx", ndjson, "{}")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = call(&app, put("/api/datasets/plain", "text/plain", "{}")).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let left: Vec<String> = std::fs::read_dir(d.path().join("work/datasets"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["mine.jsonl"], "{left:?}");
+}
