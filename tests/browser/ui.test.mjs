@@ -142,7 +142,8 @@ test('a dataset uploaded from the data page is checked, stored and shown', async
   });
   await page.click('form.upload button[type=submit]');
   await page.getByText('mine uploaded: 2 records').waitFor();
-  assert.equal(await page.inputValue('select[name=dataset]'), 'mine');
+  // The list reloads with the new dataset chosen.
+  await page.waitForFunction(() => document.querySelector('select[name=dataset]')?.value === 'mine');
   await page.waitForSelector('table.quads tbody tr');
   assert.equal(await page.locator('table.quads tbody tr').count(), 2);
   // A bad line is refused, named by the upload's name and line; nothing is stored.
@@ -170,6 +171,23 @@ test('the playground streams a reply, with a language badge', async () => {
   const pieces = Number(await page.getAttribute('[data-pane=a] .turn.assistant', 'data-pieces'));
   assert.ok(pieces >= 3, `the reply came in ${pieces} pieces`);
   assert.equal(await page.textContent('[data-pane=a] .turn.assistant .badge'), 'en');
+});
+
+test('a chat the server fails shows the error, not an empty answer', async () => {
+  const turns = await page.locator('[data-pane=a] .turn').count();
+  await page.route('**/v1/chat/completions', (route) => route.fulfill({
+    status: 500, contentType: 'application/json',
+    body: JSON.stringify({ error: { message: 'the model fell over', type: 'internal' } }),
+  }));
+  try {
+    await page.fill('textarea[name=prompt]', 'Another question?');
+    await page.click('form.chat-controls button[type=submit]');
+    await page.getByText('the model fell over').waitFor();
+  } finally {
+    await page.unroute('**/v1/chat/completions');
+  }
+  // The unanswered question and its empty answer leave the pane.
+  await page.waitForFunction((n) => document.querySelectorAll('[data-pane=a] .turn').length === n, turns);
 });
 
 test('two models answer the same prompt side by side', async () => {
