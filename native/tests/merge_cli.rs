@@ -6,17 +6,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{fixtures, refused, s, stderr};
+use common::{clo, fixtures, refused, s, stderr};
 use safetensors::SafeTensors;
-
-fn clo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clo"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(path).unwrap();

@@ -13,18 +13,21 @@
 //! base's architecture. The output is a normal Hugging Face model directory in f32 (`clo export
 //! --model DIR --gguf` turns it into GGUF), with the recipe in its `config.json` (`clo_merge`).
 
-use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{EXPORT_MARKER, as_f32_config, claim_model_out, load_merged, tokenizer_files};
+use super::{
+    EXPORT_MARKER, as_f32_config, claim_model_out, hf_config_of, load_merged, tokenizer_files,
+};
 use crate::error::{CoreError, Result};
 use crate::fsutil::{replace_dir_atomically, write_atomically, write_json_atomically};
+use crate::load::gguf::HfTensors;
+use crate::load::weights::{f32_safetensors, f32_values, pt_metadata};
 use crate::train::checkpoint::RunDir;
 
 /// How the experts are combined.
@@ -51,37 +54,47 @@ impl Default for Recipe {
 /// Reads `--swap-layers`: comma-separated layers or inclusive ranges (`0-3,28-31`), refused
 /// when a range is reversed or two overlap. `layers` (the model's count) bounds them when given.
 pub fn parse_layer_ranges(text: &str, layers: Option<usize>) -> Result<Vec<RangeInclusive<usize>>> {
-    let bad = |why: String| {
-        CoreError::Invalid(format!(
-            "--swap-layers {text:?}: {why}; give layers or ranges such as 0-3,28-31"
-        ))
-    };
     let mut ranges = Vec::new();
     for part in text.split(',').map(str::trim) {
         let number = |s: &str| {
-            s.trim()
-                .parse::<usize>()
-                .map_err(|_| bad(format!("`{part}` is not a layer or a range")))
+            s.trim().parse::<usize>().map_err(|_| {
+                CoreError::Invalid(format!(
+                    "--swap-layers {text:?}: `{part}` is not a layer or a range; give layers or ranges such as 0-3,28-31"
+                ))
+            })
         };
-        let range = match part.split_once('-') {
+        ranges.push(match part.split_once('-') {
             Some((a, b)) => number(a)?..=number(b)?,
             None => number(part)?..=number(part)?,
-        };
-        if range.start() > range.end() {
-            return Err(bad(format!("`{part}` runs backwards")));
+        });
+    }
+    check_layer_ranges(&ranges, layers)?;
+    Ok(ranges)
+}
+
+/// Refuses ranges that run backwards, overlap, or (with `layers`, the model's count) reach past
+/// the last layer.
+pub fn check_layer_ranges(ranges: &[RangeInclusive<usize>], layers: Option<usize>) -> Result<()> {
+    let bad = |why: String| {
+        CoreError::Invalid(format!(
+            "--swap-layers: {why}; give layers or ranges such as 0-3,28-31"
+        ))
+    };
+    for r in ranges {
+        if r.start() > r.end() {
+            return Err(bad(format!("{}-{} runs backwards", r.start(), r.end())));
         }
         if let Some(n) = layers
-            && *range.end() >= n
+            && *r.end() >= n
         {
             return Err(bad(format!(
                 "layer {} is out of range: the model has layers 0-{}",
-                range.end(),
+                r.end(),
                 n.saturating_sub(1)
             )));
         }
-        ranges.push(range);
     }
-    let mut sorted = ranges.clone();
+    let mut sorted = ranges.to_vec();
     sorted.sort_by_key(|r| *r.start());
     for pair in sorted.windows(2) {
         if pair[1].start() <= pair[0].end() {
@@ -94,7 +107,7 @@ pub fn parse_layer_ranges(text: &str, layers: Option<usize>) -> Result<Vec<Range
             )));
         }
     }
-    Ok(ranges)
+    Ok(())
 }
 
 /// The decoder layer a Hugging Face tensor name belongs to (`model.layers.7.mlp...` -> 7).
@@ -147,9 +160,6 @@ pub fn revert_weak(expert: &mut [f32], base: &[f32], q: f64) -> usize {
     reverted
 }
 
-/// A model's tensors by Hugging Face name: shape and f32 values.
-type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
-
 /// What a merge did.
 #[derive(Debug, Clone, Serialize)]
 pub struct MergeReport {
@@ -163,7 +173,7 @@ pub struct MergeReport {
 /// A model to merge: its tensors, where its config and tokenizer come from, the base it was
 /// trained from (runs only), and its decoder layer count.
 struct Source {
-    tensors: Tensors,
+    tensors: HfTensors,
     dir: PathBuf,
     lm: crate::Pretrained,
     base_of_run: Option<PathBuf>,
@@ -193,59 +203,35 @@ fn load_source(path: &Path, what: &str, device: &Device) -> Result<Source> {
     })
 }
 
-fn read_tensors(bytes: &[u8], from: &Path) -> Result<Tensors> {
+fn read_tensors(bytes: &[u8], from: &Path) -> Result<HfTensors> {
     let fail = |message: String| CoreError::Safetensors {
         path: from.to_path_buf(),
         message,
     };
     let st = SafeTensors::deserialize(bytes).map_err(|e| fail(e.to_string()))?;
-    let mut out = Tensors::new();
+    let mut out = HfTensors::new();
     for (name, view) in st.tensors() {
-        let data = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(fail(format!(
-                    "tensor {name}: {other:?} is not a float type"
-                )));
-            }
-        };
+        let values = f32_values(&view).ok_or_else(|| {
+            fail(format!(
+                "tensor {name}: {:?} is not a float type",
+                view.dtype()
+            ))
+        })?;
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok(out)
 }
 
-/// The same path, or the same weights: a run's base must be the merge's base.
-fn same_base(
-    run_base: &Path,
-    base: &Path,
-    base_digest: &mut Option<String>,
-    device: &Device,
-) -> Result<bool> {
+/// Whether a run's base is the merge's base: the same path, or the same weights
+/// (`base_digest`, of the base as loaded).
+fn same_base(run_base: &Path, base: &Path, base_digest: &str, device: &Device) -> Result<bool> {
     if let (Ok(a), Ok(b)) = (run_base.canonicalize(), base.canonicalize())
         && a == b
     {
         return Ok(true);
     }
-    let digest = |p: &Path| -> Result<String> {
-        let lm = crate::Pretrained::load(p, device)?;
-        Ok(crate::train::reference::weights_digest(&lm.model.valid()))
-    };
-    if base_digest.is_none() {
-        *base_digest = Some(digest(base)?);
-    }
-    Ok(Some(digest(run_base)?) == *base_digest)
+    let lm = crate::Pretrained::load(run_base, device)?;
+    Ok(crate::train::reference::weights_digest(&lm.model.valid()) == base_digest)
 }
 
 /// Checks a recipe before anything is loaded.
@@ -280,28 +266,21 @@ pub fn merge(
 ) -> Result<MergeReport> {
     check_recipe(recipe)?;
     let base_src = load_source(base, "--base", device)?;
-    let layers = base_src.lm.config.decoder.num_layers;
-    for r in &recipe.swap_layers {
-        if *r.end() >= layers {
-            return Err(CoreError::Invalid(format!(
-                "--swap-layers: layer {} is out of range: {} has layers 0-{}",
-                r.end(),
-                base.display(),
-                layers.saturating_sub(1)
-            )));
-        }
-    }
+    check_layer_ranges(
+        &recipe.swap_layers,
+        Some(base_src.lm.config.decoder.num_layers),
+    )?;
     let mut experts = [
         load_source(task, "--task", device)?,
         load_source(language, "--language", device)?,
     ];
-    let mut base_digest = None;
+    let base_digest = crate::train::reference::weights_digest(&base_src.lm.model.valid());
     for (expert, (flag, path)) in experts
         .iter()
         .zip([("--task", task), ("--language", language)])
     {
         if let Some(run_base) = &expert.base_of_run
-            && !same_base(run_base, base, &mut base_digest, device)?
+            && !same_base(run_base, base, &base_digest, device)?
         {
             return Err(CoreError::Invalid(format!(
                 "{flag} {}: the run was trained from {}, whose weights differ from --base {}\nHINT: merge runs of the same base model",
@@ -331,7 +310,7 @@ pub fn merge(
         }
     }
     let [task_src, lang_src] = &experts;
-    let mut merged = Tensors::new();
+    let mut merged = HfTensors::new();
     let mut swapped = 0;
     for (name, (shape, b)) in &base_src.tensors {
         let t = &task_src.tensors[name].1;
@@ -352,15 +331,7 @@ pub fn merge(
         merged.insert(name.clone(), (shape.clone(), values));
     }
 
-    let mut hf_config: Value = {
-        let path = task_src.dir.join("config.json");
-        if crate::load::gguf::is_gguf(&task_src.dir) {
-            crate::load::gguf::config_json(&task_src.dir)?
-        } else {
-            serde_json::from_str(&crate::error::read_to_string(&path, "model config")?)
-                .map_err(|e| CoreError::json(&path, &e, "config.json must be JSON"))?
-        }
-    };
+    let mut hf_config = hf_config_of(&task_src.dir)?;
     as_f32_config(&mut hf_config);
     let recipe_json = json!({
         "base": base,
@@ -371,7 +342,13 @@ pub fn merge(
         "weights": if recipe.swap_layers.is_empty() { json!(recipe.weights) } else { Value::Null },
     });
     hf_config["clo_merge"] = recipe_json.clone();
-    let bytes = serialize(&merged)?;
+    let bytes = f32_safetensors(
+        merged
+            .iter()
+            .map(|(n, (shape, values))| (n.clone(), shape.as_slice(), values.as_slice())),
+        pt_metadata(),
+    )
+    .map_err(|e| CoreError::Internal(format!("writing the merged tensors: {e}")))?;
     replace_dir_atomically(out, |tmp| {
         write_atomically(&tmp.join("model.safetensors"), &bytes)?;
         write_json_atomically(&tmp.join("config.json"), &hf_config)?;
@@ -389,7 +366,7 @@ pub fn merge(
     })
 }
 
-fn check_same_tensors(base: &Tensors, expert: &Tensors, flag: &str, path: &Path) -> Result<()> {
+fn check_same_tensors(base: &HfTensors, expert: &HfTensors, flag: &str, path: &Path) -> Result<()> {
     for (name, (shape, _)) in base {
         match expert.get(name) {
             Some((s, _)) if s == shape => {}
@@ -414,33 +391,6 @@ fn check_same_tensors(base: &Tensors, expert: &Tensors, flag: &str, path: &Path)
         )));
     }
     Ok(())
-}
-
-fn serialize(tensors: &Tensors) -> Result<Vec<u8>> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, (s, v))| {
-            (
-                n.clone(),
-                s.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| CoreError::Internal(format!("tensor {n}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata = Some(std::collections::HashMap::from([(
-        "format".to_string(),
-        "pt".to_string(),
-    )]));
-    safetensors::serialize(views, metadata)
-        .map_err(|e| CoreError::Internal(format!("writing the merged tensors: {e}")))
 }
 
 #[cfg(test)]

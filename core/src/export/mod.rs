@@ -214,13 +214,7 @@ fn write_merged(
     model: &crate::load::models::CausalLm,
     marker: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    let mut hf_config: Value = if crate::load::gguf::is_gguf(source) {
-        crate::load::gguf::config_json(source)?
-    } else {
-        let path = source.join("config.json");
-        serde_json::from_str(&crate::error::read_to_string(&path, "model config")?)
-            .map_err(|e| CoreError::json(&path, &e, "config.json must be JSON"))?
-    };
+    let mut hf_config = hf_config_of(source)?;
     as_f32_config(&mut hf_config);
     replace_dir_atomically(out, |tmp| {
         save_safetensors(model, &lm.config.decoder, &tmp.join("model.safetensors"))?;
@@ -228,6 +222,17 @@ fn write_merged(
         marker(tmp)?;
         tokenizer_files(source, &lm.tokenizer, tmp)
     })
+}
+
+/// The Hugging Face `config.json` of the model directory or GGUF file `source`.
+fn hf_config_of(source: &Path) -> Result<Value> {
+    if crate::load::gguf::is_gguf(source) {
+        crate::load::gguf::config_json(source)
+    } else {
+        let path = source.join("config.json");
+        serde_json::from_str(&crate::error::read_to_string(&path, "model config")?)
+            .map_err(|e| CoreError::json(&path, &e, "config.json must be JSON"))
+    }
 }
 
 /// A model directory (or GGUF file) with the PEFT adapter `adapter` on it, as the model to

@@ -200,58 +200,19 @@ pub fn base_dir(adapter_dir: &Path, config: &AdapterConfig) -> Result<PathBuf> {
 /// `adapter_model.safetensors` of LoRA factors in PEFT's names and layouts (as
 /// [`crate::export::lora_tensors`] gives them: `model.layers.0.self_attn.q_proj.lora_A`).
 pub fn adapter_safetensors(tensors: &HfTensors) -> Result<Vec<u8>> {
-    let bytes: BTreeMap<String, (Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(name, (shape, values))| {
-            (
-                format!("base_model.model.{name}.weight"),
-                (
-                    shape.clone(),
-                    values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ),
-            )
-        })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(name, (shape, data))| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| CoreError::Invalid(format!("{name}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata = Some(std::collections::HashMap::from([(
-        "format".to_string(),
-        "pt".to_string(),
-    )]));
-    safetensors::serialize(views, metadata).map_err(|e| CoreError::Safetensors {
-        path: PathBuf::from(ADAPTER_WEIGHTS),
-        message: e.to_string(),
-    })
-}
-
-/// f32 values of a safetensors tensor (f32, f16 or bf16 on disk).
-fn f32_values(view: &safetensors::tensor::TensorView<'_>) -> Option<Vec<f32>> {
-    use burn::tensor::{bf16, f16};
-    let data = view.data();
-    match view.dtype() {
-        safetensors::Dtype::F32 => Some(
-            data.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
-        safetensors::Dtype::F16 => Some(
-            data.chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        ),
-        safetensors::Dtype::BF16 => Some(
-            data.chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        ),
-        _ => None,
-    }
+    let named = tensors.iter().map(|(name, (shape, values))| {
+        (
+            format!("base_model.model.{name}.weight"),
+            shape.as_slice(),
+            values.as_slice(),
+        )
+    });
+    crate::load::weights::f32_safetensors(named, crate::load::weights::pt_metadata()).map_err(
+        |message| CoreError::Safetensors {
+            path: PathBuf::from(ADAPTER_WEIGHTS),
+            message,
+        },
+    )
 }
 
 /// A row-major `[rows, cols]` matrix as `[cols, rows]`.
@@ -297,7 +258,7 @@ pub fn apply_adapter(
             }
         };
         let shape = view.shape();
-        let values = f32_values(&view).ok_or_else(|| {
+        let values = crate::load::weights::f32_values(&view).ok_or_else(|| {
             fail(format!(
                 "tensor `{name}` is {:?}; LoRA factors must be F32, F16 or BF16",
                 view.dtype()

@@ -430,3 +430,60 @@ pub fn save_safetensors(
     }
     Ok(())
 }
+
+/// f32 values of a safetensors tensor (f32, f16 or bf16 on disk); `None` for another type.
+pub fn f32_values(view: &safetensors::tensor::TensorView<'_>) -> Option<Vec<f32>> {
+    use burn::tensor::{bf16, f16};
+    let data = view.data();
+    match view.dtype() {
+        safetensors::Dtype::F32 => Some(
+            data.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        safetensors::Dtype::F16 => Some(
+            data.chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        ),
+        safetensors::Dtype::BF16 => Some(
+            data.chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// The bytes of a safetensors file of f32 tensors (`(name, shape, values)`), with `metadata`
+/// (`format: pt` for files transformers and peft read). The error is safetensors' own; the
+/// caller names the file.
+pub fn f32_safetensors<'a>(
+    tensors: impl IntoIterator<Item = (String, &'a [usize], &'a [f32])>,
+    metadata: Option<HashMap<String, String>>,
+) -> std::result::Result<Vec<u8>, String> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, shape, values)| {
+            (
+                name,
+                shape.to_vec(),
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, shape, data)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| format!("{name}: {e}"))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    safetensors::serialize(views, metadata).map_err(|e| e.to_string())
+}
+
+/// The metadata transformers and peft expect of a PyTorch-layout safetensors file.
+pub fn pt_metadata() -> Option<HashMap<String, String>> {
+    Some(HashMap::from([("format".to_string(), "pt".to_string())]))
+}

@@ -105,19 +105,21 @@ pub async fn upload(
                 message.replace(&tmp.display().to_string(), &format!("{name}.jsonl")),
             ))
         };
-        match checked {
+        let records = match checked {
             Err(e) => return refuse(e.to_string()),
             Ok(quads) if quads.is_empty() => {
                 return refuse(format!("{name}.jsonl holds no quadruples: one JSON object per line with x_en, y_en, x_tgt and y_tgt"));
             }
-            Ok(_) => {}
-        }
+            Ok(quads) => quads.len(),
+        };
         std::fs::rename(&tmp, &path).map_err(ApiError::internal)?;
         tracing::info!(dataset = %name, bytes = bytes.len(), "dataset uploaded");
-        datasets_of(&s)?
-            .into_iter()
-            .find(|d| d.name == name)
-            .ok_or_else(|| ApiError::internal("the uploaded dataset is not listed"))
+        Ok(DatasetInfo {
+            name,
+            records,
+            bytes: bytes.len() as u64,
+            summary: None,
+        })
     })
     .await
 }

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test file uses its own share
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
@@ -30,4 +30,12 @@ pub fn refused(out: &Output) -> String {
     assert!(text.contains("error: "), "{text}");
     assert!(!text.contains("panicked"), "{text}");
     text
+}
+
+/// Runs the built `clo` with `args`.
+pub fn clo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clo"))
+        .args(args)
+        .output()
+        .unwrap()
 }
