@@ -12,28 +12,26 @@ use serde_json::Value;
 pub struct SettingArgs(pub Vec<(&'static str, Value)>);
 
 fn arg(s: &'static Setting) -> Arg {
-    let arg = Arg::new(s.key)
-        .long(s.flag())
-        .help(setting_help_with_default(s.key));
+    let arg = Arg::new(s.key).long(s.flag());
     match s.kind {
-        Kind::Bool => arg
+        Kind::Bool if s.on_by_default() => arg
             .action(ArgAction::SetTrue)
-            .help(if s.flag().starts_with("no-") {
-                format!("Turn off: {}", s.help)
-            } else {
-                s.help.to_string()
-            }),
+            .help(format!("Turn off: {}", s.help)),
+        Kind::Bool => arg.action(ArgAction::SetTrue).help(s.help),
         Kind::List => arg
+            .help(setting_help_with_default(s.key))
             .action(ArgAction::Append)
             .value_delimiter(',')
             .value_name("NAMES"),
         // `--layers 4,8` or `--layers 4 8`.
         Kind::Range => arg
+            .help(setting_help_with_default(s.key))
             .action(ArgAction::Append)
             .value_delimiter(',')
             .num_args(1..=2)
             .value_name("FROM,TO"),
         kind => arg
+            .help(setting_help_with_default(s.key))
             .value_name(match kind {
                 Kind::Path => "PATH",
                 Kind::Choice(_) => "NAME",
@@ -65,9 +63,7 @@ impl FromArgMatches for SettingArgs {
         let mut given = Vec::new();
         for s in SETTINGS {
             let value = match s.kind {
-                Kind::Bool => m
-                    .get_flag(s.key)
-                    .then(|| Value::Bool(!s.flag().starts_with("no-"))),
+                Kind::Bool => m.get_flag(s.key).then(|| Value::Bool(!s.on_by_default())),
                 Kind::List | Kind::Range => m
                     .get_many::<String>(s.key)
                     .map(|parts| {

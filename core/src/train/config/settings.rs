@@ -449,11 +449,16 @@ impl Setting {
     /// is on by default.
     pub fn flag(&self) -> String {
         let flag = self.key.replace('_', "-");
-        if self.kind == Kind::Bool && default_value(self.key) == Value::Bool(true) {
+        if self.on_by_default() {
             format!("no-{flag}")
         } else {
             flag
         }
+    }
+
+    /// A switch that is on by default: its flag (`--no-KEY`) turns it off.
+    pub fn on_by_default(&self) -> bool {
+        self.kind == Kind::Bool && default_value(self.key) == Value::Bool(true)
     }
 
     /// Reads the setting's value from text, as typed in a form field or given to a flag. The
